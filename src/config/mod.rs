@@ -1,0 +1,59 @@
+//! User-facing TOML files, validated once at the edge.
+//!
+//! - [`workload`]: what to compute (inputs, output expressions).
+//!
+//! Every error here is a bad-input error (exit code 2) that quotes the offending value
+//! and says how to fix it.
+
+pub mod workload;
+
+use std::path::Path;
+
+/// Turn a TOML deserialization error into one line with the file, line and column.
+pub(crate) fn toml_error_line(path: &Path, text: &str, err: &toml::de::Error) -> String {
+    let msg = err.message().trim().replace('\n', " ");
+    match err.span() {
+        Some(span) => {
+            let upto = &text[..span.start.min(text.len())];
+            let line = upto.matches('\n').count() + 1;
+            let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("{}: line {line}, column {col}: {msg}", path.display())
+        }
+        None => format!("{}: {msg}", path.display()),
+    }
+}
+
+/// The closest candidate to `word` by edit distance, if it is close enough.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (levenshtein(word, c), c))
+        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(did_you_mean("fiel", ["file", "dataset", "chunks"]), Some("file"));
+        assert_eq!(did_you_mean("meen", ["mean", "min"]), Some("mean"));
+        assert_eq!(did_you_mean("zzzzzz", ["mean", "min"]), None);
+    }
+}

@@ -1,0 +1,257 @@
+//! The workload file: named HDF5 inputs and output expressions.
+//!
+//! ```toml
+//! [inputs.x]
+//! file = "temperature.h5"      # relative to the workload file's folder
+//! dataset = "/t2m"
+//! chunks = [24, 721, 1440]     # optional block shape
+//!
+//! [[outputs]]
+//! expr = "x - mean(x, axis=0)"
+//! file = "anomaly.h5"
+//! dataset = "/t2m_anomaly"
+//! dtype = "f32"                # optional, default f64
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::toml_error_line;
+
+/// A bad workload file.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("cannot read workload file \"{path}\": {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid workload file {0}")]
+    Toml(String),
+    #[error("{path}: no [[outputs]] defined; add at least one [[outputs]] table with expr, file and dataset")]
+    NoOutputs { path: PathBuf },
+    #[error("{path}: input name \"{name}\" cannot be used in expressions; {hint}")]
+    BadInputName { path: PathBuf, name: String, hint: &'static str },
+    #[error("{path}: [inputs.{name}] chunks {chunks:?} has an entry below 1; every entry must be a positive block length")]
+    BadChunks { path: PathBuf, name: String, chunks: Vec<i64> },
+    #[error("{path}: outputs[{index}] dtype \"{dtype}\" is not supported; use \"f64\" or \"f32\"")]
+    BadDtype { path: PathBuf, index: usize, dtype: String },
+    #[error("{path}: outputs[{index}] dataset \"{dataset}\" is not a dataset path; use a name like \"/result\" or \"/group/result\"")]
+    BadDatasetPath { path: PathBuf, index: usize, dataset: String },
+}
+
+/// Element type of an output dataset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutDtype {
+    F64,
+    F32,
+}
+
+impl OutDtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            OutDtype::F64 => "f64",
+            OutDtype::F32 => "f32",
+        }
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            OutDtype::F64 => 8,
+            OutDtype::F32 => 4,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkload {
+    #[serde(default)]
+    inputs: BTreeMap<String, RawInput>,
+    #[serde(default)]
+    outputs: Vec<RawOutput>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInput {
+    file: PathBuf,
+    dataset: String,
+    chunks: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    expr: String,
+    file: PathBuf,
+    dataset: String,
+    dtype: Option<String>,
+}
+
+/// One named input, paths resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Input {
+    pub name: String,
+    pub file: PathBuf,
+    pub dataset: String,
+    pub chunks: Option<Vec<usize>>,
+}
+
+/// One output, paths resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub expr: String,
+    pub file: PathBuf,
+    pub dataset: String,
+    pub dtype: OutDtype,
+}
+
+/// A validated workload with absolute paths.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    /// The file it came from (for messages).
+    pub source: PathBuf,
+    pub inputs: Vec<Input>,
+    pub outputs: Vec<Output>,
+}
+
+/// Names that would shadow functions or keywords in expressions.
+const RESERVED: &[&str] = &[
+    "sum", "mean", "min", "max", "var", "std", "abs", "sqrt", "exp", "log", "sin", "cos", "axis", "None",
+];
+
+impl Workload {
+    /// Read and validate a workload file. Relative paths are resolved against its folder.
+    pub fn load(path: &Path) -> Result<Self, WorkloadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| WorkloadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Self, WorkloadError> {
+        let raw: RawWorkload = toml::from_str(text).map_err(|e| WorkloadError::Toml(toml_error_line(path, text, &e)))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = std::path::absolute(if base.as_os_str().is_empty() { Path::new(".") } else { &base }).unwrap_or(base);
+        let p = path.to_path_buf();
+        let mut inputs = Vec::new();
+        for (name, inp) in raw.inputs {
+            let ident_ok =
+                name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_') && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+            if !ident_ok {
+                return Err(WorkloadError::BadInputName {
+                    path: p,
+                    name,
+                    hint: "use letters, digits and '_' and start with a letter",
+                });
+            }
+            if RESERVED.contains(&name.as_str()) {
+                return Err(WorkloadError::BadInputName {
+                    path: p,
+                    name,
+                    hint: "it names a function; rename the input",
+                });
+            }
+            let chunks = match inp.chunks {
+                None => None,
+                Some(c) if c.iter().any(|&v| v < 1) => return Err(WorkloadError::BadChunks { path: p, name, chunks: c }),
+                Some(c) => Some(c.into_iter().map(|v| v as usize).collect()),
+            };
+            inputs.push(Input {
+                name,
+                file: base.join(&inp.file),
+                dataset: inp.dataset,
+                chunks,
+            });
+        }
+        if raw.outputs.is_empty() {
+            return Err(WorkloadError::NoOutputs { path: p });
+        }
+        let mut outputs = Vec::new();
+        for (index, out) in raw.outputs.into_iter().enumerate() {
+            let dtype = match out.dtype.as_deref() {
+                None | Some("f64") | Some("float64") => OutDtype::F64,
+                Some("f32") | Some("float32") => OutDtype::F32,
+                Some(other) => {
+                    return Err(WorkloadError::BadDtype {
+                        path: p,
+                        index,
+                        dtype: other.to_string(),
+                    });
+                }
+            };
+            let ds = out.dataset.trim_start_matches('/');
+            if ds.is_empty() || ds.ends_with('/') || ds.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
+                return Err(WorkloadError::BadDatasetPath {
+                    path: p,
+                    index,
+                    dataset: out.dataset,
+                });
+            }
+            outputs.push(Output {
+                expr: out.expr,
+                file: base.join(&out.file),
+                dataset: format!("/{ds}"),
+                dtype,
+            });
+        }
+        Ok(Workload {
+            source: p,
+            inputs,
+            outputs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Workload, WorkloadError> {
+        Workload::parse(Path::new("/data/w.toml"), text)
+    }
+
+    #[test]
+    fn resolves_paths_and_defaults() {
+        let w = parse(
+            r#"
+            [inputs.x]
+            file = "t.h5"
+            dataset = "/a/b"
+            [[outputs]]
+            expr = "x * 2"
+            file = "/abs/o.h5"
+            dataset = "r"
+            dtype = "f32"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(w.inputs[0].file, PathBuf::from("/data/t.h5"));
+        assert_eq!(w.outputs[0].file, PathBuf::from("/abs/o.h5"));
+        assert_eq!(w.outputs[0].dataset, "/r");
+        assert_eq!(w.outputs[0].dtype, OutDtype::F32);
+    }
+
+    #[test]
+    fn errors_quote_the_value() {
+        let e = parse("[inputs.x]\nfiel = \"a\"\n").unwrap_err().to_string();
+        assert!(e.contains("fiel") && e.contains("line 2"), "{e}");
+        let e = parse("[inputs.x\n").unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+        let e = parse("[inputs.x]\nfile=\"a\"\ndataset=\"d\"\n").unwrap_err().to_string();
+        assert!(e.contains("no [[outputs]]"), "{e}");
+        let e = parse("[inputs.x]\nfile=\"a\"\ndataset=\"d\"\nchunks=[0,2]\n[[outputs]]\nexpr=\"x\"\nfile=\"o\"\ndataset=\"d\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[0, 2]"), "{e}");
+        let e = parse("[[outputs]]\nexpr=\"1\"\nfile=\"o\"\ndataset=\"d\"\ndtype=\"f16\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"f16\""), "{e}");
+        let e = parse("[inputs.mean]\nfile=\"a\"\ndataset=\"d\"\n[[outputs]]\nexpr=\"1\"\nfile=\"o\"\ndataset=\"d\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"mean\""), "{e}");
+    }
+}

@@ -1,0 +1,283 @@
+use super::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+const S: Duration = Duration::from_secs(1);
+
+fn drain(core: &mut Core) -> Vec<Action> {
+    std::iter::from_fn(|| core.poll_action()).collect()
+}
+
+fn independent(n: u32) -> Graph {
+    let mut b = GraphBuilder::new();
+    for _ in 0..n {
+        b.add(TaskKind::Remote, &[]);
+    }
+    b.build()
+}
+
+fn assigned(actions: &[Action]) -> Vec<(WorkerId, Vec<TaskId>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Assign { worker, tasks } => Some((*worker, tasks.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn few_tasks_spread_over_workers_before_prefetching() {
+    let mut core = Core::new(CoreConfig {
+        queue_per_slot: 4,
+        ..Default::default()
+    });
+    let a = core.worker_joined(Duration::ZERO, 1);
+    let b = core.worker_joined(Duration::ZERO, 1);
+    core.submit(independent(2)).unwrap();
+    let got = assigned(&drain(&mut core));
+    assert_eq!(got, vec![(a, vec![0]), (b, vec![1])]);
+}
+
+#[test]
+fn queues_fill_to_slots_times_prefetch_then_wait() {
+    let mut core = Core::new(CoreConfig {
+        queue_per_slot: 2,
+        ..Default::default()
+    });
+    let a = core.worker_joined(Duration::ZERO, 2);
+    core.submit(independent(10)).unwrap();
+    let got = assigned(&drain(&mut core));
+    assert_eq!(got, vec![(a, vec![0, 1, 2, 3])]);
+    assert_eq!(core.task_done(S, a, 0), Accept::Accepted);
+    assert_eq!(assigned(&drain(&mut core)), vec![(a, vec![4])]);
+}
+
+#[test]
+fn dependencies_release_in_order_and_local_tasks_run_in_driver() {
+    let mut b = GraphBuilder::new();
+    let t0 = b.add(TaskKind::Remote, &[]);
+    let t1 = b.add(TaskKind::Remote, &[]);
+    let fin = b.add(TaskKind::Local, &[t0, t1]);
+    let t3 = b.add(TaskKind::Remote, &[fin]);
+    let mut core = Core::new(CoreConfig::default());
+    let w = core.worker_joined(Duration::ZERO, 4);
+    core.submit(b.build()).unwrap();
+    assert_eq!(assigned(&drain(&mut core)), vec![(w, vec![t0, t1])]);
+    assert_eq!(core.task_done(S, w, t0), Accept::Accepted);
+    assert!(drain(&mut core).is_empty(), "fin must wait for t1");
+    assert_eq!(core.task_done(S, w, t1), Accept::Accepted);
+    assert_eq!(drain(&mut core), vec![Action::RunLocal(fin)]);
+    assert_eq!(core.local_done(fin), Accept::Accepted);
+    assert_eq!(assigned(&drain(&mut core)), vec![(w, vec![t3])]);
+    assert_eq!(core.task_done(S, w, t3), Accept::Accepted);
+    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
+    assert!(!core.has_graph());
+}
+
+#[test]
+fn empty_graph_is_done_at_once() {
+    let mut core = Core::new(CoreConfig::default());
+    core.submit(GraphBuilder::new().build()).unwrap();
+    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
+}
+
+#[test]
+fn second_submit_while_running_is_refused() {
+    let mut core = Core::new(CoreConfig::default());
+    core.submit(independent(1)).unwrap();
+    assert_eq!(core.submit(independent(1)), Err(CoreError::Busy));
+}
+
+#[test]
+fn results_from_wrong_or_lost_workers_are_stale() {
+    let mut core = Core::new(CoreConfig::default());
+    let a = core.worker_joined(Duration::ZERO, 1);
+    let b = core.worker_joined(Duration::ZERO, 1);
+    core.submit(independent(2)).unwrap();
+    drain(&mut core);
+    // b does not hold task 0.
+    assert_eq!(core.task_done(S, b, 0), Accept::Stale);
+    core.worker_left(S, a);
+    let again = assigned(&drain(&mut core));
+    assert_eq!(again, vec![(b, vec![0])], "a's task goes to b");
+    // a's late result is discarded.
+    assert_eq!(core.task_done(S, a, 0), Accept::Stale);
+    assert_eq!(core.task_done(S, b, 0), Accept::Accepted);
+    assert_eq!(core.task_done(S, b, 0), Accept::Stale, "no double counting");
+    assert_eq!(core.task_done(S, b, 1), Accept::Accepted);
+    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
+    assert_eq!(core.graph_counters().tasks_retried, 1);
+    assert_eq!(core.graph_counters().tasks_done, 2);
+}
+
+#[test]
+fn silent_worker_is_declared_lost_after_timeout() {
+    let cfg = CoreConfig {
+        heartbeat_timeout: 10 * S,
+        ..Default::default()
+    };
+    let mut core = Core::new(cfg);
+    let a = core.worker_joined(Duration::ZERO, 1);
+    let b = core.worker_joined(Duration::ZERO, 1);
+    core.submit(independent(2)).unwrap();
+    drain(&mut core);
+    core.heartbeat(8 * S, b);
+    core.tick(9 * S);
+    assert!(drain(&mut core).is_empty());
+    core.tick(11 * S);
+    let acts = drain(&mut core);
+    assert_eq!(acts[0], Action::WorkerLost { worker: a });
+    assert_eq!(core.worker_count(), 1);
+}
+
+#[test]
+fn poison_task_fails_after_retry_limit_naming_workers() {
+    let mut core = Core::new(CoreConfig {
+        max_retries: 2,
+        ..Default::default()
+    });
+    core.submit(independent(1)).unwrap();
+    let mut dead = Vec::new();
+    for i in 0..3 {
+        let w = core.worker_joined(i * S, 1);
+        dead.push(w);
+        assert_eq!(assigned(&drain(&mut core)), vec![(w, vec![0])]);
+        core.worker_left(i * S, w);
+    }
+    let acts = drain(&mut core);
+    assert_eq!(
+        acts,
+        vec![Action::GraphFailed(Failure::RetriesExhausted { task: 0, workers: dead })]
+    );
+    assert!(!core.has_graph());
+}
+
+#[test]
+fn task_error_fails_graph_and_clears_queues() {
+    let mut core = Core::new(CoreConfig::default());
+    let w = core.worker_joined(Duration::ZERO, 2);
+    core.submit(independent(3)).unwrap();
+    drain(&mut core);
+    core.task_error(S, w, 1, "boom".into());
+    let acts = drain(&mut core);
+    assert_eq!(
+        acts,
+        vec![Action::GraphFailed(Failure::TaskError {
+            task: 1,
+            worker: w,
+            message: "boom".into()
+        })]
+    );
+    assert_eq!(core.workers().map(|(_, _, n)| n).sum::<usize>(), 0);
+    // A new graph may start.
+    core.submit(independent(1)).unwrap();
+}
+
+#[test]
+fn draining_worker_gets_nothing_new() {
+    let mut core = Core::new(CoreConfig::default());
+    let a = core.worker_joined(Duration::ZERO, 1);
+    core.drain(a).unwrap();
+    core.submit(independent(1)).unwrap();
+    assert!(drain(&mut core).is_empty());
+    let b = core.worker_joined(S, 1);
+    assert_eq!(assigned(&drain(&mut core)), vec![(b, vec![0])]);
+}
+
+#[test]
+fn million_task_graph_is_compact() {
+    let n = 1_000_000;
+    let mut b = GraphBuilder::with_capacity(n + 1, n);
+    let ids: Vec<TaskId> = (0..n).map(|_| b.add(TaskKind::Remote, &[])).collect();
+    b.add(TaskKind::Local, &ids);
+    let g = b.build();
+    let per_task = g.heap_bytes() as f64 / n as f64;
+    assert!(per_task < 20.0, "graph uses {per_task} bytes per task");
+}
+
+/// A seeded random run: workers join, finish tasks, crash; every task must be counted
+/// exactly once and the run must end when workers remain.
+#[test]
+fn seeded_random_schedules_count_every_task_once() {
+    for seed in 0..300u64 {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut b = GraphBuilder::new();
+        let n_stage1 = rng.random_range(1..40);
+        let s1: Vec<TaskId> = (0..n_stage1).map(|_| b.add(TaskKind::Remote, &[])).collect();
+        let fin = b.add(TaskKind::Local, &s1);
+        for _ in 0..rng.random_range(0..20) {
+            b.add(TaskKind::Remote, &[fin]);
+        }
+        let graph = b.build();
+        let total = graph.len();
+        let mut core = Core::new(CoreConfig {
+            max_retries: 100,
+            queue_per_slot: 3,
+            ..Default::default()
+        });
+        core.submit(graph).unwrap();
+        let mut now = Duration::ZERO;
+        let mut held: HashMap<WorkerId, Vec<TaskId>> = HashMap::new();
+        let mut counted = vec![0u32; total as usize];
+        let mut done = false;
+        for step in 0..100_000 {
+            now += Duration::from_millis(10);
+            for a in std::iter::from_fn(|| core.poll_action()) {
+                match a {
+                    Action::Assign { worker, tasks } => held.entry(worker).or_default().extend(tasks),
+                    Action::RunLocal(t) => {
+                        assert_eq!(core.local_done(t), Accept::Accepted);
+                        counted[t as usize] += 1;
+                    }
+                    Action::GraphDone => done = true,
+                    Action::GraphFailed(f) => panic!("seed {seed}: unexpected failure {f:?}"),
+                    Action::WorkerLost { .. } => {}
+                }
+            }
+            if done {
+                break;
+            }
+            let live: Vec<WorkerId> = core.workers().map(|(id, _, _)| id).collect();
+            let r = rng.random_range(0..100);
+            if live.len() < 1 || r < 5 {
+                core.worker_joined(now, rng.random_range(1..4));
+            } else if r < 10 && live.len() > 1 {
+                let w = live[rng.random_range(0..live.len())];
+                core.worker_left(now, w);
+                // Its in-flight results may still arrive late.
+                let _ = held.get(&w);
+            } else {
+                let w = live[rng.random_range(0..live.len())];
+                if let Some(q) = held.get_mut(&w)
+                    && !q.is_empty()
+                {
+                    let t = q.remove(0);
+                    if core.task_done(now, w, t) == Accept::Accepted {
+                        counted[t as usize] += 1;
+                    }
+                }
+                // A late result from some other worker, dead or alive, must be stale
+                // unless it is really held there.
+                if rng.random_bool(0.05) {
+                    let other = WorkerId(rng.random_range(0..core.next_worker.max(1)));
+                    let t = rng.random_range(0..total);
+                    let holds = core.workers.get(&other).is_some_and(|s| s.assigned.contains(&t));
+                    let res = core.task_done(now, other, t);
+                    assert_eq!(res == Accept::Accepted, holds, "seed {seed}");
+                    if res == Accept::Accepted {
+                        counted[t as usize] += 1;
+                        held.get_mut(&other).map(|q| q.retain(|x| *x != t));
+                    }
+                }
+            }
+            for (id, w) in &core.workers {
+                for t in &w.assigned {
+                    assert!(core.graph.is_some(), "seed {seed} step {step}: assigned {t} to {id} without graph");
+                }
+            }
+        }
+        assert!(done, "seed {seed}: run did not finish");
+        assert!(counted.iter().all(|&c| c == 1), "seed {seed}: counts {counted:?}");
+    }
+}

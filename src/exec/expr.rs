@@ -1,0 +1,481 @@
+//! The expression language: numpy-like arithmetic over named arrays.
+//!
+//! Grammar (lowest precedence first; `**` binds tighter than unary minus and is
+//! right-associative, as in Python):
+//! ```text
+//! expr   := term (('+' | '-') term)*
+//! term   := unary (('*' | '/') unary)*
+//! unary  := ('-' | '+') unary | power
+//! power  := atom ('**' unary)?
+//! atom   := NUMBER | NAME | NAME '(' args ')' | '(' expr ')'
+//! args   := expr (',' 'axis' '=' axis)?
+//! axis   := INT | '-' INT | '(' INT (',' INT)* ','? ')' | 'None'
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// A parse error with the 1-based column where it happened.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("syntax error in expression \"{expr}\" at column {column}: {message}")]
+pub struct SyntaxError {
+    pub expr: String,
+    pub column: usize,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+            BinOp::Div => "/",
+            BinOp::Pow => "**",
+        }
+    }
+}
+
+/// The axis argument of a reduction as written.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AxisArg {
+    All,
+    Axes(Vec<i64>),
+}
+
+/// Parsed expression. `pos` fields are 1-based columns, for error messages.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ast {
+    Num(f64),
+    Name {
+        name: String,
+        pos: usize,
+    },
+    Neg(Box<Ast>),
+    Bin(BinOp, Box<Ast>, Box<Ast>),
+    Call {
+        func: String,
+        pos: usize,
+        args: Vec<Ast>,
+        axis: Option<(AxisArg, usize)>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Tok {
+    Num(f64),
+    Name(String),
+    Op(&'static str),
+    LParen,
+    RParen,
+    Comma,
+    Eq,
+    End,
+}
+
+impl Tok {
+    fn describe(&self) -> String {
+        match self {
+            Tok::Num(n) => format!("number {n}"),
+            Tok::Name(n) => format!("name '{n}'"),
+            Tok::Op(o) => format!("'{o}'"),
+            Tok::LParen => "'('".into(),
+            Tok::RParen => "')'".into(),
+            Tok::Comma => "','".into(),
+            Tok::Eq => "'='".into(),
+            Tok::End => "the end of the expression".into(),
+        }
+    }
+}
+
+struct Parser<'a> {
+    src: &'a str,
+    toks: Vec<(Tok, usize)>,
+    i: usize,
+}
+
+fn lex(src: &str) -> Result<Vec<(Tok, usize)>, SyntaxError> {
+    let chars: Vec<(usize, char)> = src.char_indices().collect();
+    let col = |idx: usize| idx + 1;
+    let err = |column: usize, message: String| SyntaxError {
+        expr: src.to_string(),
+        column,
+        message,
+    };
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < chars.len() {
+        let (_, c) = chars[k];
+        let start = k;
+        if c.is_whitespace() {
+            k += 1;
+            continue;
+        }
+        if c.is_ascii_digit() || (c == '.' && chars.get(k + 1).is_some_and(|(_, d)| d.is_ascii_digit())) {
+            let mut s = String::new();
+            while k < chars.len() && (chars[k].1.is_ascii_digit() || chars[k].1 == '.' || chars[k].1 == '_') {
+                s.push(chars[k].1);
+                k += 1;
+            }
+            if k < chars.len() && (chars[k].1 == 'e' || chars[k].1 == 'E') {
+                let save = k;
+                let mut e = String::from("e");
+                k += 1;
+                if k < chars.len() && (chars[k].1 == '+' || chars[k].1 == '-') {
+                    e.push(chars[k].1);
+                    k += 1;
+                }
+                if k < chars.len() && chars[k].1.is_ascii_digit() {
+                    while k < chars.len() && chars[k].1.is_ascii_digit() {
+                        e.push(chars[k].1);
+                        k += 1;
+                    }
+                    s.push_str(&e);
+                } else {
+                    k = save;
+                }
+            }
+            let v: f64 = s
+                .replace('_', "")
+                .parse()
+                .map_err(|_| err(col(start), format!("bad number '{s}'")))?;
+            out.push((Tok::Num(v), col(start)));
+            continue;
+        }
+        if c.is_alphabetic() || c == '_' {
+            let mut s = String::new();
+            while k < chars.len() && (chars[k].1.is_alphanumeric() || chars[k].1 == '_') {
+                s.push(chars[k].1);
+                k += 1;
+            }
+            out.push((Tok::Name(s), col(start)));
+            continue;
+        }
+        let tok = match c {
+            '+' => Tok::Op("+"),
+            '-' => Tok::Op("-"),
+            '*' if chars.get(k + 1).is_some_and(|(_, d)| *d == '*') => {
+                k += 1;
+                Tok::Op("**")
+            }
+            '*' => Tok::Op("*"),
+            '/' => Tok::Op("/"),
+            '(' => Tok::LParen,
+            ')' => Tok::RParen,
+            ',' => Tok::Comma,
+            '=' => Tok::Eq,
+            other => return Err(err(col(start), format!("unexpected character '{other}'"))),
+        };
+        k += 1;
+        out.push((tok, col(start)));
+    }
+    out.push((Tok::End, src.chars().count() + 1));
+    Ok(out)
+}
+
+/// Parse an expression.
+pub fn parse(src: &str) -> Result<Ast, SyntaxError> {
+    let toks = lex(src)?;
+    let mut p = Parser { src, toks, i: 0 };
+    if p.peek() == &Tok::End {
+        return Err(p.error_here("the expression is empty".into()));
+    }
+    let ast = p.expr()?;
+    if p.peek() != &Tok::End {
+        return Err(p.error_here(format!("unexpected {} after a complete expression", p.peek().describe())));
+    }
+    Ok(ast)
+}
+
+impl Parser<'_> {
+    fn peek(&self) -> &Tok {
+        &self.toks[self.i].0
+    }
+
+    fn pos(&self) -> usize {
+        self.toks[self.i].1
+    }
+
+    fn next(&mut self) -> (Tok, usize) {
+        let t = self.toks[self.i].clone();
+        if self.i + 1 < self.toks.len() {
+            self.i += 1;
+        }
+        t
+    }
+
+    fn error_here(&self, message: String) -> SyntaxError {
+        SyntaxError {
+            expr: self.src.to_string(),
+            column: self.pos(),
+            message,
+        }
+    }
+
+    fn expect(&mut self, want: Tok, what: &str) -> Result<(), SyntaxError> {
+        if *self.peek() == want {
+            self.next();
+            Ok(())
+        } else {
+            Err(self.error_here(format!("expected {what} but found {}", self.peek().describe())))
+        }
+    }
+
+    fn expr(&mut self) -> Result<Ast, SyntaxError> {
+        let mut lhs = self.term()?;
+        loop {
+            let op = match self.peek() {
+                Tok::Op("+") => BinOp::Add,
+                Tok::Op("-") => BinOp::Sub,
+                _ => return Ok(lhs),
+            };
+            self.next();
+            let rhs = self.term()?;
+            lhs = Ast::Bin(op, Box::new(lhs), Box::new(rhs));
+        }
+    }
+
+    fn term(&mut self) -> Result<Ast, SyntaxError> {
+        let mut lhs = self.unary()?;
+        loop {
+            let op = match self.peek() {
+                Tok::Op("*") => BinOp::Mul,
+                Tok::Op("/") => BinOp::Div,
+                _ => return Ok(lhs),
+            };
+            self.next();
+            let rhs = self.unary()?;
+            lhs = Ast::Bin(op, Box::new(lhs), Box::new(rhs));
+        }
+    }
+
+    fn unary(&mut self) -> Result<Ast, SyntaxError> {
+        match self.peek() {
+            Tok::Op("-") => {
+                self.next();
+                Ok(Ast::Neg(Box::new(self.unary()?)))
+            }
+            Tok::Op("+") => {
+                self.next();
+                self.unary()
+            }
+            _ => self.power(),
+        }
+    }
+
+    fn power(&mut self) -> Result<Ast, SyntaxError> {
+        let base = self.atom()?;
+        if self.peek() == &Tok::Op("**") {
+            self.next();
+            let exp = self.unary()?;
+            return Ok(Ast::Bin(BinOp::Pow, Box::new(base), Box::new(exp)));
+        }
+        Ok(base)
+    }
+
+    fn atom(&mut self) -> Result<Ast, SyntaxError> {
+        let (tok, pos) = self.next();
+        match tok {
+            Tok::Num(v) => Ok(Ast::Num(v)),
+            Tok::Name(name) => {
+                if self.peek() == &Tok::LParen {
+                    self.next();
+                    self.call(name, pos)
+                } else {
+                    Ok(Ast::Name { name, pos })
+                }
+            }
+            Tok::LParen => {
+                let e = self.expr()?;
+                self.expect(Tok::RParen, "')'")?;
+                Ok(e)
+            }
+            other => {
+                self.i -= usize::from(other != Tok::End);
+                Err(SyntaxError {
+                    expr: self.src.to_string(),
+                    column: pos,
+                    message: format!("expected a number, a name or '(' but found {}", other.describe()),
+                })
+            }
+        }
+    }
+
+    fn call(&mut self, func: String, pos: usize) -> Result<Ast, SyntaxError> {
+        let mut args = Vec::new();
+        let mut axis = None;
+        if self.peek() == &Tok::RParen {
+            self.next();
+            return Ok(Ast::Call { func, pos, args, axis });
+        }
+        loop {
+            let is_kw = matches!(self.peek(), Tok::Name(_)) && self.toks.get(self.i + 1).is_some_and(|t| t.0 == Tok::Eq);
+            if is_kw {
+                let (Tok::Name(kw), kpos) = self.next() else { unreachable!() };
+                if kw != "axis" {
+                    return Err(SyntaxError {
+                        expr: self.src.to_string(),
+                        column: kpos,
+                        message: format!("unknown keyword argument '{kw}' (only 'axis' is supported)"),
+                    });
+                }
+                if axis.is_some() {
+                    return Err(SyntaxError {
+                        expr: self.src.to_string(),
+                        column: kpos,
+                        message: "'axis' given twice".into(),
+                    });
+                }
+                self.next(); // '='
+                let apos = self.pos();
+                axis = Some((self.axis_value()?, apos));
+            } else {
+                if axis.is_some() {
+                    return Err(self.error_here("positional argument after 'axis='".into()));
+                }
+                args.push(self.expr()?);
+            }
+            match self.peek() {
+                Tok::Comma => {
+                    self.next();
+                }
+                Tok::RParen => {
+                    self.next();
+                    return Ok(Ast::Call { func, pos, args, axis });
+                }
+                other => return Err(self.error_here(format!("expected ',' or ')' but found {}", other.describe()))),
+            }
+        }
+    }
+
+    fn int(&mut self) -> Result<i64, SyntaxError> {
+        let neg = if self.peek() == &Tok::Op("-") {
+            self.next();
+            true
+        } else {
+            false
+        };
+        match self.peek().clone() {
+            Tok::Num(v) if v.fract() == 0.0 && v.abs() < 1e9 => {
+                self.next();
+                Ok(if neg { -(v as i64) } else { v as i64 })
+            }
+            other => Err(self.error_here(format!("expected an integer axis but found {}", other.describe()))),
+        }
+    }
+
+    fn axis_value(&mut self) -> Result<AxisArg, SyntaxError> {
+        match self.peek() {
+            Tok::Name(n) if n == "None" => {
+                self.next();
+                Ok(AxisArg::All)
+            }
+            Tok::LParen => {
+                self.next();
+                let mut axes = Vec::new();
+                loop {
+                    if self.peek() == &Tok::RParen {
+                        self.next();
+                        break;
+                    }
+                    axes.push(self.int()?);
+                    match self.peek() {
+                        Tok::Comma => {
+                            self.next();
+                        }
+                        Tok::RParen => {
+                            self.next();
+                            break;
+                        }
+                        other => {
+                            return Err(self.error_here(format!("expected ',' or ')' in the axis tuple but found {}", other.describe())));
+                        }
+                    }
+                }
+                Ok(AxisArg::Axes(axes))
+            }
+            _ => Ok(AxisArg::Axes(vec![self.int()?])),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str, pos: usize) -> Ast {
+        Ast::Name { name: n.into(), pos }
+    }
+
+    #[test]
+    fn precedence_and_associativity_follow_python() {
+        // -x**2 == -(x**2); 2**3**2 == 2**(3**2)
+        let a = parse("-x**2").unwrap();
+        assert_eq!(
+            a,
+            Ast::Neg(Box::new(Ast::Bin(BinOp::Pow, Box::new(name("x", 2)), Box::new(Ast::Num(2.0)))))
+        );
+        let b = parse("2**3**2").unwrap();
+        assert_eq!(
+            b,
+            Ast::Bin(
+                BinOp::Pow,
+                Box::new(Ast::Num(2.0)),
+                Box::new(Ast::Bin(BinOp::Pow, Box::new(Ast::Num(3.0)), Box::new(Ast::Num(2.0))))
+            )
+        );
+        let c = parse("a - b - c").unwrap();
+        assert!(matches!(c, Ast::Bin(BinOp::Sub, ref l, _) if matches!(**l, Ast::Bin(BinOp::Sub, _, _))));
+        let d = parse("1 + 2 * 3").unwrap();
+        assert!(matches!(d, Ast::Bin(BinOp::Add, _, ref r) if matches!(**r, Ast::Bin(BinOp::Mul, _, _))));
+    }
+
+    #[test]
+    fn calls_with_axis_forms() {
+        let e = parse("mean(x, axis=(0, -1))").unwrap();
+        let Ast::Call { func, args, axis, .. } = e else { panic!() };
+        assert_eq!(func, "mean");
+        assert_eq!(args.len(), 1);
+        assert_eq!(axis.unwrap().0, AxisArg::Axes(vec![0, -1]));
+        let Ast::Call { axis, .. } = parse("sum(x, axis=None)").unwrap() else {
+            panic!()
+        };
+        assert_eq!(axis.unwrap().0, AxisArg::All);
+        let Ast::Call { axis, .. } = parse("sum(x, axis=-2)").unwrap() else {
+            panic!()
+        };
+        assert_eq!(axis.unwrap().0, AxisArg::Axes(vec![-2]));
+        let Ast::Call { axis, .. } = parse("sum(x)").unwrap() else {
+            panic!()
+        };
+        assert!(axis.is_none());
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse("1.5e3").unwrap(), Ast::Num(1500.0));
+        assert_eq!(parse(".5").unwrap(), Ast::Num(0.5));
+        assert_eq!(parse("2E-2").unwrap(), Ast::Num(0.02));
+    }
+
+    #[test]
+    fn errors_carry_columns() {
+        let e = parse("x + * 2").unwrap_err();
+        assert_eq!(e.column, 5);
+        assert!(e.to_string().contains("\"x + * 2\" at column 5"), "{e}");
+        assert_eq!(parse("(x + 1").unwrap_err().column, 7);
+        assert_eq!(parse("x $ 1").unwrap_err().column, 3);
+        assert_eq!(parse("x 1").unwrap_err().column, 3);
+        assert_eq!(parse("").unwrap_err().column, 1);
+        assert_eq!(parse("mean(x, axis=a)").unwrap_err().column, 14);
+        assert!(parse("mean(x, axs=1)").unwrap_err().message.contains("axs"));
+    }
+}

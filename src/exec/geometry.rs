@@ -1,0 +1,130 @@
+//! Chunk grids: block shapes, block regions, shapes as numpy prints them.
+
+use std::ops::Range;
+
+/// `(3, 4)`, `(5,)`, `()`, as numpy prints shapes.
+pub fn fmt_shape(shape: &[usize]) -> String {
+    match shape {
+        [] => "()".into(),
+        [one] => format!("({one},)"),
+        _ => format!("({})", shape.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+    }
+}
+
+/// Blocks per dimension.
+pub fn grid_dims(shape: &[usize], block: &[usize]) -> Vec<u64> {
+    shape.iter().zip(block).map(|(&s, &b)| s.div_ceil(b.max(1)) as u64).collect()
+}
+
+/// Number of blocks of a grid (1 for a 0-d shape, 0 if any extent is 0).
+pub fn block_count(shape: &[usize], block: &[usize]) -> u64 {
+    grid_dims(shape, block).iter().product()
+}
+
+/// The element ranges of block number `index` (row-major over the grid).
+pub fn block_region(shape: &[usize], block: &[usize], index: u64) -> Vec<Range<usize>> {
+    let dims = grid_dims(shape, block);
+    let mut rem = index;
+    let mut out = vec![0..0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        let i = (rem % dims[d]) as usize;
+        rem /= dims[d];
+        let start = i * block[d];
+        out[d] = start..(start + block[d]).min(shape[d]);
+    }
+    out
+}
+
+/// Numpy broadcasting of two shapes, or `None` if they do not broadcast.
+pub fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => return None,
+        };
+    }
+    Some(out)
+}
+
+/// A default block shape: a whole multiple of `chunk` with about `target_elems`
+/// elements, grown from the last dimension to the first.
+pub fn default_block(shape: &[usize], chunk: &[usize], target_elems: usize) -> Vec<usize> {
+    let mut block: Vec<usize> = chunk.iter().zip(shape).map(|(&c, &s)| c.clamp(1, s.max(1))).collect();
+    for d in (0..shape.len()).rev() {
+        let elems: usize = block.iter().product::<usize>().max(1);
+        let max_mult = shape[d].div_ceil(block[d]).max(1);
+        let fit = (target_elems / elems).max(1);
+        let mult = fit.min(max_mult);
+        block[d] = (block[d] * mult).min(shape[d].max(1));
+    }
+    block
+}
+
+/// The part of `region` (in a broadcast shape of rank `rank`) that an operand of
+/// `shape` needs: dimensions aligned from the right, broadcast (size-1) dimensions read
+/// whole.
+pub fn operand_region(region: &[Range<usize>], shape: &[usize]) -> Vec<Range<usize>> {
+    let off = region.len() - shape.len();
+    shape
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| if s == 1 { 0..1 } else { region[i + off].clone() })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_print_like_numpy() {
+        assert_eq!(fmt_shape(&[]), "()");
+        assert_eq!(fmt_shape(&[5]), "(5,)");
+        assert_eq!(fmt_shape(&[3, 4]), "(3, 4)");
+    }
+
+    #[test]
+    fn regions_cover_ragged_grid() {
+        let shape = [37, 23];
+        let block = [10, 7];
+        assert_eq!(block_count(&shape, &block), 16);
+        let mut covered = vec![0u8; 37 * 23];
+        for i in 0..16 {
+            let r = block_region(&shape, &block, i);
+            for a in r[0].clone() {
+                for b in r[1].clone() {
+                    covered[a * 23 + b] += 1;
+                }
+            }
+        }
+        assert!(covered.iter().all(|&c| c == 1));
+        assert_eq!(block_region(&shape, &block, 15), vec![30..37, 21..23]);
+        assert_eq!(block_count(&[], &[]), 1);
+        assert_eq!(block_region(&[], &[], 0), Vec::<Range<usize>>::new());
+    }
+
+    #[test]
+    fn broadcasting() {
+        assert_eq!(broadcast(&[6, 5, 4], &[5, 4]), Some(vec![6, 5, 4]));
+        assert_eq!(broadcast(&[6, 1, 4], &[5, 1]), Some(vec![6, 5, 4]));
+        assert_eq!(broadcast(&[3, 4], &[5]), None);
+        assert_eq!(broadcast(&[], &[2]), Some(vec![2]));
+    }
+
+    #[test]
+    fn default_blocks_are_chunk_multiples_near_target() {
+        let b = default_block(&[8192, 32768], &[64, 4096], 8 << 20);
+        assert_eq!(b, vec![256, 32768]);
+        let b = default_block(&[100], &[7], 1 << 20);
+        assert_eq!(b, vec![100]);
+        let b = default_block(&[730, 181, 360], &[73, 181, 360], 8 << 20);
+        assert_eq!(b[1..], [181, 360]);
+        assert_eq!(b[0] % 73, 0);
+    }
+}

@@ -1,0 +1,220 @@
+//! The array engine: expressions, plans, chunk geometry, kernels and HDF5 I/O.
+//! Synchronous code; callers run it on their own threads.
+//!
+//! - [`expr`]: the expression language (parser).
+//! - [`plan`]: workload -> stages -> task graph, with all input validation.
+//! - [`geometry`]: chunk grids and broadcasting.
+//! - [`kernel`]: blockwise evaluation, partial reductions, accumulators.
+//! - [`hdf`]: HDF5 inspection, block reads, output writes.
+
+pub mod expr;
+pub mod geometry;
+pub mod hdf;
+pub mod kernel;
+pub mod plan;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::config::workload::OutDtype;
+use geometry::{block_region, operand_region};
+use kernel::{Value, eval, materialize, partial, partial_arity};
+use plan::{Kernel, Plan, StageKind};
+
+/// A task failed while executing.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("reading input \"{input}\" (\"{file}\":{dataset}) at {region}: {reason}")]
+    Read {
+        input: String,
+        file: String,
+        dataset: String,
+        region: String,
+        reason: String,
+    },
+    #[error("opening input \"{input}\" (\"{file}\":{dataset}): {reason}")]
+    Open {
+        input: String,
+        file: String,
+        dataset: String,
+        reason: String,
+    },
+    #[error("const {0} is not available")]
+    MissingConst(u32),
+}
+
+/// The result of one block, ready to send: raw little-endian bytes.
+#[derive(Debug)]
+pub struct BlockResult {
+    pub bytes_read: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Open every input dataset of a plan (once per job and process).
+pub fn open_inputs(plan: &Plan) -> Result<Vec<hdf5::Dataset>, ExecError> {
+    plan.inputs
+        .iter()
+        .map(|inp| {
+            let err = |e: hdf5::Error| ExecError::Open {
+                input: inp.name.clone(),
+                file: inp.file.display().to_string(),
+                dataset: inp.dataset.clone(),
+                reason: e.to_string(),
+            };
+            hdf5::File::open(&inp.file).and_then(|f| f.dataset(&inp.dataset)).map_err(err)
+        })
+        .collect()
+}
+
+fn fmt_region(r: &[Range<usize>]) -> String {
+    format!(
+        "[{}]",
+        r.iter().map(|r| format!("{}:{}", r.start, r.end)).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// Append an f64 array's values in logical (row-major) order as little-endian bytes.
+pub fn push_f64(buf: &mut Vec<u8>, a: &ArrayD<f64>) {
+    buf.reserve(a.len() * 8);
+    match a.as_slice() {
+        Some(s) => {
+            for v in s {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        None => {
+            for v in a.iter() {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+}
+
+/// Read `shape`'s worth of f64 values from `bytes` at `*off`.
+pub fn take_f64(bytes: &[u8], off: &mut usize, shape: &[usize]) -> Option<ArrayD<f64>> {
+    let n: usize = shape.iter().product();
+    let end = off.checked_add(n * 8)?;
+    let slice = bytes.get(*off..end)?;
+    *off = end;
+    let v: Vec<f64> = slice
+        .chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(shape), v).ok()
+}
+
+/// Execute one block of a stage.
+///
+/// `datasets` are the plan's inputs opened with [`open_inputs`] (may be empty for local
+/// stages); `consts` gives the whole array of a finished reduction.
+pub fn execute_block(
+    plan: &Plan,
+    datasets: &[hdf5::Dataset],
+    consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
+    stage: u32,
+    block: u64,
+) -> Result<BlockResult, ExecError> {
+    let st = &plan.stages[stage as usize];
+    let region = block_region(&st.shape, &st.block, block);
+    let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
+    let mut bytes_read = 0u64;
+    let mut cache: Vec<(u32, ArrayD<f64>)> = Vec::new();
+    let value = eval(&st.kernel, &mut |leaf| match leaf {
+        Kernel::Input(i) => {
+            if let Some((_, a)) = cache.iter().find(|(j, _)| j == i) {
+                return Ok(a.clone());
+            }
+            let inp = &plan.inputs[*i as usize];
+            let r = operand_region(&region, &inp.shape);
+            let a = hdf::read_region(&datasets[*i as usize], &r).map_err(|e| ExecError::Read {
+                input: inp.name.clone(),
+                file: inp.file.display().to_string(),
+                dataset: inp.dataset.clone(),
+                region: fmt_region(&r),
+                reason: e.to_string(),
+            })?;
+            bytes_read += (a.len() * inp.dtype.size()) as u64;
+            if st.kernel.inputs().len() > 1 || count_leaf(&st.kernel, *i) > 1 {
+                cache.push((*i, a.clone()));
+            }
+            Ok(a)
+        }
+        Kernel::Const(c) => {
+            let whole = consts(*c).ok_or(ExecError::MissingConst(*c))?;
+            Ok(kernel::const_slice(&whole, &region))
+        }
+        _ => unreachable!("eval only asks for leaves"),
+    })?;
+    let payload = match &st.kind {
+        StageKind::Reduce { consts: ids } => {
+            let arr = materialize(value, &shape);
+            let mut buf = Vec::new();
+            for &c in ids {
+                let spec = &plan.consts[c as usize];
+                let parts = partial(spec.op, &arr, &spec.axes);
+                debug_assert_eq!(parts.len(), partial_arity(spec.op));
+                for p in &parts {
+                    push_f64(&mut buf, p);
+                }
+            }
+            buf
+        }
+        StageKind::Write { output } => {
+            let out = &plan.outputs[*output as usize];
+            encode_output(value, &shape, out.dtype)
+        }
+    };
+    Ok(BlockResult { bytes_read, payload })
+}
+
+fn count_leaf(k: &Kernel, input: u32) -> usize {
+    match k {
+        Kernel::Input(i) => usize::from(*i == input),
+        Kernel::Neg(a) | Kernel::Func(_, a) => count_leaf(a, input),
+        Kernel::Bin(_, a, b) => count_leaf(a, input) + count_leaf(b, input),
+        _ => 0,
+    }
+}
+
+fn encode_output(value: Value, shape: &[usize], dtype: OutDtype) -> Vec<u8> {
+    let arr = materialize(value, shape);
+    match dtype {
+        OutDtype::F64 => {
+            let mut buf = Vec::new();
+            push_f64(&mut buf, &arr);
+            buf
+        }
+        OutDtype::F32 => {
+            let mut buf = Vec::with_capacity(arr.len() * 4);
+            for v in arr.iter() {
+                buf.extend_from_slice(&(*v as f32).to_le_bytes());
+            }
+            buf
+        }
+    }
+}
+
+/// Decode a reduce-stage payload into per-const partial arrays.
+pub fn decode_partials(plan: &Plan, stage: u32, block: u64, payload: &[u8]) -> Option<Vec<(u32, Vec<ArrayD<f64>>)>> {
+    let st = &plan.stages[stage as usize];
+    let StageKind::Reduce { consts } = &st.kind else { return None };
+    let region = block_region(&st.shape, &st.block, block);
+    let mut off = 0;
+    let mut out = Vec::new();
+    for &c in consts {
+        let spec = &plan.consts[c as usize];
+        let shape: Vec<usize> = region
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !spec.axes.contains(i))
+            .map(|(_, r)| r.len())
+            .collect();
+        let parts = (0..partial_arity(spec.op))
+            .map(|_| take_f64(payload, &mut off, &shape))
+            .collect::<Option<Vec<_>>>()?;
+        out.push((c, parts));
+    }
+    (off == payload.len()).then_some(out)
+}

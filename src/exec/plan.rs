@@ -1,0 +1,868 @@
+//! From a workload to an execution plan and a task graph.
+//!
+//! Every reduction in an expression becomes a *reduce stage*: its argument is computed
+//! block by block over a chunk grid and reduced to a partial per block; the driver
+//! merges partials as they arrive and finalizes them into a *const* (a materialized
+//! array). What remains of an output expression after its reductions are replaced by
+//! consts is a *write stage*, computed block by block and written. Stages whose kernel
+//! reads no input (a reduction of a reduction, an output that is just a mean) run in the
+//! driver on whole arrays. Identical reduction arguments share one stage, so
+//! `mean(x, axis=0)` and `std(x, axis=0)` read `x` once.
+//!
+//! Task graph per stage: one task per block; a reduce stage adds one local *finalize*
+//! task depending on all its blocks; blocks of later stages depend on the finalize tasks
+//! of the consts they use (so edges stay linear in the number of blocks).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::expr::{self, Ast, AxisArg, BinOp};
+use super::geometry::{block_count, broadcast, default_block, fmt_shape};
+use super::hdf::{self, Dtype, InputError};
+use crate::config::did_you_mean;
+use crate::config::workload::{OutDtype, Workload};
+use crate::core::{Graph, GraphBuilder, TaskId, TaskKind};
+
+/// Default block size target: 64 MiB of f64 values.
+pub const DEFAULT_BLOCK_ELEMS: usize = 8 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Func {
+    Abs,
+    Sqrt,
+    Exp,
+    Log,
+    Sin,
+    Cos,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Min,
+    Max,
+    Var,
+    Std,
+}
+
+const ELEMENTWISE: &[(&str, Func)] = &[
+    ("abs", Func::Abs),
+    ("sqrt", Func::Sqrt),
+    ("exp", Func::Exp),
+    ("log", Func::Log),
+    ("sin", Func::Sin),
+    ("cos", Func::Cos),
+];
+const REDUCTIONS: &[(&str, ReduceOp)] = &[
+    ("sum", ReduceOp::Sum),
+    ("mean", ReduceOp::Mean),
+    ("min", ReduceOp::Min),
+    ("max", ReduceOp::Max),
+    ("var", ReduceOp::Var),
+    ("std", ReduceOp::Std),
+];
+
+/// A blockwise expression: leaves are inputs, consts and numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Kernel {
+    Input(u32),
+    Const(u32),
+    Num(f64),
+    Neg(Box<Kernel>),
+    Bin(BinOp, Box<Kernel>, Box<Kernel>),
+    Func(Func, Box<Kernel>),
+}
+
+impl Kernel {
+    fn visit(&self, f: &mut impl FnMut(&Kernel)) {
+        f(self);
+        match self {
+            Kernel::Neg(a) | Kernel::Func(_, a) => a.visit(f),
+            Kernel::Bin(_, a, b) => {
+                a.visit(f);
+                b.visit(f);
+            }
+            _ => {}
+        }
+    }
+
+    /// Input indices in order of first appearance.
+    pub fn inputs(&self) -> Vec<u32> {
+        let mut v = Vec::new();
+        self.visit(&mut |k| {
+            if let Kernel::Input(i) = k
+                && !v.contains(i)
+            {
+                v.push(*i);
+            }
+        });
+        v
+    }
+
+    pub fn consts(&self) -> Vec<u32> {
+        let mut v = Vec::new();
+        self.visit(&mut |k| {
+            if let Kernel::Const(i) = k
+                && !v.contains(i)
+            {
+                v.push(*i);
+            }
+        });
+        v
+    }
+}
+
+/// A bad expression or dataset.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("input \"{name}\": {source}; check [inputs.{name}] in the workload file (relative paths are relative to its folder)")]
+    Input { name: String, source: InputError },
+    #[error("input \"{name}\": chunks {chunks:?} has {} entries but dataset \"{dataset}\" has {} dimensions (shape {}); give one block length per dimension", chunks.len(), shape.len(), fmt_shape(shape))]
+    ChunkRank {
+        name: String,
+        chunks: Vec<usize>,
+        dataset: String,
+        shape: Vec<usize>,
+    },
+    #[error("outputs[{index}]: {source}")]
+    Syntax { index: usize, source: expr::SyntaxError },
+    #[error(
+        "outputs[{index}]: unknown function \"{func}\" in \"{expr}\"{hint}; functions are {}",
+        function_list()
+    )]
+    UnknownFunction {
+        index: usize,
+        func: String,
+        expr: String,
+        hint: String,
+    },
+    #[error("outputs[{index}]: unknown name \"{name}\" at column {pos} of \"{expr}\"{hint}; inputs are: {inputs}")]
+    UnknownName {
+        index: usize,
+        name: String,
+        pos: usize,
+        expr: String,
+        hint: String,
+        inputs: String,
+    },
+    #[error("outputs[{index}]: {func}() at column {pos} of \"{expr}\" {problem}")]
+    BadCall {
+        index: usize,
+        func: String,
+        pos: usize,
+        expr: String,
+        problem: String,
+    },
+    #[error(
+        "outputs[{index}]: shapes {} and {} do not broadcast in \"{expr}\" (operator '{op}'); numpy broadcasting needs equal or 1-sized dimensions, aligned from the right",
+        fmt_shape(left),
+        fmt_shape(right)
+    )]
+    Broadcast {
+        index: usize,
+        expr: String,
+        op: &'static str,
+        left: Vec<usize>,
+        right: Vec<usize>,
+    },
+    #[error("outputs[{index}]: axis {axis} is out of range for {func}() of an array of shape {} in \"{expr}\"; valid axes are -{}..{}", fmt_shape(shape), shape.len(), shape.len().saturating_sub(1))]
+    AxisRange {
+        index: usize,
+        axis: i64,
+        func: String,
+        shape: Vec<usize>,
+        expr: String,
+    },
+    #[error("outputs[{index}]: axis {axis} is repeated in {func}() in \"{expr}\"")]
+    AxisRepeated {
+        index: usize,
+        axis: i64,
+        func: String,
+        expr: String,
+    },
+    #[error("outputs[{a}] and outputs[{b}] both write dataset \"{dataset}\" in \"{}\"; give each output its own file or dataset", file.display())]
+    DuplicateOutput {
+        a: usize,
+        b: usize,
+        file: PathBuf,
+        dataset: String,
+    },
+    #[error("outputs[{index}] file \"{}\" is the input file of [inputs.{input}]; write the output to another file", file.display())]
+    OverwritesInput { index: usize, file: PathBuf, input: String },
+    #[error("outputs[{index}]: cannot write \"{}\": {reason}", file.display())]
+    Unwritable { index: usize, file: PathBuf, reason: String },
+}
+
+fn function_list() -> String {
+    REDUCTIONS
+        .iter()
+        .map(|r| r.0)
+        .chain(ELEMENTWISE.iter().map(|e| e.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An input as the workers see it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub name: String,
+    pub file: PathBuf,
+    pub dataset: String,
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+    pub block: Vec<usize>,
+    pub hdf5_chunk: Option<Vec<usize>>,
+}
+
+/// A reduction result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConstSpec {
+    pub op: ReduceOp,
+    /// Reduced axes of the stage shape, ascending.
+    pub axes: Vec<usize>,
+    /// Shape of the result (stage shape without `axes`).
+    pub shape: Vec<usize>,
+    pub stage: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum StageKind {
+    /// Reduce each block into partials of these consts.
+    Reduce { consts: Vec<u32> },
+    /// Write each block to this output.
+    Write { output: u32 },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stage {
+    pub kernel: Kernel,
+    pub shape: Vec<usize>,
+    pub block: Vec<usize>,
+    pub kind: StageKind,
+    /// Runs in the driver on whole arrays (the kernel reads no input).
+    pub local: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OutputSpec {
+    pub file: PathBuf,
+    pub dataset: String,
+    pub shape: Vec<usize>,
+    pub dtype: OutDtype,
+    pub chunk: Option<Vec<usize>>,
+    pub expr: String,
+}
+
+/// Everything needed to execute a workload.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    pub inputs: Vec<InputSpec>,
+    pub consts: Vec<ConstSpec>,
+    pub stages: Vec<Stage>,
+    pub outputs: Vec<OutputSpec>,
+}
+
+/// What a task of the graph stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskRef {
+    Block { stage: u32, block: u64 },
+    Finalize { stage: u32 },
+}
+
+/// Maps task ids to stages and blocks without storing anything per task.
+#[derive(Clone, Debug)]
+pub struct TaskMap {
+    /// First task id of each stage's blocks.
+    base: Vec<u32>,
+    blocks: Vec<u32>,
+    finalize: Vec<Option<u32>>,
+}
+
+impl TaskMap {
+    pub fn locate(&self, task: TaskId) -> TaskRef {
+        let s = self.base.partition_point(|&b| b <= task) - 1;
+        let off = task - self.base[s];
+        if off < self.blocks[s] {
+            TaskRef::Block {
+                stage: s as u32,
+                block: u64::from(off),
+            }
+        } else {
+            TaskRef::Finalize { stage: s as u32 }
+        }
+    }
+
+    pub fn finalize_task(&self, stage: u32) -> Option<TaskId> {
+        self.finalize[stage as usize]
+    }
+}
+
+struct Ctx<'a> {
+    index: usize,
+    expr: &'a str,
+    names: &'a HashMap<&'a str, u32>,
+    inputs: &'a [InputSpec],
+}
+
+/// A resolved expression node, before reductions are lowered.
+enum Node {
+    Input(u32),
+    Num(f64),
+    Neg(Box<Node>),
+    Bin(BinOp, Box<Node>, Box<Node>),
+    Func(Func, Box<Node>),
+    Reduce { op: ReduceOp, axes: Vec<usize>, arg: Box<Node> },
+}
+
+fn resolve(ast: &Ast, cx: &Ctx) -> Result<(Node, Vec<usize>), PlanError> {
+    Ok(match ast {
+        Ast::Num(v) => (Node::Num(*v), vec![]),
+        Ast::Name { name, pos } => match cx.names.get(name.as_str()) {
+            Some(&i) => (Node::Input(i), cx.inputs[i as usize].shape.clone()),
+            None => {
+                let hint = did_you_mean(name, cx.names.keys().copied())
+                    .map(|s| format!(" (did you mean \"{s}\"?)"))
+                    .unwrap_or_default();
+                let mut inputs: Vec<&str> = cx.names.keys().copied().collect();
+                inputs.sort_unstable();
+                return Err(PlanError::UnknownName {
+                    index: cx.index,
+                    name: name.clone(),
+                    pos: *pos,
+                    expr: cx.expr.into(),
+                    hint,
+                    inputs: if inputs.is_empty() {
+                        "(none defined)".into()
+                    } else {
+                        inputs.join(", ")
+                    },
+                });
+            }
+        },
+        Ast::Neg(a) => {
+            let (n, s) = resolve(a, cx)?;
+            (Node::Neg(Box::new(n)), s)
+        }
+        Ast::Bin(op, a, b) => {
+            let (na, sa) = resolve(a, cx)?;
+            let (nb, sb) = resolve(b, cx)?;
+            let shape = broadcast(&sa, &sb).ok_or_else(|| PlanError::Broadcast {
+                index: cx.index,
+                expr: cx.expr.into(),
+                op: op.symbol(),
+                left: sa.clone(),
+                right: sb.clone(),
+            })?;
+            (Node::Bin(*op, Box::new(na), Box::new(nb)), shape)
+        }
+        Ast::Call { func, pos, args, axis } => {
+            let bad = |problem: String| PlanError::BadCall {
+                index: cx.index,
+                func: func.clone(),
+                pos: *pos,
+                expr: cx.expr.into(),
+                problem,
+            };
+            if let Some(&(_, f)) = ELEMENTWISE.iter().find(|(n, _)| n == func) {
+                if axis.is_some() {
+                    return Err(bad("takes no axis argument".into()));
+                }
+                if args.len() != 1 {
+                    return Err(bad(format!("takes 1 argument but {} were given", args.len())));
+                }
+                let (n, s) = resolve(&args[0], cx)?;
+                (Node::Func(f, Box::new(n)), s)
+            } else if let Some(&(_, op)) = REDUCTIONS.iter().find(|(n, _)| n == func) {
+                if args.len() != 1 {
+                    return Err(bad(format!("takes 1 array argument (and axis=) but {} were given", args.len())));
+                }
+                let (n, s) = resolve(&args[0], cx)?;
+                let rank = s.len() as i64;
+                let axes: Vec<usize> = match axis {
+                    None | Some((AxisArg::All, _)) => (0..s.len()).collect(),
+                    Some((AxisArg::Axes(list), _)) => {
+                        let mut out: Vec<usize> = Vec::new();
+                        for &a in list {
+                            if a >= rank || a < -rank {
+                                return Err(PlanError::AxisRange {
+                                    index: cx.index,
+                                    axis: a,
+                                    func: func.clone(),
+                                    shape: s,
+                                    expr: cx.expr.into(),
+                                });
+                            }
+                            let norm = if a < 0 { (a + rank) as usize } else { a as usize };
+                            if out.contains(&norm) {
+                                return Err(PlanError::AxisRepeated {
+                                    index: cx.index,
+                                    axis: a,
+                                    func: func.clone(),
+                                    expr: cx.expr.into(),
+                                });
+                            }
+                            out.push(norm);
+                        }
+                        out.sort_unstable();
+                        out
+                    }
+                };
+                let shape: Vec<usize> = s.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+                (
+                    Node::Reduce {
+                        op,
+                        axes,
+                        arg: Box::new(n),
+                    },
+                    shape,
+                )
+            } else {
+                let known = REDUCTIONS.iter().map(|r| r.0).chain(ELEMENTWISE.iter().map(|e| e.0));
+                let hint = did_you_mean(func, known)
+                    .map(|s| format!(" (did you mean \"{s}\"?)"))
+                    .unwrap_or_default();
+                return Err(PlanError::UnknownFunction {
+                    index: cx.index,
+                    func: func.clone(),
+                    expr: cx.expr.into(),
+                    hint,
+                });
+            }
+        }
+    })
+}
+
+struct Lowering<'a> {
+    inputs: &'a [InputSpec],
+    consts: Vec<ConstSpec>,
+    stages: Vec<Stage>,
+    const_shapes: Vec<Vec<usize>>,
+}
+
+impl Lowering<'_> {
+    fn shape_of(&self, k: &Kernel) -> Vec<usize> {
+        match k {
+            Kernel::Input(i) => self.inputs[*i as usize].shape.clone(),
+            Kernel::Const(c) => self.const_shapes[*c as usize].clone(),
+            Kernel::Num(_) => vec![],
+            Kernel::Neg(a) | Kernel::Func(_, a) => self.shape_of(a),
+            Kernel::Bin(_, a, b) => broadcast(&self.shape_of(a), &self.shape_of(b)).expect("checked in resolve"),
+        }
+    }
+
+    fn lower(&mut self, node: &Node) -> Kernel {
+        match node {
+            Node::Input(i) => Kernel::Input(*i),
+            Node::Num(v) => Kernel::Num(*v),
+            Node::Neg(a) => Kernel::Neg(Box::new(self.lower(a))),
+            Node::Func(f, a) => Kernel::Func(*f, Box::new(self.lower(a))),
+            Node::Bin(op, a, b) => Kernel::Bin(*op, Box::new(self.lower(a)), Box::new(self.lower(b))),
+            Node::Reduce { op, axes, arg } => {
+                let kernel = self.lower(arg);
+                let shape = self.shape_of(&kernel);
+                let stage = match self
+                    .stages
+                    .iter()
+                    .position(|s| matches!(s.kind, StageKind::Reduce { .. }) && s.kernel == kernel)
+                {
+                    Some(s) => s,
+                    None => {
+                        let (block, local) = self.stage_block(&kernel, &shape);
+                        self.stages.push(Stage {
+                            kernel,
+                            shape: shape.clone(),
+                            block,
+                            kind: StageKind::Reduce { consts: vec![] },
+                            local,
+                        });
+                        self.stages.len() - 1
+                    }
+                };
+                let existing = self
+                    .consts
+                    .iter()
+                    .position(|c| c.stage == stage as u32 && c.op == *op && c.axes == *axes);
+                let id = match existing {
+                    Some(c) => c,
+                    None => {
+                        let out_shape: Vec<usize> = shape
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| !axes.contains(i))
+                            .map(|(_, &d)| d)
+                            .collect();
+                        self.consts.push(ConstSpec {
+                            op: *op,
+                            axes: axes.clone(),
+                            shape: out_shape.clone(),
+                            stage: stage as u32,
+                        });
+                        self.const_shapes.push(out_shape);
+                        let StageKind::Reduce { consts } = &mut self.stages[stage].kind else {
+                            unreachable!()
+                        };
+                        consts.push((self.consts.len() - 1) as u32);
+                        self.consts.len() - 1
+                    }
+                };
+                Kernel::Const(id as u32)
+            }
+        }
+    }
+
+    /// Block shape of a stage: per dimension, the block length of the first input that
+    /// spans it; the whole extent otherwise. Stages reading no input run locally.
+    fn stage_block(&self, kernel: &Kernel, shape: &[usize]) -> (Vec<usize>, bool) {
+        let ins = kernel.inputs();
+        if ins.is_empty() {
+            return (shape.iter().map(|&s| s.max(1)).collect(), true);
+        }
+        let r = shape.len();
+        let block = (0..r)
+            .map(|j| {
+                for &i in &ins {
+                    let inp = &self.inputs[i as usize];
+                    let ri = inp.shape.len();
+                    if j + ri >= r {
+                        let d = j + ri - r;
+                        if inp.shape[d] == shape[j] && shape[j] > 1 {
+                            return inp.block[d].min(shape[j]);
+                        }
+                    }
+                }
+                shape[j].max(1)
+            })
+            .collect();
+        (block, false)
+    }
+
+    /// HDF5 chunk shape for an output written block by block: the input's HDF5 chunk
+    /// along the dimensions it spans, then halved until a chunk is at most 4 MiB.
+    fn output_chunk(&self, kernel: &Kernel, shape: &[usize], block: &[usize], elem: usize) -> Option<Vec<usize>> {
+        if shape.is_empty() || shape.contains(&0) {
+            return None;
+        }
+        let r = shape.len();
+        let ins = kernel.inputs();
+        let mut chunk: Vec<usize> = (0..r)
+            .map(|j| {
+                for &i in &ins {
+                    let inp = &self.inputs[i as usize];
+                    let ri = inp.shape.len();
+                    if j + ri >= r && inp.shape[j + ri - r] == shape[j] && shape[j] > 1 {
+                        if let Some(c) = &inp.hdf5_chunk {
+                            return c[j + ri - r].min(block[j]);
+                        }
+                    }
+                }
+                block[j]
+            })
+            .collect();
+        while chunk.iter().product::<usize>() * elem > 4 << 20 {
+            let (d, _) = chunk.iter().enumerate().max_by_key(|(_, c)| **c).expect("rank > 0");
+            if chunk[d] == 1 {
+                break;
+            }
+            chunk[d] = chunk[d].div_ceil(2);
+        }
+        Some(chunk)
+    }
+}
+
+fn check_writable(index: usize, file: &Path) -> Result<(), PlanError> {
+    let unwritable = |reason: String| PlanError::Unwritable {
+        index,
+        file: file.to_path_buf(),
+        reason,
+    };
+    let parent = file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match std::fs::metadata(parent) {
+        Err(_) => {
+            return Err(unwritable(format!(
+                "folder \"{}\" does not exist; create it first",
+                parent.display()
+            )));
+        }
+        Ok(m) if !m.is_dir() => return Err(unwritable(format!("\"{}\" is not a folder", parent.display()))),
+        Ok(_) => {}
+    }
+    if file.is_dir() {
+        return Err(unwritable("it is a folder; name a file".into()));
+    }
+    if nix::unistd::access(parent, nix::unistd::AccessFlags::W_OK).is_err() {
+        return Err(unwritable(format!("folder \"{}\" is not writable", parent.display())));
+    }
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+impl Plan {
+    /// Inspect inputs, parse and check expressions, and lower them into stages.
+    pub fn build(w: &Workload) -> Result<Plan, PlanError> {
+        let mut inputs = Vec::new();
+        for inp in &w.inputs {
+            let info = hdf::inspect(&inp.file, &inp.dataset).map_err(|source| PlanError::Input {
+                name: inp.name.clone(),
+                source,
+            })?;
+            let block = match &inp.chunks {
+                Some(c) if c.len() != info.shape.len() => {
+                    return Err(PlanError::ChunkRank {
+                        name: inp.name.clone(),
+                        chunks: c.clone(),
+                        dataset: inp.dataset.clone(),
+                        shape: info.shape,
+                    });
+                }
+                Some(c) => c.iter().zip(&info.shape).map(|(&b, &s)| b.min(s.max(1))).collect(),
+                None => {
+                    let chunk = info.chunk.clone().unwrap_or_else(|| {
+                        // Contiguous: rows of the leading dimension.
+                        info.shape
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &s)| if i == 0 { 1 } else { s.max(1) })
+                            .collect()
+                    });
+                    default_block(&info.shape, &chunk, DEFAULT_BLOCK_ELEMS)
+                }
+            };
+            inputs.push(InputSpec {
+                name: inp.name.clone(),
+                file: inp.file.clone(),
+                dataset: inp.dataset.clone(),
+                shape: info.shape,
+                dtype: info.dtype,
+                block,
+                hdf5_chunk: info.chunk,
+            });
+        }
+        let names: HashMap<&str, u32> = inputs.iter().enumerate().map(|(i, s)| (s.name.as_str(), i as u32)).collect();
+
+        // Output targets before any computation.
+        for (i, out) in w.outputs.iter().enumerate() {
+            for (j, prev) in w.outputs[..i].iter().enumerate() {
+                if prev.dataset == out.dataset && same_file(&prev.file, &out.file) {
+                    return Err(PlanError::DuplicateOutput {
+                        a: j,
+                        b: i,
+                        file: out.file.clone(),
+                        dataset: out.dataset.clone(),
+                    });
+                }
+            }
+            if let Some(inp) = w.inputs.iter().find(|inp| same_file(&inp.file, &out.file)) {
+                return Err(PlanError::OverwritesInput {
+                    index: i,
+                    file: out.file.clone(),
+                    input: inp.name.clone(),
+                });
+            }
+            check_writable(i, &out.file)?;
+        }
+
+        let mut resolved = Vec::new();
+        for (index, out) in w.outputs.iter().enumerate() {
+            let ast = expr::parse(&out.expr).map_err(|source| PlanError::Syntax { index, source })?;
+            let cx = Ctx {
+                index,
+                expr: &out.expr,
+                names: &names,
+                inputs: &inputs,
+            };
+            resolved.push(resolve(&ast, &cx)?);
+        }
+
+        let mut low = Lowering {
+            inputs: &inputs,
+            consts: vec![],
+            stages: vec![],
+            const_shapes: vec![],
+        };
+        let mut outputs = Vec::new();
+        for (index, ((node, shape), out)) in resolved.iter().zip(&w.outputs).enumerate() {
+            let kernel = low.lower(node);
+            let (block, local) = low.stage_block(&kernel, shape);
+            let chunk = if local {
+                low.output_chunk(&kernel, shape, shape, out.dtype.size())
+            } else {
+                low.output_chunk(&kernel, shape, &block, out.dtype.size())
+            };
+            outputs.push(OutputSpec {
+                file: out.file.clone(),
+                dataset: out.dataset.clone(),
+                shape: shape.clone(),
+                dtype: out.dtype,
+                chunk,
+                expr: out.expr.clone(),
+            });
+            low.stages.push(Stage {
+                kernel,
+                shape: shape.clone(),
+                block,
+                kind: StageKind::Write { output: index as u32 },
+                local,
+            });
+        }
+        let Lowering { consts, stages, .. } = low;
+        Ok(Plan {
+            inputs,
+            consts,
+            stages,
+            outputs,
+        })
+    }
+
+    /// The task graph and the map from task ids to stages and blocks.
+    pub fn graph(&self) -> (Graph, TaskMap) {
+        let total: u64 = self.stages.iter().map(|s| block_count(&s.shape, &s.block) + 1).sum();
+        let mut b = GraphBuilder::with_capacity(total as usize, total as usize);
+        let mut map = TaskMap {
+            base: vec![],
+            blocks: vec![],
+            finalize: vec![],
+        };
+        for stage in &self.stages {
+            let deps: Vec<TaskId> = stage
+                .kernel
+                .consts()
+                .iter()
+                .map(|&c| map.finalize[self.consts[c as usize].stage as usize].expect("const stages come first"))
+                .collect();
+            let n = block_count(&stage.shape, &stage.block);
+            let n32 = u32::try_from(n).expect("fewer than 2^32 blocks per stage");
+            map.base.push(b.len());
+            map.blocks.push(n32);
+            let kind = if stage.local { TaskKind::Local } else { TaskKind::Remote };
+            let first = b.len();
+            for _ in 0..n32 {
+                b.add(kind, &deps);
+            }
+            map.finalize.push(match stage.kind {
+                StageKind::Reduce { .. } => {
+                    let blocks: Vec<TaskId> = (first..first + n32).collect();
+                    Some(b.add(TaskKind::Local, if blocks.is_empty() { &deps } else { &blocks }))
+                }
+                StageKind::Write { .. } => None,
+            });
+        }
+        (b.build(), map)
+    }
+
+    /// Number of input bytes read by all blocks.
+    pub fn input_bytes(&self) -> u64 {
+        self.inputs
+            .iter()
+            .map(|i| i.shape.iter().product::<usize>() as u64 * i.dtype.size() as u64)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, shape: &[usize], block: &[usize]) -> InputSpec {
+        InputSpec {
+            name: name.into(),
+            file: PathBuf::from(format!("/{name}.h5")),
+            dataset: "/d".into(),
+            shape: shape.to_vec(),
+            dtype: Dtype::F64,
+            block: block.to_vec(),
+            hdf5_chunk: None,
+        }
+    }
+
+    fn lower(exprs: &[&str], inputs: Vec<InputSpec>) -> Result<Plan, PlanError> {
+        let names: HashMap<&str, u32> = inputs.iter().enumerate().map(|(i, s)| (s.name.as_str(), i as u32)).collect();
+        let mut low = Lowering {
+            inputs: &inputs,
+            consts: vec![],
+            stages: vec![],
+            const_shapes: vec![],
+        };
+        for (index, e) in exprs.iter().enumerate() {
+            let ast = expr::parse(e).map_err(|source| PlanError::Syntax { index, source })?;
+            let (node, shape) = resolve(
+                &ast,
+                &Ctx {
+                    index,
+                    expr: e,
+                    names: &names,
+                    inputs: &inputs,
+                },
+            )?;
+            let kernel = low.lower(&node);
+            let (block, local) = low.stage_block(&kernel, &shape);
+            low.stages.push(Stage {
+                kernel,
+                shape,
+                block,
+                kind: StageKind::Write { output: index as u32 },
+                local,
+            });
+        }
+        let stages = low.stages;
+        Ok(Plan {
+            inputs: inputs.clone(),
+            consts: low.consts,
+            stages,
+            outputs: vec![],
+        })
+    }
+
+    #[test]
+    fn anomaly_is_two_stages_and_shares_reductions() {
+        let p = lower(
+            &["x - mean(x, axis=0)", "mean(x, axis=0)", "std(x, axis=0)"],
+            vec![spec("x", &[10, 6], &[4, 6])],
+        )
+        .unwrap();
+        // one reduce stage holding mean and std, then three write stages
+        assert_eq!(p.stages.len(), 4);
+        assert!(matches!(&p.stages[0].kind, StageKind::Reduce { consts } if consts.len() == 2));
+        assert!(!p.stages[1].local && p.stages[2].local && p.stages[3].local);
+        let (g, map) = p.graph();
+        // 3 blocks + finalize, then 3 blocks, then 1 local, then 1 local
+        assert_eq!(g.len(), 3 + 1 + 3 + 1 + 1);
+        assert_eq!(map.locate(3), TaskRef::Finalize { stage: 0 });
+        assert_eq!(map.locate(4), TaskRef::Block { stage: 1, block: 0 });
+        assert_eq!(map.locate(8), TaskRef::Block { stage: 3, block: 0 });
+    }
+
+    #[test]
+    fn broadcast_grid_takes_blocks_from_inputs() {
+        let p = lower(&["x + y"], vec![spec("x", &[6, 5, 4], &[2, 5, 4]), spec("y", &[5, 4], &[5, 2])]).unwrap();
+        assert_eq!(p.stages[0].shape, vec![6, 5, 4]);
+        assert_eq!(p.stages[0].block, vec![2, 5, 4]);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let x = || vec![spec("x", &[3, 4], &[3, 4]), spec("y", &[5], &[5])];
+        let e = lower(&["x + y"], x()).unwrap_err().to_string();
+        assert!(e.contains("(3, 4)") && e.contains("(5,)"), "{e}");
+        let e = lower(&["mean(x, axis=2)"], x()).unwrap_err().to_string();
+        assert!(e.contains("axis 2") && e.contains("-2..1"), "{e}");
+        let e = lower(&["mean(x, axis=(0, -2))"], x()).unwrap_err().to_string();
+        assert!(e.contains("repeated"), "{e}");
+        let e = lower(&["foo(x)"], x()).unwrap_err().to_string();
+        assert!(e.contains("\"foo\""), "{e}");
+        let e = lower(&["maen(x)"], x()).unwrap_err().to_string();
+        assert!(e.contains("did you mean \"mean\""), "{e}");
+        let e = lower(&["z + 1"], x()).unwrap_err().to_string();
+        assert!(e.contains("\"z\"") && e.contains("x, y"), "{e}");
+        let e = lower(&["sqrt(x, axis=0)"], x()).unwrap_err().to_string();
+        assert!(e.contains("no axis"), "{e}");
+    }
+}

@@ -1,0 +1,11 @@
+//! drover: a launcher and scheduler for chunked array work over HDF5 on worker pools
+//! connected by authenticated QUIC. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod config;
+pub mod core;
+pub mod exec;
+pub mod proto;
+pub mod server;
+pub mod transport;
+pub mod worker;

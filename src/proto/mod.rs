@@ -1,0 +1,284 @@
+//! Wire messages and framing (a pure codec plus thin async helpers).
+//!
+//! A frame is `u32 header length | u64 payload length | header | payload` (little
+//! endian). The header is a postcard-encoded message; the payload carries array data as
+//! raw little-endian bytes, never re-encoded.
+//!
+//! Every connection starts with [`Hello`] from the peer and [`Welcome`]/`Rejected` from the
+//! server on the first bidirectional stream; the rest of the conversation stays on it.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::config::workload::Workload;
+use crate::exec::plan::Plan;
+
+/// Bumped on any incompatible change of the messages below.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest header accepted (a plan for a big workload is a few KiB).
+pub const MAX_HEADER: u32 = 64 << 20;
+/// Largest payload accepted.
+pub const MAX_PAYLOAD: u64 = 16 << 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Worker,
+    Client,
+}
+
+/// First message on a connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u32,
+    pub role: Role,
+    pub token: String,
+    pub worker: Option<WorkerInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    pub host: String,
+    pub pid: u32,
+    pub threads: u32,
+    pub memory: u64,
+    /// Batch job id from the environment, if any.
+    pub batch_job: Option<String>,
+}
+
+/// A task handed to a worker.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TaskRef {
+    pub task: u32,
+    pub stage: u32,
+    pub block: u64,
+}
+
+/// One finished task; its bytes are the next `len` bytes of the frame's payload.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskResult {
+    pub task: u32,
+    pub bytes_read: u64,
+    pub len: u64,
+}
+
+/// Messages from the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ServerMsg {
+    Welcome {
+        id: u32,
+    },
+    Rejected {
+        reason: String,
+    },
+    /// A job's plan; precedes any task of the job.
+    Job {
+        job: u64,
+        plan: Plan,
+    },
+    /// A finished reduction; payload: f64 values of `shape`.
+    Const {
+        job: u64,
+        id: u32,
+        shape: Vec<usize>,
+    },
+    /// Tasks to append to the worker's queue.
+    Assign {
+        job: u64,
+        tasks: Vec<TaskRef>,
+    },
+    /// Forget queued tasks of a job.
+    Cancel {
+        job: u64,
+    },
+    /// Exit cleanly.
+    Shutdown {
+        reason: String,
+    },
+    // To clients:
+    Accepted {
+        job: u64,
+        tasks: u32,
+    },
+    Progress {
+        done: u32,
+        total: u32,
+    },
+    Finished {
+        summary: Summary,
+    },
+    Failed {
+        input_error: bool,
+        message: String,
+    },
+    Status {
+        status: Status,
+    },
+    Ok,
+}
+
+/// Messages to the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerMsg {
+    Hello(Hello),
+    Heartbeat,
+    /// Results of finished tasks; payload: their bytes, concatenated in order.
+    Results {
+        job: u64,
+        results: Vec<TaskResult>,
+    },
+    TaskError {
+        job: u64,
+        task: u32,
+        message: String,
+    },
+    // From clients:
+    Submit {
+        workload: Workload,
+    },
+    GetStatus,
+    Stop,
+}
+
+/// The report of a finished run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Summary {
+    pub tasks_total: u64,
+    pub tasks_retried: u64,
+    pub workers_lost: u64,
+    pub bytes_read: u64,
+    pub seconds: f64,
+    pub workers: usize,
+    pub outputs: Vec<OutputReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputReport {
+    pub file: String,
+    pub dataset: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+    pub expr: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub workers: Vec<WorkerStatus>,
+    pub running_job: Option<u64>,
+    pub progress: Option<(u32, u32)>,
+    pub tasks_done: u64,
+    pub tasks_retried: u64,
+    pub workers_lost: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: u32,
+    pub host: String,
+    pub pid: u32,
+    pub threads: u32,
+    pub batch_job: Option<String>,
+    pub assigned: usize,
+}
+
+/// Framing or decoding failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame header of {0} bytes is larger than the limit")]
+    HeaderTooLarge(u32),
+    #[error("frame payload of {0} bytes is larger than the limit")]
+    PayloadTooLarge(u64),
+    #[error("undecodable message: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+/// Encode a message header with its frame prefix; the payload follows separately.
+pub fn encode<M: Serialize>(msg: &M, payload_len: u64) -> Result<Vec<u8>, FrameError> {
+    let body = postcard::to_stdvec(msg)?;
+    let mut out = Vec::with_capacity(12 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Write one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin, M: Serialize>(w: &mut W, msg: &M, payload: &[u8]) -> Result<(), FrameError> {
+    let head = encode(msg, payload.len() as u64)?;
+    w.write_all(&head).await?;
+    if !payload.is_empty() {
+        w.write_all(payload).await?;
+    }
+    Ok(())
+}
+
+/// Read one frame: the message and its payload.
+pub async fn read_frame<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(r: &mut R) -> Result<(M, Vec<u8>), FrameError> {
+    let mut pre = [0u8; 12];
+    match r.read_exact(&mut pre).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let hlen = u32::from_le_bytes(pre[..4].try_into().expect("4 bytes"));
+    let plen = u64::from_le_bytes(pre[4..].try_into().expect("8 bytes"));
+    if hlen > MAX_HEADER {
+        return Err(FrameError::HeaderTooLarge(hlen));
+    }
+    if plen > MAX_PAYLOAD {
+        return Err(FrameError::PayloadTooLarge(plen));
+    }
+    let mut head = vec![0u8; hlen as usize];
+    r.read_exact(&mut head).await?;
+    let msg = postcard::from_bytes(&head)?;
+    let mut payload = vec![0u8; plen as usize];
+    if plen > 0 {
+        r.read_exact(&mut payload).await?;
+    }
+    Ok((msg, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_with_payload() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let msg = PeerMsg::Results {
+            job: 7,
+            results: vec![TaskResult {
+                task: 3,
+                bytes_read: 80,
+                len: 16,
+            }],
+        };
+        let payload: Vec<u8> = (0..16).collect();
+        write_frame(&mut a, &msg, &payload).await.unwrap();
+        write_frame(&mut a, &PeerMsg::Heartbeat, &[]).await.unwrap();
+        drop(a);
+        let (got, p): (PeerMsg, Vec<u8>) = read_frame(&mut b).await.unwrap();
+        assert!(matches!(got, PeerMsg::Results { job: 7, ref results } if results[0].task == 3));
+        assert_eq!(p, payload);
+        let (got, p): (PeerMsg, Vec<u8>) = read_frame(&mut b).await.unwrap();
+        assert!(matches!(got, PeerMsg::Heartbeat) && p.is_empty());
+        assert!(matches!(read_frame::<_, PeerMsg>(&mut b).await, Err(FrameError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn oversized_and_garbage_frames_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        a.write_all(&0u64.to_le_bytes()).await.unwrap();
+        assert!(matches!(read_frame::<_, PeerMsg>(&mut b).await, Err(FrameError::HeaderTooLarge(_))));
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        a.write_all(&3u32.to_le_bytes()).await.unwrap();
+        a.write_all(&0u64.to_le_bytes()).await.unwrap();
+        a.write_all(&[0xff, 0xff, 0xff]).await.unwrap();
+        assert!(matches!(read_frame::<_, PeerMsg>(&mut b).await, Err(FrameError::Decode(_))));
+    }
+}

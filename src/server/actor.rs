@@ -1,0 +1,757 @@
+//! The event loop that drives the scheduler core.
+//!
+//! Connections, timers and blocking helpers send [`Event`]s; the actor feeds them to the
+//! [`Core`] with the current time and carries out the [`Action`]s it returns. It owns the
+//! running job: its plan, the reduction accumulators, the finished consts and the
+//! output writer. Only one job runs at a time; further submissions queue.
+//!
+//! Invariant: a worker result is merged only after the core accepted it
+//! ([`Accept::Accepted`]), and before the core's next actions are carried out, so a
+//! finalize task always sees every partial of its stage exactly once.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ndarray::ArrayD;
+use tokio::sync::{mpsc, oneshot};
+
+use super::writer::Writer;
+use crate::config::workload::Workload;
+use crate::core::{Accept, Action, Core, CoreConfig, Failure, TaskId, WorkerId};
+use crate::exec::geometry::{block_region, fmt_shape};
+use crate::exec::kernel::Accumulator;
+use crate::exec::plan::{Plan, StageKind, TaskMap, TaskRef};
+use crate::exec::{self, BlockResult};
+use crate::proto::{self, OutputReport, PeerMsg, ServerMsg, Status, Summary, WorkerInfo, WorkerStatus};
+
+/// A frame to send on a connection.
+pub struct Outgoing {
+    pub msg: ServerMsg,
+    pub payload: Bytes,
+}
+
+impl Outgoing {
+    pub fn msg(msg: ServerMsg) -> Self {
+        Self {
+            msg,
+            payload: Bytes::new(),
+        }
+    }
+}
+
+type Tx = mpsc::UnboundedSender<Outgoing>;
+
+/// Everything the actor reacts to.
+pub enum Event {
+    WorkerConnected {
+        info: WorkerInfo,
+        tx: Tx,
+        reply: oneshot::Sender<WorkerId>,
+    },
+    WorkerMsg {
+        id: WorkerId,
+        msg: PeerMsg,
+        payload: Bytes,
+    },
+    WorkerGone {
+        id: WorkerId,
+        reason: String,
+    },
+    Submit {
+        workload: Workload,
+        client: Tx,
+    },
+    Status {
+        client: Tx,
+    },
+    ClientGone {
+        client: Tx,
+    },
+    Stop,
+    Prepared {
+        job: u64,
+        result: Result<Prepared, (bool, String)>,
+    },
+    LocalDone {
+        job: u64,
+        task: TaskId,
+        outcome: LocalOutcome,
+    },
+    Finished {
+        job: u64,
+        result: Result<(), String>,
+    },
+}
+
+/// A planned job, built off the runtime (HDF5 inspection, output file creation).
+pub struct Prepared {
+    plan: Arc<Plan>,
+    graph: crate::core::Graph,
+    map: TaskMap,
+    writer: Writer,
+}
+
+pub enum LocalOutcome {
+    Block(Result<BlockResult, String>),
+    Finalized(Vec<(u32, ArrayD<f64>)>),
+}
+
+struct WorkerEntry {
+    info: WorkerInfo,
+    tx: Tx,
+    job_sent: Option<u64>,
+    consts_sent: HashSet<u32>,
+}
+
+struct Job {
+    id: u64,
+    client: Tx,
+    plan: Arc<Plan>,
+    map: TaskMap,
+    writer: Option<Writer>,
+    acc: HashMap<u32, Accumulator>,
+    consts: Vec<Option<Arc<ArrayD<f64>>>>,
+    const_bytes: Vec<Option<Bytes>>,
+    /// Consts each stage's kernel reads.
+    stage_consts: Vec<Vec<u32>>,
+    started: Instant,
+    bytes_read: u64,
+    tasks_total: u32,
+    last_progress: Instant,
+}
+
+enum Slot {
+    Idle,
+    Preparing { id: u64, client: Tx },
+    Running(Box<Job>),
+    Finishing { id: u64, client: Tx, summary: Summary },
+}
+
+pub struct Actor {
+    core: Core,
+    events: mpsc::UnboundedSender<Event>,
+    epoch: Instant,
+    workers: HashMap<WorkerId, WorkerEntry>,
+    slot: Slot,
+    queue: VecDeque<(Workload, Tx)>,
+    next_job: u64,
+    stopping: Option<Instant>,
+}
+
+fn send(tx: &Tx, msg: ServerMsg) {
+    let _ = tx.send(Outgoing::msg(msg));
+}
+
+impl Actor {
+    pub fn new(cfg: CoreConfig, events: mpsc::UnboundedSender<Event>) -> Self {
+        Self {
+            core: Core::new(cfg),
+            events,
+            epoch: Instant::now(),
+            workers: HashMap::new(),
+            slot: Slot::Idle,
+            queue: VecDeque::new(),
+            next_job: 1,
+            stopping: None,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => self.handle(ev),
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let now = self.now();
+                    self.core.tick(now);
+                    self.check_writer();
+                }
+            }
+            self.drive();
+            if let Some(since) = self.stopping
+                && (self.workers.is_empty() || since.elapsed() > Duration::from_secs(10))
+            {
+                break;
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: Event) {
+        let now = self.now();
+        match ev {
+            Event::WorkerConnected { info, tx, reply } => {
+                if self.stopping.is_some() {
+                    send(
+                        &tx,
+                        ServerMsg::Shutdown {
+                            reason: "server stopping".into(),
+                        },
+                    );
+                    return;
+                }
+                let id = self.core.worker_joined(now, info.threads);
+                send(&tx, ServerMsg::Welcome { id: id.0 });
+                tracing::info!(worker = %id, host = %info.host, pid = info.pid, threads = info.threads, "worker joined");
+                self.workers.insert(
+                    id,
+                    WorkerEntry {
+                        info,
+                        tx,
+                        job_sent: None,
+                        consts_sent: HashSet::new(),
+                    },
+                );
+                let _ = reply.send(id);
+            }
+            Event::WorkerGone { id, reason } => {
+                if self.workers.remove(&id).is_some() {
+                    tracing::info!(worker = %id, %reason, "worker left");
+                }
+                self.core.worker_left(now, id);
+            }
+            Event::WorkerMsg { id, msg, payload } => self.worker_msg(now, id, msg, payload),
+            Event::Submit { workload, client } => {
+                if self.stopping.is_some() {
+                    send(
+                        &client,
+                        ServerMsg::Failed {
+                            input_error: false,
+                            message: "the server is stopping".into(),
+                        },
+                    );
+                    return;
+                }
+                self.queue.push_back((workload, client));
+                self.start_next();
+            }
+            Event::Status { client } => send(&client, ServerMsg::Status { status: self.status() }),
+            Event::ClientGone { client } => {
+                self.queue.retain(|(_, c)| !c.same_channel(&client));
+                let owns = match &self.slot {
+                    Slot::Preparing { client: c, .. } | Slot::Finishing { client: c, .. } => c.same_channel(&client),
+                    Slot::Running(job) => job.client.same_channel(&client),
+                    Slot::Idle => false,
+                };
+                if owns && let Slot::Running(_) = self.slot {
+                    tracing::warn!("client disconnected; cancelling its job");
+                    self.abort_job();
+                }
+            }
+            Event::Stop => {
+                if self.stopping.is_none() {
+                    tracing::info!("server stopping");
+                    self.stopping = Some(Instant::now());
+                    if matches!(self.slot, Slot::Running(_) | Slot::Preparing { .. }) {
+                        self.fail_job("the server was stopped".into());
+                    }
+                    for (_, c) in self.queue.drain(..) {
+                        send(
+                            &c,
+                            ServerMsg::Failed {
+                                input_error: false,
+                                message: "the server was stopped".into(),
+                            },
+                        );
+                    }
+                    for w in self.workers.values() {
+                        send(
+                            &w.tx,
+                            ServerMsg::Shutdown {
+                                reason: "server stopping".into(),
+                            },
+                        );
+                    }
+                }
+            }
+            Event::Prepared { job, result } => self.prepared(job, result),
+            Event::LocalDone { job, task, outcome } => self.local_done(job, task, outcome),
+            Event::Finished { job, result } => {
+                let slot = std::mem::replace(&mut self.slot, Slot::Idle);
+                match slot {
+                    Slot::Finishing { id, client, summary } if id == job => match result {
+                        Ok(()) => send(&client, ServerMsg::Finished { summary }),
+                        Err(message) => send(
+                            &client,
+                            ServerMsg::Failed {
+                                input_error: false,
+                                message,
+                            },
+                        ),
+                    },
+                    other => self.slot = other,
+                }
+                self.start_next();
+            }
+        }
+    }
+
+    fn worker_msg(&mut self, now: Duration, id: WorkerId, msg: PeerMsg, payload: Bytes) {
+        self.core.heartbeat(now, id);
+        match msg {
+            PeerMsg::Heartbeat => {}
+            PeerMsg::Results { job, results } => {
+                let mut off = 0usize;
+                for r in results {
+                    let len = r.len as usize;
+                    let Some(seg) = payload.get(off..off + len).map(|_| payload.slice(off..off + len)) else {
+                        tracing::warn!(worker = %id, "results payload shorter than announced");
+                        return;
+                    };
+                    off += len;
+                    if !self.is_current(job) {
+                        continue;
+                    }
+                    if self.core.task_done(now, id, r.task) == Accept::Accepted {
+                        self.absorb(r.task, r.bytes_read, seg);
+                    } else {
+                        tracing::debug!(worker = %id, task = r.task, "stale result discarded");
+                    }
+                }
+            }
+            PeerMsg::TaskError { job, task, message } => {
+                if self.is_current(job) {
+                    self.core.task_error(now, id, task, message);
+                }
+            }
+            other => tracing::debug!(worker = %id, ?other, "unexpected message from worker"),
+        }
+    }
+
+    fn is_current(&self, job: u64) -> bool {
+        matches!(&self.slot, Slot::Running(j) if j.id == job)
+    }
+
+    fn start_next(&mut self) {
+        if !matches!(self.slot, Slot::Idle) {
+            return;
+        }
+        let Some((workload, client)) = self.queue.pop_front() else { return };
+        let id = self.next_job;
+        self.next_job += 1;
+        self.slot = Slot::Preparing { id, client };
+        let events = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = Plan::build(&workload).map_err(|e| (true, e.to_string())).and_then(|plan| {
+                let (graph, map) = plan.graph();
+                let writer = Writer::start(&plan, id).map_err(|e| (false, e))?;
+                Ok(Prepared {
+                    plan: Arc::new(plan),
+                    graph,
+                    map,
+                    writer,
+                })
+            });
+            let _ = events.send(Event::Prepared { job: id, result });
+        });
+    }
+
+    fn prepared(&mut self, job: u64, result: Result<Prepared, (bool, String)>) {
+        let Slot::Preparing { id, .. } = &self.slot else { return };
+        if *id != job {
+            return;
+        }
+        let Slot::Preparing { id, client } = std::mem::replace(&mut self.slot, Slot::Idle) else {
+            unreachable!()
+        };
+        match result {
+            Err((input_error, message)) => {
+                send(&client, ServerMsg::Failed { input_error, message });
+                self.start_next();
+            }
+            Ok(p) => {
+                let tasks_total = p.graph.len();
+                let n_consts = p.plan.consts.len();
+                let acc = p
+                    .plan
+                    .consts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (i as u32, Accumulator::new(c, &p.plan.stages[c.stage as usize].shape)))
+                    .collect();
+                let stage_consts = p.plan.stages.iter().map(|s| s.kernel.consts()).collect();
+                send(
+                    &client,
+                    ServerMsg::Accepted {
+                        job: id,
+                        tasks: tasks_total,
+                    },
+                );
+                tracing::info!(job = id, tasks = tasks_total, stages = p.plan.stages.len(), "job started");
+                self.slot = Slot::Running(Box::new(Job {
+                    id,
+                    client,
+                    plan: p.plan,
+                    map: p.map,
+                    writer: Some(p.writer),
+                    acc,
+                    consts: vec![None; n_consts],
+                    const_bytes: vec![None; n_consts],
+                    stage_consts,
+                    started: Instant::now(),
+                    bytes_read: 0,
+                    tasks_total,
+                    last_progress: Instant::now(),
+                }));
+                if let Err(e) = self.core.submit(p.graph) {
+                    self.fail_job(format!("internal: {e}"));
+                }
+            }
+        }
+    }
+
+    /// Carry out the core's actions.
+    fn drive(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Assign { worker, tasks } => self.assign(worker, tasks),
+                Action::RunLocal(task) => self.run_local(task),
+                Action::WorkerLost { worker } => {
+                    tracing::warn!(%worker, "worker lost (no heartbeat)");
+                    if let Some(w) = self.workers.remove(&worker) {
+                        send(
+                            &w.tx,
+                            ServerMsg::Shutdown {
+                                reason: "declared lost after missing heartbeats".into(),
+                            },
+                        );
+                    }
+                }
+                Action::GraphDone => self.finish_job(),
+                Action::GraphFailed(f) => {
+                    let msg = self.describe_failure(&f);
+                    self.fail_job(msg);
+                }
+            }
+        }
+        self.progress(false);
+    }
+
+    fn describe_task(&self, task: TaskId) -> String {
+        let Slot::Running(job) = &self.slot else {
+            return format!("task {task}");
+        };
+        match job.map.locate(task) {
+            TaskRef::Block { stage, block } => {
+                let st = &job.plan.stages[stage as usize];
+                let region = block_region(&st.shape, &st.block, block);
+                let r: Vec<String> = region.iter().map(|r| format!("{}:{}", r.start, r.end)).collect();
+                format!(
+                    "task {task} (stage {stage}, block {block} = [{}] of shape {})",
+                    r.join(", "),
+                    fmt_shape(&st.shape)
+                )
+            }
+            TaskRef::Finalize { stage } => format!("task {task} (finalizing stage {stage})"),
+        }
+    }
+
+    fn worker_name(&self, w: WorkerId) -> String {
+        match self.workers.get(&w) {
+            Some(e) => format!("{w} ({}:{})", e.info.host, e.info.pid),
+            None if w.0 == u32::MAX => "the server".into(),
+            None => w.to_string(),
+        }
+    }
+
+    fn describe_failure(&self, f: &Failure) -> String {
+        match f {
+            Failure::TaskError { task, worker, message } => {
+                format!("{} failed on {}: {message}", self.describe_task(*task), self.worker_name(*worker))
+            }
+            Failure::RetriesExhausted { task, workers } => {
+                let names: Vec<String> = workers.iter().map(|w| w.to_string()).collect();
+                format!(
+                    "{} was running on {} workers that all died ({}); this chunk may crash workers (memory, bad data)",
+                    self.describe_task(*task),
+                    workers.len(),
+                    names.join(", ")
+                )
+            }
+        }
+    }
+
+    fn assign(&mut self, worker: WorkerId, tasks: Vec<TaskId>) {
+        let Slot::Running(job) = &mut self.slot else { return };
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        if w.job_sent != Some(job.id) {
+            w.job_sent = Some(job.id);
+            w.consts_sent.clear();
+            send(
+                &w.tx,
+                ServerMsg::Job {
+                    job: job.id,
+                    plan: (*job.plan).clone(),
+                },
+            );
+        }
+        let mut refs = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let TaskRef::Block { stage, block } = job.map.locate(t) else {
+                continue;
+            };
+            for &c in &job.stage_consts[stage as usize] {
+                if w.consts_sent.insert(c) {
+                    let bytes = job.const_bytes[c as usize].clone().expect("const finalized before its users run");
+                    let shape = job.plan.consts[c as usize].shape.clone();
+                    let _ = w.tx.send(Outgoing {
+                        msg: ServerMsg::Const { job: job.id, id: c, shape },
+                        payload: bytes,
+                    });
+                }
+            }
+            refs.push(proto::TaskRef { task: t, stage, block });
+        }
+        send(&w.tx, ServerMsg::Assign { job: job.id, tasks: refs });
+    }
+
+    fn run_local(&mut self, task: TaskId) {
+        let Slot::Running(job) = &mut self.slot else { return };
+        let events = self.events.clone();
+        let job_id = job.id;
+        match job.map.locate(task) {
+            TaskRef::Finalize { stage } => {
+                let StageKind::Reduce { consts } = &job.plan.stages[stage as usize].kind else {
+                    return;
+                };
+                let accs: Vec<(u32, Accumulator)> = consts.iter().filter_map(|c| job.acc.remove(c).map(|a| (*c, a))).collect();
+                tokio::task::spawn_blocking(move || {
+                    let done = accs.into_iter().map(|(c, a)| (c, a.finish())).collect();
+                    let _ = events.send(Event::LocalDone {
+                        job: job_id,
+                        task,
+                        outcome: LocalOutcome::Finalized(done),
+                    });
+                });
+            }
+            TaskRef::Block { stage, block } => {
+                let plan = job.plan.clone();
+                let consts = job.consts.clone();
+                tokio::task::spawn_blocking(move || {
+                    let get = |c: u32| consts.get(c as usize).cloned().flatten();
+                    let r = exec::execute_block(&plan, &[], &get, stage, block).map_err(|e| e.to_string());
+                    let _ = events.send(Event::LocalDone {
+                        job: job_id,
+                        task,
+                        outcome: LocalOutcome::Block(r),
+                    });
+                });
+            }
+        }
+    }
+
+    fn local_done(&mut self, job_id: u64, task: TaskId, outcome: LocalOutcome) {
+        if !self.is_current(job_id) {
+            return;
+        }
+        match outcome {
+            LocalOutcome::Finalized(done) => {
+                let Slot::Running(job) = &mut self.slot else { return };
+                for (c, arr) in done {
+                    let mut buf = Vec::new();
+                    exec::push_f64(&mut buf, &arr);
+                    job.const_bytes[c as usize] = Some(Bytes::from(buf));
+                    job.consts[c as usize] = Some(Arc::new(arr));
+                }
+                self.core.local_done(task);
+            }
+            LocalOutcome::Block(Ok(r)) => {
+                self.absorb(task, r.bytes_read, Bytes::from(r.payload));
+                self.core.local_done(task);
+            }
+            LocalOutcome::Block(Err(message)) => self.core.local_failed(task, message),
+        }
+    }
+
+    /// Merge an accepted block result into the job.
+    fn absorb(&mut self, task: TaskId, bytes_read: u64, payload: Bytes) {
+        let Slot::Running(job) = &mut self.slot else { return };
+        job.bytes_read += bytes_read;
+        let TaskRef::Block { stage, block } = job.map.locate(task) else {
+            return;
+        };
+        let st = &job.plan.stages[stage as usize];
+        match &st.kind {
+            StageKind::Reduce { .. } => match exec::decode_partials(&job.plan, stage, block, &payload) {
+                Some(parts) => {
+                    let region = block_region(&st.shape, &st.block, block);
+                    for (c, arrays) in parts {
+                        if let Some(acc) = job.acc.get_mut(&c) {
+                            acc.merge(&region, arrays);
+                        }
+                    }
+                }
+                None => {
+                    let msg = format!("protocol error: malformed partial result for {}", self.describe_task(task));
+                    self.fail_job(msg);
+                }
+            },
+            StageKind::Write { output } => {
+                let out = &job.plan.outputs[*output as usize];
+                let region = block_region(&st.shape, &st.block, block);
+                let expect = region.iter().map(|r| r.len()).product::<usize>() * out.dtype.size();
+                if payload.len() != expect {
+                    let msg = format!("protocol error: block of {} bytes where {expect} were expected", payload.len());
+                    self.fail_job(msg);
+                    return;
+                }
+                if let Some(w) = &job.writer {
+                    w.write(*output, region, payload);
+                }
+            }
+        }
+    }
+
+    fn progress(&mut self, force: bool) {
+        let Slot::Running(job) = &mut self.slot else { return };
+        if !force && job.last_progress.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        job.last_progress = Instant::now();
+        if let Some((done, total)) = self.core.progress() {
+            send(&job.client, ServerMsg::Progress { done, total });
+        }
+    }
+
+    fn check_writer(&mut self) {
+        let err = match &mut self.slot {
+            Slot::Running(job) => job.writer.as_mut().and_then(|w| w.errors.try_recv().ok()),
+            _ => None,
+        };
+        if let Some(e) = err {
+            self.fail_job(format!("output writer failed: {e}"));
+        }
+    }
+
+    fn finish_job(&mut self) {
+        self.check_writer();
+        let Slot::Running(job) = std::mem::replace(&mut self.slot, Slot::Idle) else {
+            return;
+        };
+        let mut job = *job;
+        let counters = self.core.graph_counters();
+        let summary = Summary {
+            tasks_total: u64::from(job.tasks_total),
+            tasks_retried: counters.tasks_retried,
+            workers_lost: counters.workers_lost,
+            bytes_read: job.bytes_read,
+            seconds: job.started.elapsed().as_secs_f64(),
+            workers: self.workers.len(),
+            outputs: job
+                .plan
+                .outputs
+                .iter()
+                .map(|o| OutputReport {
+                    file: o.file.display().to_string(),
+                    dataset: o.dataset.clone(),
+                    shape: o.shape.clone(),
+                    dtype: o.dtype.name().into(),
+                    expr: o.expr.clone(),
+                })
+                .collect(),
+        };
+        send(
+            &job.client,
+            ServerMsg::Progress {
+                done: job.tasks_total,
+                total: job.tasks_total,
+            },
+        );
+        let writer = job.writer.take().expect("writer until finished");
+        let done = writer.finish();
+        let events = self.events.clone();
+        let id = job.id;
+        tokio::spawn(async move {
+            let result = done.await.unwrap_or_else(|_| Err("the writer thread died".into()));
+            let _ = events.send(Event::Finished { job: id, result });
+        });
+        tracing::info!(job = id, seconds = summary.seconds, "job done");
+        self.slot = Slot::Finishing {
+            id,
+            client: job.client,
+            summary,
+        };
+    }
+
+    /// Cancel the running job without telling its client (it is gone).
+    fn abort_job(&mut self) {
+        if let Slot::Running(job) = std::mem::replace(&mut self.slot, Slot::Idle) {
+            self.core.cancel_graph();
+            for w in self.workers.values() {
+                send(&w.tx, ServerMsg::Cancel { job: job.id });
+            }
+            // Dropping the writer removes its temporary files.
+            drop(job);
+        }
+        self.start_next();
+    }
+
+    fn fail_job(&mut self, message: String) {
+        tracing::warn!(%message, "job failed");
+        match std::mem::replace(&mut self.slot, Slot::Idle) {
+            Slot::Running(job) => {
+                self.core.cancel_graph();
+                for w in self.workers.values() {
+                    send(&w.tx, ServerMsg::Cancel { job: job.id });
+                }
+                send(
+                    &job.client,
+                    ServerMsg::Failed {
+                        input_error: false,
+                        message,
+                    },
+                );
+                drop(job);
+            }
+            Slot::Preparing { client, .. } => send(
+                &client,
+                ServerMsg::Failed {
+                    input_error: false,
+                    message,
+                },
+            ),
+            other => self.slot = other,
+        }
+        if self.stopping.is_none() {
+            self.start_next();
+        }
+    }
+
+    fn status(&self) -> Status {
+        let assigned: HashMap<WorkerId, usize> = self.core.workers().map(|(id, _, n)| (id, n)).collect();
+        let mut workers: Vec<WorkerStatus> = self
+            .workers
+            .iter()
+            .map(|(id, w)| WorkerStatus {
+                id: id.0,
+                host: w.info.host.clone(),
+                pid: w.info.pid,
+                threads: w.info.threads,
+                batch_job: w.info.batch_job.clone(),
+                assigned: assigned.get(id).copied().unwrap_or(0),
+            })
+            .collect();
+        workers.sort_by_key(|w| w.id);
+        let c = self.core.counters();
+        Status {
+            workers,
+            running_job: match &self.slot {
+                Slot::Running(j) => Some(j.id),
+                _ => None,
+            },
+            progress: self.core.progress(),
+            tasks_done: c.tasks_done,
+            tasks_retried: c.tasks_retried,
+            workers_lost: c.workers_lost,
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The client side: submit a workload, ask for status, stop a server.
+
+use std::time::Duration;
+
+use crate::config::workload::Workload;
+use crate::proto::{self, FrameError, Hello, PROTOCOL_VERSION, PeerMsg, Role, ServerMsg, Status, Summary};
+use crate::transport::{self, Access, ConnectError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{message}")]
+    Failed { input_error: bool, message: String },
+    #[error("lost the connection to the server: {0}")]
+    Lost(String),
+}
+
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> Self {
+        ClientError::Lost(e.to_string())
+    }
+}
+
+impl From<quinn::ConnectionError> for ClientError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        ClientError::Lost(e.to_string())
+    }
+}
+
+/// An authenticated client session.
+pub struct Session {
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Session {
+    pub async fn open(access: &Access) -> Result<Self, ClientError> {
+        let (endpoint, conn) = transport::connect(access, Duration::from_secs(10)).await?;
+        let (mut send, recv) = conn.open_bi().await?;
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            token: access.token.expose().to_string(),
+            worker: None,
+        };
+        proto::write_frame(&mut send, &PeerMsg::Hello(hello), &[]).await?;
+        Ok(Self {
+            _endpoint: endpoint,
+            conn,
+            send,
+            recv,
+        })
+    }
+
+    async fn next(&mut self) -> Result<ServerMsg, ClientError> {
+        let (msg, _) = proto::read_frame::<_, ServerMsg>(&mut self.recv).await?;
+        if let ServerMsg::Rejected { reason } = msg {
+            return Err(ClientError::Rejected(reason));
+        }
+        Ok(msg)
+    }
+
+    /// Run a workload; `progress(done, total)` is called as tasks finish.
+    pub async fn run(mut self, workload: Workload, mut progress: impl FnMut(u32, u32)) -> Result<Summary, ClientError> {
+        proto::write_frame(&mut self.send, &PeerMsg::Submit { workload }, &[]).await?;
+        loop {
+            match self.next().await? {
+                ServerMsg::Accepted { tasks, .. } => progress(0, tasks),
+                ServerMsg::Progress { done, total } => progress(done, total),
+                ServerMsg::Finished { summary } => {
+                    self.close();
+                    return Ok(summary);
+                }
+                ServerMsg::Failed { input_error, message } => {
+                    self.close();
+                    return Err(ClientError::Failed { input_error, message });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn status(mut self) -> Result<Status, ClientError> {
+        proto::write_frame(&mut self.send, &PeerMsg::GetStatus, &[]).await?;
+        loop {
+            if let ServerMsg::Status { status } = self.next().await? {
+                self.close();
+                return Ok(status);
+            }
+        }
+    }
+
+    /// Ask the server to stop; returns when the server closed the connection.
+    pub async fn stop(mut self) -> Result<(), ClientError> {
+        proto::write_frame(&mut self.send, &PeerMsg::Stop, &[]).await?;
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.conn.closed()).await;
+        Ok(())
+    }
+
+    fn close(mut self) {
+        let _ = self.send.finish();
+        self.conn.close(quinn::VarInt::from_u32(0), b"done");
+    }
+}

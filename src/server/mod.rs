@@ -1,0 +1,115 @@
+//! The login-node process: a QUIC endpoint whose connections feed one actor task that
+//! owns the scheduler [`Core`](crate::core::Core), the running job's reductions and its
+//! output writer.
+//!
+//! - [`conn`]: per-connection tasks (authentication, framing in and out).
+//! - [`actor`]: the event loop driving the core; the only owner of scheduling state.
+//! - [`writer`]: the output writer thread.
+//! - [`client`]: the client side of submit/status/stop, used by the CLI.
+
+pub mod actor;
+pub mod client;
+mod conn;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::core::CoreConfig;
+use crate::proto::PROTOCOL_VERSION;
+use crate::transport::{self, Access, Token, TransportError};
+
+/// How to start a server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Folder for access.toml (created 0700).
+    pub dir: PathBuf,
+    pub bind: SocketAddr,
+    /// Host names or addresses workers should dial, in order (the port is appended).
+    pub advertise: Vec<String>,
+    pub core: CoreConfig,
+}
+
+/// A running server.
+pub struct ServerHandle {
+    pub access_path: PathBuf,
+    pub addr: SocketAddr,
+    events: mpsc::UnboundedSender<actor::Event>,
+    task: JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Ask the server to stop (workers are told to exit) and wait for it.
+    pub async fn stop(self) {
+        let _ = self.events.send(actor::Event::Stop);
+        let _ = self.task.await;
+    }
+
+    /// Wait until the server stops by itself (a client asked it to).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    pub fn stop_signal(&self) -> mpsc::UnboundedSender<actor::Event> {
+        self.events.clone()
+    }
+}
+
+/// Path of the access file in a server folder.
+pub fn access_path(dir: &Path) -> PathBuf {
+    dir.join("access.toml")
+}
+
+/// Start a server: endpoint, certificate, token, access file, actor.
+pub async fn start(opts: ServerOptions) -> Result<ServerHandle, TransportError> {
+    transport::make_private_dir(&opts.dir)?;
+    let identity = transport::server_identity(&opts.advertise)?;
+    let endpoint =
+        quinn::Endpoint::server(identity.config, opts.bind).map_err(|source| TransportError::Bind { addr: opts.bind, source })?;
+    let addr = endpoint
+        .local_addr()
+        .map_err(|source| TransportError::Bind { addr: opts.bind, source })?;
+    let token = Token::generate();
+    let addresses = opts
+        .advertise
+        .iter()
+        .map(|h| {
+            if h.contains(':') && !h.starts_with('[') {
+                format!("[{h}]:{}", addr.port())
+            } else {
+                format!("{h}:{}", addr.port())
+            }
+        })
+        .collect();
+    let access = Access {
+        version: PROTOCOL_VERSION,
+        addresses,
+        cert: identity.cert_pem,
+        token: token.clone(),
+    };
+    let access_path = access_path(&opts.dir);
+    access.write(&access_path)?;
+    let (events, rx) = mpsc::unbounded_channel();
+    let token = Arc::new(token);
+    let accept = tokio::spawn(conn::accept_loop(endpoint.clone(), token, events.clone()));
+    let actor = actor::Actor::new(opts.core, events.clone());
+    let path = access_path.clone();
+    let task = tokio::spawn(async move {
+        actor.run(rx).await;
+        accept.abort();
+        endpoint.close(quinn::VarInt::from_u32(0), b"server stopped");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+        let _ = std::fs::remove_file(&path);
+    });
+    tracing::info!(%addr, access = %access_path.display(), "server listening");
+    Ok(ServerHandle {
+        access_path,
+        addr,
+        events,
+        task,
+    })
+}

@@ -1,0 +1,359 @@
+//! QUIC endpoints, certificates, the access file and authentication.
+//!
+//! The server makes a fresh self-signed certificate and a random token at every start
+//! and writes both, with its addresses, into `access.toml` (mode 0600). Peers pin
+//! exactly that certificate (byte for byte, plus the TLS 1.3 handshake signature) and
+//! present the token in their first message. The token is compared in constant time and
+//! never printed, logged or put on a command line.
+
+use std::fmt;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::proto::PROTOCOL_VERSION;
+
+/// TLS server name used by peers; the certificate carries it.
+pub const SERVER_NAME: &str = "drover";
+const ALPN: &[u8] = b"drover/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("cannot read access file \"{path}\": {source}")]
+    ReadAccess { path: PathBuf, source: std::io::Error },
+    #[error("access file \"{path}\" is not valid: {reason}")]
+    BadAccess { path: PathBuf, reason: String },
+    #[error("cannot write access file \"{path}\": {source}")]
+    WriteAccess { path: PathBuf, source: std::io::Error },
+    #[error("cannot create the server folder \"{path}\": {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("certificate generation failed: {0}")]
+    Cert(String),
+    #[error("TLS configuration failed: {0}")]
+    Tls(String),
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// The secret token; never printed.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Token(String);
+
+impl Token {
+    pub fn generate() -> Self {
+        let mut buf = [0u8; 32];
+        getrandom::fill(&mut buf).expect("the OS random source works");
+        Token(buf.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Constant-time comparison.
+    pub fn matches(&self, other: &str) -> bool {
+        self.0.len() == other.len() && bool::from(self.0.as_bytes().ct_eq(other.as_bytes()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Contents of `access.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    pub version: u32,
+    /// "host:port" strings, tried in order.
+    pub addresses: Vec<String>,
+    /// The server certificate (PEM).
+    pub cert: String,
+    pub token: Token,
+}
+
+impl Access {
+    pub fn load(path: &Path) -> Result<Self, TransportError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TransportError::ReadAccess { path: path.into(), source })?;
+        let access: Access = toml::from_str(&text).map_err(|e| TransportError::BadAccess {
+            path: path.into(),
+            reason: crate::config::toml_error_line(path, &text, &e),
+        })?;
+        if access.version != PROTOCOL_VERSION {
+            return Err(TransportError::BadAccess {
+                path: path.into(),
+                reason: format!(
+                    "protocol version {} but this drover speaks {PROTOCOL_VERSION}; use the same drover build as the server",
+                    access.version
+                ),
+            });
+        }
+        access
+            .cert_der()
+            .map_err(|reason| TransportError::BadAccess { path: path.into(), reason })?;
+        Ok(access)
+    }
+
+    pub fn cert_der(&self) -> Result<CertificateDer<'static>, String> {
+        CertificateDer::from_pem_slice(self.cert.as_bytes()).map_err(|e| format!("cert is not a PEM certificate ({e})"))
+    }
+
+    /// Write atomically with mode 0600 (a temporary file in the same folder, renamed).
+    pub fn write(&self, path: &Path) -> Result<(), TransportError> {
+        let werr = |source| TransportError::WriteAccess { path: path.into(), source };
+        let text = toml::to_string(self).map_err(|e| werr(std::io::Error::other(e)))?;
+        let tmp = path.with_extension("toml.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(werr)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(werr)?;
+        f.write_all(text.as_bytes()).map_err(werr)?;
+        f.sync_all().map_err(werr)?;
+        std::fs::rename(&tmp, path).map_err(werr)
+    }
+}
+
+/// Create the server folder, private to the user.
+pub fn make_private_dir(dir: &Path) -> Result<(), TransportError> {
+    let derr = |source| TransportError::Dir { path: dir.into(), source };
+    std::fs::create_dir_all(dir).map_err(derr)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(derr)
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.keep_alive_interval(Some(Duration::from_secs(5)));
+    t.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(60)).expect("valid idle timeout"),
+    ));
+    // Bulk results: allow a large window per stream and connection.
+    t.stream_receive_window(quinn::VarInt::from_u32(64 << 20));
+    t.receive_window(quinn::VarInt::from_u32(256 << 20));
+    t.send_window(256 << 20);
+    Arc::new(t)
+}
+
+/// A server identity: certificate (PEM and DER) and its QUIC server config.
+pub struct ServerIdentity {
+    pub cert_pem: String,
+    pub config: quinn::ServerConfig,
+}
+
+/// Make a fresh self-signed certificate and the QUIC server config using it.
+pub fn server_identity(extra_names: &[String]) -> Result<ServerIdentity, TransportError> {
+    let mut names = vec![SERVER_NAME.to_string()];
+    names.extend(extra_names.iter().cloned());
+    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TransportError::Cert(e.to_string()))?;
+    let cert_der = ck.cert.der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der], key)
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport_config());
+    Ok(ServerIdentity {
+        cert_pem: ck.cert.pem(),
+        config,
+    })
+}
+
+/// Accepts exactly one certificate, and checks the handshake signature with it.
+#[derive(Debug)]
+struct PinnedCert {
+    cert: CertificateDer<'static>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    mismatch: Arc<AtomicBool>,
+}
+
+impl ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            self.mismatch.store(true, Ordering::SeqCst);
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A QUIC client config that trusts only `cert`; the flag is set when a server
+/// presented another certificate.
+pub fn client_config(cert: CertificateDer<'static>) -> Result<(quinn::ClientConfig, Arc<AtomicBool>), TransportError> {
+    let mismatch = Arc::new(AtomicBool::new(false));
+    let verifier = PinnedCert {
+        cert,
+        provider: provider(),
+        mismatch: mismatch.clone(),
+    };
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config());
+    Ok((config, mismatch))
+}
+
+/// Why connecting to a server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "TLS handshake with {addr} failed: the server's certificate does not match the certificate pinned in the access file; the access file is stale or belongs to another server"
+    )]
+    CertificateMismatch { addr: String },
+    #[error("cannot reach the server at {tried}: {reason}; is `drover server` running, and is the address reachable from here?")]
+    Unreachable { tried: String, reason: String },
+    #[error("bad address \"{0}\" in the access file; expected host:port")]
+    BadAddress(String),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Connect to the first reachable address of an access file.
+pub async fn connect(access: &Access, connect_timeout: Duration) -> Result<(quinn::Endpoint, quinn::Connection), ConnectError> {
+    let cert = access.cert_der().map_err(|reason| TransportError::BadAccess {
+        path: PathBuf::from("access file"),
+        reason,
+    })?;
+    let (config, mismatch) = client_config(cert)?;
+    let mut last = String::from("no addresses listed");
+    for a in &access.addresses {
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(a.as_str()).await {
+            Ok(it) => it.collect(),
+            Err(e) => {
+                last = format!("{a}: {e}");
+                continue;
+            }
+        };
+        if addrs.is_empty() {
+            return Err(ConnectError::BadAddress(a.clone()));
+        }
+        for addr in addrs {
+            let bind: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0".parse().expect("addr")
+            } else {
+                "[::]:0".parse().expect("addr")
+            };
+            let endpoint = quinn::Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+            let connecting = match endpoint.connect_with(config.clone(), addr, SERVER_NAME) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    continue;
+                }
+            };
+            match tokio::time::timeout(connect_timeout, connecting).await {
+                Ok(Ok(conn)) => return Ok((endpoint, conn)),
+                Ok(Err(e)) => {
+                    if mismatch.load(Ordering::SeqCst) {
+                        return Err(ConnectError::CertificateMismatch { addr: addr.to_string() });
+                    }
+                    last = format!("{addr}: {e}");
+                }
+                Err(_) => last = format!("{addr}: no answer within {}s", connect_timeout.as_secs()),
+            }
+        }
+    }
+    Err(ConnectError::Unreachable {
+        tried: access.addresses.join(", "),
+        reason: last,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_redacted_and_compared_exactly() {
+        let t = Token::generate();
+        assert_eq!(t.expose().len(), 64);
+        assert!(!format!("{t:?}").contains(t.expose()));
+        assert!(t.matches(&t.expose().to_string()));
+        assert!(!t.matches(&t.expose()[1..]));
+        let mut other = t.expose().to_string();
+        other.replace_range(0..1, if other.starts_with('0') { "1" } else { "0" });
+        assert!(!t.matches(&other));
+    }
+
+    #[test]
+    fn access_file_is_private_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = server_identity(&[]).unwrap();
+        let a = Access {
+            version: PROTOCOL_VERSION,
+            addresses: vec!["127.0.0.1:9".into()],
+            cert: id.cert_pem,
+            token: Token::generate(),
+        };
+        let p = dir.path().join("access.toml");
+        a.write(&p).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let b = Access::load(&p).unwrap();
+        assert_eq!(b.token, a.token);
+        assert_eq!(b.cert_der().unwrap(), a.cert_der().unwrap());
+    }
+}

@@ -1,0 +1,322 @@
+//! The worker process: connects back to the server, authenticates, and runs the tasks
+//! it is given on a pool of threads sized to its cores.
+//!
+//! Three async tasks share one connection: the reader (plans, consts, assignments,
+//! shutdown), the sender (batches finished results into few frames; heartbeats), and the
+//! main task waiting for either to end. Task execution (HDF5 reads, kernels) happens on
+//! plain OS threads fed from a queue; results cross back through a channel.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ndarray::ArrayD;
+use tokio::sync::mpsc;
+
+use crate::exec::{self, plan::Plan};
+use crate::proto::{self, Hello, PROTOCOL_VERSION, PeerMsg, Role, ServerMsg, TaskResult, WorkerInfo};
+use crate::transport::{self, Access, ConnectError, TransportError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Access(#[from] TransportError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{0}")]
+    Rejected(String),
+    #[error("lost the connection to the server: {0}")]
+    Lost(String),
+}
+
+impl WorkerError {
+    /// Bad input (the access file) rather than a runtime failure.
+    pub fn is_input(&self) -> bool {
+        matches!(self, WorkerError::Access(_))
+    }
+}
+
+/// Options of `drover worker`.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub threads: usize,
+    pub heartbeat: Duration,
+}
+
+struct JobCtx {
+    plan: Plan,
+    datasets: OnceLock<Result<Vec<hdf5::Dataset>, String>>,
+    consts: RwLock<HashMap<u32, Arc<ArrayD<f64>>>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    tasks: VecDeque<(u64, proto::TaskRef)>,
+    stop: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    jobs: RwLock<HashMap<u64, Arc<JobCtx>>>,
+}
+
+enum Out {
+    Done { job: u64, result: TaskResult, payload: Vec<u8> },
+    Error { job: u64, task: u32, message: String },
+}
+
+/// The batch job this worker runs in, from the batch system's environment.
+pub fn batch_job_from_env() -> Option<String> {
+    for var in ["SLURM_JOB_ID", "PBS_JOBID", "JOB_ID", "LSB_JOBID", "CONDOR_JOB_ID"] {
+        if let Ok(v) = std::env::var(var)
+            && !v.is_empty()
+        {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Run a worker until the server tells it to stop (Ok) or the connection fails.
+pub async fn run(access_path: &Path, opts: WorkerOptions) -> Result<(), WorkerError> {
+    let access = Access::load(access_path)?;
+    let (_endpoint, conn) = transport::connect(&access, Duration::from_secs(10)).await?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| WorkerError::Lost(e.to_string()))?;
+    let info = WorkerInfo {
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "?".into()),
+        pid: std::process::id(),
+        threads: opts.threads as u32,
+        memory: total_memory(),
+        batch_job: batch_job_from_env(),
+    };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Worker,
+        token: access.token.expose().to_string(),
+        worker: Some(info),
+    };
+    let lost = |e: proto::FrameError| WorkerError::Lost(e.to_string());
+    proto::write_frame(&mut send, &PeerMsg::Hello(hello), &[]).await.map_err(lost)?;
+    let id = match proto::read_frame::<_, ServerMsg>(&mut recv).await {
+        Ok((ServerMsg::Welcome { id }, _)) => id,
+        Ok((ServerMsg::Rejected { reason }, _)) => return Err(WorkerError::Rejected(reason)),
+        Ok((ServerMsg::Shutdown { reason }, _)) => return Err(WorkerError::Rejected(format!("the server refused new workers: {reason}"))),
+        Ok((other, _)) => return Err(WorkerError::Lost(format!("unexpected first message {other:?}"))),
+        Err(e) => {
+            // A rejection closes the connection; report its reason if that is what happened.
+            if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
+                return Err(WorkerError::Rejected(String::from_utf8_lossy(&c.reason).into_owned()));
+            }
+            return Err(lost(e));
+        }
+    };
+    let span = tracing::info_span!("worker", worker = id);
+    let _enter = span.enter();
+    tracing::info!(threads = opts.threads, "registered with the server");
+
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue::default()),
+        ready: Condvar::new(),
+        jobs: RwLock::new(HashMap::new()),
+    });
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Out>();
+    let threads: Vec<_> = (0..opts.threads.max(1))
+        .map(|i| {
+            let shared = shared.clone();
+            let out = out_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("drover-task-{i}"))
+                .spawn(move || task_loop(&shared, &out))
+                .expect("spawn task thread")
+        })
+        .collect();
+    drop(out_tx);
+
+    let sender = tokio::spawn(send_loop(send, out_rx, opts.heartbeat));
+    let result = read_loop(&mut recv, &shared).await;
+    {
+        let mut q = shared.queue.lock().expect("queue lock");
+        q.stop = true;
+        q.tasks.clear();
+    }
+    shared.ready.notify_all();
+    for t in threads {
+        let _ = t.join();
+    }
+    // The sender ends when all task threads dropped their result senders.
+    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
+    conn.close(quinn::VarInt::from_u32(0), b"worker exiting");
+    result
+}
+
+async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared) -> Result<(), WorkerError> {
+    loop {
+        let (msg, payload) = proto::read_frame::<_, ServerMsg>(recv)
+            .await
+            .map_err(|e| WorkerError::Lost(e.to_string()))?;
+        match msg {
+            ServerMsg::Job { job, plan } => {
+                let ctx = JobCtx {
+                    plan,
+                    datasets: OnceLock::new(),
+                    consts: RwLock::new(HashMap::new()),
+                };
+                let mut jobs = shared.jobs.write().expect("jobs lock");
+                jobs.retain(|&j, _| j >= job);
+                jobs.insert(job, Arc::new(ctx));
+            }
+            ServerMsg::Const { job, id, shape } => {
+                let mut off = 0;
+                let arr = exec::take_f64(&payload, &mut off, &shape).ok_or_else(|| WorkerError::Lost("malformed const".into()))?;
+                if let Some(ctx) = shared.jobs.read().expect("jobs lock").get(&job) {
+                    ctx.consts.write().expect("consts lock").insert(id, Arc::new(arr));
+                }
+            }
+            ServerMsg::Assign { job, tasks } => {
+                let mut q = shared.queue.lock().expect("queue lock");
+                q.tasks.extend(tasks.into_iter().map(|t| (job, t)));
+                drop(q);
+                shared.ready.notify_all();
+            }
+            ServerMsg::Cancel { job } => {
+                shared.queue.lock().expect("queue lock").tasks.retain(|(j, _)| *j != job);
+                shared.jobs.write().expect("jobs lock").remove(&job);
+            }
+            ServerMsg::Shutdown { reason } => {
+                tracing::info!(%reason, "server asked to stop");
+                return Ok(());
+            }
+            other => tracing::debug!(?other, "unexpected message"),
+        }
+    }
+}
+
+fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
+    loop {
+        let (job, t) = {
+            let mut q = shared.queue.lock().expect("queue lock");
+            loop {
+                if q.stop {
+                    return;
+                }
+                if let Some(item) = q.tasks.pop_front() {
+                    break item;
+                }
+                q = shared.ready.wait(q).expect("queue lock");
+            }
+        };
+        let Some(ctx) = shared.jobs.read().expect("jobs lock").get(&job).cloned() else {
+            continue;
+        };
+        let span = tracing::debug_span!("task", job, task = t.task, stage = t.stage, block = t.block);
+        let _e = span.enter();
+        let run = || -> Result<exec::BlockResult, String> {
+            let datasets = ctx
+                .datasets
+                .get_or_init(|| exec::open_inputs(&ctx.plan).map_err(|e| e.to_string()))
+                .as_ref()
+                .map_err(Clone::clone)?;
+            let consts = |c: u32| ctx.consts.read().expect("consts lock").get(&c).cloned();
+            exec::execute_block(&ctx.plan, datasets, &consts, t.stage, t.block).map_err(|e| e.to_string())
+        };
+        let msg = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+            Ok(Ok(r)) => Out::Done {
+                job,
+                result: TaskResult {
+                    task: t.task,
+                    bytes_read: r.bytes_read,
+                    len: r.payload.len() as u64,
+                },
+                payload: r.payload,
+            },
+            Ok(Err(message)) => Out::Error {
+                job,
+                task: t.task,
+                message,
+            },
+            Err(p) => {
+                let what = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                Out::Error {
+                    job,
+                    task: t.task,
+                    message: format!("worker panicked: {what}"),
+                }
+            }
+        };
+        if out.send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+/// Most bytes of results gathered into one frame.
+const BATCH_BYTES: usize = 8 << 20;
+
+async fn send_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration) {
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending: Option<Out> = None;
+    loop {
+        let first = match pending.take() {
+            Some(o) => o,
+            None => tokio::select! {
+                o = rx.recv() => match o {
+                    Some(o) => o,
+                    None => break,
+                },
+                _ = beat.tick() => {
+                    if proto::write_frame(&mut send, &PeerMsg::Heartbeat, &[]).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        let res = match first {
+            Out::Error { job, task, message } => proto::write_frame(&mut send, &PeerMsg::TaskError { job, task, message }, &[]).await,
+            Out::Done { job, result, payload } => {
+                // Gather more finished results of the same job that are already waiting.
+                let mut results = vec![result];
+                let mut bytes = payload;
+                while bytes.len() < BATCH_BYTES {
+                    match rx.try_recv() {
+                        Ok(Out::Done { job: j, result, payload }) if j == job => {
+                            results.push(result);
+                            bytes.extend_from_slice(&payload);
+                        }
+                        Ok(other) => {
+                            pending = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                proto::write_frame(&mut send, &PeerMsg::Results { job, results }, &Bytes::from(bytes)).await
+            }
+        };
+        if res.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+}
