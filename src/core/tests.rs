@@ -223,7 +223,7 @@ fn seeded_random_schedules_count_every_task_once() {
         let mut done = false;
         for step in 0..100_000 {
             now += Duration::from_millis(10);
-            for a in std::iter::from_fn(|| core.poll_action()) {
+            while let Some(a) = core.poll_action() {
                 match a {
                     Action::Assign { worker, tasks } => held.entry(worker).or_default().extend(tasks),
                     Action::RunLocal(t) => {
@@ -240,7 +240,7 @@ fn seeded_random_schedules_count_every_task_once() {
             }
             let live: Vec<WorkerId> = core.workers().map(|(id, _, _)| id).collect();
             let r = rng.random_range(0..100);
-            if live.len() < 1 || r < 5 {
+            if live.is_empty() || r < 5 {
                 core.worker_joined(now, rng.random_range(1..4));
             } else if r < 10 && live.len() > 1 {
                 let w = live[rng.random_range(0..live.len())];
@@ -267,7 +267,9 @@ fn seeded_random_schedules_count_every_task_once() {
                     assert_eq!(res == Accept::Accepted, holds, "seed {seed}");
                     if res == Accept::Accepted {
                         counted[t as usize] += 1;
-                        held.get_mut(&other).map(|q| q.retain(|x| *x != t));
+                        if let Some(q) = held.get_mut(&other) {
+                            q.retain(|x| *x != t);
+                        }
                     }
                 }
             }
