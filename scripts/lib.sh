@@ -1,0 +1,93 @@
+# shellcheck shell=bash
+# Shared set-up steps for drover's scripts (test.sh, quickstart.sh, later testbeds).
+# Source it; it defines functions and variables only and changes no shell options.
+#
+#   DROVER_ROOT          the repository root (absolute)
+#   DROVER_VENV          the Python venv for tests and helpers (default: $DROVER_ROOT/.venv)
+#   DROVER_PY            that venv's python
+#   log MSG              a progress line on stderr
+#   die MSG              an error line on stderr, then exit 1
+#   ensure_debian_packages PKG...   install the ones not installed (apt-get), if any
+#   ensure_build_deps    the system packages the Rust build needs (HDF5, pkg-config)
+#   ensure_venv          the venv with numpy, h5py, pytest (pip only when an import fails)
+#   cargo_release_build  cargo build --release
+
+DROVER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DROVER_VENV="${DROVER_VENV:-$DROVER_ROOT/.venv}"
+DROVER_PY="$DROVER_VENV/bin/python"
+DROVER_BUILD_PACKAGES=(libhdf5-dev pkg-config)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Runs a command as root: directly when root, else through sudo.
+_as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root (or sudo) to run: $*"
+    fi
+}
+
+_debian_installed() {
+    # dpkg -s succeeds for removed-but-configured packages too: check the status line
+    dpkg -s "$1" 2>/dev/null | grep -q '^Status: install ok installed$'
+}
+
+ensure_debian_packages() {
+    local missing=() pkg
+    command -v dpkg >/dev/null 2>&1 || die "not a Debian-like system (no dpkg); install by hand: $*"
+    for pkg in "$@"; do
+        _debian_installed "$pkg" || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    _as_root apt-get update -qq
+    _as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+ensure_build_deps() {
+    ensure_debian_packages "${DROVER_BUILD_PACKAGES[@]}"
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"   # rustup's default place, not always on PATH
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo not found on PATH (install a Rust toolchain with rustup)"
+}
+
+_venv_ok() {
+    [ -x "$DROVER_PY" ] && "$DROVER_PY" -c 'import numpy, h5py, pytest' >/dev/null 2>&1
+}
+
+ensure_venv() {
+    if _venv_ok; then
+        return 0
+    fi
+    local python="${PYTHON:-python3}"
+    command -v "$python" >/dev/null 2>&1 || ensure_debian_packages python3
+    if [ -e "$DROVER_VENV" ] && ! "$DROVER_PY" -c pass >/dev/null 2>&1; then
+        log "removing broken venv at $DROVER_VENV"   # e.g. its base interpreter is gone
+        rm -rf "$DROVER_VENV"
+    fi
+    if [ ! -x "$DROVER_PY" ]; then
+        log "creating Python venv at $DROVER_VENV"
+        if ! "$python" -m venv "$DROVER_VENV" 2>/dev/null; then
+            # Debian's python3 needs python3-venv for ensurepip
+            rm -rf "$DROVER_VENV"
+            ensure_debian_packages python3-venv
+            "$python" -m venv "$DROVER_VENV"
+        fi
+    fi
+    log "installing Python packages into $DROVER_VENV"
+    "$DROVER_PY" -m pip install -q --disable-pip-version-check \
+        -r "$DROVER_ROOT/tests/e2e/requirements.txt"
+    _venv_ok || die "the venv at $DROVER_VENV still cannot import numpy, h5py and pytest"
+}
+
+cargo_release_build() {
+    log "cargo build --release"
+    (cd "$DROVER_ROOT" && cargo build --release)
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# drover's test entry point (CI runs it through .ci/run).
+#
+#   scripts/test.sh              set-up, then every stage in DEFAULT_STAGES
+#   scripts/test.sh e2e          set-up, then only the named stage(s)
+#   scripts/test.sh --list       list the stages
+#
+# Set-up (fatal on failure, since testing a stale binary would mislead): Debian
+# build packages, the Python venv (.venv), `cargo build --release`.
+# Test stages all run even when an earlier one fails; the script prints a summary
+# and exits 1 if any stage failed.
+#
+# Adding a stage (e.g. a SLURM or SGE testbed): define a function `stage_NAME`
+# below that exits non-zero on failure (it runs in a subshell with `set -euo
+# pipefail`, cwd = repo root, so it may cd, export and do its own set-up), and add
+# NAME to DEFAULT_STAGES. Extra pytest options: PYTEST_ADDOPTS="-k auth -x".
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$DROVER_ROOT"
+
+# ---------------------------------------------------------------- stages
+
+# Rust unit, integration and simulation tests.
+stage_cargo_test() {
+    cargo test --release
+}
+
+# End-to-end tests of the real binary, numpy + h5py as the oracle.
+stage_e2e() {
+    DROVER_BIN="${DROVER_BIN:-target/release/drover}" \
+        "$DROVER_PY" -m pytest tests/e2e -q
+}
+
+DEFAULT_STAGES=(cargo_test e2e)
+
+# ---------------------------------------------------------------- driver
+
+RESULTS=()   # "PASS|FAIL name seconds detail"
+FAILED=()
+
+# run_step NAME CMD...: runs CMD in a subshell with errexit on; records the result
+# in RESULTS/FAILED and STEP_RC. It always returns 0 and must be called as a plain
+# command: inside `if`, `||` or `!` bash would ignore errexit in the subshell too.
+run_step() {
+    local name="$1" start
+    shift
+    start=$SECONDS
+    printf '\n==================== %s ====================\n' "$name" >&2
+    set +e
+    ( set -euo pipefail; "$@" )
+    STEP_RC=$?
+    set -e
+    if [ "$STEP_RC" -eq 0 ]; then
+        RESULTS+=("PASS $name $((SECONDS - start))s")
+    else
+        RESULTS+=("FAIL $name $((SECONDS - start))s exit=$STEP_RC")
+        FAILED+=("$name")
+    fi
+    return 0
+}
+
+print_summary() {
+    local r
+    printf '\n==================== summary ====================\n' >&2
+    for r in "${RESULTS[@]}"; do
+        # shellcheck disable=SC2086
+        printf '  %-4s  %-16s %s %s\n' $r >&2
+    done
+}
+
+setup_all() {
+    ensure_build_deps
+    ensure_venv
+    cargo_release_build
+}
+
+main() {
+    local stages=() s
+    if [ "${1:-}" = "--list" ]; then
+        printf '%s\n' "${DEFAULT_STAGES[@]}"
+        return 0
+    fi
+    if [ "$#" -gt 0 ]; then stages=("$@"); else stages=("${DEFAULT_STAGES[@]}"); fi
+    for s in "${stages[@]}"; do
+        declare -F "stage_$s" >/dev/null || die "unknown stage '$s' (known: ${DEFAULT_STAGES[*]})"
+    done
+
+    run_step setup setup_all
+    if [ "$STEP_RC" -ne 0 ]; then
+        print_summary
+        printf 'test.sh: set-up FAILED, no test stage ran\n' >&2
+        return 1
+    fi
+    for s in "${stages[@]}"; do
+        run_step "$s" "stage_$s"
+    done
+    print_summary
+    if [ "${#FAILED[@]}" -gt 0 ]; then
+        printf 'test.sh: FAILED stages: %s (of %d)\n' "${FAILED[*]}" "${#stages[@]}" >&2
+        return 1
+    fi
+    printf 'test.sh: all %d test stages OK\n' "${#stages[@]}" >&2
+}
+
+main "$@"
