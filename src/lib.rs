@@ -1,6 +1,7 @@
 //! drover: a launcher and scheduler for chunked array work over HDF5 on worker pools
 //! connected by authenticated QUIC. See ARCHITECTURE.md for the map.
 
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod core;

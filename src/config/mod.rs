@@ -5,6 +5,7 @@
 //! Every error here is a bad-input error (exit code 2) that quotes the offending value
 //! and says how to fix it.
 
+pub mod site;
 pub mod workload;
 
 use std::path::Path;
@@ -17,7 +18,16 @@ pub(crate) fn toml_error_line(path: &Path, text: &str, err: &toml::de::Error) ->
             let upto = &text[..span.start.min(text.len())];
             let line = upto.matches('\n').count() + 1;
             let col = upto.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            format!("{}: line {line}, column {col}: {msg}", path.display())
+            // Name the key of a `key = value` line, serde's messages do not.
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim())
+                .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-'))
+                .map(|k| format!(" (key \"{k}\")"))
+                .unwrap_or_default();
+            format!("{}: line {line}, column {col}{key}: {msg}", path.display())
         }
         None => format!("{}: {msg}", path.display()),
     }

@@ -32,7 +32,7 @@ impl From<quinn::ConnectionError> for ClientError {
 
 /// An authenticated client session.
 pub struct Session {
-    _endpoint: quinn::Endpoint,
+    endpoint: quinn::Endpoint,
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -50,7 +50,7 @@ impl Session {
         };
         proto::write_frame(&mut send, &PeerMsg::Hello(hello), &[]).await?;
         Ok(Self {
-            _endpoint: endpoint,
+            endpoint,
             conn,
             send,
             recv,
@@ -73,11 +73,11 @@ impl Session {
                 ServerMsg::Accepted { tasks, .. } => progress(0, tasks),
                 ServerMsg::Progress { done, total } => progress(done, total),
                 ServerMsg::Finished { summary } => {
-                    self.close();
+                    self.close().await;
                     return Ok(summary);
                 }
                 ServerMsg::Failed { input_error, message } => {
-                    self.close();
+                    self.close().await;
                     return Err(ClientError::Failed { input_error, message });
                 }
                 _ => {}
@@ -89,7 +89,7 @@ impl Session {
         proto::write_frame(&mut self.send, &PeerMsg::GetStatus, &[]).await?;
         loop {
             if let ServerMsg::Status { status } = self.next().await? {
-                self.close();
+                self.close().await;
                 return Ok(status);
             }
         }
@@ -103,8 +103,9 @@ impl Session {
         Ok(())
     }
 
-    fn close(mut self) {
+    async fn close(mut self) {
         let _ = self.send.finish();
         self.conn.close(quinn::VarInt::from_u32(0), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 }

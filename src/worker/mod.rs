@@ -94,7 +94,7 @@ fn total_memory() -> u64 {
 /// Run a worker until the server tells it to stop (Ok) or the connection fails.
 pub async fn run(access_path: &Path, opts: WorkerOptions) -> Result<(), WorkerError> {
     let access = Access::load(access_path)?;
-    let (_endpoint, conn) = transport::connect(&access, Duration::from_secs(10)).await?;
+    let (endpoint, conn) = transport::connect(&access, Duration::from_secs(10)).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| WorkerError::Lost(e.to_string()))?;
     let info = WorkerInfo {
         host: nix::unistd::gethostname()
@@ -162,6 +162,9 @@ pub async fn run(access_path: &Path, opts: WorkerOptions) -> Result<(), WorkerEr
     // The sender ends when all task threads dropped their result senders.
     let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
     conn.close(quinn::VarInt::from_u32(0), b"worker exiting");
+    // Flush the close to the server before the process exits, so it sees us leave at
+    // once instead of waiting for an idle timeout.
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
     result
 }
 

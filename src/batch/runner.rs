@@ -1,0 +1,1 @@
+//! Runs the batch system's real commands (submit, status, cancel).
