@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod exec;
+pub mod pool;
 pub mod proto;
 pub mod server;
 pub mod transport;

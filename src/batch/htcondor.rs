@@ -62,6 +62,11 @@ impl BatchSystem for Htcondor {
         (0..size).map(|i| JobId(format!("{id}.{i}"))).collect()
     }
 
+    /// A one-job cluster `C` runs as `C.0`.
+    fn single_job(&self, id: JobId) -> JobId {
+        JobId(format!("{id}.0"))
+    }
+
     fn status(&self, ids: &[JobId]) -> Vec<String> {
         let mut argv = vec!["condor_q".to_string(), "-json".to_string()];
         let mut seen = std::collections::BTreeSet::new();

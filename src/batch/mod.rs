@@ -96,6 +96,10 @@ pub trait BatchSystem: Send + Sync {
     fn parse_submit(&self, stdout: &str) -> Result<JobId, BatchError>;
     /// Ids of the elements of an array submission (for per-element state and cancel).
     fn array_elements(&self, id: &JobId, size: u32) -> Vec<JobId>;
+    /// The id to track for a non-array submission (what its workers report).
+    fn single_job(&self, id: JobId) -> JobId {
+        id
+    }
     fn status(&self, ids: &[JobId]) -> Vec<String>;
     /// States of the given ids; ids absent from the output are [`JobState::Gone`].
     fn parse_status(&self, stdout: &str, ids: &[JobId]) -> Result<BTreeMap<JobId, JobState>, BatchError>;

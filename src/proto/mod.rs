@@ -138,6 +138,10 @@ pub enum PeerMsg {
     },
     GetStatus,
     Stop,
+    /// Hold this many workers (servers with a site).
+    Scale {
+        workers: u32,
+    },
 }
 
 /// The report of a finished run.
@@ -164,11 +168,25 @@ pub struct OutputReport {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
     pub workers: Vec<WorkerStatus>,
+    /// Batch jobs of the pool (servers with a site).
+    pub jobs: Vec<JobStatus>,
+    /// Workers the pool holds.
+    pub target: Option<u32>,
+    /// The last failed submission, while it is being retried.
+    pub submit_failure: Option<String>,
     pub running_job: Option<u64>,
     pub progress: Option<(u32, u32)>,
     pub tasks_done: u64,
     pub tasks_retried: u64,
     pub workers_lost: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub id: String,
+    pub state: String,
+    pub retiring: bool,
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -18,12 +18,15 @@ use ndarray::ArrayD;
 use tokio::sync::{mpsc, oneshot};
 
 use super::writer::Writer;
+use crate::batch::runner::Runner;
+use crate::batch::{JobId, JobState};
 use crate::config::workload::Workload;
 use crate::core::{Accept, Action, Core, CoreConfig, Failure, TaskId, WorkerId};
 use crate::exec::geometry::{block_region, fmt_shape};
 use crate::exec::kernel::Accumulator;
 use crate::exec::plan::{Plan, StageKind, TaskMap, TaskRef};
 use crate::exec::{self, BlockResult};
+use crate::pool::{Pool, PoolAction};
 use crate::proto::{self, OutputReport, PeerMsg, ServerMsg, Status, Summary, WorkerInfo, WorkerStatus};
 
 /// A frame to send on a connection.
@@ -83,7 +86,36 @@ pub enum Event {
         job: u64,
         result: Result<(), String>,
     },
+    Scale {
+        workers: u32,
+        client: Tx,
+    },
+    PoolSubmitted(Result<Vec<JobId>, String>),
+    PoolStatus(Result<std::collections::BTreeMap<JobId, JobState>, String>),
 }
+
+/// A server's batch pool: the pure pool and the runner of its commands.
+pub struct SitePool {
+    pub pool: Pool,
+    pub runner: Arc<Runner>,
+    polling: bool,
+    last_poll: Option<Instant>,
+}
+
+impl SitePool {
+    pub fn new(runner: Runner) -> Self {
+        let pool = Pool::new(runner.site().workers_per_job());
+        Self {
+            pool,
+            runner: Arc::new(runner),
+            polling: false,
+            last_poll: None,
+        }
+    }
+}
+
+/// How often the batch system is asked for job states.
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// A planned job, built off the runtime (HDF5 inspection, output file creation).
 pub struct Prepared {
@@ -138,6 +170,7 @@ pub struct Actor {
     queue: VecDeque<(Workload, Tx)>,
     next_job: u64,
     stopping: Option<Instant>,
+    site: Option<SitePool>,
 }
 
 fn send(tx: &Tx, msg: ServerMsg) {
@@ -145,7 +178,16 @@ fn send(tx: &Tx, msg: ServerMsg) {
 }
 
 impl Actor {
-    pub fn new(cfg: CoreConfig, events: mpsc::UnboundedSender<Event>) -> Self {
+    pub fn new(cfg: CoreConfig, events: mpsc::UnboundedSender<Event>, site: Option<SitePool>, workers: u32) -> Self {
+        let mut a = Self::bare(cfg, events, site);
+        let now = a.now();
+        if let Some(s) = &mut a.site {
+            s.pool.set_target(now, workers);
+        }
+        a
+    }
+
+    fn bare(cfg: CoreConfig, events: mpsc::UnboundedSender<Event>, site: Option<SitePool>) -> Self {
         Self {
             core: Core::new(cfg),
             events,
@@ -155,6 +197,7 @@ impl Actor {
             queue: VecDeque::new(),
             next_job: 1,
             stopping: None,
+            site,
         }
     }
 
@@ -175,13 +218,25 @@ impl Actor {
                     let now = self.now();
                     self.core.tick(now);
                     self.check_writer();
+                    self.pool_tick(now);
                 }
             }
             self.drive();
-            if let Some(since) = self.stopping
-                && (self.workers.is_empty() || since.elapsed() > Duration::from_secs(10))
-            {
-                break;
+            self.drive_pool();
+            if let Some(since) = self.stopping {
+                let queue_empty = self.site.as_ref().is_none_or(|s| s.pool.drained());
+                let limit = if self.site.is_some() {
+                    Duration::from_secs(120)
+                } else {
+                    Duration::from_secs(10)
+                };
+                if self.workers.is_empty() && queue_empty {
+                    break;
+                }
+                if since.elapsed() > limit {
+                    tracing::warn!(workers = self.workers.len(), queue_empty, "stopping without waiting any longer");
+                    break;
+                }
             }
         }
     }
@@ -201,7 +256,10 @@ impl Actor {
                 }
                 let id = self.core.worker_joined(now, info.threads);
                 send(&tx, ServerMsg::Welcome { id: id.0 });
-                tracing::info!(worker = %id, host = %info.host, pid = info.pid, threads = info.threads, "worker joined");
+                tracing::info!(worker = %id, host = %info.host, pid = info.pid, threads = info.threads, batch_job = ?info.batch_job, "worker joined");
+                if let (Some(s), Some(job)) = (&mut self.site, &info.batch_job) {
+                    s.pool.worker_seen(&JobId(job.clone()));
+                }
                 self.workers.insert(
                     id,
                     WorkerEntry {
@@ -270,6 +328,47 @@ impl Actor {
                                 reason: "server stopping".into(),
                             },
                         );
+                    }
+                    if let Some(s) = &mut self.site {
+                        s.pool.stop();
+                    }
+                }
+            }
+            Event::Scale { workers, client } => match &mut self.site {
+                Some(s) if self.stopping.is_none() => {
+                    tracing::info!(workers, "scaling");
+                    s.pool.set_target(now, workers);
+                    send(&client, ServerMsg::Ok);
+                }
+                Some(_) => send(
+                    &client,
+                    ServerMsg::Failed {
+                        input_error: false,
+                        message: "the server is stopping".into(),
+                    },
+                ),
+                None => send(
+                    &client,
+                    ServerMsg::Failed {
+                        input_error: true,
+                        message: "this server has no batch site; start it with `drover server start --site NAME|FILE`".into(),
+                    },
+                ),
+            },
+            Event::PoolSubmitted(result) => {
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "submission failed; backing off");
+                }
+                if let Some(s) = &mut self.site {
+                    s.pool.submitted(now, result);
+                }
+            }
+            Event::PoolStatus(result) => {
+                if let Some(s) = &mut self.site {
+                    s.polling = false;
+                    match result {
+                        Ok(states) => s.pool.status(now, &states),
+                        Err(e) => tracing::warn!(error = %e, "polling the batch system failed"),
                     }
                 }
             }
@@ -726,6 +825,88 @@ impl Actor {
         }
     }
 
+    /// Poll job states, retire drained jobs, let backoffs expire.
+    fn pool_tick(&mut self, now: Duration) {
+        let Some(s) = &mut self.site else { return };
+        s.pool.step(now);
+        let live = s.pool.live_jobs();
+        if !s.polling && !live.is_empty() && s.last_poll.is_none_or(|t| t.elapsed() >= POLL_INTERVAL) {
+            s.polling = true;
+            s.last_poll = Some(Instant::now());
+            let runner = s.runner.clone();
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                let r = runner.status(&live).await;
+                let _ = events.send(Event::PoolStatus(r));
+            });
+        }
+        // Retiring jobs whose workers hold nothing: stop the workers, cancel the job.
+        let assigned: HashMap<WorkerId, usize> = self.core.workers().map(|(id, _, n)| (id, n)).collect();
+        let retiring: Vec<JobId> = s
+            .pool
+            .jobs(now)
+            .into_iter()
+            .filter(|j| j.retiring && j.state != JobState::Gone)
+            .map(|j| j.id)
+            .collect();
+        for job in retiring {
+            let mine: Vec<WorkerId> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| w.info.batch_job.as_deref() == Some(job.0.as_str()))
+                .map(|(id, _)| *id)
+                .collect();
+            if mine.iter().all(|w| assigned.get(w).copied().unwrap_or(0) == 0) {
+                for w in &mine {
+                    if let Some(e) = self.workers.get(w) {
+                        send(
+                            &e.tx,
+                            ServerMsg::Shutdown {
+                                reason: "scaled down".into(),
+                            },
+                        );
+                    }
+                }
+                tracing::info!(job = %job, workers = mine.len(), "retiring idle job");
+                s.pool.retired(now, &job);
+            }
+        }
+    }
+
+    /// Carry out the pool's actions.
+    fn drive_pool(&mut self) {
+        let Some(s) = &mut self.site else { return };
+        for action in s.pool.take_actions() {
+            match action {
+                PoolAction::Submit { jobs } => {
+                    let runner = s.runner.clone();
+                    let events = self.events.clone();
+                    tracing::info!(jobs, "submitting");
+                    tokio::spawn(async move {
+                        let r = runner.submit(jobs).await;
+                        let _ = events.send(Event::PoolSubmitted(r));
+                    });
+                }
+                PoolAction::Cancel(ids) => {
+                    tracing::info!(jobs = ?ids, "cancelling");
+                    let runner = s.runner.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = runner.cancel(&ids).await {
+                            tracing::warn!(error = %e, "cancel failed");
+                        }
+                    });
+                }
+                PoolAction::Retire(ids) => {
+                    for (id, w) in &self.workers {
+                        if w.info.batch_job.as_ref().is_some_and(|j| ids.iter().any(|r| &r.0 == j)) {
+                            let _ = self.core.drain(*id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn status(&self) -> Status {
         let assigned: HashMap<WorkerId, usize> = self.core.workers().map(|(id, _, n)| (id, n)).collect();
         let mut workers: Vec<WorkerStatus> = self
@@ -742,8 +923,35 @@ impl Actor {
             .collect();
         workers.sort_by_key(|w| w.id);
         let c = self.core.counters();
+        let now = self.now();
+        let (jobs, target, submit_failure) = match &self.site {
+            Some(s) => (
+                s.pool
+                    .jobs(now)
+                    .into_iter()
+                    .map(|j| proto::JobStatus {
+                        workers: self
+                            .workers
+                            .values()
+                            .filter(|w| w.info.batch_job.as_deref() == Some(j.id.0.as_str()))
+                            .count(),
+                        id: j.id.0,
+                        state: format!("{:?}", j.state).to_lowercase(),
+                        retiring: j.retiring,
+                    })
+                    .collect(),
+                Some(s.pool.target()),
+                s.pool
+                    .failure(now)
+                    .map(|f| format!("{} (attempt {}, retrying in {:.0} s)", f.message, f.attempts, f.retry_in)),
+            ),
+            None => (Vec::new(), None, None),
+        };
         Status {
             workers,
+            jobs,
+            target,
+            submit_failure,
             running_job: match &self.slot {
                 Slot::Running(j) => Some(j.id),
                 _ => None,

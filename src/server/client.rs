@@ -40,7 +40,7 @@ pub struct Session {
 
 impl Session {
     pub async fn open(access: &Access) -> Result<Self, ClientError> {
-        let (endpoint, conn) = transport::connect(access, Duration::from_secs(10)).await?;
+        let (endpoint, conn) = transport::connect(access, Duration::from_secs(10), Duration::from_secs(60)).await?;
         let (mut send, recv) = conn.open_bi().await?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
@@ -91,6 +91,24 @@ impl Session {
             if let ServerMsg::Status { status } = self.next().await? {
                 self.close().await;
                 return Ok(status);
+            }
+        }
+    }
+
+    /// Ask a server with a site to hold `workers` workers.
+    pub async fn scale(mut self, workers: u32) -> Result<(), ClientError> {
+        proto::write_frame(&mut self.send, &PeerMsg::Scale { workers }, &[]).await?;
+        loop {
+            match self.next().await? {
+                ServerMsg::Ok => {
+                    self.close().await;
+                    return Ok(());
+                }
+                ServerMsg::Failed { input_error, message } => {
+                    self.close().await;
+                    return Err(ClientError::Failed { input_error, message });
+                }
+                _ => {}
             }
         }
     }

@@ -113,6 +113,10 @@ async fn handle(incoming: quinn::Incoming, token: Arc<Token>, events: mpsc::Unbo
                     })?,
                     Ok((PeerMsg::GetStatus, _)) => events.send(Event::Status { client: tx.clone() })?,
                     Ok((PeerMsg::Stop, _)) => events.send(Event::Stop)?,
+                    Ok((PeerMsg::Scale { workers }, _)) => events.send(Event::Scale {
+                        workers,
+                        client: tx.clone(),
+                    })?,
                     Ok((other, _)) => tracing::debug!(?other, "unexpected client message"),
                     Err(_) => break,
                 }

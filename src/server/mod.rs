@@ -19,6 +19,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::batch::runner::Runner;
+use crate::config::site::Site;
 use crate::core::CoreConfig;
 use crate::proto::PROTOCOL_VERSION;
 use crate::transport::{self, Access, Token, TransportError};
@@ -32,6 +34,10 @@ pub struct ServerOptions {
     /// Host names or addresses workers should dial, in order (the port is appended).
     pub advertise: Vec<String>,
     pub core: CoreConfig,
+    /// Get workers through this site's batch system.
+    pub site: Option<Site>,
+    /// Workers to hold from the start (with a site).
+    pub workers: u32,
 }
 
 /// A running server.
@@ -59,13 +65,24 @@ impl ServerHandle {
     }
 }
 
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Batch(#[from] crate::batch::BatchError),
+    #[error("cannot locate the drover executable for workers: {0}; set DROVER_WORKER_EXE")]
+    Exe(std::io::Error),
+}
+
 /// Path of the access file in a server folder.
 pub fn access_path(dir: &Path) -> PathBuf {
     dir.join("access.toml")
 }
 
 /// Start a server: endpoint, certificate, token, access file, actor.
-pub async fn start(opts: ServerOptions) -> Result<ServerHandle, TransportError> {
+pub async fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
     transport::make_private_dir(&opts.dir)?;
     let identity = transport::server_identity(&opts.advertise)?;
     let endpoint =
@@ -96,7 +113,19 @@ pub async fn start(opts: ServerOptions) -> Result<ServerHandle, TransportError> 
     let (events, rx) = mpsc::unbounded_channel();
     let token = Arc::new(token);
     let accept = tokio::spawn(conn::accept_loop(endpoint.clone(), token, events.clone()));
-    let actor = actor::Actor::new(opts.core, events.clone());
+    let site = match opts.site {
+        Some(site) => {
+            let log_dir = site.log_dir.clone().unwrap_or_else(|| opts.dir.join("logs"));
+            let exe = match std::env::var_os("DROVER_WORKER_EXE") {
+                Some(p) => PathBuf::from(p),
+                None => std::env::current_exe().map_err(StartError::Exe)?,
+            };
+            let runner = Runner::new(site, log_dir, exe, access_path.clone())?;
+            Some(actor::SitePool::new(runner))
+        }
+        None => None,
+    };
+    let actor = actor::Actor::new(opts.core, events.clone(), site, opts.workers);
     let path = access_path.clone();
     let task = tokio::spawn(async move {
         actor.run(rx).await;

@@ -132,6 +132,38 @@ impl Access {
     }
 }
 
+/// The address of a network interface (`ib0`, `hsn0`, ...), IPv4 preferred.
+pub fn interface_addr(name: &str) -> Result<std::net::IpAddr, String> {
+    let addrs: Vec<_> = nix::ifaddrs::getifaddrs()
+        .map_err(|e| format!("cannot list network interfaces: {e}"))?
+        .collect();
+    let mut names: Vec<String> = addrs.iter().map(|a| a.interface_name.clone()).collect();
+    names.sort();
+    names.dedup();
+    let mut v6 = None;
+    for a in addrs.iter().filter(|a| a.interface_name == name) {
+        let Some(sa) = a.address.as_ref() else { continue };
+        if let Some(v4) = sa.as_sockaddr_in() {
+            return Ok(std::net::IpAddr::V4(v4.ip()));
+        }
+        if let Some(s6) = sa.as_sockaddr_in6()
+            && (s6.ip().segments()[0] & 0xffc0) != 0xfe80
+        {
+            v6 = Some(std::net::IpAddr::V6(s6.ip()));
+        }
+    }
+    v6.ok_or_else(|| {
+        if names.iter().any(|n| n == name) {
+            format!("interface \"{name}\" has no usable IP address")
+        } else {
+            format!(
+                "no network interface \"{name}\" on this host; interfaces here: {}",
+                names.join(", ")
+            )
+        }
+    })
+}
+
 /// Create the server folder, private to the user.
 pub fn make_private_dir(dir: &Path) -> Result<(), TransportError> {
     let derr = |source| TransportError::Dir { path: dir.into(), source };
@@ -143,12 +175,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+fn transport_config(idle: Duration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(60)).expect("valid idle timeout"),
-    ));
+    t.keep_alive_interval(Some(Duration::from_secs(2).min(idle / 3)));
+    t.max_idle_timeout(Some(quinn::IdleTimeout::try_from(idle).expect("valid idle timeout")));
     // Bulk results: allow a large window per stream and connection.
     t.stream_receive_window(quinn::VarInt::from_u32(64 << 20));
     t.receive_window(quinn::VarInt::from_u32(256 << 20));
@@ -178,7 +208,7 @@ pub fn server_identity(extra_names: &[String]) -> Result<ServerIdentity, Transpo
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(Duration::from_secs(60)));
     Ok(ServerIdentity {
         cert_pem: ck.cert.pem(),
         config,
@@ -237,7 +267,7 @@ impl ServerCertVerifier for PinnedCert {
 
 /// A QUIC client config that trusts only `cert`; the flag is set when a server
 /// presented another certificate.
-pub fn client_config(cert: CertificateDer<'static>) -> Result<(quinn::ClientConfig, Arc<AtomicBool>), TransportError> {
+pub fn client_config(cert: CertificateDer<'static>, idle: Duration) -> Result<(quinn::ClientConfig, Arc<AtomicBool>), TransportError> {
     let mismatch = Arc::new(AtomicBool::new(false));
     let verifier = PinnedCert {
         cert,
@@ -253,7 +283,7 @@ pub fn client_config(cert: CertificateDer<'static>) -> Result<(quinn::ClientConf
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(idle));
     Ok((config, mismatch))
 }
 
@@ -272,13 +302,19 @@ pub enum ConnectError {
     Transport(#[from] TransportError),
 }
 
-/// Connect to the first reachable address of an access file.
-pub async fn connect(access: &Access, connect_timeout: Duration) -> Result<(quinn::Endpoint, quinn::Connection), ConnectError> {
+/// Connect to the first reachable address of an access file. The connection is
+/// declared dead after `idle` without any packet from the server (keep-alives flow
+/// every 2 s or less).
+pub async fn connect(
+    access: &Access,
+    connect_timeout: Duration,
+    idle: Duration,
+) -> Result<(quinn::Endpoint, quinn::Connection), ConnectError> {
     let cert = access.cert_der().map_err(|reason| TransportError::BadAccess {
         path: PathBuf::from("access file"),
         reason,
     })?;
-    let (config, mismatch) = client_config(cert)?;
+    let (config, mismatch) = client_config(cert, idle)?;
     let mut last = String::from("no addresses listed");
     for a in &access.addresses {
         let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(a.as_str()).await {

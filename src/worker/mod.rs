@@ -29,6 +29,8 @@ pub enum WorkerError {
     Rejected(String),
     #[error("lost the connection to the server: {0}")]
     Lost(String),
+    #[error("could not reach the server for {secs} s (death timeout), giving up; last error: {last}")]
+    DeathTimeout { secs: u64, last: String },
 }
 
 impl WorkerError {
@@ -43,6 +45,8 @@ impl WorkerError {
 pub struct WorkerOptions {
     pub threads: usize,
     pub heartbeat: Duration,
+    /// How long to keep trying to reach a lost (or not yet reachable) server.
+    pub death_timeout: Duration,
 }
 
 struct JobCtx {
@@ -68,16 +72,41 @@ enum Out {
     Error { job: u64, task: u32, message: String },
 }
 
-/// The batch job this worker runs in, from the batch system's environment.
+/// The batch job this worker runs in, from the batch system's environment, in the
+/// form the pool tracks it: `123` or `123_4` (SLURM), `123.server` or
+/// `123[4].server` (PBS), `123` or `123.4` (SGE), `123` or `123[4]` (LSF), `42.0`
+/// (HTCondor), `local-3` (local).
 pub fn batch_job_from_env() -> Option<String> {
-    for var in ["SLURM_JOB_ID", "PBS_JOBID", "JOB_ID", "LSB_JOBID", "CONDOR_JOB_ID"] {
-        if let Ok(v) = std::env::var(var)
-            && !v.is_empty()
-        {
-            return Some(v);
-        }
+    batch_job_from(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+}
+
+fn batch_job_from(get: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let numeric = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit());
+    if let Some(id) = get("SLURM_JOB_ID") {
+        return Some(match (get("SLURM_ARRAY_JOB_ID"), get("SLURM_ARRAY_TASK_ID")) {
+            (Some(a), Some(t)) => format!("{a}_{t}"),
+            _ => id,
+        });
     }
-    None
+    if let Some(id) = get("PBS_JOBID") {
+        return Some(id);
+    }
+    if let Some(id) = get("LSB_JOBID") {
+        return Some(match get("LSB_JOBINDEX") {
+            Some(i) if numeric(&i) && i != "0" => format!("{id}[{i}]"),
+            _ => id,
+        });
+    }
+    if let Some(id) = get("CONDOR_JOB_ID") {
+        return Some(id);
+    }
+    if let Some(id) = get("JOB_ID").filter(|_| get("SGE_ROOT").is_some() || get("SGE_TASK_ID").is_some()) {
+        return Some(match get("SGE_TASK_ID") {
+            Some(t) if numeric(&t) => format!("{id}.{t}"),
+            _ => id,
+        });
+    }
+    get("DROVER_LOCAL_JOB")
 }
 
 fn total_memory() -> u64 {
@@ -91,10 +120,60 @@ fn total_memory() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Run a worker until the server tells it to stop (Ok) or the connection fails.
+/// Run a worker until the server tells it to stop. A lost server is dialled again
+/// until `death_timeout` has passed without a connection; then the worker exits, so a
+/// crashed server never leaves jobs burning allocation.
 pub async fn run(access_path: &Path, opts: WorkerOptions) -> Result<(), WorkerError> {
     let access = Access::load(access_path)?;
-    let (endpoint, conn) = transport::connect(&access, Duration::from_secs(10)).await?;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut signals = Signals {
+        term: signal(SignalKind::terminate()).map_err(|e| WorkerError::Lost(format!("installing signal handlers: {e}")))?,
+        int: signal(SignalKind::interrupt()).map_err(|e| WorkerError::Lost(format!("installing signal handlers: {e}")))?,
+    };
+    let mut lost_since = std::time::Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let mut registered = false;
+        match session(&access, &opts, &mut registered, &mut signals).await {
+            Ok(()) => return Ok(()),
+            Err(
+                e @ (WorkerError::Rejected(_) | WorkerError::Access(_) | WorkerError::Connect(ConnectError::CertificateMismatch { .. })),
+            ) => {
+                return Err(e);
+            }
+            Err(e) => {
+                if registered {
+                    lost_since = std::time::Instant::now();
+                    delay = Duration::from_millis(250);
+                }
+                if lost_since.elapsed() >= opts.death_timeout {
+                    return Err(WorkerError::DeathTimeout {
+                        secs: opts.death_timeout.as_secs(),
+                        last: e.to_string(),
+                    });
+                }
+                tracing::warn!(error = %e, "server unreachable; retrying");
+                let pause = delay.min(opts.death_timeout.saturating_sub(lost_since.elapsed()));
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = signals.term.recv() => return Ok(()),
+                    _ = signals.int.recv() => return Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Termination signals, installed once per process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+async fn session(access: &Access, opts: &WorkerOptions, registered: &mut bool, signals: &mut Signals) -> Result<(), WorkerError> {
+    let idle = (opts.death_timeout / 2).clamp(Duration::from_secs(5), Duration::from_secs(60));
+    let (endpoint, conn) = transport::connect(access, Duration::from_secs(10).min(opts.death_timeout), idle).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| WorkerError::Lost(e.to_string()))?;
     let info = WorkerInfo {
         host: nix::unistd::gethostname()
@@ -126,6 +205,7 @@ pub async fn run(access_path: &Path, opts: WorkerOptions) -> Result<(), WorkerEr
             return Err(lost(e));
         }
     };
+    *registered = true;
     let span = tracing::info_span!("worker", worker = id);
     let _enter = span.enter();
     tracing::info!(threads = opts.threads, "registered with the server");
@@ -149,18 +229,29 @@ pub async fn run(access_path: &Path, opts: WorkerOptions) -> Result<(), WorkerEr
     drop(out_tx);
 
     let sender = tokio::spawn(send_loop(send, out_rx, opts.heartbeat));
-    let result = read_loop(&mut recv, &shared).await;
+    // SIGTERM/SIGINT (scancel, qdel, walltime) end the worker like a Shutdown, but
+    // without waiting for running tasks: the server requeues what this worker held.
+    let mut signalled = false;
+    let result = tokio::select! {
+        r = read_loop(&mut recv, &shared) => r,
+        _ = signals.term.recv() => { signalled = true; Ok(()) }
+        _ = signals.int.recv() => { signalled = true; Ok(()) }
+    };
     {
         let mut q = shared.queue.lock().expect("queue lock");
         q.stop = true;
         q.tasks.clear();
     }
     shared.ready.notify_all();
-    for t in threads {
-        let _ = t.join();
+    if signalled {
+        tracing::info!("signalled; leaving");
+    } else {
+        for t in threads {
+            let _ = t.join();
+        }
+        // The sender ends when all task threads dropped their result senders.
+        let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
     }
-    // The sender ends when all task threads dropped their result senders.
-    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
     conn.close(quinn::VarInt::from_u32(0), b"worker exiting");
     // Flush the close to the server before the process exits, so it sees us leave at
     // once instead of waiting for an idle timeout.
@@ -322,4 +413,35 @@ async fn send_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<
         }
     }
     let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_job_from;
+    use std::collections::HashMap;
+
+    fn job(vars: &[(&str, &str)]) -> Option<String> {
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        batch_job_from(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn job_ids_match_what_the_pool_tracks() {
+        assert_eq!(job(&[("SLURM_JOB_ID", "15")]).unwrap(), "15");
+        assert_eq!(
+            job(&[("SLURM_JOB_ID", "16"), ("SLURM_ARRAY_JOB_ID", "12"), ("SLURM_ARRAY_TASK_ID", "4")]).unwrap(),
+            "12_4"
+        );
+        assert_eq!(job(&[("PBS_JOBID", "7[2].pbs01")]).unwrap(), "7[2].pbs01");
+        assert_eq!(
+            job(&[("JOB_ID", "9"), ("SGE_TASK_ID", "undefined"), ("SGE_ROOT", "/x")]).unwrap(),
+            "9"
+        );
+        assert_eq!(job(&[("JOB_ID", "9"), ("SGE_TASK_ID", "3")]).unwrap(), "9.3");
+        assert_eq!(job(&[("LSB_JOBID", "5"), ("LSB_JOBINDEX", "0")]).unwrap(), "5");
+        assert_eq!(job(&[("LSB_JOBID", "5"), ("LSB_JOBINDEX", "2")]).unwrap(), "5[2]");
+        assert_eq!(job(&[("CONDOR_JOB_ID", "42.0")]).unwrap(), "42.0");
+        assert_eq!(job(&[("JOB_ID", "1")]), None, "JOB_ID alone is not SGE");
+        assert_eq!(job(&[]), None);
+    }
 }

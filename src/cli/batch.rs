@@ -1,0 +1,73 @@
+//! `drover job-script` and `drover sites`.
+
+use std::path::Path;
+
+use anyhow::anyhow;
+
+use super::{Failure, drover_home, input, load_site};
+use crate::batch::runner::worker_command;
+use crate::batch::{JobRequest, render, system_for};
+use crate::config::site::{BUNDLED, Site};
+use crate::server;
+
+/// Print exactly what would be submitted (paths, never the token).
+pub fn job_script(site: &str, workers: Option<u32>, dir: &Path) -> Result<(), Failure> {
+    let site = load_site(site)?;
+    let sys = system_for(&site).map_err(input)?;
+    let wpj = site.workers_per_job();
+    let jobs = workers.unwrap_or(wpj).div_ceil(wpj).max(1);
+    let exe = std::env::current_exe().map_err(|e| input(anyhow!("cannot locate the drover executable: {e}")))?;
+    let access = server::access_path(dir);
+    let log_dir = site.log_dir.clone().unwrap_or_else(|| dir.join("logs"));
+    let req = JobRequest {
+        worker_command: worker_command(&exe, &access, &site),
+        array_size: if site.array { jobs } else { 0 },
+        script_stem: log_dir.join(format!("{}-1", site.job_name)),
+        log_dir,
+    };
+    let rendered = render(sys.as_ref(), &site, &req).map_err(input)?;
+    let submit = sys.submit(&site, Path::new(&format!("{}{}", req.script_stem.display(), sys.script_suffix())));
+    let how = if submit.stdin {
+        format!("{} < SCRIPT", submit.argv.join(" "))
+    } else {
+        submit.argv.join(" ")
+    };
+    if site.array {
+        println!("# one array job of {jobs} elements, {wpj} worker(s) each; submitted with: {how}");
+    } else {
+        println!("# {jobs} job(s) like this, {wpj} worker(s) each; submitted with: {how}");
+    }
+    print!("{}", rendered.main);
+    for (suffix, text) in rendered.extra {
+        println!("\n# ---- {}{suffix}", req.script_stem.display());
+        print!("{text}");
+    }
+    Ok(())
+}
+
+pub fn sites() -> Result<(), Failure> {
+    println!(
+        "{:<12} {:<9} {:>6} {:>10} {:>9} {:>9}  source",
+        "name", "system", "cores", "memory", "processes", "walltime"
+    );
+    for (name, text) in BUNDLED {
+        let s = Site::parse(name, name, text).map_err(input)?;
+        let mem = s
+            .memory
+            .map_or("-".into(), |m| format!("{:.0} GiB", m.0 as f64 / (1u64 << 30) as f64));
+        let wall = s.walltime.map_or("-".into(), |w| w.hms());
+        let first = text.lines().next().unwrap_or("").trim_start_matches('#').trim();
+        let note: String = first.chars().take(60).collect();
+        println!(
+            "{name:<12} {:<9} {:>6} {mem:>10} {:>9} {wall:>9}  {note}",
+            s.scheduler.name(),
+            s.cores,
+            s.processes
+        );
+    }
+    println!(
+        "\nUse one with --site NAME, or copy it from site-configs/ and pass --site FILE. Home: {}",
+        drover_home().display()
+    );
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! `drover run`: validate first, then run on an embedded local cluster, a running
+//! server, or a pool from a batch site; print a summary or JSON.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use tokio::process::{Child, Command};
+
+use super::{
+    Failure, RunArgs, client_failure, cores, drover_home, input, load_access, load_site, runtime, runtime_builder, site_advertise,
+};
+use crate::config::site::Site;
+use crate::config::workload::Workload;
+use crate::core::CoreConfig;
+use crate::exec::geometry::fmt_shape;
+use crate::exec::plan::Plan;
+use crate::proto::Summary;
+use crate::server::client::Session;
+use crate::server::{self, ServerOptions};
+use crate::transport::Access;
+
+pub fn run(args: RunArgs) -> Result<(), Failure> {
+    let workload = Workload::load(&args.workload).map_err(input)?;
+    if args.workers == Some(0) {
+        return Err(input(anyhow!("--workers 0: the run needs at least one worker")));
+    }
+    let site = args.site.as_deref().map(load_site).transpose()?;
+    if site.is_some() && args.workers.is_none() {
+        return Err(input(anyhow!(
+            "--site needs --workers N: how many workers to get from the batch system"
+        )));
+    }
+    // Validate everything (files, datasets, expressions, outputs) before starting anything.
+    Plan::build(&workload).map_err(input)?;
+    let rt = runtime_builder()?;
+    let show_progress = !args.json && std::io::stdout().is_terminal();
+    let summary = match (&args.connect, site) {
+        (Some(dir), _) => {
+            let access = load_access(dir)?;
+            rt.block_on(async {
+                let session = Session::open(&access).await.map_err(runtime)?;
+                run_session(session, workload, show_progress).await
+            })?
+        }
+        (None, Some(site)) => rt.block_on(on_site(workload, site, args.workers.unwrap_or(1) as u32, show_progress))?,
+        (None, None) => rt.block_on(embedded(workload, args.workers.unwrap_or_else(cores), show_progress))?,
+    };
+    print_summary(&summary, args.json)
+}
+
+fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
+    if json {
+        let outputs: Vec<serde_json::Value> = summary
+            .outputs
+            .iter()
+            .map(|o| serde_json::json!({"file": o.file, "dataset": o.dataset, "shape": o.shape, "dtype": o.dtype, "expr": o.expr}))
+            .collect();
+        let v = serde_json::json!({
+            "tasks_total": summary.tasks_total,
+            "tasks_retried": summary.tasks_retried,
+            "workers_lost": summary.workers_lost,
+            "bytes_read": summary.bytes_read,
+            "seconds": summary.seconds,
+            "workers": summary.workers,
+            "outputs": outputs,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "drover: {} output(s) in {:.2} s ({} tasks, {:.1} MB read, {} workers)",
+            summary.outputs.len(),
+            summary.seconds,
+            summary.tasks_total,
+            summary.bytes_read as f64 / 1e6,
+            summary.workers
+        );
+        for o in &summary.outputs {
+            println!("  {}:{}  {} {}  = {}", o.file, o.dataset, fmt_shape(&o.shape), o.dtype, o.expr);
+        }
+    }
+    Ok(())
+}
+
+async fn run_session(session: Session, workload: Workload, show_progress: bool) -> Result<Summary, Failure> {
+    let bar = show_progress.then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks ({per_sec}, eta {eta})")
+                .expect("valid template"),
+        );
+        b
+    });
+    let result = session
+        .run(workload, |done, total| {
+            if let Some(b) = &bar {
+                b.set_length(u64::from(total));
+                b.set_position(u64::from(done));
+            }
+        })
+        .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    result.map_err(client_failure)
+}
+
+/// A server in this process whose workers come from a batch site; every job it
+/// started is cancelled before returning, and the queue is checked empty.
+async fn on_site(workload: Workload, mut site: Site, workers: u32, show_progress: bool) -> Result<Summary, Failure> {
+    let home = drover_home();
+    let dir = home.join("runs").join(format!("run-{}", std::process::id()));
+    if site.log_dir.is_none() {
+        site.log_dir = Some(home.join("logs"));
+    }
+    let advertise = site_advertise(&site)?;
+    let opts = ServerOptions {
+        dir: dir.clone(),
+        bind: "0.0.0.0:0".parse().expect("address"),
+        advertise,
+        core: CoreConfig::default(),
+        site: Some(site),
+        workers,
+    };
+    let handle = server::start(opts).await.map_err(runtime)?;
+    let access = Access::load(&handle.access_path).map_err(runtime)?;
+    let result = async {
+        let session = Session::open(&access).await.map_err(runtime)?;
+        tokio::select! {
+            r = run_session(session, workload, show_progress) => r,
+            _ = tokio::signal::ctrl_c() => Err(runtime(anyhow!("interrupted"))),
+        }
+    }
+    .await;
+    // Cancels every job and waits until the batch system shows none.
+    handle.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The embedded local cluster: a server in this process and `n` worker processes over
+/// loopback QUIC, stopped at the end whatever happens.
+async fn embedded(workload: Workload, n: usize, show_progress: bool) -> Result<Summary, Failure> {
+    let dir = tempfile::Builder::new()
+        .prefix("drover-")
+        .tempdir()
+        .context("creating the server folder")
+        .map_err(runtime)?;
+    let opts = ServerOptions {
+        dir: dir.path().to_path_buf(),
+        bind: "127.0.0.1:0".parse().expect("loopback address"),
+        advertise: vec!["127.0.0.1".into()],
+        core: CoreConfig::default(),
+        site: None,
+        workers: 0,
+    };
+    let handle = server::start(opts).await.map_err(runtime)?;
+    let access = Access::load(&handle.access_path).map_err(runtime)?;
+    let threads = (cores() / n).max(1);
+    let exe = std::env::current_exe().context("locating the drover executable").map_err(runtime)?;
+    let mut children: Vec<Child> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let child = Command::new(&exe)
+            .arg("worker")
+            .arg("--access")
+            .arg(&handle.access_path)
+            .args(["--threads", &threads.to_string(), "--death-timeout", "10"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a worker process")
+            .map_err(runtime)?;
+        children.push(child);
+    }
+    let result = {
+        let session = Session::open(&access).await.map_err(runtime);
+        let all_exited = async {
+            let mut codes = Vec::new();
+            for c in children.iter_mut() {
+                codes.push(c.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+            }
+            codes
+        };
+        match session {
+            Err(e) => Err(e),
+            Ok(session) => tokio::select! {
+                r = run_session(session, workload, show_progress) => r,
+                codes = all_exited => Err(runtime(anyhow!(
+                    "all {n} worker processes exited before the run finished ({}); see their messages above",
+                    codes.join(", ")
+                ))),
+                _ = tokio::signal::ctrl_c() => Err(runtime(anyhow!("interrupted"))),
+            },
+        }
+    };
+    handle.stop().await;
+    for c in children.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
+            let _ = c.kill().await;
+        }
+    }
+    result
+}

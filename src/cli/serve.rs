@@ -1,0 +1,136 @@
+//! `drover server start|stop`, `drover status`, `drover scale`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::anyhow;
+
+use super::{Failure, client_failure, hostname, input, load_access, load_site, runtime, runtime_builder, site_advertise};
+use crate::core::CoreConfig;
+use crate::server::client::Session;
+use crate::server::{self, ServerOptions};
+use crate::transport::Access;
+
+pub fn start(dir: &Path, bind: SocketAddr, advertise: Vec<String>, site: Option<String>, workers: u32) -> Result<(), Failure> {
+    let site = site.as_deref().map(load_site).transpose()?;
+    if workers > 0 && site.is_none() {
+        return Err(input(anyhow!(
+            "--workers {workers} needs --site: without a batch site, start workers with `drover worker --access`"
+        )));
+    }
+    let advertise = if !advertise.is_empty() {
+        advertise
+    } else if let Some(s) = &site {
+        site_advertise(s)?
+    } else if bind.ip().is_unspecified() {
+        vec![hostname(), "127.0.0.1".into()]
+    } else {
+        vec![bind.ip().to_string()]
+    };
+    let rt = runtime_builder()?;
+    rt.block_on(async {
+        let path = server::access_path(dir);
+        if let Ok(old) = Access::load(&path)
+            && let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(3), Session::open(&old)).await
+            && s.status().await.is_ok()
+        {
+            return Err(input(anyhow!(
+                "a server is already running with folder \"{}\"; stop it with `drover server stop --dir {}` or choose another --dir",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        let opts = ServerOptions {
+            dir: dir.to_path_buf(),
+            bind,
+            advertise,
+            core: CoreConfig::default(),
+            site,
+            workers,
+        };
+        let handle = server::start(opts).await.map_err(runtime)?;
+        eprintln!(
+            "drover: server listening on {}; access file {}",
+            handle.addr,
+            handle.access_path.display()
+        );
+        let stop = handle.stop_signal();
+        let wait = handle.wait();
+        tokio::pin!(wait);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(runtime)?;
+        tokio::select! {
+            _ = &mut wait => {}
+            _ = tokio::signal::ctrl_c() => { let _ = stop.send(server::actor::Event::Stop); wait.await; }
+            _ = term.recv() => { let _ = stop.send(server::actor::Event::Stop); wait.await; }
+        }
+        eprintln!("drover: server stopped");
+        Ok(())
+    })
+}
+
+pub fn stop(dir: &Path) -> Result<(), Failure> {
+    let access = load_access(dir)?;
+    runtime_builder()?.block_on(async {
+        let s = Session::open(&access).await.map_err(runtime)?;
+        s.stop().await.map_err(runtime)
+    })?;
+    eprintln!("drover: server in {} stopped", dir.display());
+    Ok(())
+}
+
+pub fn scale(dir: &Path, workers: u32) -> Result<(), Failure> {
+    let access = load_access(dir)?;
+    runtime_builder()?.block_on(async {
+        let s = Session::open(&access).await.map_err(runtime)?;
+        s.scale(workers).await.map_err(client_failure)
+    })?;
+    eprintln!("drover: scaling to {workers} workers");
+    Ok(())
+}
+
+pub fn status(dir: &Path, json: bool) -> Result<(), Failure> {
+    let access = load_access(dir)?;
+    let status = runtime_builder()?
+        .block_on(async { Session::open(&access).await?.status().await })
+        .map_err(runtime)?;
+    if json {
+        println!("{}", serde_json::to_string(&status).map_err(runtime)?);
+        return Ok(());
+    }
+    println!("workers: {}", status.workers.len());
+    for w in &status.workers {
+        let job = w.batch_job.as_deref().unwrap_or("-");
+        println!(
+            "  w{:<5} {}:{} threads={} queued={} batch-job={job}",
+            w.id, w.host, w.pid, w.threads, w.assigned
+        );
+    }
+    if let Some(t) = status.target {
+        println!(
+            "pool: target {t} workers, {} batch jobs",
+            status.jobs.iter().filter(|j| j.state != "gone").count()
+        );
+        for j in &status.jobs {
+            println!(
+                "  job {:<20} {:<8} workers={}{}",
+                j.id,
+                j.state,
+                j.workers,
+                if j.retiring { " (retiring)" } else { "" }
+            );
+        }
+    }
+    if let Some(f) = &status.submit_failure {
+        println!("submission failing: {f}");
+    }
+    match (status.running_job, status.progress) {
+        (Some(j), Some((d, t))) => println!("job {j}: {d}/{t} tasks"),
+        _ => println!("no job running"),
+    }
+    println!(
+        "tasks done: {}, retried: {}, workers lost: {}",
+        status.tasks_done, status.tasks_retried, status.workers_lost
+    );
+    Ok(())
+}

@@ -1,0 +1,373 @@
+//! The worker pool: how many batch jobs to hold so that a target number of workers
+//! runs, sans-IO like the scheduler core.
+//!
+//! It counts capacity by job (pending jobs count: they are on the way), submits what is
+//! missing (one array job for all of it with `array = true`), and scales down pending
+//! jobs first, then running jobs whose workers are idle (their workers are drained, and
+//! the job cancelled once they hold no task). Failed submissions back off exponentially.
+//! The runner ([`crate::batch::runner`]) executes its actions and reports back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::batch::{JobId, JobState};
+
+/// What the pool asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PoolAction {
+    /// Submit this many jobs (or one array of this many elements).
+    Submit { jobs: u32 },
+    /// Drain the workers of these jobs, then cancel them (`Cancel` follows when idle).
+    Retire(Vec<JobId>),
+    /// Cancel these jobs now.
+    Cancel(Vec<JobId>),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JobInfo {
+    pub id: JobId,
+    pub state: JobState,
+    /// Being drained for a scale-down.
+    pub retiring: bool,
+    /// Seconds since submission.
+    pub age: f64,
+}
+
+#[derive(Clone, Debug)]
+struct PoolJob {
+    state: JobState,
+    retiring: bool,
+    submitted_at: Duration,
+}
+
+/// A submission failure, kept for `drover status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SubmitFailure {
+    pub message: String,
+    pub attempts: u32,
+    pub retry_in: f64,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    workers_per_job: u32,
+    target: u32,
+    jobs: BTreeMap<JobId, PoolJob>,
+    submitting: bool,
+    failures: u32,
+    retry_at: Duration,
+    last_failure: Option<String>,
+    stopping: bool,
+    actions: Vec<PoolAction>,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+impl Pool {
+    pub fn new(workers_per_job: u32) -> Self {
+        Self {
+            workers_per_job: workers_per_job.max(1),
+            target: 0,
+            jobs: BTreeMap::new(),
+            submitting: false,
+            failures: 0,
+            retry_at: Duration::ZERO,
+            last_failure: None,
+            stopping: false,
+            actions: Vec::new(),
+        }
+    }
+
+    pub fn target(&self) -> u32 {
+        self.target
+    }
+
+    /// Hold `workers` workers (rounded up to whole jobs).
+    pub fn set_target(&mut self, now: Duration, workers: u32) {
+        self.target = workers;
+        self.failures = 0;
+        self.retry_at = Duration::ZERO;
+        self.step(now);
+    }
+
+    /// Stop: cancel every job and submit nothing more.
+    pub fn stop(&mut self) {
+        self.stopping = true;
+        self.target = 0;
+        let live: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.state != JobState::Gone)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !live.is_empty() {
+            self.actions.push(PoolAction::Cancel(live));
+        }
+    }
+
+    /// True when stopping and the batch system shows none of our jobs.
+    pub fn drained(&self) -> bool {
+        self.stopping && !self.submitting && self.jobs.values().all(|j| j.state == JobState::Gone)
+    }
+
+    pub fn take_actions(&mut self) -> Vec<PoolAction> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Jobs that may still run (for status polling).
+    pub fn live_jobs(&self) -> Vec<JobId> {
+        self.jobs
+            .iter()
+            .filter(|(_, j)| j.state != JobState::Gone)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    pub fn jobs(&self, now: Duration) -> Vec<JobInfo> {
+        self.jobs
+            .iter()
+            .map(|(id, j)| JobInfo {
+                id: id.clone(),
+                state: j.state,
+                retiring: j.retiring,
+                age: now.saturating_sub(j.submitted_at).as_secs_f64(),
+            })
+            .collect()
+    }
+
+    pub fn failure(&self, now: Duration) -> Option<SubmitFailure> {
+        self.last_failure.as_ref().map(|m| SubmitFailure {
+            message: m.clone(),
+            attempts: self.failures,
+            retry_in: self.retry_at.saturating_sub(now).as_secs_f64(),
+        })
+    }
+
+    /// The runner submitted: the ids of the jobs (array elements) it created.
+    pub fn submitted(&mut self, now: Duration, result: Result<Vec<JobId>, String>) {
+        self.submitting = false;
+        match result {
+            Ok(ids) => {
+                self.failures = 0;
+                self.last_failure = None;
+                for id in ids {
+                    self.jobs.insert(
+                        id,
+                        PoolJob {
+                            state: JobState::Pending,
+                            retiring: false,
+                            submitted_at: now,
+                        },
+                    );
+                }
+                if self.stopping {
+                    self.stop();
+                }
+            }
+            Err(message) => {
+                self.failures += 1;
+                let backoff = Duration::from_secs(1 << self.failures.min(6)).min(MAX_BACKOFF);
+                self.retry_at = now + backoff;
+                self.last_failure = Some(message);
+            }
+        }
+        self.step(now);
+    }
+
+    /// Fresh states from the batch system.
+    pub fn status(&mut self, now: Duration, states: &BTreeMap<JobId, JobState>) {
+        for (id, st) in states {
+            if let Some(j) = self.jobs.get_mut(id) {
+                // A job never comes back from Gone; a worker seen for it means Running.
+                if j.state != JobState::Gone {
+                    j.state = *st;
+                }
+            }
+        }
+        // Forget finished jobs after a while, keeping recent ones for status.
+        self.jobs
+            .retain(|_, j| j.state != JobState::Gone || now.saturating_sub(j.submitted_at) < Duration::from_secs(3600));
+        self.step(now);
+    }
+
+    /// A worker of this job connected: the job runs.
+    pub fn worker_seen(&mut self, job: &JobId) {
+        if let Some(j) = self.jobs.get_mut(job)
+            && j.state == JobState::Pending
+        {
+            j.state = JobState::Running;
+        }
+    }
+
+    /// The workers of a retiring job hold no task any more: cancel it.
+    pub fn retired(&mut self, now: Duration, job: &JobId) {
+        if let Some(j) = self.jobs.get_mut(job)
+            && j.retiring
+            && j.state != JobState::Gone
+        {
+            j.state = JobState::Gone;
+            self.actions.push(PoolAction::Cancel(vec![job.clone()]));
+        }
+        self.step(now);
+    }
+
+    /// Re-evaluate (call on ticks, too, for backoff expiry).
+    pub fn step(&mut self, now: Duration) {
+        if self.stopping {
+            return;
+        }
+        let wpj = self.workers_per_job;
+        let active: Vec<(&JobId, &PoolJob)> = self.jobs.iter().filter(|(_, j)| j.state != JobState::Gone && !j.retiring).collect();
+        let capacity = active.len() as u32 * wpj;
+        let jobs_needed = self.target.div_ceil(wpj);
+        let have = active.len() as u32;
+        if have < jobs_needed {
+            if !self.submitting && now >= self.retry_at {
+                self.submitting = true;
+                self.actions.push(PoolAction::Submit { jobs: jobs_needed - have });
+            }
+        } else if have > jobs_needed && capacity > self.target {
+            let mut excess = have - jobs_needed;
+            // Pending jobs first, newest first.
+            let mut pending: Vec<(JobId, Duration)> = active
+                .iter()
+                .filter(|(_, j)| j.state == JobState::Pending)
+                .map(|(id, j)| ((*id).clone(), j.submitted_at))
+                .collect();
+            pending.sort_by(|a, b| (b.1, &b.0).cmp(&(a.1, &a.0)));
+            let mut cancel = Vec::new();
+            for (id, _) in pending.into_iter().take(excess as usize) {
+                cancel.push(id);
+                excess -= 1;
+            }
+            let mut running: Vec<(JobId, Duration)> = active
+                .iter()
+                .filter(|(_, j)| j.state == JobState::Running)
+                .map(|(id, j)| ((*id).clone(), j.submitted_at))
+                .collect();
+            running.sort_by(|a, b| (b.1, &b.0).cmp(&(a.1, &a.0)));
+            let retire: Vec<JobId> = running.into_iter().take(excess as usize).map(|(id, _)| id).collect();
+            for id in &cancel {
+                if let Some(j) = self.jobs.get_mut(id) {
+                    j.state = JobState::Gone;
+                }
+            }
+            for id in &retire {
+                if let Some(j) = self.jobs.get_mut(id) {
+                    j.retiring = true;
+                }
+            }
+            if !cancel.is_empty() {
+                self.actions.push(PoolAction::Cancel(cancel));
+            }
+            if !retire.is_empty() {
+                self.actions.push(PoolAction::Retire(retire));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Duration = Duration::ZERO;
+
+    fn ids(v: &[&str]) -> Vec<JobId> {
+        v.iter().map(|s| JobId(s.to_string())).collect()
+    }
+
+    #[test]
+    fn scales_up_by_whole_jobs_counting_pending_ones() {
+        let mut p = Pool::new(4);
+        p.set_target(T0, 10);
+        assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 3 }]);
+        // While submitting, nothing more is asked.
+        p.step(T0);
+        assert!(p.take_actions().is_empty());
+        p.submitted(T0, Ok(ids(&["1", "2", "3"])));
+        assert!(p.take_actions().is_empty(), "pending jobs count as capacity");
+        p.set_target(T0, 12);
+        assert!(p.take_actions().is_empty(), "3 jobs of 4 cover 12");
+        p.set_target(T0, 13);
+        assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 1 }]);
+    }
+
+    #[test]
+    fn scales_down_pending_first_then_retires_running() {
+        let mut p = Pool::new(1);
+        p.set_target(T0, 3);
+        p.take_actions();
+        p.submitted(T0, Ok(ids(&["1", "2", "3"])));
+        p.worker_seen(&JobId("1".into()));
+        p.worker_seen(&JobId("2".into()));
+        p.set_target(T0, 1);
+        assert_eq!(
+            p.take_actions(),
+            vec![PoolAction::Cancel(ids(&["3"])), PoolAction::Retire(ids(&["2"]))]
+        );
+        p.retired(T0, &JobId("2".into()));
+        assert_eq!(p.take_actions(), vec![PoolAction::Cancel(ids(&["2"]))]);
+        assert_eq!(p.live_jobs(), ids(&["1"]));
+    }
+
+    #[test]
+    fn lost_jobs_are_replaced() {
+        let mut p = Pool::new(1);
+        p.set_target(T0, 2);
+        p.take_actions();
+        p.submitted(T0, Ok(ids(&["1", "2"])));
+        let states: BTreeMap<JobId, JobState> = [(JobId("1".into()), JobState::Running), (JobId("2".into()), JobState::Gone)].into();
+        p.status(Duration::from_secs(5), &states);
+        assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 1 }]);
+    }
+
+    #[test]
+    fn failed_submissions_back_off_and_are_reported() {
+        let mut p = Pool::new(1);
+        p.set_target(T0, 1);
+        p.take_actions();
+        p.submitted(T0, Err("sbatch: error: invalid partition specified: nope".into()));
+        assert!(p.take_actions().is_empty(), "backing off");
+        let f = p.failure(T0).unwrap();
+        assert_eq!(f.attempts, 1);
+        assert!(f.message.contains("invalid partition"));
+        p.step(Duration::from_secs(1));
+        assert!(p.take_actions().is_empty());
+        p.step(Duration::from_secs(2));
+        assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 1 }]);
+        p.submitted(Duration::from_secs(2), Err("again".into()));
+        p.step(Duration::from_secs(5));
+        assert!(p.take_actions().is_empty(), "4 s backoff after the second failure");
+        p.step(Duration::from_secs(6));
+        assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 1 }]);
+    }
+
+    #[test]
+    fn stop_cancels_everything_and_waits_for_the_queue() {
+        let mut p = Pool::new(1);
+        p.set_target(T0, 2);
+        p.take_actions();
+        p.submitted(T0, Ok(ids(&["1", "2"])));
+        p.stop();
+        assert_eq!(p.take_actions(), vec![PoolAction::Cancel(ids(&["1", "2"]))]);
+        assert!(!p.drained());
+        let states: BTreeMap<JobId, JobState> = [(JobId("1".into()), JobState::Gone), (JobId("2".into()), JobState::Gone)].into();
+        p.status(T0, &states);
+        assert!(p.drained());
+        assert!(p.take_actions().is_empty());
+    }
+
+    #[test]
+    fn submission_landing_after_stop_is_cancelled() {
+        let mut p = Pool::new(1);
+        p.set_target(T0, 1);
+        p.take_actions();
+        p.stop();
+        assert!(!p.drained(), "a submission is in flight");
+        p.submitted(T0, Ok(ids(&["9"])));
+        assert_eq!(p.take_actions(), vec![PoolAction::Cancel(ids(&["9"]))]);
+    }
+}
