@@ -101,8 +101,9 @@ pub fn status(dir: &Path, json: bool) -> Result<(), Failure> {
     println!("workers: {}", status.workers.len());
     for w in &status.workers {
         let job = w.batch_job.as_deref().unwrap_or("-");
+        let node = w.node.as_deref().map(|n| format!(" node={n}")).unwrap_or_default();
         println!(
-            "  w{:<5} {}:{} threads={} queued={} batch-job={job}",
+            "  w{:<5} {}:{} threads={} queued={} batch-job={job}{node}",
             w.id, w.host, w.pid, w.threads, w.assigned
         );
     }

@@ -44,6 +44,8 @@ pub struct WorkerInfo {
     pub memory: u64,
     /// Batch job id from the environment, if any.
     pub batch_job: Option<String>,
+    /// The batch system's name of the node (SLURMD_NODENAME ...), when it has one.
+    pub node: Option<String>,
 }
 
 /// A task handed to a worker.
@@ -196,6 +198,7 @@ pub struct WorkerStatus {
     pub pid: u32,
     pub threads: u32,
     pub batch_job: Option<String>,
+    pub node: Option<String>,
     pub assigned: usize,
 }
 

@@ -918,6 +918,7 @@ impl Actor {
                 pid: w.info.pid,
                 threads: w.info.threads,
                 batch_job: w.info.batch_job.clone(),
+                node: w.info.node.clone(),
                 assigned: assigned.get(id).copied().unwrap_or(0),
             })
             .collect();

@@ -82,7 +82,12 @@ pub fn access_path(dir: &Path) -> PathBuf {
 }
 
 /// Start a server: endpoint, certificate, token, access file, actor.
-pub async fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
+pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> {
+    // Job scripts and workers run elsewhere: every path handed to them is absolute.
+    opts.dir = std::path::absolute(&opts.dir).map_err(|source| TransportError::Dir {
+        path: opts.dir.clone(),
+        source,
+    })?;
     transport::make_private_dir(&opts.dir)?;
     let identity = transport::server_identity(&opts.advertise)?;
     let endpoint =
@@ -116,6 +121,10 @@ pub async fn start(opts: ServerOptions) -> Result<ServerHandle, StartError> {
     let site = match opts.site {
         Some(site) => {
             let log_dir = site.log_dir.clone().unwrap_or_else(|| opts.dir.join("logs"));
+            let log_dir = std::path::absolute(&log_dir).map_err(|source| TransportError::Dir {
+                path: log_dir.clone(),
+                source,
+            })?;
             let exe = match std::env::var_os("DROVER_WORKER_EXE") {
                 Some(p) => PathBuf::from(p),
                 None => std::env::current_exe().map_err(StartError::Exe)?,

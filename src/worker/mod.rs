@@ -183,6 +183,9 @@ async fn session(access: &Access, opts: &WorkerOptions, registered: &mut bool, s
         threads: opts.threads as u32,
         memory: total_memory(),
         batch_job: batch_job_from_env(),
+        node: ["SLURMD_NODENAME", "DROVER_NODE"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())),
     };
     let hello = Hello {
         version: PROTOCOL_VERSION,
