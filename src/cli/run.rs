@@ -121,6 +121,7 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, show_progress
         core: CoreConfig::default(),
         site: Some(site),
         workers,
+        give_up_after: Some(3),
     };
     let handle = server::start(opts).await.map_err(runtime)?;
     let access = Access::load(&handle.access_path).map_err(runtime)?;
@@ -153,6 +154,7 @@ async fn embedded(workload: Workload, n: usize, show_progress: bool) -> Result<S
         core: CoreConfig::default(),
         site: None,
         workers: 0,
+        give_up_after: None,
     };
     let handle = server::start(opts).await.map_err(runtime)?;
     let access = Access::load(&handle.access_path).map_err(runtime)?;

@@ -48,6 +48,7 @@ pub fn start(dir: &Path, bind: SocketAddr, advertise: Vec<String>, site: Option<
             core: CoreConfig::default(),
             site,
             workers,
+            give_up_after: None,
         };
         let handle = server::start(opts).await.map_err(runtime)?;
         eprintln!(

@@ -100,6 +100,9 @@ pub struct SitePool {
     pub runner: Arc<Runner>,
     polling: bool,
     last_poll: Option<Instant>,
+    /// Fail the running job after this many consecutive failed submissions while no
+    /// worker is connected (one-shot runs; a long-lived server keeps retrying).
+    pub give_up_after: Option<u32>,
 }
 
 impl SitePool {
@@ -110,6 +113,7 @@ impl SitePool {
             runner: Arc::new(runner),
             polling: false,
             last_poll: None,
+            give_up_after: None,
         }
     }
 }
@@ -359,8 +363,21 @@ impl Actor {
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "submission failed; backing off");
                 }
+                let mut give_up = None;
                 if let Some(s) = &mut self.site {
                     s.pool.submitted(now, result);
+                    if let (Some(limit), Some(f)) = (s.give_up_after, s.pool.failure(now))
+                        && f.attempts >= limit
+                        && self.workers.is_empty()
+                    {
+                        give_up = Some(format!(
+                            "cannot get workers from the batch system after {} attempts: {}",
+                            f.attempts, f.message
+                        ));
+                    }
+                }
+                if let Some(message) = give_up {
+                    self.fail_job(message);
                 }
             }
             Event::PoolStatus(result) => {

@@ -38,6 +38,9 @@ pub struct ServerOptions {
     pub site: Option<Site>,
     /// Workers to hold from the start (with a site).
     pub workers: u32,
+    /// With a site: fail the running job after this many consecutive failed
+    /// submissions while no worker is connected (for one-shot runs).
+    pub give_up_after: Option<u32>,
 }
 
 /// A running server.
@@ -130,7 +133,9 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
                 None => std::env::current_exe().map_err(StartError::Exe)?,
             };
             let runner = Runner::new(site, log_dir, exe, access_path.clone())?;
-            Some(actor::SitePool::new(runner))
+            let mut pool = actor::SitePool::new(runner);
+            pool.give_up_after = opts.give_up_after;
+            Some(pool)
         }
         None => None,
     };
