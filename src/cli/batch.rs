@@ -10,7 +10,8 @@ use crate::batch::{JobRequest, render, system_for};
 use crate::config::site::{BUNDLED, Site};
 use crate::server;
 
-/// Print exactly what would be submitted (paths, never the token).
+/// Print exactly what would be submitted on stdout (paths, never the token); how it is
+/// submitted goes to stderr.
 pub fn job_script(site: &str, workers: Option<u32>, dir: &Path) -> Result<(), Failure> {
     let site = load_site(site)?;
     let sys = system_for(&site).map_err(input)?;
@@ -33,9 +34,9 @@ pub fn job_script(site: &str, workers: Option<u32>, dir: &Path) -> Result<(), Fa
         submit.argv.join(" ")
     };
     if site.array {
-        println!("# one array job of {jobs} elements, {wpj} worker(s) each; submitted with: {how}");
+        eprintln!("# one array job of {jobs} elements, {wpj} worker(s) each; submitted with: {how}");
     } else {
-        println!("# {jobs} job(s) like this, {wpj} worker(s) each; submitted with: {how}");
+        eprintln!("# {jobs} job(s) like this, {wpj} worker(s) each; submitted with: {how}");
     }
     print!("{}", rendered.main);
     for (suffix, text) in rendered.extra {
