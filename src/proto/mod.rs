@@ -156,6 +156,10 @@ pub struct Summary {
     pub seconds: f64,
     pub workers: usize,
     pub outputs: Vec<OutputReport>,
+    /// Peak resident memory of the driver process (filled in by the CLI).
+    pub driver_peak_rss_bytes: Option<u64>,
+    /// Largest peak resident memory of the embedded cluster's workers.
+    pub worker_peak_rss_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -774,6 +774,8 @@ impl Actor {
                     expr: o.expr.clone(),
                 })
                 .collect(),
+            driver_peak_rss_bytes: None,
+            worker_peak_rss_bytes: None,
         };
         send(
             &job.client,
