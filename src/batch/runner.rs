@@ -22,13 +22,17 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How workers are started: the `drover worker` command line without `--processes`.
 pub fn worker_command(exe: &Path, access: &Path, site: &Site) -> String {
-    format!(
+    let mut cmd = format!(
         "{} worker --access {} --threads {} --death-timeout {}",
         shell_quote(&exe.display().to_string()),
         shell_quote(&access.display().to_string()),
         site.threads_per_worker(),
         site.death_timeout
-    )
+    );
+    if let Some(w) = site.walltime {
+        cmd.push_str(&format!(" --walltime {}", w.seconds()));
+    }
+    cmd
 }
 
 /// One line of a command's stderr (or stdout) for messages.
@@ -86,18 +90,25 @@ impl Runner {
     }
 
     /// Submit `jobs` jobs (one array of that size with `array = true`); returns the ids
-    /// of the jobs, or of the array's elements.
-    pub async fn submit(&self, jobs: u32) -> Result<Vec<JobId>, String> {
+    /// of the jobs, or of the array's elements, with their walltimes. Separate jobs of
+    /// one batch get walltimes staggered over the last quarter, so that a pool started
+    /// at once does not expire at once.
+    pub async fn submit(&self, jobs: u32) -> Result<Vec<(JobId, Option<Duration>)>, String> {
         std::fs::create_dir_all(&self.log_dir).map_err(|e| format!("cannot create log folder \"{}\": {e}", self.log_dir.display()))?;
-        let Some(sys) = &self.sys else { return self.submit_local(jobs) };
+        let wall = self.site.walltime.map(|w| w.duration());
+        let Some(sys) = &self.sys else {
+            return self.submit_local(jobs).map(|v| v.into_iter().map(|id| (id, wall)).collect());
+        };
         let mut ids = Vec::new();
         if self.site.array {
-            let id = self.submit_one(sys.as_ref(), jobs).await?;
-            ids.extend(sys.array_elements(&id, jobs));
+            let id = self.submit_one(sys.as_ref(), &self.site, jobs).await?;
+            ids.extend(sys.array_elements(&id, jobs).into_iter().map(|id| (id, wall)));
         } else {
-            for _ in 0..jobs {
-                match self.submit_one(sys.as_ref(), 0).await {
-                    Ok(id) => ids.push(sys.single_job(id)),
+            for i in 0..jobs {
+                let site = staggered(&self.site, i, jobs);
+                let w = site.walltime.map(|w| w.duration());
+                match self.submit_one(sys.as_ref(), &site, 0).await {
+                    Ok(id) => ids.push((sys.single_job(id), w)),
                     Err(e) if ids.is_empty() => return Err(e),
                     Err(e) => {
                         tracing::warn!(error = %e, "a submission failed after {} succeeded", ids.len());
@@ -109,15 +120,16 @@ impl Runner {
         Ok(ids)
     }
 
-    async fn submit_one(&self, sys: &dyn BatchSystem, array_size: u32) -> Result<JobId, String> {
-        let req = self.request(array_size);
-        let rendered = render(sys, &self.site, &req).map_err(|e| e.to_string())?;
+    async fn submit_one(&self, sys: &dyn BatchSystem, site: &Site, array_size: u32) -> Result<JobId, String> {
+        let mut req = self.request(array_size);
+        req.worker_command = worker_command(&self.exe, &self.access, site);
+        let rendered = render(sys, site, &req).map_err(|e| e.to_string())?;
         let script = PathBuf::from(format!("{}{}", req.script_stem.display(), sys.script_suffix()));
         write_script(&script, &rendered.main)?;
         for (suffix, text) in &rendered.extra {
             write_script(Path::new(&format!("{}{suffix}", req.script_stem.display())), text)?;
         }
-        let cmd = sys.submit(&self.site, &script);
+        let cmd = sys.submit(site, &script);
         let stdin = cmd.stdin.then(|| rendered.main.clone());
         let out = run(&cmd.argv, stdin.as_deref(), &self.log_dir).await;
         let log = PathBuf::from(format!("{}.submit.log", req.script_stem.display()));
@@ -235,6 +247,21 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// Job `i` of `n` submitted together: its walltime shortened by up to a quarter, in
+/// whole minutes (what batch systems honour), never below one minute.
+fn staggered(site: &Site, i: u32, n: u32) -> Site {
+    let mut s = site.clone();
+    if let Some(w) = site.walltime
+        && n > 1
+        && i > 0
+    {
+        let cut = w.seconds() / 4 * u64::from(i) / u64::from(n);
+        let secs = (w.seconds() - cut).max(60);
+        s.walltime = Some(crate::config::site::Walltime(secs / 60 * 60).max(crate::config::site::Walltime(60.min(w.seconds()))));
+    }
+    s
 }
 
 fn write_script(path: &Path, text: &str) -> Result<(), String> {

@@ -83,6 +83,10 @@ pub enum Cmd {
         /// Seconds to keep trying to reach a lost server before exiting.
         #[arg(long, default_value_t = 60)]
         death_timeout: u64,
+        /// The batch job's walltime in seconds, counted from $DROVER_JOB_START (set
+        /// by drover's job scripts) or from now: the worker drains before it ends.
+        #[arg(long)]
+        walltime: Option<u64>,
     },
 }
 
@@ -248,6 +252,7 @@ pub fn main(cli: Cli) -> Result<(), Failure> {
             threads,
             processes,
             death_timeout,
-        } => work::worker(&access, threads, processes, death_timeout),
+            walltime,
+        } => work::worker(&access, threads, processes, death_timeout, walltime),
     }
 }

@@ -66,6 +66,7 @@ fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
             "tasks_total": summary.tasks_total,
             "tasks_retried": summary.tasks_retried,
             "workers_lost": summary.workers_lost,
+            "workers_drained": summary.workers_drained,
             "bytes_read": summary.bytes_read,
             "seconds": summary.seconds,
             "workers": summary.workers,

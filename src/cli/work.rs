@@ -9,7 +9,7 @@ use tokio::process::Command;
 use super::{Failure, cores, input, runtime, runtime_builder};
 use crate::worker::{self, WorkerOptions};
 
-pub fn worker(access: &Path, threads: Option<usize>, processes: u32, death_timeout: u64) -> Result<(), Failure> {
+pub fn worker(access: &Path, threads: Option<usize>, processes: u32, death_timeout: u64, walltime: Option<u64>) -> Result<(), Failure> {
     if threads == Some(0) {
         return Err(input(anyhow!("--threads 0: a worker needs at least one thread")));
     }
@@ -24,12 +24,13 @@ pub fn worker(access: &Path, threads: Option<usize>, processes: u32, death_timeo
     let threads = threads.unwrap_or_else(|| (cores() / processes as usize).max(1));
     let rt = runtime_builder()?;
     if processes > 1 {
-        return rt.block_on(node_agent(access, threads, processes, death_timeout));
+        return rt.block_on(node_agent(access, threads, processes, death_timeout, walltime));
     }
     let opts = WorkerOptions {
         threads,
         heartbeat: Duration::from_secs(5),
         death_timeout: Duration::from_secs(death_timeout),
+        walltime: walltime.map(job_end),
     };
     rt.block_on(worker::run(access, opts)).map_err(|e| Failure {
         input: e.is_input(),
@@ -37,8 +38,25 @@ pub fn worker(access: &Path, threads: Option<usize>, processes: u32, death_timeo
     })
 }
 
+/// When the job ends: `$DROVER_JOB_START` (Unix seconds, written by the job script
+/// before its prologue) plus the walltime; from now when the variable is absent.
+fn job_end(walltime: u64) -> (std::time::Instant, Duration) {
+    let total = Duration::from_secs(walltime);
+    let now_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let start = std::env::var("DROVER_JOB_START")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&s| s <= now_unix)
+        .unwrap_or(now_unix);
+    let elapsed = Duration::from_secs(now_unix - start);
+    (std::time::Instant::now() + total.saturating_sub(elapsed), total)
+}
+
 /// Start `processes` single workers on this node, pass SIGTERM/SIGINT on, wait for all.
-async fn node_agent(access: &Path, threads: usize, processes: u32, death_timeout: u64) -> Result<(), Failure> {
+async fn node_agent(access: &Path, threads: usize, processes: u32, death_timeout: u64, walltime: Option<u64>) -> Result<(), Failure> {
     let exe = std::env::current_exe().map_err(runtime)?;
     let mut children = Vec::new();
     for _ in 0..processes {
@@ -47,6 +65,7 @@ async fn node_agent(access: &Path, threads: usize, processes: u32, death_timeout
             .arg("--access")
             .arg(access)
             .args(["--threads", &threads.to_string(), "--death-timeout", &death_timeout.to_string()])
+            .args(walltime.map(|w| vec!["--walltime".to_string(), w.to_string()]).unwrap_or_default())
             .kill_on_drop(true)
             .spawn()
             .map_err(runtime)?;

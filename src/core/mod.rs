@@ -210,6 +210,20 @@ impl Core {
         Ok(())
     }
 
+    /// A draining worker hands back tasks it has not started: they go back to the
+    /// front of the queue without counting as retries. Tasks it does not hold are
+    /// ignored (already requeued, or finished).
+    pub fn release(&mut self, now: Duration, worker: WorkerId, tasks: &[TaskId]) {
+        self.heartbeat(now, worker);
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        let mut back: Vec<TaskId> = tasks.iter().copied().filter(|t| w.assigned.remove(t)).collect();
+        back.sort_unstable();
+        for t in back.into_iter().rev() {
+            self.ready.push_front(t);
+        }
+        self.schedule();
+    }
+
     /// The worker is gone (disconnected, killed, or left). Its tasks go back to the queue.
     pub fn worker_left(&mut self, _now: Duration, worker: WorkerId) {
         let Some(w) = self.workers.remove(&worker) else { return };
@@ -332,7 +346,7 @@ impl Core {
         self.counters.tasks_done += 1;
         self.graph_counters.tasks_done += 1;
         for t in released {
-            self.release(t);
+            self.make_ready(t);
         }
         if self.graph.as_ref().is_some_and(Graph::all_done) {
             self.graph = None;
@@ -344,12 +358,12 @@ impl Core {
         let g = self.graph.as_ref().expect("graph");
         let roots: Vec<TaskId> = (0..g.len()).filter(|&t| g.is_ready(t)).collect();
         for t in roots {
-            self.release(t);
+            self.make_ready(t);
         }
     }
 
     /// A task's dependencies are all done.
-    fn release(&mut self, task: TaskId) {
+    fn make_ready(&mut self, task: TaskId) {
         let g = self.graph.as_mut().expect("graph");
         match g.kind(task) {
             TaskKind::Remote => self.ready.push_back(task),

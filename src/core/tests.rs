@@ -186,6 +186,28 @@ fn draining_worker_gets_nothing_new() {
 }
 
 #[test]
+fn released_tasks_go_elsewhere_without_counting_as_retries() {
+    let mut core = Core::new(CoreConfig {
+        queue_per_slot: 3,
+        ..Default::default()
+    });
+    let a = core.worker_joined(Duration::ZERO, 1);
+    core.submit(independent(3)).unwrap();
+    assert_eq!(assigned(&drain(&mut core)), vec![(a, vec![0, 1, 2])]);
+    core.drain(a).unwrap();
+    core.release(S, a, &[1, 2, 7]);
+    assert!(drain(&mut core).is_empty(), "nobody else to take them yet");
+    let b = core.worker_joined(S, 2);
+    assert_eq!(assigned(&drain(&mut core)), vec![(b, vec![1, 2])]);
+    assert_eq!(core.task_done(S, a, 0), Accept::Accepted, "a finishes what it runs");
+    assert_eq!(core.task_done(S, a, 1), Accept::Stale, "released tasks are no longer a's");
+    core.task_done(S, b, 1);
+    core.task_done(S, b, 2);
+    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
+    assert_eq!(core.graph_counters().tasks_retried, 0);
+}
+
+#[test]
 fn million_task_graph_is_compact() {
     let n = 1_000_000;
     let mut b = GraphBuilder::with_capacity(n + 1, n);

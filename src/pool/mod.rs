@@ -31,6 +31,8 @@ pub struct JobInfo {
     pub state: JobState,
     /// Being drained for a scale-down.
     pub retiring: bool,
+    /// Near its walltime: a replacement is on the way.
+    pub expiring: bool,
     /// Seconds since submission.
     pub age: f64,
 }
@@ -39,7 +41,36 @@ pub struct JobInfo {
 struct PoolJob {
     state: JobState,
     retiring: bool,
+    expiring: bool,
     submitted_at: Duration,
+    /// When its first worker connected.
+    started_at: Option<Duration>,
+    walltime: Option<Duration>,
+}
+
+impl PoolJob {
+    fn new(now: Duration, walltime: Option<Duration>) -> Self {
+        Self {
+            state: JobState::Pending,
+            retiring: false,
+            expiring: false,
+            submitted_at: now,
+            started_at: None,
+            walltime,
+        }
+    }
+
+    /// Counts toward the target.
+    fn is_capacity(&self) -> bool {
+        self.state != JobState::Gone && !self.retiring && !self.expiring
+    }
+}
+
+/// How long before a job's end its workers drain (they use at least this much).
+pub fn drain_margin(walltime: Duration) -> Duration {
+    (walltime / 10)
+        .clamp(Duration::from_secs(10), Duration::from_secs(300))
+        .min(walltime / 2)
 }
 
 /// A submission failure, kept for `drover status`.
@@ -61,6 +92,8 @@ pub struct Pool {
     last_failure: Option<String>,
     stopping: bool,
     actions: Vec<PoolAction>,
+    /// Smoothed time from submission to the first worker.
+    start_latency: Option<Duration>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -77,6 +110,7 @@ impl Pool {
             last_failure: None,
             stopping: false,
             actions: Vec::new(),
+            start_latency: None,
         }
     }
 
@@ -132,6 +166,7 @@ impl Pool {
                 id: id.clone(),
                 state: j.state,
                 retiring: j.retiring,
+                expiring: j.expiring,
                 age: now.saturating_sub(j.submitted_at).as_secs_f64(),
             })
             .collect()
@@ -145,22 +180,15 @@ impl Pool {
         })
     }
 
-    /// The runner submitted: the ids of the jobs (array elements) it created.
-    pub fn submitted(&mut self, now: Duration, result: Result<Vec<JobId>, String>) {
+    /// The runner submitted: the jobs (array elements) it created, with their walltimes.
+    pub fn submitted(&mut self, now: Duration, result: Result<Vec<(JobId, Option<Duration>)>, String>) {
         self.submitting = false;
         match result {
             Ok(ids) => {
                 self.failures = 0;
                 self.last_failure = None;
-                for id in ids {
-                    self.jobs.insert(
-                        id,
-                        PoolJob {
-                            state: JobState::Pending,
-                            retiring: false,
-                            submitted_at: now,
-                        },
-                    );
+                for (id, walltime) in ids {
+                    self.jobs.insert(id, PoolJob::new(now, walltime));
                 }
                 if self.stopping {
                     self.stop();
@@ -193,11 +221,19 @@ impl Pool {
     }
 
     /// A worker of this job connected: the job runs.
-    pub fn worker_seen(&mut self, job: &JobId) {
-        if let Some(j) = self.jobs.get_mut(job)
-            && j.state == JobState::Pending
-        {
-            j.state = JobState::Running;
+    pub fn worker_seen(&mut self, now: Duration, job: &JobId) {
+        if let Some(j) = self.jobs.get_mut(job) {
+            if j.state == JobState::Pending {
+                j.state = JobState::Running;
+            }
+            if j.started_at.is_none() {
+                j.started_at = Some(now);
+                let latency = now.saturating_sub(j.submitted_at);
+                self.start_latency = Some(match self.start_latency {
+                    Some(l) => (l * 3 + latency) / 4,
+                    None => latency,
+                });
+            }
         }
     }
 
@@ -218,8 +254,20 @@ impl Pool {
         if self.stopping {
             return;
         }
+        // Jobs close to their walltime stop counting, so replacements start ahead of
+        // time: the workers' drain margin plus twice the usual queue wait.
+        let lead_extra = (self.start_latency.unwrap_or(Duration::from_secs(5)) * 2).max(Duration::from_secs(5));
+        for j in self.jobs.values_mut() {
+            if let (Some(start), Some(wall)) = (j.started_at, j.walltime)
+                && j.state != JobState::Gone
+                && !j.expiring
+                && now + drain_margin(wall) + lead_extra >= start + wall
+            {
+                j.expiring = true;
+            }
+        }
         let wpj = self.workers_per_job;
-        let active: Vec<(&JobId, &PoolJob)> = self.jobs.iter().filter(|(_, j)| j.state != JobState::Gone && !j.retiring).collect();
+        let active: Vec<(&JobId, &PoolJob)> = self.jobs.iter().filter(|(_, j)| j.is_capacity()).collect();
         let capacity = active.len() as u32 * wpj;
         let jobs_needed = self.target.div_ceil(wpj);
         let have = active.len() as u32;
@@ -287,7 +335,7 @@ mod tests {
         // While submitting, nothing more is asked.
         p.step(T0);
         assert!(p.take_actions().is_empty());
-        p.submitted(T0, Ok(ids(&["1", "2", "3"])));
+        p.submitted(T0, Ok(ids(&["1", "2", "3"]).into_iter().map(|i| (i, None)).collect()));
         assert!(p.take_actions().is_empty(), "pending jobs count as capacity");
         p.set_target(T0, 12);
         assert!(p.take_actions().is_empty(), "3 jobs of 4 cover 12");
@@ -300,9 +348,9 @@ mod tests {
         let mut p = Pool::new(1);
         p.set_target(T0, 3);
         p.take_actions();
-        p.submitted(T0, Ok(ids(&["1", "2", "3"])));
-        p.worker_seen(&JobId("1".into()));
-        p.worker_seen(&JobId("2".into()));
+        p.submitted(T0, Ok(ids(&["1", "2", "3"]).into_iter().map(|i| (i, None)).collect()));
+        p.worker_seen(T0, &JobId("1".into()));
+        p.worker_seen(T0, &JobId("2".into()));
         p.set_target(T0, 1);
         assert_eq!(
             p.take_actions(),
@@ -318,7 +366,7 @@ mod tests {
         let mut p = Pool::new(1);
         p.set_target(T0, 2);
         p.take_actions();
-        p.submitted(T0, Ok(ids(&["1", "2"])));
+        p.submitted(T0, Ok(ids(&["1", "2"]).into_iter().map(|i| (i, None)).collect()));
         let states: BTreeMap<JobId, JobState> = [(JobId("1".into()), JobState::Running), (JobId("2".into()), JobState::Gone)].into();
         p.status(Duration::from_secs(5), &states);
         assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 1 }]);
@@ -346,11 +394,37 @@ mod tests {
     }
 
     #[test]
+    fn jobs_near_their_walltime_are_replaced_ahead_of_time() {
+        let mut p = Pool::new(1);
+        p.set_target(T0, 2);
+        p.take_actions();
+        let wall = Some(Duration::from_secs(600));
+        let s = Duration::from_secs;
+        p.submitted(T0, Ok(vec![(JobId("1".into()), wall), (JobId("2".into()), Some(s(500)))]));
+        p.worker_seen(s(10), &JobId("1".into()));
+        p.worker_seen(s(10), &JobId("2".into()));
+        p.step(s(400));
+        assert!(p.take_actions().is_empty());
+        // Job 2 ends at 510; margin 50 s + 2 x 10 s queue wait: replaced from 440 on.
+        p.step(s(441));
+        assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 1 }]);
+        p.submitted(s(441), Ok(vec![(JobId("3".into()), wall)]));
+        assert!(p.jobs(s(441)).iter().any(|j| j.id.0 == "2" && j.expiring));
+        // Job 1 (ends at 610) is replaced separately, later: the pool never expires at once.
+        p.step(s(500));
+        assert!(p.take_actions().is_empty());
+        p.step(s(541));
+        assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 1 }]);
+        // The expiring jobs are not cancelled: their workers drain and leave.
+        assert!(!p.take_actions().iter().any(|a| matches!(a, PoolAction::Cancel(_))));
+    }
+
+    #[test]
     fn stop_cancels_everything_and_waits_for_the_queue() {
         let mut p = Pool::new(1);
         p.set_target(T0, 2);
         p.take_actions();
-        p.submitted(T0, Ok(ids(&["1", "2"])));
+        p.submitted(T0, Ok(ids(&["1", "2"]).into_iter().map(|i| (i, None)).collect()));
         p.stop();
         assert_eq!(p.take_actions(), vec![PoolAction::Cancel(ids(&["1", "2"]))]);
         assert!(!p.drained());
@@ -367,7 +441,7 @@ mod tests {
         p.take_actions();
         p.stop();
         assert!(!p.drained(), "a submission is in flight");
-        p.submitted(T0, Ok(ids(&["9"])));
+        p.submitted(T0, Ok(ids(&["9"]).into_iter().map(|i| (i, None)).collect()));
         assert_eq!(p.take_actions(), vec![PoolAction::Cancel(ids(&["9"]))]);
     }
 }

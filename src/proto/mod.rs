@@ -134,6 +134,11 @@ pub enum PeerMsg {
         task: u32,
         message: String,
     },
+    /// The worker's batch job ends soon: it takes no more tasks, hands back these
+    /// (job, task) pairs it had not started, and leaves when its running tasks are done.
+    Draining {
+        released: Vec<(u64, u32)>,
+    },
     // From clients:
     Submit {
         workload: Workload,
@@ -160,6 +165,8 @@ pub struct Summary {
     pub driver_peak_rss_bytes: Option<u64>,
     /// Largest peak resident memory of the embedded cluster's workers.
     pub worker_peak_rss_bytes: Option<u64>,
+    /// Workers that left before their walltime (handing back queued tasks).
+    pub workers_drained: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +192,7 @@ pub struct Status {
     pub tasks_done: u64,
     pub tasks_retried: u64,
     pub workers_lost: u64,
+    pub workers_drained: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -90,7 +90,7 @@ pub enum Event {
         workers: u32,
         client: Tx,
     },
-    PoolSubmitted(Result<Vec<JobId>, String>),
+    PoolSubmitted(Result<Vec<(JobId, Option<Duration>)>, String>),
     PoolStatus(Result<std::collections::BTreeMap<JobId, JobState>, String>),
 }
 
@@ -156,6 +156,7 @@ struct Job {
     bytes_read: u64,
     tasks_total: u32,
     last_progress: Instant,
+    workers_drained: u64,
 }
 
 enum Slot {
@@ -174,6 +175,8 @@ pub struct Actor {
     queue: VecDeque<(Workload, Tx)>,
     next_job: u64,
     stopping: Option<Instant>,
+    /// Workers that left before their walltime, over the server's life.
+    drained_workers: u64,
     site: Option<SitePool>,
 }
 
@@ -201,6 +204,7 @@ impl Actor {
             queue: VecDeque::new(),
             next_job: 1,
             stopping: None,
+            drained_workers: 0,
             site,
         }
     }
@@ -262,7 +266,7 @@ impl Actor {
                 send(&tx, ServerMsg::Welcome { id: id.0 });
                 tracing::info!(worker = %id, host = %info.host, pid = info.pid, threads = info.threads, batch_job = ?info.batch_job, "worker joined");
                 if let (Some(s), Some(job)) = (&mut self.site, &info.batch_job) {
-                    s.pool.worker_seen(&JobId(job.clone()));
+                    s.pool.worker_seen(now, &JobId(job.clone()));
                 }
                 self.workers.insert(
                     id,
@@ -434,6 +438,16 @@ impl Actor {
                     }
                 }
             }
+            PeerMsg::Draining { released } => {
+                tracing::info!(worker = %id, released = released.len(), "worker draining before its walltime");
+                let _ = self.core.drain(id);
+                let tasks: Vec<TaskId> = released.iter().filter(|(j, _)| self.is_current(*j)).map(|(_, t)| *t).collect();
+                self.core.release(now, id, &tasks);
+                self.drained_workers += 1;
+                if let Slot::Running(job) = &mut self.slot {
+                    job.workers_drained += 1;
+                }
+            }
             PeerMsg::TaskError { job, task, message } => {
                 if self.is_current(job) {
                     self.core.task_error(now, id, task, message);
@@ -517,6 +531,7 @@ impl Actor {
                     bytes_read: 0,
                     tasks_total,
                     last_progress: Instant::now(),
+                    workers_drained: 0,
                 }));
                 if let Err(e) = self.core.submit(p.graph) {
                     self.fail_job(format!("internal: {e}"));
@@ -776,6 +791,7 @@ impl Actor {
                 .collect(),
             driver_peak_rss_bytes: None,
             worker_peak_rss_bytes: None,
+            workers_drained: job.workers_drained,
         };
         send(
             &job.client,
@@ -980,6 +996,7 @@ impl Actor {
             tasks_done: c.tasks_done,
             tasks_retried: c.tasks_retried,
             workers_lost: c.workers_lost,
+            workers_drained: self.drained_workers,
         }
     }
 }

@@ -45,6 +45,8 @@ impl WorkerError {
 pub struct WorkerOptions {
     pub threads: usize,
     pub heartbeat: Duration,
+    /// When the batch job ends, and its whole walltime: the worker drains before it.
+    pub walltime: Option<(std::time::Instant, Duration)>,
     /// How long to keep trying to reach a lost (or not yet reachable) server.
     pub death_timeout: Duration,
 }
@@ -59,17 +61,35 @@ struct JobCtx {
 struct Queue {
     tasks: VecDeque<(u64, proto::TaskRef)>,
     stop: bool,
+    /// Handing back what arrives; finishing what runs.
+    draining: bool,
+    /// Tasks being executed right now.
+    running: usize,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
     jobs: RwLock<HashMap<u64, Arc<JobCtx>>>,
+    /// Longest task seen, in milliseconds (sizes the walltime margin).
+    longest_task_ms: std::sync::atomic::AtomicU64,
 }
 
 enum Out {
-    Done { job: u64, result: TaskResult, payload: Vec<u8> },
-    Error { job: u64, task: u32, message: String },
+    Done {
+        job: u64,
+        result: TaskResult,
+        payload: Vec<u8>,
+    },
+    Error {
+        job: u64,
+        task: u32,
+        message: String,
+    },
+    /// Tasks handed back before the walltime.
+    Draining {
+        released: Vec<(u64, u32)>,
+    },
 }
 
 /// The batch job this worker runs in, from the batch system's environment, in the
@@ -217,6 +237,7 @@ async fn session(access: &Access, opts: &WorkerOptions, registered: &mut bool, s
         queue: Mutex::new(Queue::default()),
         ready: Condvar::new(),
         jobs: RwLock::new(HashMap::new()),
+        longest_task_ms: std::sync::atomic::AtomicU64::new(0),
     });
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Out>();
     let threads: Vec<_> = (0..opts.threads.max(1))
@@ -229,14 +250,13 @@ async fn session(access: &Access, opts: &WorkerOptions, registered: &mut bool, s
                 .expect("spawn task thread")
         })
         .collect();
-    drop(out_tx);
-
     let sender = tokio::spawn(send_loop(send, out_rx, opts.heartbeat));
     // SIGTERM/SIGINT (scancel, qdel, walltime) end the worker like a Shutdown, but
     // without waiting for running tasks: the server requeues what this worker held.
     let mut signalled = false;
     let result = tokio::select! {
-        r = read_loop(&mut recv, &shared) => r,
+        r = read_loop(&mut recv, &shared, &out_tx) => r,
+        _ = drain_before_walltime(&shared, &out_tx, opts.walltime) => Ok(()),
         _ = signals.term.recv() => { signalled = true; Ok(()) }
         _ = signals.int.recv() => { signalled = true; Ok(()) }
     };
@@ -246,6 +266,7 @@ async fn session(access: &Access, opts: &WorkerOptions, registered: &mut bool, s
         q.tasks.clear();
     }
     shared.ready.notify_all();
+    drop(out_tx);
     if signalled {
         tracing::info!("signalled; leaving");
     } else {
@@ -262,7 +283,40 @@ async fn session(access: &Access, opts: &WorkerOptions, registered: &mut bool, s
     result
 }
 
-async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared) -> Result<(), WorkerError> {
+/// Before the batch job's end, by a margin of at least 10 s and 3 times the longest
+/// task seen (at most half the walltime): hand back queued tasks, finish the running
+/// ones, and return so the worker leaves cleanly.
+async fn drain_before_walltime(shared: &Shared, out: &mpsc::UnboundedSender<Out>, walltime: Option<(std::time::Instant, Duration)>) {
+    let Some((end, total)) = walltime else {
+        return std::future::pending().await;
+    };
+    loop {
+        let longest = Duration::from_millis(shared.longest_task_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let margin = (longest * 3).max(Duration::from_secs(10)).min(total / 2);
+        if std::time::Instant::now() + margin >= end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let released: Vec<(u64, u32)> = {
+        let mut q = shared.queue.lock().expect("queue lock");
+        q.draining = true;
+        q.tasks.drain(..).map(|(j, t)| (j, t.task)).collect()
+    };
+    tracing::info!(released = released.len(), "draining before the walltime");
+    let _ = out.send(Out::Draining { released });
+    loop {
+        {
+            let q = shared.queue.lock().expect("queue lock");
+            if q.running == 0 && q.tasks.is_empty() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::UnboundedSender<Out>) -> Result<(), WorkerError> {
     loop {
         let (msg, payload) = proto::read_frame::<_, ServerMsg>(recv)
             .await
@@ -287,6 +341,14 @@ async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared) -> Result<(), 
             }
             ServerMsg::Assign { job, tasks } => {
                 let mut q = shared.queue.lock().expect("queue lock");
+                if q.draining {
+                    // Sent before the server saw us draining: hand them straight back.
+                    drop(q);
+                    let _ = out.send(Out::Draining {
+                        released: tasks.iter().map(|t| (job, t.task)).collect(),
+                    });
+                    continue;
+                }
                 q.tasks.extend(tasks.into_iter().map(|t| (job, t)));
                 drop(q);
                 shared.ready.notify_all();
@@ -313,14 +375,17 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
                     return;
                 }
                 if let Some(item) = q.tasks.pop_front() {
+                    q.running += 1;
                     break item;
                 }
                 q = shared.ready.wait(q).expect("queue lock");
             }
         };
         let Some(ctx) = shared.jobs.read().expect("jobs lock").get(&job).cloned() else {
+            shared.queue.lock().expect("queue lock").running -= 1;
             continue;
         };
+        let started = std::time::Instant::now();
         let span = tracing::debug_span!("task", job, task = t.task, stage = t.stage, block = t.block);
         let _e = span.enter();
         let run = || -> Result<exec::BlockResult, String> {
@@ -360,7 +425,12 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
                 }
             }
         };
-        if out.send(msg).is_err() {
+        shared
+            .longest_task_ms
+            .fetch_max(started.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        let sent = out.send(msg);
+        shared.queue.lock().expect("queue lock").running -= 1;
+        if sent.is_err() {
             return;
         }
     }
@@ -391,6 +461,7 @@ async fn send_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<
         };
         let res = match first {
             Out::Error { job, task, message } => proto::write_frame(&mut send, &PeerMsg::TaskError { job, task, message }, &[]).await,
+            Out::Draining { released } => proto::write_frame(&mut send, &PeerMsg::Draining { released }, &[]).await,
             Out::Done { job, result, payload } => {
                 // Gather more finished results of the same job that are already waiting.
                 let mut results = vec![result];
