@@ -33,7 +33,20 @@ stage_e2e() {
         "$DROVER_PY" -m pytest tests/e2e -q
 }
 
-DEFAULT_STAGES=(cargo_test e2e)
+# Batch systems: real SLURM (3 virtual nodes) and SGE from scripts/testbed, plus the
+# PBS/Torque/LSF/HTCondor emulators' own tests and drover's live batch tests. The
+# testbed is started here and always stopped again, whatever the tests did.
+stage_batch() {
+    trap 'scripts/testbed/slurm.sh down >/dev/null 2>&1 || true; scripts/testbed/sge.sh down >/dev/null 2>&1 || true; scripts/testbed/emulators/reset.sh >/dev/null 2>&1 || true' EXIT
+    scripts/testbed/slurm.sh up
+    scripts/testbed/sge.sh up
+    local rc=0
+    "$DROVER_PY" -m pytest tests/testbed -q || rc=1
+    DROVER_BIN="${DROVER_BIN:-target/release/drover}" "$DROVER_PY" -m pytest tests/batch -q || rc=1
+    return "$rc"
+}
+
+DEFAULT_STAGES=(cargo_test e2e batch)
 
 # ---------------------------------------------------------------- driver
 
