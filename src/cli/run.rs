@@ -46,13 +46,8 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         (None, Some(site)) => rt.block_on(on_site(workload, site, args.workers.unwrap_or(1) as u32, show_progress))?,
         (None, None) => rt.block_on(embedded(workload, args.workers.unwrap_or_else(cores), show_progress))?,
     };
-    summary.driver_peak_rss_bytes = peak_rss(nix::sys::resource::UsageWho::RUSAGE_SELF);
+    summary.driver_peak_rss_bytes = crate::worker::peak_rss();
     print_summary(&summary, args.json)
-}
-
-/// Peak resident set size (Linux reports ru_maxrss in KiB).
-fn peak_rss(who: nix::sys::resource::UsageWho) -> Option<u64> {
-    nix::sys::resource::getrusage(who).ok().map(|u| u.max_rss().max(0) as u64 * 1024)
 }
 
 fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
@@ -73,6 +68,7 @@ fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
             "outputs": outputs,
             "driver_peak_rss_bytes": summary.driver_peak_rss_bytes,
             "worker_peak_rss_bytes": summary.worker_peak_rss_bytes,
+            "workers_peak_rss_bytes": summary.workers_peak_rss_bytes,
         });
         println!("{v}");
     } else {
@@ -211,9 +207,5 @@ async fn embedded(workload: Workload, n: usize, show_progress: bool) -> Result<S
             let _ = c.kill().await;
         }
     }
-    // All workers are reaped: RUSAGE_CHILDREN holds the largest of their peaks.
-    result.map(|mut s| {
-        s.worker_peak_rss_bytes = peak_rss(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
-        s
-    })
+    result
 }

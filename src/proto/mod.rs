@@ -125,9 +125,11 @@ pub enum PeerMsg {
     Hello(Hello),
     Heartbeat,
     /// Results of finished tasks; payload: their bytes, concatenated in order.
+    /// `peak_rss`: the worker's peak resident memory so far (VmHWM), in bytes.
     Results {
         job: u64,
         results: Vec<TaskResult>,
+        peak_rss: u64,
     },
     TaskError {
         job: u64,
@@ -163,8 +165,10 @@ pub struct Summary {
     pub outputs: Vec<OutputReport>,
     /// Peak resident memory of the driver process (filled in by the CLI).
     pub driver_peak_rss_bytes: Option<u64>,
-    /// Largest peak resident memory of the embedded cluster's workers.
+    /// Largest peak resident memory of the workers that ran tasks of the job.
     pub worker_peak_rss_bytes: Option<u64>,
+    /// Peak resident memory of each worker that ran tasks of the job.
+    pub workers_peak_rss_bytes: Vec<u64>,
     /// Workers that left before their walltime (handing back queued tasks).
     pub workers_drained: u64,
 }
@@ -289,13 +293,14 @@ mod tests {
                 bytes_read: 80,
                 len: 16,
             }],
+            peak_rss: 1,
         };
         let payload: Vec<u8> = (0..16).collect();
         write_frame(&mut a, &msg, &payload).await.unwrap();
         write_frame(&mut a, &PeerMsg::Heartbeat, &[]).await.unwrap();
         drop(a);
         let (got, p): (PeerMsg, Vec<u8>) = read_frame(&mut b).await.unwrap();
-        assert!(matches!(got, PeerMsg::Results { job: 7, ref results } if results[0].task == 3));
+        assert!(matches!(got, PeerMsg::Results { job: 7, ref results, .. } if results[0].task == 3));
         assert_eq!(p, payload);
         let (got, p): (PeerMsg, Vec<u8>) = read_frame(&mut b).await.unwrap();
         assert!(matches!(got, PeerMsg::Heartbeat) && p.is_empty());

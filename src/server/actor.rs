@@ -157,6 +157,8 @@ struct Job {
     tasks_total: u32,
     last_progress: Instant,
     workers_drained: u64,
+    /// Peak resident memory reported by each worker that ran tasks.
+    worker_peaks: HashMap<WorkerId, u64>,
 }
 
 enum Slot {
@@ -419,7 +421,13 @@ impl Actor {
         self.core.heartbeat(now, id);
         match msg {
             PeerMsg::Heartbeat => {}
-            PeerMsg::Results { job, results } => {
+            PeerMsg::Results { job, results, peak_rss } => {
+                if let Slot::Running(j) = &mut self.slot
+                    && j.id == job
+                {
+                    let e = j.worker_peaks.entry(id).or_insert(0);
+                    *e = (*e).max(peak_rss);
+                }
                 let mut off = 0usize;
                 for r in results {
                     let len = r.len as usize;
@@ -532,6 +540,7 @@ impl Actor {
                     tasks_total,
                     last_progress: Instant::now(),
                     workers_drained: 0,
+                    worker_peaks: HashMap::new(),
                 }));
                 if let Err(e) = self.core.submit(p.graph) {
                     self.fail_job(format!("internal: {e}"));
@@ -790,7 +799,12 @@ impl Actor {
                 })
                 .collect(),
             driver_peak_rss_bytes: None,
-            worker_peak_rss_bytes: None,
+            worker_peak_rss_bytes: job.worker_peaks.values().copied().max(),
+            workers_peak_rss_bytes: {
+                let mut v: Vec<(WorkerId, u64)> = job.worker_peaks.iter().map(|(w, p)| (*w, *p)).collect();
+                v.sort_unstable();
+                v.into_iter().map(|(_, p)| p).collect()
+            },
             workers_drained: job.workers_drained,
         };
         send(

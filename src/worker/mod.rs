@@ -436,6 +436,14 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
     }
 }
 
+/// This process's peak resident memory (VmHWM), in bytes. Unlike getrusage's
+/// ru_maxrss it does not carry over the peak of a parent that exec'd us.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
 /// Most bytes of results gathered into one frame.
 const BATCH_BYTES: usize = 8 << 20;
 
@@ -443,6 +451,7 @@ async fn send_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: Option<Out> = None;
+    let mut peak = (peak_rss().unwrap_or(0), std::time::Instant::now());
     loop {
         let first = match pending.take() {
             Some(o) => o,
@@ -479,7 +488,19 @@ async fn send_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<
                         Err(_) => break,
                     }
                 }
-                proto::write_frame(&mut send, &PeerMsg::Results { job, results }, &Bytes::from(bytes)).await
+                if peak.1.elapsed() >= Duration::from_millis(100) {
+                    peak = (peak_rss().unwrap_or(peak.0), std::time::Instant::now());
+                }
+                proto::write_frame(
+                    &mut send,
+                    &PeerMsg::Results {
+                        job,
+                        results,
+                        peak_rss: peak.0,
+                    },
+                    &Bytes::from(bytes),
+                )
+                .await
             }
         };
         if res.is_err() {

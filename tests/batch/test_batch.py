@@ -171,3 +171,54 @@ def test_bad_site_files_are_refused_clearly(text, needle, tmp_path):
         lines = [l for l in r.stderr.splitlines() if l.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
     assert not (tmp_path / "srv").exists(), "a bad site starts nothing"
+
+
+def _slow_workload(dirpath: Path, rows: int) -> tuple[Path, "callable"]:
+    """Much compute from little data: a (rows, 1) x (1, 20000) broadcast. Returns the
+    workload and an oracle for any rows."""
+    import h5py
+
+    a = np.linspace(0.1, 1.0, rows).reshape(rows, 1)
+    b = np.linspace(1.0, 2.0, 20000).reshape(1, 20000)
+    with h5py.File(dirpath / "bc.h5", "w") as f:
+        f["a"] = a
+        f["b"] = b
+    (dirpath / "slow.toml").write_text(
+        '[inputs.a]\nfile = "bc.h5"\ndataset = "/a"\nchunks = [20, 1]\n'
+        '[inputs.b]\nfile = "bc.h5"\ndataset = "/b"\n'
+        '[[outputs]]\nexpr = "sum(sin(a * b) ** 2 + cos(a + b) * exp(-a * b), axis=1)"\nfile = "slow.h5"\ndataset = "/s"\n'
+    )
+    def oracle(idx):
+        ai = a[idx]
+        return (np.sin(ai * b) ** 2 + np.cos(ai + b) * np.exp(-ai * b)).sum(axis=1)
+
+    return dirpath / "slow.toml", oracle
+
+
+def test_slurm_walltime_drains_workers_and_replaces_jobs_without_retries(system_env, tmp_path):
+    """A 1-minute walltime on a run of about two minutes: workers drain before their
+    job ends, replacements arrive ahead of time, nothing is retried, the result is exact."""
+    import h5py
+
+    s = system_env("slurm")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    workload, _ = _slow_workload(calib, 2000)
+    r = drover(s, "run", workload, "--workers", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    per_row = json.loads(r.stdout)["seconds"] / 2000
+    rows = int(min(max(130.0 / per_row, 4000), 2_000_000)) // 20 * 20
+    workload, want = _slow_workload(tmp_path, rows)
+    site = write_site(tmp_path / "site.toml", s, walltime="00:01:00")
+    r = drover(s, "run", workload, "--site", site, "--workers", 2, "--json", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert summary["seconds"] > 75, f"the run must outlast the walltime (calibration off?): {summary['seconds']}"
+    assert summary["tasks_retried"] == 0, summary
+    assert summary["workers_drained"] >= 2, summary
+    with h5py.File(tmp_path / "slow.h5") as f:
+        got = f["s"][...]
+    assert got.shape == (rows,) and np.isfinite(got).all()
+    idx = np.random.default_rng(3).choice(rows, size=300, replace=False)
+    np.testing.assert_allclose(got[idx], want(idx), rtol=1e-9)
+    assert s.live_jobs() == []
