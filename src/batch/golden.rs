@@ -301,7 +301,7 @@ fn status_outputs_from_the_real_tools() {
             JobState::Running,
             JobState::Pending,
             JobState::Pending,
-            JobState::Gone,
+            JobState::Held,
             JobState::Gone
         ]
     );
@@ -321,7 +321,7 @@ fn status_outputs_from_the_real_tools() {
     let st = htcondor::Htcondor.parse_status(cq, &ids(&["77.0", "77.1", "78", "79"])).unwrap();
     assert_eq!(
         st.values().copied().collect::<Vec<_>>(),
-        vec![JobState::Running, JobState::Pending, JobState::Gone, JobState::Gone]
+        vec![JobState::Running, JobState::Pending, JobState::Held, JobState::Gone]
     );
     assert!(
         htcondor::Htcondor

@@ -96,6 +96,7 @@ impl BatchSystem for Htcondor {
                 let st = match ad.get("JobStatus").and_then(|x| x.as_u64()) {
                     Some(1) => JobState::Pending,
                     Some(2) | Some(6) | Some(7) => JobState::Running,
+                    Some(5) => JobState::Held,
                     _ => JobState::Gone,
                 };
                 seen.insert(format!("{c}.{p}"), st);

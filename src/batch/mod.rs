@@ -51,6 +51,9 @@ impl std::fmt::Display for JobId {
 pub enum JobState {
     Pending,
     Running,
+    /// Still in the queue but will never run without help (SGE `Eqw`, HTCondor held):
+    /// the pool cancels and replaces it.
+    Held,
     /// Finished, failed, cancelled, or no longer known to the batch system.
     Gone,
 }

@@ -128,9 +128,12 @@ impl BatchSystem for Sge {
                 Event::End(e) => {
                     if e.name().as_ref() == "job_list" {
                         in_job = false;
-                        // Error states (Eqw) never run: treat them as gone so they get replaced.
-                        let st = if state.contains('E') || state.contains('d') {
-                            JobState::Gone
+                        // Deleted jobs (dr, dt) stay listed until they really end; error
+                        // states (Eqw) never run and are cancelled by the pool.
+                        let st = if state.contains('d') {
+                            JobState::Running
+                        } else if state.contains('E') {
+                            JobState::Held
                         } else if state.contains('r') || state.contains('t') || state.contains('R') || state.contains('s') {
                             JobState::Running
                         } else {

@@ -422,4 +422,6 @@ impl Core {
 }
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;

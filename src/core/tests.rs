@@ -1,6 +1,4 @@
 use super::*;
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
 
 const S: Duration = Duration::from_secs(1);
 
@@ -216,92 +214,4 @@ fn million_task_graph_is_compact() {
     let g = b.build();
     let per_task = g.heap_bytes() as f64 / n as f64;
     assert!(per_task < 20.0, "graph uses {per_task} bytes per task");
-}
-
-/// A seeded random run: workers join, finish tasks, crash; every task must be counted
-/// exactly once and the run must end when workers remain.
-#[test]
-fn seeded_random_schedules_count_every_task_once() {
-    for seed in 0..300u64 {
-        let mut rng = SmallRng::seed_from_u64(seed);
-        let mut b = GraphBuilder::new();
-        let n_stage1 = rng.random_range(1..40);
-        let s1: Vec<TaskId> = (0..n_stage1).map(|_| b.add(TaskKind::Remote, &[])).collect();
-        let fin = b.add(TaskKind::Local, &s1);
-        for _ in 0..rng.random_range(0..20) {
-            b.add(TaskKind::Remote, &[fin]);
-        }
-        let graph = b.build();
-        let total = graph.len();
-        let mut core = Core::new(CoreConfig {
-            max_retries: 100,
-            queue_per_slot: 3,
-            ..Default::default()
-        });
-        core.submit(graph).unwrap();
-        let mut now = Duration::ZERO;
-        let mut held: HashMap<WorkerId, Vec<TaskId>> = HashMap::new();
-        let mut counted = vec![0u32; total as usize];
-        let mut done = false;
-        for step in 0..100_000 {
-            now += Duration::from_millis(10);
-            while let Some(a) = core.poll_action() {
-                match a {
-                    Action::Assign { worker, tasks } => held.entry(worker).or_default().extend(tasks),
-                    Action::RunLocal(t) => {
-                        assert_eq!(core.local_done(t), Accept::Accepted);
-                        counted[t as usize] += 1;
-                    }
-                    Action::GraphDone => done = true,
-                    Action::GraphFailed(f) => panic!("seed {seed}: unexpected failure {f:?}"),
-                    Action::WorkerLost { .. } => {}
-                }
-            }
-            if done {
-                break;
-            }
-            let live: Vec<WorkerId> = core.workers().map(|(id, _, _)| id).collect();
-            let r = rng.random_range(0..100);
-            if live.is_empty() || r < 5 {
-                core.worker_joined(now, rng.random_range(1..4));
-            } else if r < 10 && live.len() > 1 {
-                let w = live[rng.random_range(0..live.len())];
-                core.worker_left(now, w);
-                // Its in-flight results may still arrive late.
-                let _ = held.get(&w);
-            } else {
-                let w = live[rng.random_range(0..live.len())];
-                if let Some(q) = held.get_mut(&w)
-                    && !q.is_empty()
-                {
-                    let t = q.remove(0);
-                    if core.task_done(now, w, t) == Accept::Accepted {
-                        counted[t as usize] += 1;
-                    }
-                }
-                // A late result from some other worker, dead or alive, must be stale
-                // unless it is really held there.
-                if rng.random_bool(0.05) {
-                    let other = WorkerId(rng.random_range(0..core.next_worker.max(1)));
-                    let t = rng.random_range(0..total);
-                    let holds = core.workers.get(&other).is_some_and(|s| s.assigned.contains(&t));
-                    let res = core.task_done(now, other, t);
-                    assert_eq!(res == Accept::Accepted, holds, "seed {seed}");
-                    if res == Accept::Accepted {
-                        counted[t as usize] += 1;
-                        if let Some(q) = held.get_mut(&other) {
-                            q.retain(|x| *x != t);
-                        }
-                    }
-                }
-            }
-            for (id, w) in &core.workers {
-                for t in &w.assigned {
-                    assert!(core.graph.is_some(), "seed {seed} step {step}: assigned {t} to {id} without graph");
-                }
-            }
-        }
-        assert!(done, "seed {seed}: run did not finish");
-        assert!(counted.iter().all(|&c| c == 1), "seed {seed}: counts {counted:?}");
-    }
 }

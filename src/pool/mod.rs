@@ -206,13 +206,24 @@ impl Pool {
 
     /// Fresh states from the batch system.
     pub fn status(&mut self, now: Duration, states: &BTreeMap<JobId, JobState>) {
+        let mut stuck = Vec::new();
         for (id, st) in states {
             if let Some(j) = self.jobs.get_mut(id) {
-                // A job never comes back from Gone; a worker seen for it means Running.
-                if j.state != JobState::Gone {
+                // A job never comes back from Gone.
+                if j.state == JobState::Gone {
+                    continue;
+                }
+                if *st == JobState::Held {
+                    // It would never run: cancel it and count it out (replaced below).
+                    stuck.push(id.clone());
+                    j.state = JobState::Gone;
+                } else {
                     j.state = *st;
                 }
             }
+        }
+        if !stuck.is_empty() {
+            self.actions.push(PoolAction::Cancel(stuck));
         }
         // Forget finished jobs after a while, keeping recent ones for status.
         self.jobs
@@ -370,6 +381,19 @@ mod tests {
         let states: BTreeMap<JobId, JobState> = [(JobId("1".into()), JobState::Running), (JobId("2".into()), JobState::Gone)].into();
         p.status(Duration::from_secs(5), &states);
         assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 1 }]);
+    }
+
+    #[test]
+    fn held_jobs_are_cancelled_and_replaced() {
+        let mut p = Pool::new(1);
+        p.set_target(T0, 1);
+        p.take_actions();
+        p.submitted(T0, Ok(vec![(JobId("5".into()), None)]));
+        p.status(T0, &[(JobId("5".into()), JobState::Held)].into());
+        assert_eq!(
+            p.take_actions(),
+            vec![PoolAction::Cancel(ids(&["5"])), PoolAction::Submit { jobs: 1 }]
+        );
     }
 
     #[test]
