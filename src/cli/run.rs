@@ -60,6 +60,7 @@ fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
         let v = serde_json::json!({
             "tasks_total": summary.tasks_total,
             "tasks_retried": summary.tasks_retried,
+            "tasks_resumed": summary.tasks_resumed,
             "workers_lost": summary.workers_lost,
             "workers_drained": summary.workers_drained,
             "bytes_read": summary.bytes_read,

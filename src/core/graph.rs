@@ -162,9 +162,22 @@ impl Graph {
             let d = self.dependents[i];
             let w = &mut self.waiting[d as usize];
             *w -= 1;
-            if *w == 0 {
+            // A dependent already done (resumed from a journal) is not released again.
+            if *w == 0 && self.flags[d as usize] & STATE_MASK == WAITING {
                 released.push(d);
             }
+        }
+    }
+
+    /// Mark tasks done before the run starts (results recovered from a journal).
+    /// Their dependents' counters drop; nothing is released here.
+    pub(super) fn mark_done_before_start(&mut self, done: &[TaskId]) {
+        let mut ignored = Vec::new();
+        let mut sorted: Vec<TaskId> = done.iter().copied().filter(|&t| (t as usize) < self.flags.len()).collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for t in sorted {
+            self.mark_done(t, &mut ignored);
         }
     }
 

@@ -255,6 +255,12 @@ impl Core {
         }
     }
 
+    /// Start a graph whose `done` tasks were completed by an earlier, interrupted run.
+    pub fn submit_resumed(&mut self, mut graph: Graph, done: &[TaskId]) -> Result<(), CoreError> {
+        graph.mark_done_before_start(done);
+        self.submit(graph)
+    }
+
     /// Start a graph. Only one runs at a time.
     pub fn submit(&mut self, graph: Graph) -> Result<(), CoreError> {
         if self.graph.is_some() {
@@ -263,7 +269,7 @@ impl Core {
         self.graph_counters = Counters::default();
         self.ready.clear();
         self.lost_on.clear();
-        if graph.is_empty() {
+        if graph.is_empty() || graph.all_done() {
             self.actions.push_back(Action::GraphDone);
             return Ok(());
         }
@@ -357,6 +363,7 @@ impl Core {
     fn release_initial(&mut self) {
         let g = self.graph.as_ref().expect("graph");
         let roots: Vec<TaskId> = (0..g.len()).filter(|&t| g.is_ready(t)).collect();
+        // (is_ready is false for tasks already done.)
         for t in roots {
             self.make_ready(t);
         }

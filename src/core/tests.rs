@@ -215,3 +215,30 @@ fn million_task_graph_is_compact() {
     let per_task = g.heap_bytes() as f64 / n as f64;
     assert!(per_task < 20.0, "graph uses {per_task} bytes per task");
 }
+
+#[test]
+fn resumed_graph_runs_only_what_is_left() {
+    // Two blocks -> finalize -> two blocks; block 0, block 1 and the later block 3 were
+    // recorded; the finalize is not journaled and reruns, then only block 4 runs.
+    let mut b = GraphBuilder::new();
+    let t0 = b.add(TaskKind::Remote, &[]);
+    let t1 = b.add(TaskKind::Remote, &[]);
+    let fin = b.add(TaskKind::Local, &[t0, t1]);
+    let t3 = b.add(TaskKind::Remote, &[fin]);
+    let t4 = b.add(TaskKind::Remote, &[fin]);
+    let mut core = Core::new(CoreConfig::default());
+    let w = core.worker_joined(Duration::ZERO, 4);
+    core.submit_resumed(b.build(), &[t0, t1, t3]).unwrap();
+    assert_eq!(drain(&mut core), vec![Action::RunLocal(fin)]);
+    core.local_done(fin);
+    assert_eq!(assigned(&drain(&mut core)), vec![(w, vec![t4])], "t3 is not run again");
+    core.task_done(S, w, t4);
+    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
+}
+
+#[test]
+fn fully_resumed_graph_is_done_at_once() {
+    let mut core = Core::new(CoreConfig::default());
+    core.submit_resumed(independent(3), &[0, 1, 2]).unwrap();
+    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
+}

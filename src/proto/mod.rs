@@ -171,6 +171,8 @@ pub struct Summary {
     pub workers_peak_rss_bytes: Vec<u64>,
     /// Workers that left before their walltime (handing back queued tasks).
     pub workers_drained: u64,
+    /// Tasks whose results were recovered from an interrupted run's journal.
+    pub tasks_resumed: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use ndarray::ArrayD;
 use tokio::sync::{mpsc, oneshot};
 
-use super::writer::Writer;
+use super::journal::{Journal, Recovered};
+use super::writer::{Writer, output_files, temp_name};
 use crate::batch::runner::Runner;
 use crate::batch::{JobId, JobState};
 use crate::config::workload::Workload;
@@ -127,6 +128,35 @@ pub struct Prepared {
     graph: crate::core::Graph,
     map: TaskMap,
     writer: Writer,
+    recovered: Recovered,
+}
+
+/// Plan a workload, open its journal (resuming when it matches), open the writer.
+fn prepare(workload: &Workload) -> Result<Prepared, (bool, String)> {
+    let plan = Plan::build(workload).map_err(|e| (true, e.to_string()))?;
+    let (graph, map) = plan.graph();
+    let (mut journal, mut recovered) = Journal::open(&plan, || tracing::info!("the workload or its inputs changed: starting afresh"))
+        .map_err(|e| {
+            (
+                false,
+                format!("cannot open the run journal \"{}\": {e}", super::journal::path_for(&plan).display()),
+            )
+        })?;
+    let temps_exist = output_files(&plan).iter().all(|f| temp_name(f).exists());
+    if !recovered.blocks.is_empty() && !temps_exist {
+        // Blocks were recorded in temporary files that are gone: start over.
+        journal.reset().map_err(|e| (false, format!("cannot reset the run journal: {e}")))?;
+        recovered = Recovered::default();
+    }
+    let reopen = temps_exist && !recovered.blocks.is_empty();
+    let writer = Writer::start(&plan, reopen, journal).map_err(|e| (false, e))?;
+    Ok(Prepared {
+        plan: Arc::new(plan),
+        graph,
+        map,
+        writer,
+        recovered,
+    })
 }
 
 pub enum LocalOutcome {
@@ -159,6 +189,8 @@ struct Job {
     workers_drained: u64,
     /// Peak resident memory reported by each worker that ran tasks.
     worker_peaks: HashMap<WorkerId, u64>,
+    /// Tasks recovered from the journal of an interrupted run.
+    tasks_resumed: u64,
 }
 
 enum Slot {
@@ -320,7 +352,13 @@ impl Actor {
                     tracing::info!("server stopping");
                     self.stopping = Some(Instant::now());
                     if matches!(self.slot, Slot::Running(_) | Slot::Preparing { .. }) {
-                        self.fail_job("the server was stopped".into());
+                        // Keep what was done: running the workload again resumes.
+                        if let Slot::Running(job) = &mut self.slot
+                            && let Some(w) = job.writer.take()
+                        {
+                            w.abandon();
+                        }
+                        self.fail_job("the server was stopped; run the same workload again to resume".into());
                     }
                     for (_, c) in self.queue.drain(..) {
                         send(
@@ -479,16 +517,7 @@ impl Actor {
         self.slot = Slot::Preparing { id, client };
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
-            let result = Plan::build(&workload).map_err(|e| (true, e.to_string())).and_then(|plan| {
-                let (graph, map) = plan.graph();
-                let writer = Writer::start(&plan, id).map_err(|e| (false, e))?;
-                Ok(Prepared {
-                    plan: Arc::new(plan),
-                    graph,
-                    map,
-                    writer,
-                })
-            });
+            let result = prepare(&workload);
             let _ = events.send(Event::Prepared { job: id, result });
         });
     }
@@ -517,6 +546,29 @@ impl Actor {
                     .map(|(i, c)| (i as u32, Accumulator::new(c, &p.plan.stages[c.stage as usize].shape)))
                     .collect();
                 let stage_consts = p.plan.stages.iter().map(|s| s.kernel.consts()).collect();
+                // Results of an interrupted run: replay its partials, skip its blocks.
+                let mut acc: HashMap<u32, Accumulator> = acc;
+                let mut done: Vec<TaskId> = Vec::new();
+                for (task, bytes) in &p.recovered.partials {
+                    if let TaskRef::Block { stage, block } = p.map.locate(*task)
+                        && let Some(parts) = exec::decode_partials(&p.plan, stage, block, bytes)
+                    {
+                        let st = &p.plan.stages[stage as usize];
+                        let region = block_region(&st.shape, &st.block, block);
+                        for (c, arrays) in parts {
+                            if let Some(a) = acc.get_mut(&c) {
+                                a.merge(&region, arrays);
+                            }
+                        }
+                        done.push(*task);
+                    }
+                }
+                done.extend(p.recovered.blocks.iter().copied());
+                done.sort_unstable();
+                done.dedup();
+                if !done.is_empty() {
+                    tracing::info!(job = id, resumed = done.len(), "resuming an interrupted run");
+                }
                 send(
                     &client,
                     ServerMsg::Accepted {
@@ -541,8 +593,9 @@ impl Actor {
                     last_progress: Instant::now(),
                     workers_drained: 0,
                     worker_peaks: HashMap::new(),
+                    tasks_resumed: done.len() as u64,
                 }));
-                if let Err(e) = self.core.submit(p.graph) {
+                if let Err(e) = self.core.submit_resumed(p.graph, &done) {
                     self.fail_job(format!("internal: {e}"));
                 }
             }
@@ -729,6 +782,11 @@ impl Actor {
                             acc.merge(&region, arrays);
                         }
                     }
+                    if let Some(w) = &job.writer
+                        && !st.local
+                    {
+                        w.partial(task, payload);
+                    }
                 }
                 None => {
                     let msg = format!("protocol error: malformed partial result for {}", self.describe_task(task));
@@ -745,7 +803,7 @@ impl Actor {
                     return;
                 }
                 if let Some(w) = &job.writer {
-                    w.write(*output, region, payload);
+                    w.write(*output, region, payload, task);
                 }
             }
         }
@@ -806,6 +864,7 @@ impl Actor {
                 v.into_iter().map(|(_, p)| p).collect()
             },
             workers_drained: job.workers_drained,
+            tasks_resumed: job.tasks_resumed,
         };
         send(
             &job.client,
@@ -830,15 +889,17 @@ impl Actor {
         };
     }
 
-    /// Cancel the running job without telling its client (it is gone).
+    /// Cancel the running job without telling its client (it is gone). Its temporary
+    /// files and journal stay, so running the same workload again resumes.
     fn abort_job(&mut self) {
-        if let Slot::Running(job) = std::mem::replace(&mut self.slot, Slot::Idle) {
+        if let Slot::Running(mut job) = std::mem::replace(&mut self.slot, Slot::Idle) {
             self.core.cancel_graph();
             for w in self.workers.values() {
                 send(&w.tx, ServerMsg::Cancel { job: job.id });
             }
-            // Dropping the writer removes its temporary files.
-            drop(job);
+            if let Some(w) = job.writer.take() {
+                w.abandon();
+            }
         }
         self.start_next();
     }

@@ -1,19 +1,23 @@
-//! The single writer of a job's output files, on its own thread.
+//! The single writer of a job's output files, on its own thread, and keeper of the
+//! run journal.
 //!
 //! Outputs are written into a temporary file beside each final file
-//! (`.NAME.drover-PID-JOB.tmp`) and renamed over the final name only when the whole job
-//! succeeded, so an output file appears only when complete. On failure the temporary
-//! files are removed.
+//! (`.NAME.drover-tmp`) and renamed over the final name only when the whole job
+//! succeeded, so an output file appears only when complete. Written blocks are
+//! recorded in the journal after the temporary file was flushed; reduction partials
+//! are recorded as they come. On failure the temporary files and the journal are
+//! removed; a run abandoned by its client keeps both, so the same run resumes.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ndarray::ArrayD;
 
+use super::journal::Journal;
+use crate::config::workload::OutDtype;
 use crate::exec::hdf;
 use crate::exec::plan::Plan;
 
@@ -22,12 +26,14 @@ enum Cmd {
         output: u32,
         region: Vec<Range<usize>>,
         bytes: Bytes,
+        task: u32,
     },
-    WriteArray {
-        output: u32,
-        array: ArrayD<f64>,
+    Partial {
+        task: u32,
+        bytes: Bytes,
     },
     Finish(tokio::sync::oneshot::Sender<Result<(), String>>),
+    Abandon,
 }
 
 /// Handle to the writer thread.
@@ -36,15 +42,26 @@ pub struct Writer {
     thread: Option<JoinHandle<()>>,
     /// Write errors are reported here as they happen.
     pub errors: tokio::sync::mpsc::UnboundedReceiver<String>,
-    temps: Vec<PathBuf>,
 }
 
-fn temp_name(file: &Path, job: u64) -> PathBuf {
+/// The temporary file an output is written to.
+pub fn temp_name(file: &Path) -> PathBuf {
     let name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "output".into());
-    file.with_file_name(format!(".{name}.drover-{}-{job}.tmp", std::process::id()))
+    file.with_file_name(format!(".{name}.drover-tmp"))
+}
+
+/// Distinct output files of a plan, in order.
+pub fn output_files(plan: &Plan) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = Vec::new();
+    for o in &plan.outputs {
+        if !v.contains(&o.file) {
+            v.push(o.file.clone());
+        }
+    }
+    v
 }
 
 struct OutFile {
@@ -53,182 +70,271 @@ struct OutFile {
     file: Option<hdf5::File>,
 }
 
+/// How often written blocks are made durable (flush + journal record).
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
 impl Writer {
-    /// Create the temporary files and datasets of every output of the plan.
-    pub fn start(plan: &Plan, job: u64) -> Result<Self, String> {
+    /// Create the temporary files and datasets of every output, or reopen them when
+    /// `reopen` (resuming a journaled run).
+    pub fn start(plan: &Plan, reopen: bool, journal: Journal) -> Result<Self, String> {
         let mut files: Vec<OutFile> = Vec::new();
         let mut datasets = Vec::new();
-        let cleanup = |files: &[OutFile]| {
-            for f in files {
+        let fail = |files: &mut Vec<OutFile>, datasets: &mut Vec<hdf5::Dataset>, msg: String| {
+            datasets.clear();
+            for f in files.iter_mut() {
+                f.file.take();
                 let _ = std::fs::remove_file(&f.temp);
             }
+            msg
         };
-        for out in &plan.outputs {
-            let idx = match files.iter().position(|f| f.final_path == out.file) {
-                Some(i) => i,
-                None => {
-                    let temp = temp_name(&out.file, job);
-                    match hdf5::File::create(&temp) {
-                        Ok(f) => files.push(OutFile {
-                            temp,
-                            final_path: out.file.clone(),
-                            file: Some(f),
-                        }),
-                        Err(e) => {
-                            cleanup(&files);
-                            return Err(format!("cannot create output file \"{}\": {e}", temp.display()));
-                        }
-                    }
-                    files.len() - 1
-                }
+        for path in output_files(plan) {
+            let temp = temp_name(&path);
+            let opened = if reopen {
+                hdf5::File::open_rw(&temp)
+            } else {
+                hdf5::File::create(&temp)
             };
-            let file = files[idx].file.as_ref().expect("open");
-            match hdf::create_output(file, &out.dataset, &out.shape, out.chunk.as_deref(), out.dtype) {
-                Ok(ds) => datasets.push(ds),
+            match opened {
+                Ok(f) => files.push(OutFile {
+                    temp,
+                    final_path: path,
+                    file: Some(f),
+                }),
                 Err(e) => {
-                    drop(datasets);
-                    for f in &mut files {
-                        f.file.take();
-                    }
-                    cleanup(&files);
-                    return Err(format!(
-                        "cannot create dataset \"{}\" in \"{}\": {e}",
-                        out.dataset,
-                        out.file.display()
-                    ));
+                    let msg = format!(
+                        "cannot {} output file \"{}\": {e}",
+                        if reopen { "reopen" } else { "create" },
+                        temp.display()
+                    );
+                    return Err(fail(&mut files, &mut datasets, msg));
                 }
             }
         }
-        let temps = files.iter().map(|f| f.temp.clone()).collect();
-        let dtypes: Vec<_> = plan.outputs.iter().map(|o| o.dtype).collect();
+        for out in &plan.outputs {
+            let f = files
+                .iter()
+                .find(|f| f.final_path == out.file)
+                .and_then(|f| f.file.as_ref())
+                .expect("opened above");
+            let ds = if reopen {
+                f.dataset(&out.dataset)
+            } else {
+                hdf::create_output(f, &out.dataset, &out.shape, out.chunk.as_deref(), out.dtype)
+            };
+            match ds {
+                Ok(ds) => datasets.push(ds),
+                Err(e) => {
+                    let msg = format!("cannot prepare dataset \"{}\" in \"{}\": {e}", out.dataset, out.file.display());
+                    return Err(fail(&mut files, &mut datasets, msg));
+                }
+            }
+        }
+        let dtypes: Vec<OutDtype> = plan.outputs.iter().map(|o| o.dtype).collect();
         let (tx, rx) = mpsc::channel::<Cmd>();
         let (etx, errors) = tokio::sync::mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("drover-writer".into())
-            .spawn(move || writer_loop(rx, etx, files, datasets, dtypes))
+            .spawn(move || {
+                WriterThread {
+                    files,
+                    datasets,
+                    dtypes,
+                    journal: Some(journal),
+                    errors: etx,
+                    failed: false,
+                }
+                .run(rx)
+            })
             .map_err(|e| format!("cannot start the writer thread: {e}"))?;
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
             errors,
-            temps,
         })
     }
 
-    pub fn write(&self, output: u32, region: Vec<Range<usize>>, bytes: Bytes) {
+    fn send(&self, cmd: Cmd) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(Cmd::Write { output, region, bytes });
+            let _ = tx.send(cmd);
         }
     }
 
-    pub fn write_array(&self, output: u32, array: ArrayD<f64>) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(Cmd::WriteArray { output, array });
-        }
+    pub fn write(&self, output: u32, region: Vec<Range<usize>>, bytes: Bytes, task: u32) {
+        self.send(Cmd::Write {
+            output,
+            region,
+            bytes,
+            task,
+        });
     }
 
-    /// Close the files and rename them to their final names.
+    /// Record a reduction partial in the journal.
+    pub fn partial(&self, task: u32, bytes: Bytes) {
+        self.send(Cmd::Partial { task, bytes });
+    }
+
+    /// Close the files, rename them to their final names, remove the journal.
     pub fn finish(mut self) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if let Some(cmd) = self.tx.take() {
-            let _ = cmd.send(Cmd::Finish(tx));
-        }
-        self.temps.clear();
-        // The thread ends by itself after Finish.
+        self.send(Cmd::Finish(tx));
+        self.tx.take();
         self.thread.take();
         rx
+    }
+
+    /// Stop writing but keep the temporary files and the journal, so that running
+    /// the same workload again resumes.
+    pub fn abandon(mut self) {
+        self.send(Cmd::Abandon);
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
 impl Drop for Writer {
-    /// Dropping a writer that was not finished aborts: temporary files are removed.
+    /// Dropping a writer that was neither finished nor abandoned aborts: temporary
+    /// files and the journal are removed.
     fn drop(&mut self) {
         self.tx.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        for t in &self.temps {
-            let _ = std::fs::remove_file(t);
-        }
     }
 }
 
-fn writer_loop(
-    rx: mpsc::Receiver<Cmd>,
-    errors: tokio::sync::mpsc::UnboundedSender<String>,
-    mut files: Vec<OutFile>,
+struct WriterThread {
+    files: Vec<OutFile>,
     datasets: Vec<hdf5::Dataset>,
-    dtypes: Vec<crate::config::workload::OutDtype>,
-) {
-    let mut failed = false;
-    let mut datasets: HashMap<u32, hdf5::Dataset> = datasets.into_iter().enumerate().map(|(i, d)| (i as u32, d)).collect();
-    while let Ok(cmd) = rx.recv() {
-        match cmd {
-            Cmd::Write { output, region, bytes } => {
-                if failed {
-                    continue;
-                }
-                let ds = &datasets[&output];
-                if let Err(e) = hdf::write_region(ds, &region, dtypes[output as usize], &bytes) {
-                    failed = true;
-                    let _ = errors.send(format!("writing output {output}: {e}"));
-                }
-            }
-            Cmd::WriteArray { output, array } => {
-                if failed {
-                    continue;
-                }
-                let ds = &datasets[&output];
-                let region: Vec<Range<usize>> = array.shape().iter().map(|&n| 0..n).collect();
-                let mut buf = Vec::new();
-                match dtypes[output as usize] {
-                    crate::config::workload::OutDtype::F64 => crate::exec::push_f64(&mut buf, &array),
-                    crate::config::workload::OutDtype::F32 => {
-                        for v in array.iter() {
-                            buf.extend_from_slice(&(*v as f32).to_le_bytes());
-                        }
-                    }
-                }
-                if let Err(e) = hdf::write_region(ds, &region, dtypes[output as usize], &buf) {
-                    failed = true;
-                    let _ = errors.send(format!("writing output {output}: {e}"));
-                }
-            }
-            Cmd::Finish(reply) => {
-                datasets.clear();
-                let mut result = Ok(());
-                for f in &mut files {
-                    if let Some(file) = f.file.take()
-                        && let Err(e) = file.close()
-                    {
-                        result = Err(format!("closing \"{}\": {e}", f.temp.display()));
-                    }
-                }
-                if failed && result.is_ok() {
-                    result = Err("an earlier write failed".into());
-                }
-                if result.is_ok() {
-                    for f in &files {
-                        if let Err(e) = std::fs::rename(&f.temp, &f.final_path) {
-                            result = Err(format!("renaming \"{}\" to \"{}\": {e}", f.temp.display(), f.final_path.display()));
-                            break;
-                        }
-                    }
-                }
-                if result.is_err() {
-                    for f in &files {
-                        let _ = std::fs::remove_file(&f.temp);
-                    }
-                }
-                let _ = reply.send(result);
+    dtypes: Vec<OutDtype>,
+    journal: Option<Journal>,
+    errors: tokio::sync::mpsc::UnboundedSender<String>,
+    failed: bool,
+}
+
+impl WriterThread {
+    fn report(&mut self, e: String) {
+        if !self.failed {
+            self.failed = true;
+            let _ = self.errors.send(e);
+        }
+    }
+
+    /// Flush the temporary files, then record the blocks they now hold.
+    fn make_durable(&mut self, pending: &mut Vec<u32>) {
+        if pending.is_empty() || self.failed {
+            return;
+        }
+        for f in &self.files {
+            if let Some(file) = &f.file
+                && let Err(e) = file.flush()
+            {
+                let msg = format!("flushing \"{}\": {e}", f.temp.display());
+                self.report(msg);
                 return;
             }
         }
+        if let Some(j) = &mut self.journal
+            && let Err(e) = j.blocks(pending)
+        {
+            tracing::warn!(error = %e, journal = %j.path().display(), "cannot record blocks in the journal");
+        }
+        pending.clear();
     }
-    // Channel closed without Finish: abort.
-    datasets.clear();
-    for f in &mut files {
-        f.file.take();
-        let _ = std::fs::remove_file(&f.temp);
+
+    fn close_files(&mut self) -> Result<(), String> {
+        self.datasets.clear();
+        let mut result = Ok(());
+        for f in &mut self.files {
+            if let Some(file) = f.file.take()
+                && let Err(e) = file.close()
+            {
+                result = Err(format!("closing \"{}\": {e}", f.temp.display()));
+            }
+        }
+        result
+    }
+
+    fn remove_all(&mut self) {
+        self.datasets.clear();
+        for f in &mut self.files {
+            f.file.take();
+            let _ = std::fs::remove_file(&f.temp);
+        }
+        if let Some(j) = self.journal.take() {
+            j.remove();
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut pending: Vec<u32> = Vec::new();
+        let mut last_flush = Instant::now();
+        loop {
+            let cmd = match rx.recv_timeout(FLUSH_EVERY) {
+                Ok(c) => Some(c),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // Dropped without finishing: abort.
+                    self.remove_all();
+                    return;
+                }
+            };
+            match cmd {
+                None => {}
+                Some(Cmd::Write {
+                    output,
+                    region,
+                    bytes,
+                    task,
+                }) if !self.failed => {
+                    let ds = &self.datasets[output as usize];
+                    match hdf::write_region(ds, &region, self.dtypes[output as usize], &bytes) {
+                        Ok(()) => pending.push(task),
+                        Err(e) => self.report(format!("writing output {output}: {e}")),
+                    }
+                }
+                Some(Cmd::Write { .. }) => {}
+                Some(Cmd::Partial { task, bytes }) => {
+                    if let Some(j) = &mut self.journal
+                        && let Err(e) = j.partial(task, &bytes)
+                    {
+                        tracing::warn!(error = %e, "cannot record a partial in the journal");
+                    }
+                }
+                Some(Cmd::Finish(reply)) => {
+                    let mut result = self.close_files();
+                    if self.failed && result.is_ok() {
+                        result = Err("an earlier write failed".into());
+                    }
+                    if result.is_ok() {
+                        for f in &self.files {
+                            if let Err(e) = std::fs::rename(&f.temp, &f.final_path) {
+                                result = Err(format!("renaming \"{}\" to \"{}\": {e}", f.temp.display(), f.final_path.display()));
+                                break;
+                            }
+                        }
+                    }
+                    if result.is_ok() {
+                        if let Some(j) = self.journal.take() {
+                            j.remove();
+                        }
+                    } else {
+                        self.remove_all();
+                    }
+                    let _ = reply.send(result);
+                    return;
+                }
+                Some(Cmd::Abandon) => {
+                    self.make_durable(&mut pending);
+                    let _ = self.close_files();
+                    return;
+                }
+            }
+            if last_flush.elapsed() >= FLUSH_EVERY || pending.len() >= 256 {
+                self.make_durable(&mut pending);
+                last_flush = Instant::now();
+            }
+        }
     }
 }

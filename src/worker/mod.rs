@@ -154,7 +154,8 @@ pub async fn run(access_path: &Path, opts: WorkerOptions) -> Result<(), WorkerEr
     let mut delay = Duration::from_millis(250);
     loop {
         let mut registered = false;
-        match session(&access, &opts, &mut registered, &mut signals).await {
+        let budget = opts.death_timeout.saturating_sub(lost_since.elapsed()).max(Duration::from_secs(1));
+        match session(&access, &opts, budget, &mut registered, &mut signals).await {
             Ok(()) => return Ok(()),
             Err(
                 e @ (WorkerError::Rejected(_) | WorkerError::Access(_) | WorkerError::Connect(ConnectError::CertificateMismatch { .. })),
@@ -191,9 +192,15 @@ struct Signals {
     int: tokio::signal::unix::Signal,
 }
 
-async fn session(access: &Access, opts: &WorkerOptions, registered: &mut bool, signals: &mut Signals) -> Result<(), WorkerError> {
+async fn session(
+    access: &Access,
+    opts: &WorkerOptions,
+    budget: Duration,
+    registered: &mut bool,
+    signals: &mut Signals,
+) -> Result<(), WorkerError> {
     let idle = (opts.death_timeout / 2).clamp(Duration::from_secs(5), Duration::from_secs(60));
-    let (endpoint, conn) = transport::connect(access, Duration::from_secs(10).min(opts.death_timeout), idle).await?;
+    let (endpoint, conn) = transport::connect(access, Duration::from_secs(10).min(budget), idle).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| WorkerError::Lost(e.to_string()))?;
     let info = WorkerInfo {
         host: nix::unistd::gethostname()
