@@ -56,6 +56,15 @@ pub enum Cmd {
         #[command(flatten)]
         dir: DirArg,
     },
+    /// Make a server with a site size its pool from the backlog, between MIN and MAX workers.
+    Adapt {
+        #[arg(long)]
+        min: u32,
+        #[arg(long)]
+        max: u32,
+        #[command(flatten)]
+        dir: DirArg,
+    },
     /// Print the batch script(s) that would be submitted for a site.
     JobScript {
         /// A bundled site name (see `drover sites`) or a site file.
@@ -245,6 +254,7 @@ pub fn main(cli: Cli) -> Result<(), Failure> {
         Cmd::Server(ServerCmd::Stop { dir }) => serve::stop(&dir.get()),
         Cmd::Status { dir, json } => serve::status(&dir.get(), json),
         Cmd::Scale { workers, dir } => serve::scale(&dir.get(), workers),
+        Cmd::Adapt { min, max, dir } => serve::adapt(&dir.get(), min, max),
         Cmd::JobScript { site, workers, dir } => batch::job_script(&site, workers, &dir.get()),
         Cmd::Sites => batch::sites(),
         Cmd::Worker {

@@ -26,9 +26,9 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         return Err(input(anyhow!("--workers 0: the run needs at least one worker")));
     }
     let site = args.site.as_deref().map(load_site).transpose()?;
-    if site.is_some() && args.workers.is_none() {
+    if site.as_ref().is_some_and(|s| s.adapt.is_none()) && args.workers.is_none() {
         return Err(input(anyhow!(
-            "--site needs --workers N: how many workers to get from the batch system"
+            "--site needs --workers N (how many workers to get from the batch system), or `adapt = {{ min, max }}` in the site file"
         )));
     }
     // Validate everything (files, datasets, expressions, outputs) before starting anything.
@@ -43,7 +43,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
                 run_session(session, workload, show_progress).await
             })?
         }
-        (None, Some(site)) => rt.block_on(on_site(workload, site, args.workers.unwrap_or(1) as u32, show_progress))?,
+        (None, Some(site)) => rt.block_on(on_site(workload, site, args.workers.unwrap_or(0) as u32, show_progress))?,
         (None, None) => rt.block_on(embedded(workload, args.workers.unwrap_or_else(cores), show_progress))?,
     };
     summary.driver_peak_rss_bytes = crate::worker::peak_rss();

@@ -90,6 +90,19 @@ pub fn scale(dir: &Path, workers: u32) -> Result<(), Failure> {
     Ok(())
 }
 
+pub fn adapt(dir: &Path, min: u32, max: u32) -> Result<(), Failure> {
+    if min > max || max == 0 {
+        return Err(input(anyhow!("--min {min} --max {max}: the pool needs min <= max and max >= 1")));
+    }
+    let access = load_access(dir)?;
+    runtime_builder()?.block_on(async {
+        let s = Session::open(&access).await.map_err(runtime)?;
+        s.adapt(min, max).await.map_err(client_failure)
+    })?;
+    eprintln!("drover: sizing the pool from the backlog, {min} to {max} workers");
+    Ok(())
+}
+
 pub fn status(dir: &Path, json: bool) -> Result<(), Failure> {
     let access = load_access(dir)?;
     let status = runtime_builder()?
@@ -109,8 +122,9 @@ pub fn status(dir: &Path, json: bool) -> Result<(), Failure> {
         );
     }
     if let Some(t) = status.target {
+        let how = status.adapt.map(|(a, b)| format!(" (adaptive {a}..{b})")).unwrap_or_default();
         println!(
-            "pool: target {t} workers, {} batch jobs",
+            "pool: target {t} workers{how}, {} batch jobs",
             status.jobs.iter().filter(|j| j.state != "gone").count()
         );
         for j in &status.jobs {

@@ -233,6 +233,8 @@ pub struct Site {
     pub lsf_unit: String,
     /// Seconds a worker keeps trying to reach a lost server before exiting.
     pub death_timeout: u64,
+    /// Size the pool from the backlog between these bounds (`adapt = { min, max }`).
+    pub adapt: Option<crate::pool::Adapt>,
 }
 
 const KEYS: &[&str] = &[
@@ -258,6 +260,7 @@ const KEYS: &[&str] = &[
     "pbs_flavor",
     "lsf_unit",
     "death_timeout",
+    "adapt",
 ];
 
 #[derive(Deserialize)]
@@ -284,6 +287,7 @@ struct RawSite {
     pbs_flavor: Option<String>,
     lsf_unit: Option<String>,
     death_timeout: Option<i64>,
+    adapt: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -463,6 +467,28 @@ impl Site {
             Some(d) if d >= 1 => d as u64,
             Some(d) => return Err(bad("death_timeout", d.to_string(), "must be at least 1 (seconds)".into())),
         };
+        let adapt = match raw.adapt {
+            None => None,
+            Some(toml::Value::Table(t)) => {
+                let get = |k: &str| t.get(k).and_then(|v| v.as_integer());
+                match (get("min"), get("max")) {
+                    (Some(min), Some(max)) if 0 <= min && min <= max && max >= 1 && max <= i64::from(u32::MAX) && t.len() == 2 => {
+                        Some(crate::pool::Adapt {
+                            min: min as u32,
+                            max: max as u32,
+                        })
+                    }
+                    _ => {
+                        return Err(bad(
+                            "adapt",
+                            toml::Value::Table(t).to_string(),
+                            "use adapt = { min = 1, max = 20 } with 0 <= min <= max and max >= 1".into(),
+                        ));
+                    }
+                }
+            }
+            Some(v) => return Err(bad("adapt", v.to_string(), "use adapt = { min = 1, max = 20 }".into())),
+        };
         let job_name = raw.job_name.unwrap_or_else(|| "drover-worker".into());
         if job_name.is_empty() || job_name.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"') {
             return Err(bad(
@@ -499,6 +525,7 @@ impl Site {
             pbs_flavor,
             lsf_unit,
             death_timeout,
+            adapt,
         })
     }
 
@@ -558,6 +585,12 @@ mod tests {
         assert!(e.contains("did you mean \"slurm\""), "{e}");
         let e = site("scheduler = \"sge\"\nnodes = 2").unwrap_err().to_string();
         assert!(e.contains("nodes = 2"), "{e}");
+        let e = site("scheduler = \"slurm\"\nadapt = { min = 5, max = 2 }").unwrap_err().to_string();
+        assert!(e.contains("adapt") && e.contains("min <= max"), "{e}");
+        assert_eq!(
+            site("scheduler = \"slurm\"\nadapt = { min = 0, max = 4 }").unwrap().adapt,
+            Some(crate::pool::Adapt { min: 0, max: 4 })
+        );
         let e = site("scheduler = \"slurm\"\nwalltime = \"25:61:00\"").unwrap_err().to_string();
         assert!(e.contains("\"25:61:00\""), "{e}");
     }

@@ -81,6 +81,27 @@ pub struct SubmitFailure {
     pub retry_in: f64,
 }
 
+/// Adaptive sizing bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Adapt {
+    pub min: u32,
+    pub max: u32,
+}
+
+/// What the scheduler knows of the work left, for adaptive sizing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Backlog {
+    /// Tasks not finished yet (queued or running) in the running job.
+    pub tasks_left: u64,
+    /// Smoothed run time of one task.
+    pub mean_task: Option<Duration>,
+}
+
+/// The backlog should clear within this time with the pool's workers.
+const ADAPT_HORIZON: Duration = Duration::from_secs(20);
+/// Demand must stay lower for this long before the pool shrinks.
+const ADAPT_COOLDOWN: Duration = Duration::from_secs(30);
+
 #[derive(Debug)]
 pub struct Pool {
     workers_per_job: u32,
@@ -94,6 +115,10 @@ pub struct Pool {
     actions: Vec<PoolAction>,
     /// Smoothed time from submission to the first worker.
     start_latency: Option<Duration>,
+    adapt: Option<Adapt>,
+    threads_per_worker: u32,
+    /// Recent adaptive demands, for the cooldown window.
+    demand: std::collections::VecDeque<(Duration, u32)>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -111,6 +136,9 @@ impl Pool {
             stopping: false,
             actions: Vec::new(),
             start_latency: None,
+            adapt: None,
+            threads_per_worker: 1,
+            demand: std::collections::VecDeque::new(),
         }
     }
 
@@ -118,8 +146,48 @@ impl Pool {
         self.target
     }
 
-    /// Hold `workers` workers (rounded up to whole jobs).
+    pub fn adapt(&self) -> Option<Adapt> {
+        self.adapt
+    }
+
+    /// Size the pool from the backlog between `min` and `max` workers.
+    pub fn set_adapt(&mut self, now: Duration, adapt: Adapt, threads_per_worker: u32) {
+        self.adapt = Some(adapt);
+        self.threads_per_worker = threads_per_worker.max(1);
+        self.demand.clear();
+        self.target = self.target.clamp(adapt.min, adapt.max.max(adapt.min));
+        self.step(now);
+    }
+
+    /// Adaptive sizing: workers needed to clear the backlog within the horizon, at
+    /// once when more are needed, and only after a cooldown of lower demand when fewer.
+    pub fn observe(&mut self, now: Duration, backlog: Backlog) {
+        let Some(a) = self.adapt else { return };
+        let needed = match backlog.mean_task {
+            _ if backlog.tasks_left == 0 => 0,
+            None => a.max,
+            Some(mean) => {
+                let work = mean.as_secs_f64() * backlog.tasks_left as f64;
+                let per_worker = ADAPT_HORIZON.as_secs_f64() * f64::from(self.threads_per_worker);
+                (work / per_worker).ceil().min(f64::from(u32::MAX)) as u32
+            }
+        };
+        let demand = needed.clamp(a.min, a.max.max(a.min));
+        self.demand.push_back((now, demand));
+        while self.demand.front().is_some_and(|(t, _)| now.saturating_sub(*t) > ADAPT_COOLDOWN) {
+            self.demand.pop_front();
+        }
+        let held = self.demand.iter().map(|(_, d)| *d).max().unwrap_or(demand);
+        let target = if demand >= self.target { demand } else { held.min(self.target) };
+        if target != self.target {
+            self.target = target;
+        }
+        self.step(now);
+    }
+
+    /// Hold `workers` workers (rounded up to whole jobs); ends adaptive sizing.
     pub fn set_target(&mut self, now: Duration, workers: u32) {
+        self.adapt = None;
         self.target = workers;
         self.failures = 0;
         self.retry_at = Duration::ZERO;
@@ -381,6 +449,69 @@ mod tests {
         let states: BTreeMap<JobId, JobState> = [(JobId("1".into()), JobState::Running), (JobId("2".into()), JobState::Gone)].into();
         p.status(Duration::from_secs(5), &states);
         assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 1 }]);
+    }
+
+    #[test]
+    fn adaptive_pool_grows_with_the_backlog_and_shrinks_only_after_a_cooldown() {
+        let s = Duration::from_secs;
+        let mut p = Pool::new(2);
+        p.set_adapt(T0, Adapt { min: 1, max: 10 }, 1);
+        assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 1 }], "min workers at once");
+        p.submitted(T0, Ok(vec![(JobId("1".into()), None)]));
+        // 100 tasks of 2 s: 200 s of work, 20 s horizon -> 10 workers (5 jobs of 2).
+        p.observe(
+            s(1),
+            Backlog {
+                tasks_left: 100,
+                mean_task: Some(s(2)),
+            },
+        );
+        assert_eq!(p.target(), 10);
+        assert_eq!(p.take_actions(), vec![PoolAction::Submit { jobs: 4 }]);
+        p.submitted(s(1), Ok((2..=5).map(|i| (JobId(i.to_string()), None)).collect()));
+        for i in 1..=5 {
+            p.worker_seen(s(2), &JobId(i.to_string()));
+        }
+        // Demand drops, but the pool holds for the cooldown: no thrashing.
+        p.observe(
+            s(5),
+            Backlog {
+                tasks_left: 10,
+                mean_task: Some(s(2)),
+            },
+        );
+        assert_eq!(p.target(), 10);
+        assert!(p.take_actions().is_empty());
+        p.observe(
+            s(20),
+            Backlog {
+                tasks_left: 0,
+                mean_task: Some(s(2)),
+            },
+        );
+        assert_eq!(p.target(), 10, "still within the cooldown of the 10-worker demand");
+        p.observe(
+            s(40),
+            Backlog {
+                tasks_left: 0,
+                mean_task: Some(s(2)),
+            },
+        );
+        assert_eq!(p.target(), 1);
+        let acts = p.take_actions();
+        assert!(matches!(&acts[..], [PoolAction::Retire(v)] if v.len() == 4), "{acts:?}");
+        // Demand back up: grows again at once (max is the bound).
+        p.observe(
+            s(41),
+            Backlog {
+                tasks_left: 1000,
+                mean_task: Some(s(2)),
+            },
+        );
+        assert_eq!(p.target(), 10);
+        // A fixed target ends adaptive sizing.
+        p.set_target(s(42), 3);
+        assert_eq!(p.adapt(), None);
     }
 
     #[test]

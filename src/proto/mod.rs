@@ -62,6 +62,8 @@ pub struct TaskResult {
     pub task: u32,
     pub bytes_read: u64,
     pub len: u64,
+    /// How long the task ran, in microseconds.
+    pub micros: u64,
 }
 
 /// Messages from the server.
@@ -151,6 +153,11 @@ pub enum PeerMsg {
     Scale {
         workers: u32,
     },
+    /// Size the pool from the backlog between min and max workers.
+    Adapt {
+        min: u32,
+        max: u32,
+    },
 }
 
 /// The report of a finished run.
@@ -191,6 +198,8 @@ pub struct Status {
     pub jobs: Vec<JobStatus>,
     /// Workers the pool holds.
     pub target: Option<u32>,
+    /// Adaptive bounds, when the pool sizes itself.
+    pub adapt: Option<(u32, u32)>,
     /// The last failed submission, while it is being retried.
     pub submit_failure: Option<String>,
     pub running_job: Option<u64>,
@@ -294,6 +303,7 @@ mod tests {
                 task: 3,
                 bytes_read: 80,
                 len: 16,
+                micros: 5,
             }],
             peak_rss: 1,
         };

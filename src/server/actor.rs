@@ -27,7 +27,7 @@ use crate::exec::geometry::{block_region, fmt_shape};
 use crate::exec::kernel::Accumulator;
 use crate::exec::plan::{Plan, StageKind, TaskMap, TaskRef};
 use crate::exec::{self, BlockResult};
-use crate::pool::{Pool, PoolAction};
+use crate::pool::{Adapt, Backlog, Pool, PoolAction};
 use crate::proto::{self, OutputReport, PeerMsg, ServerMsg, Status, Summary, WorkerInfo, WorkerStatus};
 
 /// A frame to send on a connection.
@@ -89,6 +89,11 @@ pub enum Event {
     },
     Scale {
         workers: u32,
+        client: Tx,
+    },
+    Adapt {
+        min: u32,
+        max: u32,
         client: Tx,
     },
     PoolSubmitted(Result<Vec<(JobId, Option<Duration>)>, String>),
@@ -211,6 +216,8 @@ pub struct Actor {
     stopping: Option<Instant>,
     /// Workers that left before their walltime, over the server's life.
     drained_workers: u64,
+    /// Smoothed task run time, from workers' reports.
+    mean_task: Option<Duration>,
     site: Option<SitePool>,
 }
 
@@ -219,11 +226,17 @@ fn send(tx: &Tx, msg: ServerMsg) {
 }
 
 impl Actor {
+    /// With a site: hold `workers` workers, or size adaptively when `workers` is 0 and
+    /// the site has `adapt` bounds.
     pub fn new(cfg: CoreConfig, events: mpsc::UnboundedSender<Event>, site: Option<SitePool>, workers: u32) -> Self {
         let mut a = Self::bare(cfg, events, site);
         let now = a.now();
         if let Some(s) = &mut a.site {
-            s.pool.set_target(now, workers);
+            let threads = s.runner.site().threads_per_worker();
+            match s.runner.site().adapt {
+                Some(ad) if workers == 0 => s.pool.set_adapt(now, ad, threads),
+                _ => s.pool.set_target(now, workers),
+            }
         }
         a
     }
@@ -239,6 +252,7 @@ impl Actor {
             next_job: 1,
             stopping: None,
             drained_workers: 0,
+            mean_task: None,
             site,
         }
     }
@@ -403,6 +417,35 @@ impl Actor {
                     },
                 ),
             },
+            Event::Adapt { min, max, client } => match &mut self.site {
+                Some(s) if self.stopping.is_none() && min <= max => {
+                    tracing::info!(min, max, "adaptive sizing");
+                    let threads = s.runner.site().threads_per_worker();
+                    s.pool.set_adapt(now, Adapt { min, max }, threads);
+                    send(&client, ServerMsg::Ok);
+                }
+                Some(_) if min > max => send(
+                    &client,
+                    ServerMsg::Failed {
+                        input_error: true,
+                        message: format!("--min {min} is above --max {max}; the pool needs min <= max"),
+                    },
+                ),
+                Some(_) => send(
+                    &client,
+                    ServerMsg::Failed {
+                        input_error: false,
+                        message: "the server is stopping".into(),
+                    },
+                ),
+                None => send(
+                    &client,
+                    ServerMsg::Failed {
+                        input_error: true,
+                        message: "this server has no batch site; start it with `drover server start --site NAME|FILE`".into(),
+                    },
+                ),
+            },
             Event::PoolSubmitted(result) => {
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "submission failed; backing off");
@@ -477,6 +520,11 @@ impl Actor {
                     if !self.is_current(job) {
                         continue;
                     }
+                    let took = Duration::from_micros(r.micros);
+                    self.mean_task = Some(match self.mean_task {
+                        Some(m) => (m * 7 + took) / 8,
+                        None => took,
+                    });
                     if self.core.task_done(now, id, r.task) == Accept::Accepted {
                         self.absorb(r.task, r.bytes_read, seg);
                     } else {
@@ -937,7 +985,18 @@ impl Actor {
 
     /// Poll job states, retire drained jobs, let backoffs expire.
     fn pool_tick(&mut self, now: Duration) {
+        let progress = self.core.progress();
         let Some(s) = &mut self.site else { return };
+        if s.pool.adapt().is_some() {
+            let tasks_left = progress.map_or(0, |(d, t)| u64::from(t - d));
+            s.pool.observe(
+                now,
+                Backlog {
+                    tasks_left,
+                    mean_task: self.mean_task,
+                },
+            );
+        }
         s.pool.step(now);
         let live = s.pool.live_jobs();
         if !s.polling && !live.is_empty() && s.last_poll.is_none_or(|t| t.elapsed() >= POLL_INTERVAL) {
@@ -1058,10 +1117,12 @@ impl Actor {
             ),
             None => (Vec::new(), None, None),
         };
+        let adapt = self.site.as_ref().and_then(|s| s.pool.adapt()).map(|a| (a.min, a.max));
         Status {
             workers,
             jobs,
             target,
+            adapt,
             submit_failure,
             running_job: match &self.slot {
                 Slot::Running(j) => Some(j.id),

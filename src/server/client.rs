@@ -96,8 +96,17 @@ impl Session {
     }
 
     /// Ask a server with a site to hold `workers` workers.
-    pub async fn scale(mut self, workers: u32) -> Result<(), ClientError> {
-        proto::write_frame(&mut self.send, &PeerMsg::Scale { workers }, &[]).await?;
+    pub async fn scale(self, workers: u32) -> Result<(), ClientError> {
+        self.pool_request(PeerMsg::Scale { workers }).await
+    }
+
+    /// Ask a server with a site to size its pool from the backlog.
+    pub async fn adapt(self, min: u32, max: u32) -> Result<(), ClientError> {
+        self.pool_request(PeerMsg::Adapt { min, max }).await
+    }
+
+    async fn pool_request(mut self, msg: PeerMsg) -> Result<(), ClientError> {
+        proto::write_frame(&mut self.send, &msg, &[]).await?;
         loop {
             match self.next().await? {
                 ServerMsg::Ok => {

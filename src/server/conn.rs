@@ -117,6 +117,11 @@ async fn handle(incoming: quinn::Incoming, token: Arc<Token>, events: mpsc::Unbo
                         workers,
                         client: tx.clone(),
                     })?,
+                    Ok((PeerMsg::Adapt { min, max }, _)) => events.send(Event::Adapt {
+                        min,
+                        max,
+                        client: tx.clone(),
+                    })?,
                     Ok((other, _)) => tracing::debug!(?other, "unexpected client message"),
                     Err(_) => break,
                 }

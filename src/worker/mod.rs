@@ -411,6 +411,7 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
                     task: t.task,
                     bytes_read: r.bytes_read,
                     len: r.payload.len() as u64,
+                    micros: started.elapsed().as_micros() as u64,
                 },
                 payload: r.payload,
             },
