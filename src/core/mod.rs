@@ -227,7 +227,9 @@ impl Core {
     /// The worker is gone (disconnected, killed, or left). Its tasks go back to the queue.
     pub fn worker_left(&mut self, _now: Duration, worker: WorkerId) {
         let Some(w) = self.workers.remove(&worker) else { return };
-        self.counters.workers_lost += u64::from(!w.assigned.is_empty());
+        let lost = u64::from(!w.assigned.is_empty());
+        self.counters.workers_lost += lost;
+        self.graph_counters.workers_lost += lost;
         let mut tasks: Vec<TaskId> = w.assigned.into_iter().collect();
         tasks.sort_unstable();
         for task in tasks.into_iter().rev() {

@@ -107,6 +107,7 @@ fn results_from_wrong_or_lost_workers_are_stale() {
     assert_eq!(drain(&mut core), vec![Action::GraphDone]);
     assert_eq!(core.graph_counters().tasks_retried, 1);
     assert_eq!(core.graph_counters().tasks_done, 2);
+    assert_eq!(core.graph_counters().workers_lost, 1);
 }
 
 #[test]

@@ -376,6 +376,13 @@ mod tests {
     }
 
     #[test]
+    fn interfaces_resolve_to_their_address() {
+        assert_eq!(interface_addr("lo").unwrap(), std::net::IpAddr::from([127, 0, 0, 1]));
+        let e = interface_addr("ib9").unwrap_err();
+        assert!(e.contains("\"ib9\"") && e.contains("lo"), "{e}");
+    }
+
+    #[test]
     fn access_file_is_private_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let id = server_identity(&[]).unwrap();

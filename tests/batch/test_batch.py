@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SYSTEMS, check_outputs, drover, drover_bin, make_workload, start_server, stop_server, wait_status, write_site
+from conftest import SYSTEMS, check_outputs, drover, drover_bin, make_workload, start_server, status, stop_server, wait_status, write_site
 
 
 @pytest.mark.parametrize("name", SYSTEMS)
@@ -221,4 +221,102 @@ def test_slurm_walltime_drains_workers_and_replaces_jobs_without_retries(system_
     assert got.shape == (rows,) and np.isfinite(got).all()
     idx = np.random.default_rng(3).choice(rows, size=300, replace=False)
     np.testing.assert_allclose(got[idx], want(idx), rtol=1e-9)
+    assert s.live_jobs() == []
+
+
+def test_slurm_cancelled_job_and_killed_worker_are_replaced(system_env, tmp_path):
+    """Mid-run, one worker's job is scancelled and another worker is killed -9: the pool
+    submits replacements, their tasks run again, the result is exact, no job is left."""
+    import h5py
+    import os
+    import signal as sig
+
+    s = system_env("slurm")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    workload, _ = _slow_workload(calib, 2000)
+    r = drover(s, "run", workload, "--workers", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = int(min(max(40.0 / (json.loads(r.stdout)["seconds"] / 2000), 4000), 2_000_000)) // 20 * 20
+    workload, want = _slow_workload(tmp_path, rows)
+    site = write_site(tmp_path / "site.toml", s)
+    server = tmp_path / "srv"
+    proc = start_server(s, server, site, 3)
+    try:
+        st = wait_status(s, server, lambda st: len(st["workers"]) == 3)
+        run = subprocess.Popen([str(drover_bin()), "run", str(workload), "--connect", str(server), "--json"], env=s.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        st = wait_status(s, server, lambda st: st["progress"] and st["progress"][0] > 20, timeout=60)
+        victims = st["workers"][:2]
+        assert s.run("scancel", victims[0]["batch_job"]).returncode == 0
+        os.kill(victims[1]["pid"], sig.SIGKILL)
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+        summary = json.loads(out)
+        assert summary["tasks_retried"] >= 1 or summary["workers_lost"] >= 1, summary
+        st = wait_status(s, server, lambda st: len(st["workers"]) == 3, timeout=60)
+        old = {v["batch_job"] for v in victims}
+        assert len({w["batch_job"] for w in st["workers"]} - old) >= 2, "replacement jobs joined"
+    finally:
+        stop_server(s, server, proc)
+    with h5py.File(tmp_path / "slow.h5") as f:
+        got = f["s"][...]
+    idx = np.random.default_rng(4).choice(rows, size=300, replace=False)
+    np.testing.assert_allclose(got[idx], want(idx), rtol=1e-9)
+    assert s.live_jobs() == []
+
+
+def test_slurm_adaptive_pool_grows_on_a_burst_and_shrinks_when_idle(system_env, tmp_path):
+    s = system_env("slurm")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    workload, _ = _slow_workload(calib, 2000)
+    r = drover(s, "run", workload, "--workers", 2, "--json")
+    assert r.returncode == 0, r.stderr
+    rows = int(min(max(30.0 / (json.loads(r.stdout)["seconds"] / 2000), 4000), 2_000_000)) // 20 * 20
+    workload, want = _slow_workload(tmp_path, rows)
+    site = write_site(tmp_path / "site.toml", s)
+    site.write_text(site.read_text() + "adapt = { min = 0, max = 3 }\n")
+    server = tmp_path / "srv"
+    proc = start_server(s, server, site, 0)
+    try:
+        st = wait_status(s, server, lambda st: st["adapt"] == [0, 3])
+        assert len(st["workers"]) == 0 and s.live_jobs() == [], "idle pool at min = 0"
+        run = subprocess.Popen([str(drover_bin()), "run", str(workload), "--connect", str(server), "--json"], env=s.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_status(s, server, lambda st: len(st["workers"]) == 3, timeout=90)
+        targets = []
+        out, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
+        import h5py
+
+        with h5py.File(tmp_path / "slow.h5") as f:
+            got = f["s"][...]
+        idx = np.random.default_rng(5).choice(rows, size=200, replace=False)
+        np.testing.assert_allclose(got[idx], want(idx), rtol=1e-9)
+        # Idle now: the pool shrinks back to min after its cooldown, never growing meanwhile.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            st = status(s, server)
+            targets.append(st["target"])
+            if len(st["workers"]) == 0 and not s.live_jobs():
+                break
+            time.sleep(1)
+        assert targets[-1] == 0 and len(st["workers"]) == 0, targets
+        assert all(a >= b for a, b in zip(targets, targets[1:])), f"no oscillation while idle: {targets}"
+    finally:
+        stop_server(s, server, proc)
+    assert s.live_jobs() == []
+
+
+def test_workers_dial_the_sites_interface(system_env, tmp_path):
+    s = system_env("slurm")
+    workload, want = make_workload(tmp_path, np.random.default_rng(12))
+    site = write_site(tmp_path / "site.toml", s, interface="lo")
+    r = drover(s, "run", workload, "--site", site, "--workers", 1, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    check_outputs(tmp_path / "out.h5", want)
+    bad = write_site(tmp_path / "bad.toml", s, interface="ib9")
+    r = drover(s, "run", workload, "--site", bad, "--workers", 1)
+    assert r.returncode == 2 and '"ib9"' in r.stderr and "lo" in r.stderr, r.stderr
     assert s.live_jobs() == []

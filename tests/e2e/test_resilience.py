@@ -1,0 +1,155 @@
+"""Faults on real processes: a worker killed mid-run, the run itself killed and resumed,
+a changed input detected. numpy + h5py check every result."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import child_env, kill_group, kill_marked, new_mark, run_drover, wait_marked_gone
+
+# Much compute from little data: (rows, 1) x (1, cols) broadcast, reduced per row.
+EXPR = "sum(sin(a * b) ** 2 + cos(a + b) * exp(-a * b), axis=1)"
+
+
+def make_slow(tmp: Path, rows: int, cols: int = 20000, scale: float = 1.0) -> Path:
+    a = np.linspace(0.1, 1.0, rows).reshape(rows, 1) * scale
+    b = np.linspace(1.0, 2.0, cols).reshape(1, cols)
+    with h5py.File(tmp / "bc.h5", "w") as f:
+        f["a"] = a
+        f["b"] = b
+    w = tmp / "slow.toml"
+    w.write_text(
+        '[inputs.a]\nfile = "bc.h5"\ndataset = "/a"\nchunks = [20, 1]\n'
+        '[inputs.b]\nfile = "bc.h5"\ndataset = "/b"\n'
+        f'[[outputs]]\nexpr = "{EXPR}"\nfile = "slow.h5"\ndataset = "/s"\n'
+    )
+    return w
+
+
+def oracle(tmp: Path) -> np.ndarray:
+    with h5py.File(tmp / "bc.h5") as f:
+        a, b = f["a"][...], f["b"][...]
+    out = np.empty(a.shape[0])
+    for i in range(0, a.shape[0], 500):
+        ai = a[i : i + 500]
+        out[i : i + 500] = (np.sin(ai * b) ** 2 + np.cos(ai + b) * np.exp(-ai * b)).sum(axis=1)
+    return out
+
+
+def rows_for(drover: Path, tmp: Path, seconds: float) -> int:
+    """Calibrate: rows of the slow workload that take about `seconds` here."""
+    cal = tmp / "cal"
+    cal.mkdir()
+    w = make_slow(cal, 1000)
+    r = run_drover(drover, ["run", w, "--workers", "2", "--json"])
+    assert r.rc == 0, r.describe()
+    per_row = max(r.json()["seconds"], 0.01) / 1000
+    return max(int(seconds / per_row) // 20 * 20, 2000)
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def test_a_worker_killed_mid_run_is_replaced_by_the_others(drover, tmp_path):
+    rows = rows_for(drover, tmp_path, 8.0)
+    w = make_slow(tmp_path, rows)
+    mark = new_mark()
+    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "3", "--json"], env=child_env(mark),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while len(children_of(proc.pid)) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "workers did not start"
+            time.sleep(0.05)
+        time.sleep(2.0)  # mid-run
+        victim = children_of(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        kill_group(proc)
+        kill_marked(mark)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["tasks_retried"] >= 1, f"the killed worker's tasks ran again: {summary}"
+    assert summary["workers_lost"] >= 1, summary
+    with h5py.File(tmp_path / "slow.h5") as f:
+        np.testing.assert_allclose(f["s"][...], oracle(tmp_path), rtol=1e-9)
+
+
+def test_a_killed_run_leaves_no_output_and_resumes(drover, tmp_path):
+    rows = rows_for(drover, tmp_path, 10.0)
+    w = make_slow(tmp_path, rows)
+    mark = new_mark()
+    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "2", "--json"], env=child_env(mark),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    journal = tmp_path / ".slow.h5.drover-journal"
+    try:
+        time.sleep(4.0)
+        assert proc.poll() is None, "the run must still be going when it is killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert not (tmp_path / "slow.h5").exists(), "no final output from a killed run"
+        assert journal.exists()
+        # The orphaned workers notice the server is gone and exit on their own.
+        survivors = wait_marked_gone(mark, 40.0)
+        assert survivors == [], f"workers outlived their death timeout: {survivors}"
+    finally:
+        kill_group(proc)
+        kill_marked(mark)
+    r = run_drover(drover, ["run", w, "--workers", "2", "--json"])
+    assert r.rc == 0, r.describe()
+    summary = r.json()
+    assert summary["tasks_resumed"] > 0, summary
+    assert summary["tasks_resumed"] < summary["tasks_total"], summary
+    assert summary["tasks_retried"] == 0
+    with h5py.File(tmp_path / "slow.h5") as f:
+        np.testing.assert_allclose(f["s"][...], oracle(tmp_path), rtol=1e-9)
+    assert not journal.exists() and not list(tmp_path.glob(".slow.h5.drover-tmp")), "journal and temp removed on success"
+
+
+@pytest.mark.parametrize("change", ["input", "expression"])
+def test_a_changed_workload_or_input_starts_fresh(drover, tmp_path, change):
+    rows = rows_for(drover, tmp_path, 8.0)
+    w = make_slow(tmp_path, rows)
+    mark = new_mark()
+    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "2"], env=child_env(mark),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        time.sleep(3.0)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        wait_marked_gone(mark, 40.0)
+    finally:
+        kill_group(proc)
+        kill_marked(mark)
+    assert (tmp_path / ".slow.h5.drover-journal").exists()
+    if change == "input":
+        time.sleep(0.01)
+        make_slow(tmp_path, rows, scale=1.5)  # same shape, new values and mtime
+    else:
+        w.write_text(w.read_text().replace("cos(a + b)", "cos(a - b)"))
+    r = run_drover(drover, ["run", w, "--workers", "2", "--json"])
+    assert r.rc == 0, r.describe()
+    assert r.json()["tasks_resumed"] == 0, "stale results must not be mixed in"
+    with h5py.File(tmp_path / "bc.h5") as f:
+        a, b = f["a"][...], f["b"][...]
+    with h5py.File(tmp_path / "slow.h5") as f:
+        got = f["s"][...]
+    idx = np.arange(0, rows, max(rows // 200, 1))
+    ai = a[idx]
+    inner = np.cos(ai + b) if change == "input" else np.cos(ai - b)
+    np.testing.assert_allclose(got[idx], (np.sin(ai * b) ** 2 + inner * np.exp(-ai * b)).sum(axis=1), rtol=1e-9)
