@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{BatchError, BatchSystem, JobId, JobRequest, JobState, SubmitCommand};
+use super::{BatchError, BatchSystem, JobId, JobRequest, JobState, SubmitCommand, submit_with};
 use crate::config::site::Site;
 
 pub struct Htcondor;
@@ -36,10 +36,7 @@ impl BatchSystem for Htcondor {
     }
 
     fn submit(&self, site: &Site, script: &Path) -> SubmitCommand {
-        let mut argv = vec!["condor_submit".to_string()];
-        argv.extend(site.submit_extra_args.iter().cloned());
-        argv.push(script.display().to_string());
-        SubmitCommand { argv, stdin: false }
+        submit_with("condor_submit", site, script)
     }
 
     /// `N job(s) submitted to cluster C.`

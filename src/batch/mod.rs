@@ -200,6 +200,14 @@ pub fn render(sys: &dyn BatchSystem, site: &Site, req: &JobRequest) -> Result<Re
     Ok(Rendered { main, extra })
 }
 
+/// `cmd [submit_extra_args...] script`, the submit line of most systems.
+pub(crate) fn submit_with(cmd: &str, site: &Site, script: &Path) -> SubmitCommand {
+    let mut argv = vec![cmd.to_string()];
+    argv.extend(site.submit_extra_args.iter().cloned());
+    argv.push(script.display().to_string());
+    SubmitCommand { argv, stdin: false }
+}
+
 /// The last non-empty line of some output.
 pub(crate) fn last_line(s: &str) -> &str {
     s.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("")

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{BatchError, BatchSystem, JobId, JobRequest, JobState, SubmitCommand, last_line};
+use super::{BatchError, BatchSystem, JobId, JobRequest, JobState, SubmitCommand, last_line, submit_with};
 use crate::config::site::{PbsFlavor, Site};
 
 pub struct Pbs {
@@ -51,10 +51,7 @@ impl BatchSystem for Pbs {
     }
 
     fn submit(&self, site: &Site, script: &Path) -> SubmitCommand {
-        let mut argv = vec!["qsub".to_string()];
-        argv.extend(site.submit_extra_args.iter().cloned());
-        argv.push(script.display().to_string());
-        SubmitCommand { argv, stdin: false }
+        submit_with("qsub", site, script)
     }
 
     /// `1234.server`, `1234[].server` for arrays; banners may come first.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use quick_xml::events::Event;
 
-use super::{BatchError, BatchSystem, JobId, JobRequest, JobState, SubmitCommand};
+use super::{BatchError, BatchSystem, JobId, JobRequest, JobState, SubmitCommand, submit_with};
 use crate::config::site::Site;
 
 pub struct Sge;
@@ -59,10 +59,7 @@ impl BatchSystem for Sge {
     }
 
     fn submit(&self, site: &Site, script: &Path) -> SubmitCommand {
-        let mut argv = vec!["qsub".to_string()];
-        argv.extend(site.submit_extra_args.iter().cloned());
-        argv.push(script.display().to_string());
-        SubmitCommand { argv, stdin: false }
+        submit_with("qsub", site, script)
     }
 
     /// `Your job 12 ("name") has been submitted`, `Your job-array 12.1-4:1 ...`, or a

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{BatchError, BatchSystem, JobId, JobRequest, JobState, SubmitCommand, last_line};
+use super::{BatchError, BatchSystem, JobId, JobRequest, JobState, SubmitCommand, last_line, submit_with};
 use crate::config::site::Site;
 
 pub struct Slurm;
@@ -27,10 +27,9 @@ impl BatchSystem for Slurm {
     }
 
     fn submit(&self, site: &Site, script: &Path) -> SubmitCommand {
-        let mut argv = vec!["sbatch".to_string(), "--parsable".to_string()];
-        argv.extend(site.submit_extra_args.iter().cloned());
-        argv.push(script.display().to_string());
-        SubmitCommand { argv, stdin: false }
+        let mut cmd = submit_with("sbatch", site, script);
+        cmd.argv.insert(1, "--parsable".into());
+        cmd
     }
 
     /// `--parsable` prints `id` or `id;cluster`, possibly after other lines.

@@ -151,6 +151,13 @@ impl Core {
         self.actions.pop_front()
     }
 
+    /// How many tasks to keep queued per slot (prefetch depth); the driver raises it
+    /// for short tasks so that workers never wait for a round trip.
+    pub fn set_queue_per_slot(&mut self, n: u32) {
+        self.cfg.queue_per_slot = n.max(1);
+        self.schedule();
+    }
+
     /// Counters over the core's whole life.
     pub fn counters(&self) -> Counters {
         self.counters

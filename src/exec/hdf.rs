@@ -165,12 +165,54 @@ fn hyperslab(region: &[Range<usize>]) -> Selection {
 }
 
 /// Read a region of a dataset, converted to f64 by the HDF5 library.
-pub fn read_region(ds: &hdf5::Dataset, region: &[Range<usize>]) -> hdf5::Result<ArrayD<f64>> {
+///
+/// With the dataset's HDF5 chunk shape, a region spanning several chunks is read one
+/// chunk at a time: HDF5 then reads each chunk straight into a contiguous buffer
+/// instead of scattering every chunk row through a strided selection, which was
+/// several times slower.
+pub fn read_region(ds: &hdf5::Dataset, region: &[Range<usize>], chunk: Option<&[usize]>) -> hdf5::Result<ArrayD<f64>> {
     if region.is_empty() {
         let v: f64 = ds.as_reader().read_scalar()?;
         return Ok(ArrayD::from_elem(IxDyn(&[]), v));
     }
-    ds.as_reader().read_slice::<f64, _, IxDyn>(hyperslab(region))
+    let Some(chunk) = chunk.filter(|c| c.len() == region.len() && c.iter().all(|&n| n > 0)) else {
+        return ds.as_reader().read_slice::<f64, _, IxDyn>(hyperslab(region));
+    };
+    // Chunk-grid cells the region touches, per dimension.
+    let cells: Vec<Range<usize>> = region.iter().zip(chunk).map(|(r, &c)| r.start / c..r.end.div_ceil(c)).collect();
+    if cells.iter().all(|c| c.len() <= 1) {
+        return ds.as_reader().read_slice::<f64, _, IxDyn>(hyperslab(region));
+    }
+    let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
+    let mut out = ArrayD::<f64>::zeros(IxDyn(&shape));
+    let mut idx: Vec<usize> = cells.iter().map(|c| c.start).collect();
+    loop {
+        let sub: Vec<Range<usize>> = idx
+            .iter()
+            .zip(chunk)
+            .zip(region)
+            .map(|((&i, &c), r)| (i * c).max(r.start)..((i + 1) * c).min(r.end))
+            .collect();
+        let part = ds.as_reader().read_slice::<f64, _, IxDyn>(hyperslab(&sub))?;
+        let mut view = out.view_mut();
+        for (d, (s, r)) in sub.iter().zip(region).enumerate() {
+            view.slice_axis_inplace(ndarray::Axis(d), ndarray::Slice::from(s.start - r.start..s.end - r.start));
+        }
+        view.assign(&part);
+        // Next cell, last dimension fastest (the file's order).
+        let mut d = idx.len();
+        loop {
+            if d == 0 {
+                return Ok(out);
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < cells[d].end {
+                break;
+            }
+            idx[d] = cells[d].start;
+        }
+    }
 }
 
 /// Create an output dataset (intermediate groups included).

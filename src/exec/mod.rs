@@ -128,7 +128,7 @@ pub fn execute_block(
             }
             let inp = &plan.inputs[*i as usize];
             let r = operand_region(&region, &inp.shape);
-            let a = hdf::read_region(&datasets[*i as usize], &r).map_err(|e| ExecError::Read {
+            let a = hdf::read_region(&datasets[*i as usize], &r, inp.hdf5_chunk.as_deref()).map_err(|e| ExecError::Read {
                 input: inp.name.clone(),
                 file: inp.file.display().to_string(),
                 dataset: inp.dataset.clone(),

@@ -218,6 +218,8 @@ pub struct Actor {
     drained_workers: u64,
     /// Smoothed task run time, from workers' reports.
     mean_task: Option<Duration>,
+    /// Current prefetch depth per slot.
+    prefetch: u32,
     site: Option<SitePool>,
 }
 
@@ -253,6 +255,7 @@ impl Actor {
             stopping: None,
             drained_workers: 0,
             mean_task: None,
+            prefetch: 2,
             site,
         }
     }
@@ -396,56 +399,19 @@ impl Actor {
                     }
                 }
             }
-            Event::Scale { workers, client } => match &mut self.site {
-                Some(s) if self.stopping.is_none() => {
-                    tracing::info!(workers, "scaling");
-                    s.pool.set_target(now, workers);
-                    send(&client, ServerMsg::Ok);
+            Event::Scale { workers, client } => self.pool_command(&client, |pool, _, now| {
+                tracing::info!(workers, "scaling");
+                pool.set_target(now, workers);
+                Ok(())
+            }),
+            Event::Adapt { min, max, client } => self.pool_command(&client, |pool, threads, now| {
+                if min > max || max == 0 {
+                    return Err(format!("--min {min} --max {max}: the pool needs min <= max and max >= 1"));
                 }
-                Some(_) => send(
-                    &client,
-                    ServerMsg::Failed {
-                        input_error: false,
-                        message: "the server is stopping".into(),
-                    },
-                ),
-                None => send(
-                    &client,
-                    ServerMsg::Failed {
-                        input_error: true,
-                        message: "this server has no batch site; start it with `drover server start --site NAME|FILE`".into(),
-                    },
-                ),
-            },
-            Event::Adapt { min, max, client } => match &mut self.site {
-                Some(s) if self.stopping.is_none() && min <= max => {
-                    tracing::info!(min, max, "adaptive sizing");
-                    let threads = s.runner.site().threads_per_worker();
-                    s.pool.set_adapt(now, Adapt { min, max }, threads);
-                    send(&client, ServerMsg::Ok);
-                }
-                Some(_) if min > max => send(
-                    &client,
-                    ServerMsg::Failed {
-                        input_error: true,
-                        message: format!("--min {min} is above --max {max}; the pool needs min <= max"),
-                    },
-                ),
-                Some(_) => send(
-                    &client,
-                    ServerMsg::Failed {
-                        input_error: false,
-                        message: "the server is stopping".into(),
-                    },
-                ),
-                None => send(
-                    &client,
-                    ServerMsg::Failed {
-                        input_error: true,
-                        message: "this server has no batch site; start it with `drover server start --site NAME|FILE`".into(),
-                    },
-                ),
-            },
+                tracing::info!(min, max, "adaptive sizing");
+                pool.set_adapt(now, Adapt { min, max }, threads);
+                Ok(())
+            }),
             Event::PoolSubmitted(result) => {
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "submission failed; backing off");
@@ -531,6 +497,7 @@ impl Actor {
                         tracing::debug!(worker = %id, task = r.task, "stale result discarded");
                     }
                 }
+                self.tune_prefetch();
             }
             PeerMsg::Draining { released } => {
                 tracing::info!(worker = %id, released = released.len(), "worker draining before its walltime");
@@ -980,6 +947,45 @@ impl Actor {
         }
         if self.stopping.is_none() {
             self.start_next();
+        }
+    }
+
+    /// Apply a client's pool command (scale, adapt) and answer it; `Err` is bad input.
+    fn pool_command(&mut self, client: &Tx, f: impl FnOnce(&mut Pool, u32, Duration) -> Result<(), String>) {
+        let now = self.now();
+        let reply = match &mut self.site {
+            None => ServerMsg::Failed {
+                input_error: true,
+                message: "this server has no batch site; start it with `drover server start --site NAME|FILE`".into(),
+            },
+            Some(_) if self.stopping.is_some() => ServerMsg::Failed {
+                input_error: false,
+                message: "the server is stopping".into(),
+            },
+            Some(s) => {
+                let threads = s.runner.site().threads_per_worker();
+                match f(&mut s.pool, threads, now) {
+                    Ok(()) => ServerMsg::Ok,
+                    Err(message) => ServerMsg::Failed {
+                        input_error: true,
+                        message,
+                    },
+                }
+            }
+        };
+        send(client, reply);
+    }
+
+    /// Keep about 25 ms of work queued at each slot (at least 2 tasks, at most 256), so
+    /// that short tasks never wait for a round trip and long ones stay balanced.
+    fn tune_prefetch(&mut self) {
+        let Some(mean) = self.mean_task else { return };
+        let depth = (Duration::from_millis(25).as_secs_f64() / mean.as_secs_f64().max(1e-6))
+            .ceil()
+            .clamp(2.0, 256.0) as u32;
+        if depth != self.prefetch {
+            self.prefetch = depth;
+            self.core.set_queue_per_slot(depth);
         }
     }
 

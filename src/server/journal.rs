@@ -43,7 +43,10 @@ impl Recovered {
 
 pub struct Journal {
     path: PathBuf,
-    file: File,
+    /// Records are buffered; `blocks` (called after each flush of the outputs) and
+    /// `flush` push them to the file. A crash loses at most the last buffered partials,
+    /// which are then simply computed again.
+    file: std::io::BufWriter<File>,
     header_len: u64,
 }
 
@@ -132,7 +135,7 @@ impl Journal {
                 file.set_len((header.len() + valid) as u64)?;
                 let mut j = Journal {
                     path,
-                    file,
+                    file: std::io::BufWriter::with_capacity(1 << 20, file),
                     header_len: header.len() as u64,
                 };
                 j.seek_end()?;
@@ -146,7 +149,7 @@ impl Journal {
         Ok((
             Journal {
                 path,
-                file,
+                file: std::io::BufWriter::with_capacity(1 << 20, file),
                 header_len: header.len() as u64,
             },
             Recovered::default(),
@@ -155,13 +158,19 @@ impl Journal {
 
     /// Forget every record (keep the header).
     pub fn reset(&mut self) -> std::io::Result<()> {
-        self.file.set_len(self.header_len)?;
+        self.file.flush()?;
+        self.file.get_ref().set_len(self.header_len)?;
         self.seek_end()
     }
 
     fn seek_end(&mut self) -> std::io::Result<()> {
         use std::io::Seek;
         self.file.seek(std::io::SeekFrom::End(0)).map(|_| ())
+    }
+
+    /// Push buffered records to the file.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
     }
 
     pub fn partial(&mut self, task: u32, bytes: &[u8]) -> std::io::Result<()> {
@@ -172,7 +181,8 @@ impl Journal {
     pub fn blocks(&mut self, tasks: &[u32]) -> std::io::Result<()> {
         let payload: Vec<u8> = tasks.iter().flat_map(|t| t.to_le_bytes()).collect();
         self.file.write_all(&record(BLOCKS, 0, &payload))?;
-        self.file.sync_data()
+        self.file.flush()?;
+        self.file.get_ref().sync_data()
     }
 
     pub fn remove(self) {

@@ -327,12 +327,18 @@ impl WriterThread {
                 }
                 Some(Cmd::Abandon) => {
                     self.make_durable(&mut pending);
+                    if let Some(j) = &mut self.journal {
+                        let _ = j.flush();
+                    }
                     let _ = self.close_files();
                     return;
                 }
             }
             if last_flush.elapsed() >= FLUSH_EVERY || pending.len() >= 256 {
                 self.make_durable(&mut pending);
+                if let Some(j) = &mut self.journal {
+                    let _ = j.flush();
+                }
                 last_flush = Instant::now();
             }
         }
