@@ -267,6 +267,18 @@ impl Accumulator {
         }
     }
 
+    /// The merged state in the form of a [`partial`] (sum; min/max; mean and M2), for
+    /// a block reduced in pieces.
+    pub fn into_partial(self) -> Vec<ArrayD<f64>> {
+        match self.op {
+            ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Min | ReduceOp::Max => vec![self.a],
+            ReduceOp::Var | ReduceOp::Std => {
+                let (m2, _) = self.m2.expect("var accumulator");
+                vec![self.a, m2]
+            }
+        }
+    }
+
     /// The final array.
     pub fn finish(self) -> ArrayD<f64> {
         let total = self.total;

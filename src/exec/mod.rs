@@ -109,6 +109,11 @@ pub fn take_f64(bytes: &[u8], off: &mut usize, shape: &[usize]) -> Option<ArrayD
 ///
 /// `datasets` are the plan's inputs opened with [`open_inputs`] (may be empty for local
 /// stages); `consts` gives the whole array of a finished reduction.
+///
+/// A block is processed in cache-sized pieces aligned to the HDF5 chunks
+/// ([`piece_shape`]): each piece is read, evaluated and reduced (or copied into the
+/// block's output) while it is hot in cache, instead of materializing the whole block
+/// and walking it again, which made reductions several times slower.
 pub fn execute_block(
     plan: &Plan,
     datasets: &[hdf5::Dataset],
@@ -119,42 +124,42 @@ pub fn execute_block(
     let st = &plan.stages[stage as usize];
     let region = block_region(&st.shape, &st.block, block);
     let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
+    let piece = piece_shape(plan, st, &shape);
     let mut bytes_read = 0u64;
-    let mut cache: Vec<(u32, ArrayD<f64>)> = Vec::new();
-    let value = eval(&st.kernel, &mut |leaf| match leaf {
-        Kernel::Input(i) => {
-            if let Some((_, a)) = cache.iter().find(|(j, _)| j == i) {
-                return Ok(a.clone());
-            }
-            let inp = &plan.inputs[*i as usize];
-            let r = operand_region(&region, &inp.shape);
-            let a = hdf::read_region(&datasets[*i as usize], &r, inp.hdf5_chunk.as_deref()).map_err(|e| ExecError::Read {
-                input: inp.name.clone(),
-                file: inp.file.display().to_string(),
-                dataset: inp.dataset.clone(),
-                region: fmt_region(&r),
-                reason: e.to_string(),
-            })?;
-            bytes_read += (a.len() * inp.dtype.size()) as u64;
-            if st.kernel.inputs().len() > 1 || count_leaf(&st.kernel, *i) > 1 {
-                cache.push((*i, a.clone()));
-            }
-            Ok(a)
-        }
-        Kernel::Const(c) => {
-            let whole = consts(*c).ok_or(ExecError::MissingConst(*c))?;
-            Ok(kernel::const_slice(&whole, &region))
-        }
-        _ => unreachable!("eval only asks for leaves"),
-    })?;
     let payload = match &st.kind {
         StageKind::Reduce { consts: ids } => {
-            let arr = materialize(value, &shape);
+            // Block-local accumulators merge the pieces' partials.
+            let mut accs: Vec<kernel::Accumulator> = ids
+                .iter()
+                .map(|&c| {
+                    let spec = &plan.consts[c as usize];
+                    let reduced: Vec<usize> = shape
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| !spec.axes.contains(i))
+                        .map(|(_, &n)| n)
+                        .collect();
+                    let local = plan::ConstSpec {
+                        op: spec.op,
+                        axes: spec.axes.clone(),
+                        shape: reduced,
+                        stage: spec.stage,
+                    };
+                    kernel::Accumulator::new(&local, &shape)
+                })
+                .collect();
+            for_each_piece(&region, &piece, |abs, rel| {
+                let (arr, n) = eval_region(plan, datasets, consts, st, abs)?;
+                bytes_read += n;
+                for (acc, &c) in accs.iter_mut().zip(ids) {
+                    let spec = &plan.consts[c as usize];
+                    acc.merge(rel, partial(spec.op, &arr, &spec.axes));
+                }
+                Ok(())
+            })?;
             let mut buf = Vec::new();
-            for &c in ids {
-                let spec = &plan.consts[c as usize];
-                let parts = partial(spec.op, &arr, &spec.axes);
-                debug_assert_eq!(parts.len(), partial_arity(spec.op));
+            for acc in accs {
+                let parts = acc.into_partial();
                 for p in &parts {
                     push_f64(&mut buf, p);
                 }
@@ -163,10 +168,137 @@ pub fn execute_block(
         }
         StageKind::Write { output } => {
             let out = &plan.outputs[*output as usize];
-            encode_output(value, &shape, out.dtype)
+            let value = if piece == shape {
+                let (arr, n) = eval_region(plan, datasets, consts, st, &region)?;
+                bytes_read += n;
+                arr
+            } else {
+                let mut whole = ArrayD::<f64>::zeros(IxDyn(&shape));
+                for_each_piece(&region, &piece, |abs, rel| {
+                    let (arr, n) = eval_region(plan, datasets, consts, st, abs)?;
+                    bytes_read += n;
+                    let mut view = whole.view_mut();
+                    for (d, r) in rel.iter().enumerate() {
+                        view.slice_axis_inplace(ndarray::Axis(d), ndarray::Slice::from(r.clone()));
+                    }
+                    view.assign(&arr);
+                    Ok(())
+                })?;
+                whole
+            };
+            encode_output(Value::Array(value), &shape, out.dtype)
         }
     };
     Ok(BlockResult { bytes_read, payload })
+}
+
+/// Pieces of about 2 MiB of f64 (at most), aligned to the HDF5 chunks of the inputs
+/// spanning each dimension: a piece is then usually exactly one chunk read.
+fn piece_shape(plan: &Plan, st: &plan::Stage, shape: &[usize]) -> Vec<usize> {
+    let r = shape.len();
+    let ins = st.kernel.inputs();
+    let mut piece: Vec<usize> = (0..r)
+        .map(|j| {
+            for &i in &ins {
+                let inp = &plan.inputs[i as usize];
+                let ri = inp.shape.len();
+                if j + ri >= r
+                    && inp.shape[j + ri - r] == st.shape[j]
+                    && st.shape[j] > 1
+                    && let Some(c) = &inp.hdf5_chunk
+                {
+                    return c[j + ri - r].clamp(1, shape[j].max(1));
+                }
+            }
+            shape[j].max(1)
+        })
+        .collect();
+    while piece.iter().product::<usize>() > 256 << 10 {
+        let (d, _) = piece.iter().enumerate().max_by_key(|(_, c)| **c).expect("rank > 0");
+        if piece[d] == 1 {
+            break;
+        }
+        piece[d] = piece[d].div_ceil(2);
+    }
+    piece
+}
+
+/// Call `f(absolute, relative)` for each piece of `region`, last dimension fastest.
+fn for_each_piece(
+    region: &[Range<usize>],
+    piece: &[usize],
+    mut f: impl FnMut(&[Range<usize>], &[Range<usize>]) -> Result<(), ExecError>,
+) -> Result<(), ExecError> {
+    let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
+    if shape.contains(&0) {
+        return Ok(());
+    }
+    let counts: Vec<usize> = shape.iter().zip(piece).map(|(&s, &p)| s.div_ceil(p.max(1))).collect();
+    let mut idx = vec![0usize; shape.len()];
+    loop {
+        let rel: Vec<Range<usize>> = idx
+            .iter()
+            .zip(piece)
+            .zip(&shape)
+            .map(|((&i, &p), &s)| i * p..((i + 1) * p).min(s))
+            .collect();
+        let abs: Vec<Range<usize>> = rel.iter().zip(region).map(|(r, a)| a.start + r.start..a.start + r.end).collect();
+        f(&abs, &rel)?;
+        let mut d = idx.len();
+        loop {
+            if d == 0 {
+                return Ok(());
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < counts[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+/// Evaluate a stage's kernel over `region` (in the stage's shape): the array of the
+/// region's shape and the input bytes read.
+fn eval_region(
+    plan: &Plan,
+    datasets: &[hdf5::Dataset],
+    consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
+    st: &plan::Stage,
+    region: &[Range<usize>],
+) -> Result<(ArrayD<f64>, u64), ExecError> {
+    let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
+    let mut bytes_read = 0u64;
+    let mut cache: Vec<(u32, ArrayD<f64>)> = Vec::new();
+    let reused = |i: u32| st.kernel.inputs().len() > 1 || count_leaf(&st.kernel, i) > 1;
+    let value = eval(&st.kernel, &mut |leaf| match leaf {
+        Kernel::Input(i) => {
+            if let Some((_, a)) = cache.iter().find(|(j, _)| j == i) {
+                return Ok(a.clone());
+            }
+            let inp = &plan.inputs[*i as usize];
+            let r = operand_region(region, &inp.shape);
+            let a = hdf::read_region(&datasets[*i as usize], &r, inp.hdf5_chunk.as_deref()).map_err(|e| ExecError::Read {
+                input: inp.name.clone(),
+                file: inp.file.display().to_string(),
+                dataset: inp.dataset.clone(),
+                region: fmt_region(&r),
+                reason: e.to_string(),
+            })?;
+            bytes_read += (a.len() * inp.dtype.size()) as u64;
+            if reused(*i) {
+                cache.push((*i, a.clone()));
+            }
+            Ok(a)
+        }
+        Kernel::Const(c) => {
+            let whole = consts(*c).ok_or(ExecError::MissingConst(*c))?;
+            Ok(kernel::const_slice(&whole, region))
+        }
+        _ => unreachable!("eval only asks for leaves"),
+    })?;
+    Ok((materialize(value, &shape), bytes_read))
 }
 
 fn count_leaf(k: &Kernel, input: u32) -> usize {
