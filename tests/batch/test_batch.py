@@ -195,19 +195,24 @@ def _slow_workload(dirpath: Path, rows: int) -> tuple[Path, "callable"]:
     return dirpath / "slow.toml", oracle
 
 
-def test_slurm_walltime_drains_workers_and_replaces_jobs_without_retries(system_env, tmp_path):
-    """A 1-minute walltime on a run of about two minutes: workers drain before their
-    job ends, replacements arrive ahead of time, nothing is retried, the result is exact."""
-    import h5py
-
-    s = system_env("slurm")
+def _calibrated_rows(s, tmp_path: Path, seconds: float) -> int:
+    """Rows of the slow workload that take about `seconds` on this machine (2 workers)."""
     calib = tmp_path / "calib"
     calib.mkdir()
     workload, _ = _slow_workload(calib, 2000)
     r = drover(s, "run", workload, "--workers", 2, "--json")
     assert r.returncode == 0, r.stderr
     per_row = json.loads(r.stdout)["seconds"] / 2000
-    rows = int(min(max(130.0 / per_row, 4000), 2_000_000)) // 20 * 20
+    return int(min(max(seconds / per_row, 4000), 2_000_000)) // 20 * 20
+
+
+def test_slurm_walltime_drains_workers_and_replaces_jobs_without_retries(system_env, tmp_path):
+    """A 1-minute walltime on a run of about two minutes: workers drain before their
+    job ends, replacements arrive ahead of time, nothing is retried, the result is exact."""
+    import h5py
+
+    s = system_env("slurm")
+    rows = _calibrated_rows(s, tmp_path, 130.0)
     workload, want = _slow_workload(tmp_path, rows)
     site = write_site(tmp_path / "site.toml", s, walltime="00:01:00")
     r = drover(s, "run", workload, "--site", site, "--workers", 2, "--json", timeout=900)
@@ -232,12 +237,7 @@ def test_slurm_cancelled_job_and_killed_worker_are_replaced(system_env, tmp_path
     import signal as sig
 
     s = system_env("slurm")
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    workload, _ = _slow_workload(calib, 2000)
-    r = drover(s, "run", workload, "--workers", 2, "--json")
-    assert r.returncode == 0, r.stderr
-    rows = int(min(max(40.0 / (json.loads(r.stdout)["seconds"] / 2000), 4000), 2_000_000)) // 20 * 20
+    rows = _calibrated_rows(s, tmp_path, 40.0)
     workload, want = _slow_workload(tmp_path, rows)
     site = write_site(tmp_path / "site.toml", s)
     server = tmp_path / "srv"
@@ -268,12 +268,7 @@ def test_slurm_cancelled_job_and_killed_worker_are_replaced(system_env, tmp_path
 
 def test_slurm_adaptive_pool_grows_on_a_burst_and_shrinks_when_idle(system_env, tmp_path):
     s = system_env("slurm")
-    calib = tmp_path / "calib"
-    calib.mkdir()
-    workload, _ = _slow_workload(calib, 2000)
-    r = drover(s, "run", workload, "--workers", 2, "--json")
-    assert r.returncode == 0, r.stderr
-    rows = int(min(max(30.0 / (json.loads(r.stdout)["seconds"] / 2000), 4000), 2_000_000)) // 20 * 20
+    rows = _calibrated_rows(s, tmp_path, 30.0)
     workload, want = _slow_workload(tmp_path, rows)
     site = write_site(tmp_path / "site.toml", s)
     site.write_text(site.read_text() + "adapt = { min = 0, max = 3 }\n")
