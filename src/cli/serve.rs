@@ -140,6 +140,13 @@ pub fn status(dir: &Path, json: bool) -> Result<(), Failure> {
     if let Some(f) = &status.submit_failure {
         println!("submission failing: {f}");
     }
+    for l in &status.lost_workers {
+        let job = l.batch_job.as_deref().map(|j| format!(" batch-job={j}")).unwrap_or_default();
+        println!(
+            "lost: w{} {}:{}{job}: {} ({} tasks requeued)",
+            l.id, l.host, l.pid, l.reason, l.tasks_requeued
+        );
+    }
     match (status.running_job, status.progress) {
         (Some(j), Some((d, t))) => println!("job {j}: {d}/{t} tasks"),
         _ => println!("no job running"),

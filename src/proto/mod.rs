@@ -202,12 +202,25 @@ pub struct Status {
     pub adapt: Option<(u32, u32)>,
     /// The last failed submission, while it is being retried.
     pub submit_failure: Option<String>,
+    /// Workers lost while holding tasks (most recent last, at most 50), with why.
+    pub lost_workers: Vec<LostWorker>,
     pub running_job: Option<u64>,
     pub progress: Option<(u32, u32)>,
     pub tasks_done: u64,
     pub tasks_retried: u64,
     pub workers_lost: u64,
     pub workers_drained: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LostWorker {
+    pub id: u32,
+    pub host: String,
+    pub pid: u32,
+    pub batch_job: Option<String>,
+    pub reason: String,
+    /// Tasks it held, sent to other workers.
+    pub tasks_requeued: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

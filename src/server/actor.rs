@@ -220,6 +220,8 @@ pub struct Actor {
     mean_task: Option<Duration>,
     /// Current prefetch depth per slot.
     prefetch: u32,
+    /// Recently lost workers, for `drover status`.
+    lost: VecDeque<proto::LostWorker>,
     site: Option<SitePool>,
 }
 
@@ -256,6 +258,7 @@ impl Actor {
             drained_workers: 0,
             mean_task: None,
             prefetch: 2,
+            lost: VecDeque::new(),
             site,
         }
     }
@@ -331,8 +334,9 @@ impl Actor {
                 let _ = reply.send(id);
             }
             Event::WorkerGone { id, reason } => {
-                if self.workers.remove(&id).is_some() {
+                if let Some(w) = self.workers.remove(&id) {
                     tracing::info!(worker = %id, %reason, "worker left");
+                    self.note_lost(id, &w.info, reason);
                 }
                 self.core.worker_left(now, id);
             }
@@ -632,6 +636,18 @@ impl Actor {
                                 reason: "declared lost after missing heartbeats".into(),
                             },
                         );
+                        // Its tasks were requeued by the core already; record it as lost.
+                        self.lost.push_back(proto::LostWorker {
+                            id: worker.0,
+                            host: w.info.host.clone(),
+                            pid: w.info.pid,
+                            batch_job: w.info.batch_job.clone(),
+                            reason: "no heartbeat within the timeout".into(),
+                            tasks_requeued: 0,
+                        });
+                        if self.lost.len() > 50 {
+                            self.lost.pop_front();
+                        }
                     }
                 }
                 Action::GraphDone => self.finish_job(),
@@ -950,6 +966,25 @@ impl Actor {
         }
     }
 
+    /// Remember a worker that left holding tasks (a loss, not a clean exit).
+    fn note_lost(&mut self, id: WorkerId, info: &WorkerInfo, reason: String) {
+        let held = self.core.workers().find(|(w, _, _)| *w == id).map_or(0, |(_, _, n)| n);
+        if held == 0 {
+            return;
+        }
+        self.lost.push_back(proto::LostWorker {
+            id: id.0,
+            host: info.host.clone(),
+            pid: info.pid,
+            batch_job: info.batch_job.clone(),
+            reason,
+            tasks_requeued: held,
+        });
+        if self.lost.len() > 50 {
+            self.lost.pop_front();
+        }
+    }
+
     /// Apply a client's pool command (scale, adapt) and answer it; `Err` is bad input.
     fn pool_command(&mut self, client: &Tx, f: impl FnOnce(&mut Pool, u32, Duration) -> Result<(), String>) {
         let now = self.now();
@@ -1130,6 +1165,7 @@ impl Actor {
             target,
             adapt,
             submit_failure,
+            lost_workers: self.lost.iter().cloned().collect(),
             running_job: match &self.slot {
                 Slot::Running(j) => Some(j.id),
                 _ => None,

@@ -255,6 +255,9 @@ def test_slurm_cancelled_job_and_killed_worker_are_replaced(system_env, tmp_path
         summary = json.loads(out)
         assert summary["tasks_retried"] >= 1 or summary["workers_lost"] >= 1, summary
         st = wait_status(s, server, lambda st: len(st["workers"]) == 3, timeout=60)
+        lost = {l["pid"]: l for l in st["lost_workers"]}
+        assert victims[1]["pid"] in lost and lost[victims[1]["pid"]]["reason"], f"status names the lost worker: {st['lost_workers']}"
+        assert all(l["reason"] for l in st["lost_workers"])
         old = {v["batch_job"] for v in victims}
         assert len({w["batch_job"] for w in st["workers"]} - old) >= 2, "replacement jobs joined"
     finally:
