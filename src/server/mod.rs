@@ -146,7 +146,7 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         actor.run(rx).await;
         accept.abort();
         endpoint.close(quinn::VarInt::from_u32(0), b"server stopped");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(20), endpoint.wait_idle()).await;
         let _ = std::fs::remove_file(&path);
     });
     tracing::info!(%addr, access = %access_path.display(), "server listening");

@@ -286,7 +286,7 @@ async fn session(
     conn.close(quinn::VarInt::from_u32(0), b"worker exiting");
     // Flush the close to the server before the process exits, so it sees us leave at
     // once instead of waiting for an idle timeout.
-    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.wait_idle()).await;
     result
 }
 
