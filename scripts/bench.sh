@@ -28,31 +28,8 @@ BENCH_PY="$BENCH_VENV/bin/python"
 BENCH_PACKAGES=("dask[array,distributed]" h5py numpy psutil)
 DROVER_BIN="${DROVER_BIN:-$DROVER_ROOT/target/release/drover}"
 
-_bench_venv_ok() {
-    [ -x "$BENCH_PY" ] && "$BENCH_PY" -c 'import dask, dask.array, distributed, h5py, numpy, psutil' >/dev/null 2>&1
-}
-
 ensure_bench_venv() {
-    if _bench_venv_ok; then
-        return 0
-    fi
-    local python="${PYTHON:-python3}"
-    command -v "$python" >/dev/null 2>&1 || ensure_debian_packages python3
-    if [ -e "$BENCH_VENV" ] && ! "$BENCH_PY" -c pass >/dev/null 2>&1; then
-        log "removing broken venv at $BENCH_VENV"
-        rm -rf "$BENCH_VENV"
-    fi
-    if [ ! -x "$BENCH_PY" ]; then
-        log "creating the benchmark venv at $BENCH_VENV"
-        if ! "$python" -m venv "$BENCH_VENV" 2>/dev/null; then
-            rm -rf "$BENCH_VENV"
-            ensure_debian_packages python3-venv
-            "$python" -m venv "$BENCH_VENV"
-        fi
-    fi
-    log "installing into $BENCH_VENV: ${BENCH_PACKAGES[*]}"
-    "$BENCH_PY" -m pip install -q --disable-pip-version-check "${BENCH_PACKAGES[@]}"
-    _bench_venv_ok || die "the venv at $BENCH_VENV still cannot import dask, distributed, h5py, numpy and psutil"
+    ensure_python_env "$BENCH_VENV" "dask, dask.array, distributed, h5py, numpy, psutil" "${BENCH_PACKAGES[@]}"
 }
 
 main() {

@@ -58,33 +58,36 @@ ensure_build_deps() {
     command -v cargo >/dev/null 2>&1 || die "cargo not found on PATH (install a Rust toolchain with rustup)"
 }
 
-_venv_ok() {
-    [ -x "$DROVER_PY" ] && "$DROVER_PY" -c 'import numpy, h5py, pytest' >/dev/null 2>&1
+# ensure_python_env DIR "IMPORTS" PIP-ARGS...: a venv at DIR whose python can
+# `import IMPORTS`; created (installing python3-venv when Debian's python needs it)
+# and pip-installed only when that import fails, then checked again.
+ensure_python_env() {
+    local dir="$1" imports="$2"
+    shift 2
+    local py="$dir/bin/python"
+    [ -x "$py" ] && "$py" -c "import $imports" >/dev/null 2>&1 && return 0
+    local python="${PYTHON:-python3}"
+    command -v "$python" >/dev/null 2>&1 || ensure_debian_packages python3
+    if [ -e "$dir" ] && ! "$py" -c pass >/dev/null 2>&1; then
+        log "removing broken venv at $dir"   # e.g. its base interpreter is gone
+        rm -rf "$dir"
+    fi
+    if [ ! -x "$py" ]; then
+        log "creating Python venv at $dir"
+        if ! "$python" -m venv "$dir" 2>/dev/null; then
+            # Debian's python3 needs python3-venv for ensurepip
+            rm -rf "$dir"
+            ensure_debian_packages python3-venv
+            "$python" -m venv "$dir"
+        fi
+    fi
+    log "installing Python packages into $dir: $*"
+    "$py" -m pip install -q --disable-pip-version-check "$@"
+    "$py" -c "import $imports" >/dev/null 2>&1 || die "the venv at $dir still cannot import $imports"
 }
 
 ensure_venv() {
-    if _venv_ok; then
-        return 0
-    fi
-    local python="${PYTHON:-python3}"
-    command -v "$python" >/dev/null 2>&1 || ensure_debian_packages python3
-    if [ -e "$DROVER_VENV" ] && ! "$DROVER_PY" -c pass >/dev/null 2>&1; then
-        log "removing broken venv at $DROVER_VENV"   # e.g. its base interpreter is gone
-        rm -rf "$DROVER_VENV"
-    fi
-    if [ ! -x "$DROVER_PY" ]; then
-        log "creating Python venv at $DROVER_VENV"
-        if ! "$python" -m venv "$DROVER_VENV" 2>/dev/null; then
-            # Debian's python3 needs python3-venv for ensurepip
-            rm -rf "$DROVER_VENV"
-            ensure_debian_packages python3-venv
-            "$python" -m venv "$DROVER_VENV"
-        fi
-    fi
-    log "installing Python packages into $DROVER_VENV"
-    "$DROVER_PY" -m pip install -q --disable-pip-version-check \
-        -r "$DROVER_ROOT/tests/e2e/requirements.txt"
-    _venv_ok || die "the venv at $DROVER_VENV still cannot import numpy, h5py and pytest"
+    ensure_python_env "$DROVER_VENV" "numpy, h5py, pytest" -r "$DROVER_ROOT/tests/e2e/requirements.txt"
 }
 
 cargo_release_build() {
