@@ -56,6 +56,17 @@ def rows_for(drover: Path, tmp: Path, seconds: float) -> int:
     return max(int(seconds / per_row) // 20 * 20, 2000)
 
 
+def wait_for_journal_records(journal: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Wait until the running `proc` has durably recorded some results in `journal`
+    (the file grows past its header line), so that killing it leaves work to resume."""
+    header = len(b"DROVER-JOURNAL 1\n") + 64 + 1
+    deadline = time.monotonic() + timeout
+    while not (journal.exists() and journal.stat().st_size > header + 64):
+        assert proc.poll() is None, "the run ended before recording anything"
+        assert time.monotonic() < deadline, "no results were journaled"
+        time.sleep(0.05)
+
+
 def children_of(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -98,7 +109,7 @@ def test_a_killed_run_leaves_no_output_and_resumes(drover, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journal = tmp_path / ".slow.h5.drover-journal"
     try:
-        time.sleep(4.0)
+        wait_for_journal_records(journal, proc)
         assert proc.poll() is None, "the run must still be going when it is killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
@@ -129,7 +140,7 @@ def test_a_changed_workload_or_input_starts_fresh(drover, tmp_path, change):
     proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "2"], env=child_env(mark),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        time.sleep(3.0)
+        wait_for_journal_records(tmp_path / ".slow.h5.drover-journal", proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         wait_marked_gone(mark, 40.0)
