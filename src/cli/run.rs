@@ -132,7 +132,7 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, show_progress
     let handle = server::start(opts).await.map_err(runtime)?;
     let access = Access::load(&handle.access_path).map_err(runtime)?;
     let result = async {
-        let session = Session::open(&access).await.map_err(runtime)?;
+        let session = Session::open(&access).await.map_err(runtime)?.in_process();
         tokio::select! {
             r = run_session(session, workload, show_progress) => r,
             _ = tokio::signal::ctrl_c() => Err(runtime(anyhow!("interrupted"))),
@@ -182,7 +182,7 @@ async fn embedded(workload: Workload, n: usize, show_progress: bool) -> Result<S
         children.push(child);
     }
     let result = {
-        let session = Session::open(&access).await.map_err(runtime);
+        let session = Session::open(&access).await.map(Session::in_process).map_err(runtime);
         let all_exited = async {
             let mut codes = Vec::new();
             for c in children.iter_mut() {
@@ -203,7 +203,17 @@ async fn embedded(workload: Workload, n: usize, show_progress: bool) -> Result<S
         }
     };
     handle.stop().await;
+    // Registered workers leave as soon as the server closes their connections. One
+    // still connecting (or retrying) when the server stopped would keep trying for its
+    // death timeout: after a short grace, SIGTERM ends it cleanly.
+    let grace = tokio::time::Instant::now() + Duration::from_millis(200);
     for c in children.iter_mut() {
+        if tokio::time::timeout_at(grace, c.wait()).await.is_ok() {
+            continue;
+        }
+        if let Some(pid) = c.id() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+        }
         if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
             let _ = c.kill().await;
         }

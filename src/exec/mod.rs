@@ -20,7 +20,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::config::workload::OutDtype;
 use geometry::{block_region, operand_region};
-use kernel::{Value, eval, materialize, partial, partial_arity};
+use kernel::{eval, materialize, partial, partial_arity};
 use plan::{Kernel, Plan, StageKind};
 
 /// A task failed while executing.
@@ -53,7 +53,7 @@ pub struct BlockResult {
 }
 
 /// Open every input dataset of a plan (once per job and process).
-pub fn open_inputs(plan: &Plan) -> Result<Vec<hdf5::Dataset>, ExecError> {
+pub fn open_inputs(plan: &Plan) -> Result<Vec<hdf::Reader>, ExecError> {
     plan.inputs
         .iter()
         .map(|inp| {
@@ -63,7 +63,9 @@ pub fn open_inputs(plan: &Plan) -> Result<Vec<hdf5::Dataset>, ExecError> {
                 dataset: inp.dataset.clone(),
                 reason: e.to_string(),
             };
-            hdf5::File::open(&inp.file).and_then(|f| f.dataset(&inp.dataset)).map_err(err)
+            let r = hdf::Reader::open(&inp.file, &inp.dataset).map_err(err)?;
+            tracing::debug!(input = %inp.name, direct = r.is_direct(), "opened input");
+            Ok(r)
         })
         .collect()
 }
@@ -73,6 +75,17 @@ fn fmt_region(r: &[Range<usize>]) -> String {
         "[{}]",
         r.iter().map(|r| format!("{}:{}", r.start, r.end)).collect::<Vec<_>>().join(", ")
     )
+}
+
+fn read_error(plan: &Plan, input: u32, region: &[Range<usize>], e: hdf5::Error) -> ExecError {
+    let inp = &plan.inputs[input as usize];
+    ExecError::Read {
+        input: inp.name.clone(),
+        file: inp.file.display().to_string(),
+        dataset: inp.dataset.clone(),
+        region: fmt_region(region),
+        reason: e.to_string(),
+    }
 }
 
 /// Append an f64 array's values in logical (row-major) order as little-endian bytes.
@@ -116,7 +129,7 @@ pub fn take_f64(bytes: &[u8], off: &mut usize, shape: &[usize]) -> Option<ArrayD
 /// and walking it again, which made reductions several times slower.
 pub fn execute_block(
     plan: &Plan,
-    datasets: &[hdf5::Dataset],
+    datasets: &[hdf::Reader],
     consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
     stage: u32,
     block: u64,
@@ -149,12 +162,25 @@ pub fn execute_block(
                 })
                 .collect();
             for_each_piece(&region, &piece, |abs, rel| {
+                // A plain input reduced as stored: reduce the mapped file in place.
+                if let Kernel::Input(i) = st.kernel
+                    && plan.inputs[i as usize].shape == st.shape
+                    && let Some(view) = datasets[i as usize].view(abs).map_err(|e| read_error(plan, i, abs, e))?
+                {
+                    bytes_read += (view.len() * 8) as u64;
+                    for (acc, &c) in accs.iter_mut().zip(ids) {
+                        let spec = &plan.consts[c as usize];
+                        acc.merge(rel, partial(spec.op, &view, &spec.axes));
+                    }
+                    return Ok(());
+                }
                 let (arr, n) = eval_region(plan, datasets, consts, st, abs)?;
                 bytes_read += n;
                 for (acc, &c) in accs.iter_mut().zip(ids) {
                     let spec = &plan.consts[c as usize];
                     acc.merge(rel, partial(spec.op, &arr, &spec.axes));
                 }
+                recycle(arr);
                 Ok(())
             })?;
             let mut buf = Vec::new();
@@ -167,26 +193,22 @@ pub fn execute_block(
             buf
         }
         StageKind::Write { output } => {
-            let out = &plan.outputs[*output as usize];
-            let value = if piece == shape {
-                let (arr, n) = eval_region(plan, datasets, consts, st, &region)?;
-                bytes_read += n;
-                arr
-            } else {
-                let mut whole = ArrayD::<f64>::zeros(IxDyn(&shape));
-                for_each_piece(&region, &piece, |abs, rel| {
-                    let (arr, n) = eval_region(plan, datasets, consts, st, abs)?;
-                    bytes_read += n;
-                    let mut view = whole.view_mut();
-                    for (d, r) in rel.iter().enumerate() {
-                        view.slice_axis_inplace(ndarray::Axis(d), ndarray::Slice::from(r.clone()));
-                    }
-                    view.assign(&arr);
-                    Ok(())
-                })?;
-                whole
+            // Each piece is encoded straight into its place in the payload: the block
+            // exists once, as the bytes that are sent.
+            let dtype = plan.outputs[*output as usize].dtype;
+            let width = match dtype {
+                OutDtype::F64 => 8,
+                OutDtype::F32 => 4,
             };
-            encode_output(Value::Array(value), &shape, out.dtype)
+            let mut buf = vec![0u8; shape.iter().product::<usize>() * width];
+            for_each_piece(&region, &piece, |abs, rel| {
+                let (arr, n) = eval_region(plan, datasets, consts, st, abs)?;
+                bytes_read += n;
+                encode_piece(&arr, rel, &shape, dtype, &mut buf);
+                recycle(arr);
+                Ok(())
+            })?;
+            buf
         }
     };
     Ok(BlockResult { bytes_read, payload })
@@ -263,7 +285,7 @@ fn for_each_piece(
 /// region's shape and the input bytes read.
 fn eval_region(
     plan: &Plan,
-    datasets: &[hdf5::Dataset],
+    datasets: &[hdf::Reader],
     consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
     st: &plan::Stage,
     region: &[Range<usize>],
@@ -279,13 +301,7 @@ fn eval_region(
             }
             let inp = &plan.inputs[*i as usize];
             let r = operand_region(region, &inp.shape);
-            let a = hdf::read_region(&datasets[*i as usize], &r, inp.hdf5_chunk.as_deref()).map_err(|e| ExecError::Read {
-                input: inp.name.clone(),
-                file: inp.file.display().to_string(),
-                dataset: inp.dataset.clone(),
-                region: fmt_region(&r),
-                reason: e.to_string(),
-            })?;
+            let a = read_pooled(&datasets[*i as usize], &r).map_err(|e| read_error(plan, *i, &r, e))?;
             bytes_read += (a.len() * inp.dtype.size()) as u64;
             if reused(*i) {
                 cache.push((*i, a.clone()));
@@ -310,21 +326,96 @@ fn count_leaf(k: &Kernel, input: u32) -> usize {
     }
 }
 
-fn encode_output(value: Value, shape: &[usize], dtype: OutDtype) -> Vec<u8> {
-    let arr = materialize(value, shape);
-    match dtype {
-        OutDtype::F64 => {
-            let mut buf = Vec::new();
-            push_f64(&mut buf, &arr);
-            buf
+/// Write `arr`, the values of the piece `rel` of a block of shape `shape`, at its place
+/// in the block's little-endian payload.
+fn encode_piece(arr: &ArrayD<f64>, rel: &[Range<usize>], shape: &[usize], dtype: OutDtype, payload: &mut [u8]) {
+    let width = match dtype {
+        OutDtype::F64 => 8,
+        OutDtype::F32 => 4,
+    };
+    let put = |dst: &mut [u8], src: &mut dyn Iterator<Item = f64>| match dtype {
+        OutDtype::F64 => dst
+            .chunks_exact_mut(8)
+            .zip(src)
+            .for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
+        OutDtype::F32 => dst
+            .chunks_exact_mut(4)
+            .zip(src)
+            .for_each(|(d, v)| d.copy_from_slice(&(v as f32).to_le_bytes())),
+    };
+    let rank = shape.len();
+    if rank == 0 {
+        put(payload, &mut arr.iter().copied());
+        return;
+    }
+    let run = rel[rank - 1].len();
+    if run == 0 || rel.iter().any(|r| r.is_empty()) {
+        return;
+    }
+    let mut stride = vec![1usize; rank];
+    for d in (0..rank - 1).rev() {
+        stride[d] = stride[d + 1] * shape[d + 1];
+    }
+    let values = arr.as_slice();
+    let mut pos: Vec<usize> = rel.iter().map(|r| r.start).collect();
+    let mut row = 0usize;
+    let mut all = arr.iter().copied();
+    loop {
+        let dst: usize = (0..rank).map(|d| pos[d] * stride[d]).sum();
+        let out = &mut payload[dst * width..(dst + run) * width];
+        match values {
+            Some(v) => put(out, &mut v[row * run..(row + 1) * run].iter().copied()),
+            None => put(out, &mut all.by_ref().take(run)),
         }
-        OutDtype::F32 => {
-            let mut buf = Vec::with_capacity(arr.len() * 4);
-            for v in arr.iter() {
-                buf.extend_from_slice(&(*v as f32).to_le_bytes());
+        row += 1;
+        let mut d = rank - 1;
+        loop {
+            if d == 0 {
+                return;
             }
-            buf
+            d -= 1;
+            pos[d] += 1;
+            if pos[d] < rel[d].end {
+                break;
+            }
+            pos[d] = rel[d].start;
         }
+    }
+}
+
+thread_local! {
+    /// Piece-sized buffers reused across the pieces of this thread's blocks, so the hot
+    /// loop allocates nothing large. (With glibc, a buffer of a few MiB otherwise comes
+    /// from a fresh mmap, faulted in and zeroed page by page, whenever malloc's mmap
+    /// threshold is pinned, for example by the MALLOC_TRIM_THRESHOLD_ that Python data
+    /// stacks export: that made whole runs three times slower.)
+    static POOL: std::cell::RefCell<Vec<Vec<f64>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Read a region into a pooled buffer.
+fn read_pooled(r: &hdf::Reader, region: &[Range<usize>]) -> hdf5::Result<ArrayD<f64>> {
+    let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
+    let n: usize = shape.iter().product();
+    let mut v = POOL.with_borrow_mut(|p| p.pop()).unwrap_or_default();
+    // Every element is overwritten by the read: only a longer buffer writes new zeros.
+    if v.len() >= n {
+        v.truncate(n);
+    } else {
+        v.resize(n, 0.0);
+    }
+    r.read_into(region, &mut v)?;
+    Ok(ArrayD::from_shape_vec(IxDyn(&shape), v).expect("buffer of the region's size"))
+}
+
+/// Return an array's buffer to the pool.
+fn recycle(a: ArrayD<f64>) {
+    let (v, _) = a.into_raw_vec_and_offset();
+    if v.capacity() >= 1 << 14 {
+        POOL.with_borrow_mut(|p| {
+            if p.len() < 4 {
+                p.push(v);
+            }
+        });
     }
 }
 

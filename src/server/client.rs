@@ -36,6 +36,9 @@ pub struct Session {
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
+    /// Wait briefly after closing so the close reaches the server before the process
+    /// exits (not needed when the server runs in this process).
+    linger: bool,
 }
 
 impl Session {
@@ -54,7 +57,15 @@ impl Session {
             conn,
             send,
             recv,
+            linger: true,
         })
+    }
+
+    /// A session with a server running in this process, which outlives the session's
+    /// close: closing need not wait for the close to be sent.
+    pub fn in_process(mut self) -> Self {
+        self.linger = false;
+        self
     }
 
     async fn next(&mut self) -> Result<ServerMsg, ClientError> {
@@ -135,6 +146,8 @@ impl Session {
         self.conn.close(quinn::VarInt::from_u32(0), b"done");
         // The close goes out at once; a short wait lets the endpoint send it without
         // sitting out the whole draining period (3 x PTO).
-        let _ = tokio::time::timeout(Duration::from_millis(10), self.endpoint.wait_idle()).await;
+        if self.linger {
+            let _ = tokio::time::timeout(Duration::from_millis(10), self.endpoint.wait_idle()).await;
+        }
     }
 }

@@ -13,14 +13,33 @@ use crate::transport::Token;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(super) async fn accept_loop(endpoint: quinn::Endpoint, token: Arc<Token>, events: mpsc::UnboundedSender<Event>) {
+/// The connections accepted so far that may still be open.
+#[derive(Clone, Default)]
+pub(super) struct Peers(Arc<std::sync::Mutex<Vec<quinn::Connection>>>);
+
+impl Peers {
+    fn add(&self, conn: &quinn::Connection) {
+        let mut all = self.0.lock().expect("peers lock");
+        all.retain(|c| c.close_reason().is_none());
+        all.push(conn.clone());
+    }
+
+    /// Whether some connection is still open: closing the endpoint must then send it
+    /// a close before the process exits.
+    pub(super) fn any_open(&self) -> bool {
+        self.0.lock().expect("peers lock").iter().any(|c| c.close_reason().is_none())
+    }
+}
+
+pub(super) async fn accept_loop(endpoint: quinn::Endpoint, token: Arc<Token>, events: mpsc::UnboundedSender<Event>, peers: Peers) {
     while let Some(incoming) = endpoint.accept().await {
         let token = token.clone();
         let events = events.clone();
         let remote = incoming.remote_address();
+        let peers = peers.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = handle(incoming, token, events).await {
+                if let Err(e) = handle(incoming, token, events, peers).await {
                     tracing::debug!(error = %e, "connection ended");
                 }
             }
@@ -38,8 +57,9 @@ async fn reject(conn: &quinn::Connection, mut send: quinn::SendStream, reason: S
     conn.close(quinn::VarInt::from_u32(1), b"rejected");
 }
 
-async fn handle(incoming: quinn::Incoming, token: Arc<Token>, events: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
+async fn handle(incoming: quinn::Incoming, token: Arc<Token>, events: mpsc::UnboundedSender<Event>, peers: Peers) -> anyhow::Result<()> {
     let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await??;
+    peers.add(&conn);
     let (send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await??;
     let (hello, _): (PeerMsg, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, proto::read_frame(&mut recv)).await??;
     let PeerMsg::Hello(Hello {
@@ -102,6 +122,10 @@ async fn handle(incoming: quinn::Incoming, token: Arc<Token>, events: mpsc::Unbo
             }
             .instrument(span)
             .await;
+            // The worker finished its stream (it was asked to stop) or is gone: close
+            // from this side, so a leaving worker need not sit out QUIC's draining
+            // period to be sure its own close was sent.
+            conn.close(quinn::VarInt::from_u32(0), b"goodbye");
             let _ = events.send(Event::WorkerGone { id, reason });
         }
         Role::Client => {

@@ -121,7 +121,8 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     access.write(&access_path)?;
     let (events, rx) = mpsc::unbounded_channel();
     let token = Arc::new(token);
-    let accept = tokio::spawn(conn::accept_loop(endpoint.clone(), token, events.clone()));
+    let peers = conn::Peers::default();
+    let accept = tokio::spawn(conn::accept_loop(endpoint.clone(), token, events.clone(), peers.clone()));
     let site = match opts.site {
         Some(site) => {
             let log_dir = site.log_dir.clone().unwrap_or_else(|| opts.dir.join("logs"));
@@ -145,8 +146,13 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     let task = tokio::spawn(async move {
         actor.run(rx).await;
         accept.abort();
+        // Peers still connected get a close; a short wait sends it without sitting out
+        // the draining period. Connections already closed have nothing left to send.
+        let open = peers.any_open();
         endpoint.close(quinn::VarInt::from_u32(0), b"server stopped");
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(20), endpoint.wait_idle()).await;
+        if open {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(20), endpoint.wait_idle()).await;
+        }
         let _ = std::fs::remove_file(&path);
     });
     tracing::info!(%addr, access = %access_path.display(), "server listening");

@@ -53,7 +53,7 @@ pub struct WorkerOptions {
 
 struct JobCtx {
     plan: Plan,
-    datasets: OnceLock<Result<Vec<hdf5::Dataset>, String>>,
+    datasets: OnceLock<Result<Vec<exec::hdf::Reader>, String>>,
     consts: RwLock<HashMap<u32, Arc<ArrayD<f64>>>>,
 }
 
@@ -283,10 +283,15 @@ async fn session(
         // The sender ends when all task threads dropped their result senders.
         let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
     }
-    conn.close(quinn::VarInt::from_u32(0), b"worker exiting");
-    // Flush the close to the server before the process exits, so it sees us leave at
-    // once instead of waiting for an idle timeout.
-    let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.wait_idle()).await;
+    // Asked to stop, the worker has finished its stream and the server closes the
+    // connection once it has read it all. Otherwise (or if that close does not come),
+    // close from here and flush the close before the process exits, so the server sees
+    // us leave at once instead of waiting for an idle timeout.
+    let closed_by_server = !signalled && result.is_ok() && tokio::time::timeout(Duration::from_secs(1), conn.closed()).await.is_ok();
+    if !closed_by_server {
+        conn.close(quinn::VarInt::from_u32(0), b"worker exiting");
+        let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.wait_idle()).await;
+    }
     result
 }
 

@@ -314,13 +314,14 @@ def write_workload(
 # Data
 
 
-def write_h5(path: Path, datasets: Mapping[str, Any], mode: str = "a") -> Path:
+def write_h5(path: Path, datasets: Mapping[str, Any], mode: str = "a", file_kw: Mapping[str, Any] | None = None) -> Path:
     """Write datasets into an HDF5 file.
 
     datasets maps a dataset path to either an array or (array, create_dataset kwargs),
     e.g. {"/grp/x": (arr, {"chunks": (10, 7), "compression": "gzip", "shuffle": True})}.
+    file_kw are h5py.File keywords (for example userblock_size).
     """
-    with h5py.File(path, mode) as f:
+    with h5py.File(path, mode, **(file_kw or {})) as f:
         for name, spec in datasets.items():
             if isinstance(spec, tuple):
                 arr, kw = spec
@@ -498,17 +499,23 @@ def run_workload(
     extra_args: Sequence[str] = (),
     check: bool = True,
     workload_name: str = "workload.toml",
+    env: Mapping[str, str] | None = None,
+    h5_file_kw: Mapping[str, Any] | None = None,
+    write_inputs: bool = True,
 ) -> tuple[Run, dict | None, dict[str, np.ndarray]]:
     """Write inputs + workload into workdir, run `drover run --json`, compare every
-    output with the oracle.  Returns (run, json, {dataset: values})."""
+    output with the oracle.  Returns (run, json, {dataset: values}).
+
+    write_inputs=False: the test wrote the input files itself (Input.data is then only
+    the oracle's copy of the values)."""
     workdir.mkdir(parents=True, exist_ok=True)
     per_file: dict[str, dict] = {}
     for inp in inputs.values():
         per_file.setdefault(inp.file, {})[inp.dataset] = (
             (inp.data, inp.h5) if inp.h5 else inp.data
         )
-    for fname, dsets in per_file.items():
-        write_h5(workdir / fname, dsets, mode="a")
+    for fname, dsets in per_file.items() if write_inputs else ():
+        write_h5(workdir / fname, dsets, mode="a", file_kw=h5_file_kw)
     wl = write_workload(
         workdir / workload_name,
         {name: inp.spec() for name, inp in inputs.items()},
@@ -518,7 +525,7 @@ def run_workload(
     if workers is not None:
         args += ["--workers", str(workers)]
     args += list(extra_args)
-    run = run_drover(drover, args)
+    run = run_drover(drover, args, env=env)
     if not check:
         return run, None, {}
     assert run.rc == 0, f"drover run failed\n{run.describe()}"
