@@ -186,6 +186,8 @@ struct Direct {
     cell: Vec<usize>,
     /// Contiguous: the data's offset. Chunked: `None`, chunk addresses are looked up.
     contiguous: Option<u64>,
+    /// Cells per dimension.
+    grid: Vec<usize>,
     /// Chunk linear index -> file offset (`None`: not stored raw, read through HDF5).
     addrs: std::sync::Mutex<std::collections::HashMap<u64, Option<u64>>>,
 }
@@ -257,7 +259,7 @@ impl Reader {
         if !pre.is_empty() {
             return Ok(None);
         }
-        d.prefault(off, d.cell_bytes());
+        d.prefault_span(off, &idx, region);
         let whole = ndarray::ArrayViewD::from_shape(IxDyn(&d.cell), &cells[..d.cell.iter().product::<usize>()]).expect("cell-sized slice");
         let mut v = whole;
         for (ax, (r, &i)) in region.iter().zip(&idx).enumerate() {
@@ -314,20 +316,43 @@ impl Direct {
         {
             return None;
         }
+        let grid = shape.iter().zip(&cell).map(|(s, c)| s.div_ceil(*c)).collect();
         Some(Self {
             map,
             dtype,
             big_endian,
             cell,
             contiguous,
+            grid,
             addrs: Default::default(),
         })
     }
 
-    /// Map a cell's pages before walking them: one call instead of a page fault per
-    /// few pages (a hint; kernels before 5.14 refuse it and the faults happen).
+    /// Map pages before walking them: one call instead of a page fault per few pages
+    /// (a hint; kernels before 5.14 refuse it and the faults happen). Chunks are mapped
+    /// whole on their first lookup; a contiguous dataset, the span each read covers
+    /// when that is large enough to be worth a call.
     fn prefault(&self, off: u64, len: usize) {
         let _ = self.map.advise_range(memmap2::Advice::PopulateRead, off as usize, len);
+    }
+
+    /// For a contiguous dataset, prefault the bytes `sub` spans (cell `idx`).
+    fn prefault_span(&self, off: u64, idx: &[usize], sub: &[Range<usize>]) {
+        if self.contiguous.is_none() {
+            return;
+        }
+        let (mut first, mut last) = (0usize, 0usize);
+        for (d, r) in sub.iter().enumerate() {
+            let stride: usize = self.cell[d + 1..].iter().product();
+            let base = idx[d] * self.cell[d];
+            first += (r.start - base) * stride;
+            last += (r.end - 1 - base) * stride;
+        }
+        let size = self.dtype.size();
+        let len = (last + 1 - first) * size;
+        if len >= 64 << 10 {
+            self.prefault(off + (first * size) as u64, len);
+        }
     }
 
     fn cell_bytes(&self) -> usize {
@@ -339,8 +364,7 @@ impl Direct {
         if let Some(off) = self.contiguous {
             return Ok(Some(off));
         }
-        let grid: Vec<usize> = ds.shape().iter().zip(&self.cell).map(|(s, c)| s.div_ceil(*c)).collect();
-        let linear = idx.iter().zip(&grid).fold(0u64, |acc, (&i, &g)| acc * g as u64 + i as u64);
+        let linear = idx.iter().zip(&self.grid).fold(0u64, |acc, (&i, &g)| acc * g as u64 + i as u64);
         if let Some(v) = self.addrs.lock().expect("chunk address cache").get(&linear) {
             return Ok(*v);
         }
@@ -357,6 +381,9 @@ impl Direct {
         let whole = self.cell_bytes() as u64;
         let raw = addr != hdf5_sys::h5::HADDR_UNDEF && size == whole && addr.checked_add(whole).is_some_and(|e| e <= self.map.len() as u64);
         let v = raw.then_some(addr);
+        if raw {
+            self.prefault(addr, whole as usize);
+        }
         self.addrs.lock().expect("chunk address cache").insert(linear, v);
         Ok(v)
     }
@@ -374,7 +401,7 @@ impl Direct {
     ) -> hdf5::Result<()> {
         let size = self.dtype.size();
         let bytes = &self.map[off as usize..off as usize + self.cell_bytes()];
-        self.prefault(off, self.cell_bytes());
+        self.prefault_span(off, idx, sub);
         let rank = sub.len();
         let run = sub[rank - 1].len();
         // Row-major strides (in elements) of the cell and of the output region.

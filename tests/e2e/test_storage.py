@@ -138,3 +138,13 @@ def test_reductions_over_leading_trailing_and_middle_axes(drover, tmp_path, rng,
     ]
     inputs = {"x": Input("in.h5", "/x", x, chunks=[5, 7, 4], h5={"chunks": (5, 7, 4)})}
     _run(drover, tmp_path, inputs, path, cases)
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_large_contiguous_input_read_in_pieces(drover, tmp_path, rng, path):
+    """A contiguous dataset is one storage cell: blocks read spans of it (large spans
+    are prefaulted), in pieces that are not aligned to anything stored."""
+    x = rng.normal(100.0, 5.0, size=(700, 1500))
+    cases = [Case("mean(x, axis=0)", "/m0"), Case("sum(x, axis=1)", "/s1"), Case("x - mean(x, axis=0)", "/anom")]
+    run = _run(drover, tmp_path, {"x": Input("in.h5", "/x", x, chunks=[300, 1100])}, path, cases)
+    assert _direct_flags(run) == ({"true"} if path == "mapped" else {"false"}), run.describe()
