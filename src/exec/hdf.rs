@@ -190,7 +190,25 @@ struct Direct {
     grid: Vec<usize>,
     /// Chunk linear index -> file offset (`None`: not stored raw, read through HDF5).
     addrs: std::sync::Mutex<std::collections::HashMap<u64, Option<u64>>>,
+    /// The parts of the map kept mapped into this process.
+    resident: std::sync::Mutex<Resident>,
 }
+
+/// Bounds how much of a mapped file stays mapped into the process.
+///
+/// Mapped file pages count in a process's RSS (they are the page cache's, shared and
+/// reclaimable, but batch systems and monitors that police RSS cannot tell). Spans are
+/// mapped in (prefaulted) when first read and unmapped again, oldest first, beyond a
+/// budget: a worker's RSS stays near its own buffers, whatever the size of its inputs.
+struct Resident {
+    budget: usize,
+    bytes: usize,
+    order: std::collections::VecDeque<(u64, usize)>,
+    spans: std::collections::HashSet<u64>,
+}
+
+/// Contiguous datasets are tracked in windows of this many bytes.
+const WINDOW: u64 = 1 << 20;
 
 impl Reader {
     /// Open `dataset` of `path` for reading.
@@ -259,7 +277,7 @@ impl Reader {
         if !pre.is_empty() {
             return Ok(None);
         }
-        d.prefault_span(off, &idx, region);
+        d.touch(off, &idx, region);
         let whole = ndarray::ArrayViewD::from_shape(IxDyn(&d.cell), &cells[..d.cell.iter().product::<usize>()]).expect("cell-sized slice");
         let mut v = whole;
         for (ax, (r, &i)) in region.iter().zip(&idx).enumerate() {
@@ -317,6 +335,7 @@ impl Direct {
             return None;
         }
         let grid = shape.iter().zip(&cell).map(|(s, c)| s.div_ceil(*c)).collect();
+        let budget = (2 * cell_bytes as usize).clamp(16 << 20, 64 << 20);
         Some(Self {
             map,
             dtype,
@@ -325,33 +344,58 @@ impl Direct {
             contiguous,
             grid,
             addrs: Default::default(),
+            resident: std::sync::Mutex::new(Resident {
+                budget,
+                bytes: 0,
+                order: Default::default(),
+                spans: Default::default(),
+            }),
         })
     }
 
-    /// Map pages before walking them: one call instead of a page fault per few pages
-    /// (a hint; kernels before 5.14 refuse it and the faults happen). Chunks are mapped
-    /// whole on their first lookup; a contiguous dataset, the span each read covers
-    /// when that is large enough to be worth a call.
-    fn prefault(&self, off: u64, len: usize) {
-        let _ = self.map.advise_range(memmap2::Advice::PopulateRead, off as usize, len);
-    }
-
-    /// For a contiguous dataset, prefault the bytes `sub` spans (cell `idx`).
-    fn prefault_span(&self, off: u64, idx: &[usize], sub: &[Range<usize>]) {
-        if self.contiguous.is_none() {
-            return;
-        }
-        let (mut first, mut last) = (0usize, 0usize);
-        for (d, r) in sub.iter().enumerate() {
-            let stride: usize = self.cell[d + 1..].iter().product();
-            let base = idx[d] * self.cell[d];
-            first += (r.start - base) * stride;
-            last += (r.end - 1 - base) * stride;
-        }
-        let size = self.dtype.size();
-        let len = (last + 1 - first) * size;
-        if len >= 64 << 10 {
-            self.prefault(off + (first * size) as u64, len);
+    /// Before reading the bytes `sub` covers in cell `idx` (at file offset `off`):
+    /// map them in if they are not, one call instead of a page fault per few pages (a
+    /// hint; kernels before 5.14 refuse it and the faults happen), and unmap the
+    /// oldest spans beyond the budget. A chunk is one span; a contiguous dataset is
+    /// tracked in windows of [`WINDOW`] bytes.
+    fn touch(&self, off: u64, idx: &[usize], sub: &[Range<usize>]) {
+        let spans: Vec<(u64, usize)> = if self.contiguous.is_none() {
+            vec![(off, self.cell_bytes())]
+        } else {
+            let (mut first, mut last) = (0usize, 0usize);
+            for (d, r) in sub.iter().enumerate() {
+                let stride: usize = self.cell[d + 1..].iter().product();
+                let base = idx[d] * self.cell[d];
+                first += (r.start - base) * stride;
+                last += (r.end - 1 - base) * stride;
+            }
+            let size = self.dtype.size() as u64;
+            let (a, b) = (off + first as u64 * size, off + (last as u64 + 1) * size);
+            (a / WINDOW..b.div_ceil(WINDOW))
+                .map(|w| {
+                    let start = w * WINDOW;
+                    (start, (WINDOW.min(self.map.len() as u64 - start)) as usize)
+                })
+                .collect()
+        };
+        let mut r = self.resident.lock().expect("resident spans");
+        for (start, len) in spans {
+            if !r.spans.insert(start) {
+                continue;
+            }
+            let _ = self.map.advise_range(memmap2::Advice::PopulateRead, start as usize, len);
+            r.order.push_back((start, len));
+            r.bytes += len;
+            while r.bytes > r.budget && r.order.len() > 1 {
+                let (old, n) = r.order.pop_front().expect("non-empty");
+                r.spans.remove(&old);
+                r.bytes -= n;
+                // SAFETY: the map is a read-only shared mapping of a file: dropping its
+                // pages from this process only unmaps them; a later read of the span
+                // (by any thread, even one reading it now) faults them in again from the
+                // page cache, with the same contents.
+                let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, old as usize, n) };
+            }
         }
     }
 
@@ -381,9 +425,6 @@ impl Direct {
         let whole = self.cell_bytes() as u64;
         let raw = addr != hdf5_sys::h5::HADDR_UNDEF && size == whole && addr.checked_add(whole).is_some_and(|e| e <= self.map.len() as u64);
         let v = raw.then_some(addr);
-        if raw {
-            self.prefault(addr, whole as usize);
-        }
         self.addrs.lock().expect("chunk address cache").insert(linear, v);
         Ok(v)
     }
@@ -401,7 +442,7 @@ impl Direct {
     ) -> hdf5::Result<()> {
         let size = self.dtype.size();
         let bytes = &self.map[off as usize..off as usize + self.cell_bytes()];
-        self.prefault_span(off, idx, sub);
+        self.touch(off, idx, sub);
         let rank = sub.len();
         let run = sub[rank - 1].len();
         // Row-major strides (in elements) of the cell and of the output region.
@@ -592,6 +633,31 @@ pub fn create_output(
 /// Write a region of an output from f64 or f32 little-endian bytes.
 pub fn write_region(ds: &hdf5::Dataset, region: &[Range<usize>], dtype: OutDtype, bytes: &[u8]) -> hdf5::Result<()> {
     let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
+    // Written straight from the received bytes when they are aligned and native
+    // little-endian (the usual case): a block is never copied to be written.
+    macro_rules! in_place {
+        ($t:ty) => {
+            if cfg!(target_endian = "little") {
+                // SAFETY: f32 and f64 have no invalid bit patterns; align_to puts the
+                // bytes it cannot align in the prefix and suffix, checked empty here.
+                let (pre, vals, post) = unsafe { bytes.align_to::<$t>() };
+                if pre.is_empty() && post.is_empty() {
+                    let a = ndarray::ArrayViewD::from_shape(IxDyn(&shape), vals).map_err(|e| hdf5::Error::from(e.to_string()))?;
+                    if region.is_empty() {
+                        return ds.as_writer().write_scalar(a.first().expect("0-d array has one element"));
+                    }
+                    if a.is_empty() {
+                        return Ok(());
+                    }
+                    return ds.as_writer().write_slice(a, hyperslab(region));
+                }
+            }
+        };
+    }
+    match dtype {
+        OutDtype::F64 => in_place!(f64),
+        OutDtype::F32 => in_place!(f32),
+    }
     match dtype {
         OutDtype::F64 => {
             let v: Vec<f64> = bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();

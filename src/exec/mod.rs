@@ -1,12 +1,14 @@
 //! The array engine: expressions, plans, chunk geometry, kernels and HDF5 I/O.
 //! Synchronous code; callers run it on their own threads.
 //!
+//! - [`buffers`]: reuse of large byte buffers.
 //! - [`expr`]: the expression language (parser).
 //! - [`plan`]: workload -> stages -> task graph, with all input validation.
 //! - [`geometry`]: chunk grids and broadcasting.
 //! - [`kernel`]: blockwise evaluation, partial reductions, accumulators.
 //! - [`hdf`]: HDF5 inspection, block reads, output writes.
 
+pub mod buffers;
 pub mod expr;
 pub mod geometry;
 pub mod hdf;
@@ -200,7 +202,8 @@ pub fn execute_block(
                 OutDtype::F64 => 8,
                 OutDtype::F32 => 4,
             };
-            let mut buf = vec![0u8; shape.iter().product::<usize>() * width];
+            // Every byte is overwritten: the pieces tile the block.
+            let mut buf = buffers::PAYLOADS.take(shape.iter().product::<usize>() * width);
             for_each_piece(&region, &piece, |abs, rel| {
                 let (arr, n) = eval_region(plan, datasets, consts, st, abs)?;
                 bytes_read += n;

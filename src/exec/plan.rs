@@ -722,6 +722,35 @@ impl Plan {
         })
     }
 
+    /// The largest payload one task can send: a whole output block, or a block's
+    /// partial reductions.
+    pub fn largest_result_bytes(&self) -> u64 {
+        self.stages
+            .iter()
+            .map(|st| {
+                let block: u64 = st.block.iter().map(|&n| n as u64).product();
+                match &st.kind {
+                    StageKind::Write { output } => block * self.outputs[*output as usize].dtype.size() as u64,
+                    StageKind::Reduce { consts } => consts
+                        .iter()
+                        .map(|&c| {
+                            let spec = &self.consts[c as usize];
+                            let kept: u64 = st
+                                .block
+                                .iter()
+                                .enumerate()
+                                .filter(|(i, _)| !spec.axes.contains(i))
+                                .map(|(_, &n)| n as u64)
+                                .product();
+                            kept * 8 * super::kernel::partial_arity(spec.op) as u64
+                        })
+                        .sum(),
+                }
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The task graph and the map from task ids to stages and blocks.
     pub fn graph(&self) -> (Graph, TaskMap) {
         let total: u64 = self.stages.iter().map(|s| block_count(&s.shape, &s.block) + 1).sum();

@@ -279,6 +279,13 @@ pub async fn write_frame<W: AsyncWrite + Unpin, M: Serialize>(w: &mut W, msg: &M
 
 /// Read one frame: the message and its payload.
 pub async fn read_frame<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(r: &mut R) -> Result<(M, Vec<u8>), FrameError> {
+    let (msg, plen) = read_head(r).await?;
+    Ok((msg, read_payload(r, plen).await?))
+}
+
+/// Read a frame's message and its payload's length; the payload follows
+/// ([`read_payload`]).
+pub async fn read_head<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(r: &mut R) -> Result<(M, u64), FrameError> {
     let mut pre = [0u8; 12];
     match r.read_exact(&mut pre).await {
         Ok(_) => {}
@@ -295,12 +302,16 @@ pub async fn read_frame<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(r: &
     }
     let mut head = vec![0u8; hlen as usize];
     r.read_exact(&mut head).await?;
-    let msg = postcard::from_bytes(&head)?;
-    let mut payload = vec![0u8; plen as usize];
-    if plen > 0 {
+    Ok((postcard::from_bytes(&head)?, plen))
+}
+
+/// Read a payload of `len` bytes (at most [`MAX_PAYLOAD`], checked by [`read_head`]).
+pub async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> Result<Vec<u8>, FrameError> {
+    let mut payload = crate::exec::buffers::PAYLOADS.take(len as usize);
+    if len > 0 {
         r.read_exact(&mut payload).await?;
     }
-    Ok((msg, payload))
+    Ok(payload)
 }
 
 #[cfg(test)]

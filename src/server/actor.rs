@@ -223,7 +223,12 @@ pub struct Actor {
     /// Recently lost workers, for `drover status`.
     lost: VecDeque<proto::LostWorker>,
     site: Option<SitePool>,
+    /// The budget of received result bytes, sized per job.
+    inbound: Option<super::conn::Inbound>,
 }
+
+/// The inbound budget before any job sets one.
+pub(super) const DEFAULT_INBOUND: u64 = 128 << 20;
 
 fn send(tx: &Tx, msg: ServerMsg) {
     let _ = tx.send(Outgoing::msg(msg));
@@ -260,7 +265,14 @@ impl Actor {
             prefetch: 2,
             lost: VecDeque::new(),
             site,
+            inbound: None,
         }
+    }
+
+    /// Size the connections' inbound budget per job.
+    pub(super) fn with_inbound(mut self, inbound: super::conn::Inbound) -> Self {
+        self.inbound = Some(inbound);
+        self
     }
 
     fn now(&self) -> Duration {
@@ -596,6 +608,11 @@ impl Actor {
                     },
                 );
                 tracing::info!(job = id, tasks = tasks_total, stages = p.plan.stages.len(), "job started");
+                if let Some(inbound) = &self.inbound {
+                    // Twice the largest result, so one is written (or merged) while the
+                    // next arrives; at least 16 MiB.
+                    inbound.set_limit((2 * p.plan.largest_result_bytes()).max(16 << 20));
+                }
                 self.slot = Slot::Running(Box::new(Job {
                     id,
                     client,

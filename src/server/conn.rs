@@ -31,15 +31,82 @@ impl Peers {
     }
 }
 
-pub(super) async fn accept_loop(endpoint: quinn::Endpoint, token: Arc<Token>, events: mpsc::UnboundedSender<Event>, peers: Peers) {
+/// Bounds the bytes of large result payloads the server holds (received but not yet
+/// merged or written). A worker's frame payload is read only once it fits, so a writer
+/// slower than the workers pushes back through QUIC flow control to them instead of
+/// the driver's memory growing. The limit is set per job: twice its largest payload.
+#[derive(Clone)]
+pub(super) struct Inbound(Arc<std::sync::Mutex<(Arc<tokio::sync::Semaphore>, u32)>>);
+
+/// Inbound budgets count KiB; payloads under [`Inbound::LARGE`] are not counted.
+const KIB: u64 = 1 << 10;
+
+impl Inbound {
+    const LARGE: u64 = 1 << 20;
+
+    pub(super) fn new(limit: u64) -> Self {
+        let units = Self::units(limit);
+        Self(Arc::new(std::sync::Mutex::new((
+            Arc::new(tokio::sync::Semaphore::new(units as usize)),
+            units,
+        ))))
+    }
+
+    fn units(bytes: u64) -> u32 {
+        bytes.div_ceil(KIB).clamp(1, u64::from(u32::MAX >> 4)) as u32
+    }
+
+    /// A new limit, for the payloads read from now on.
+    pub(super) fn set_limit(&self, bytes: u64) {
+        let units = Self::units(bytes);
+        *self.0.lock().expect("inbound lock") = (Arc::new(tokio::sync::Semaphore::new(units as usize)), units);
+    }
+
+    /// Wait until a payload of `len` bytes fits; the permit is held with the payload.
+    async fn hold(&self, len: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if len < Self::LARGE {
+            return None;
+        }
+        let (sem, cap) = self.0.lock().expect("inbound lock").clone();
+        sem.acquire_many_owned(Self::units(len).min(cap)).await.ok()
+    }
+}
+
+/// A received payload and its share of the inbound budget, released when the last
+/// slice of the payload is dropped.
+struct Held {
+    data: Vec<u8>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        crate::exec::buffers::PAYLOADS.give(std::mem::take(&mut self.data));
+    }
+}
+
+pub(super) async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    token: Arc<Token>,
+    events: mpsc::UnboundedSender<Event>,
+    peers: Peers,
+    inbound: Inbound,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let token = token.clone();
         let events = events.clone();
         let remote = incoming.remote_address();
         let peers = peers.clone();
+        let inbound = inbound.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = handle(incoming, token, events, peers).await {
+                if let Err(e) = handle(incoming, token, events, peers, inbound).await {
                     tracing::debug!(error = %e, "connection ended");
                 }
             }
@@ -57,7 +124,13 @@ async fn reject(conn: &quinn::Connection, mut send: quinn::SendStream, reason: S
     conn.close(quinn::VarInt::from_u32(1), b"rejected");
 }
 
-async fn handle(incoming: quinn::Incoming, token: Arc<Token>, events: mpsc::UnboundedSender<Event>, peers: Peers) -> anyhow::Result<()> {
+async fn handle(
+    incoming: quinn::Incoming,
+    token: Arc<Token>,
+    events: mpsc::UnboundedSender<Event>,
+    peers: Peers,
+    inbound: Inbound,
+) -> anyhow::Result<()> {
     let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await??;
     peers.add(&conn);
     let (send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await??;
@@ -103,16 +176,19 @@ async fn handle(incoming: quinn::Incoming, token: Arc<Token>, events: mpsc::Unbo
             let span = tracing::info_span!("worker", worker = %id);
             let reason = async {
                 loop {
-                    match proto::read_frame::<_, PeerMsg>(&mut recv).await {
+                    let frame = async {
+                        let (msg, len) = proto::read_head::<_, PeerMsg>(&mut recv).await?;
+                        let permit = inbound.hold(len).await;
+                        let data = proto::read_payload(&mut recv, len).await?;
+                        let payload = match permit {
+                            Some(p) => Bytes::from_owner(Held { data, _permit: p }),
+                            None => Bytes::from(data),
+                        };
+                        Ok::<_, proto::FrameError>((msg, payload))
+                    };
+                    match frame.await {
                         Ok((msg, payload)) => {
-                            if events
-                                .send(Event::WorkerMsg {
-                                    id,
-                                    msg,
-                                    payload: Bytes::from(payload),
-                                })
-                                .is_err()
-                            {
+                            if events.send(Event::WorkerMsg { id, msg, payload }).is_err() {
                                 return "server stopping".to_string();
                             }
                         }

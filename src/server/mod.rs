@@ -122,7 +122,14 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     let (events, rx) = mpsc::unbounded_channel();
     let token = Arc::new(token);
     let peers = conn::Peers::default();
-    let accept = tokio::spawn(conn::accept_loop(endpoint.clone(), token, events.clone(), peers.clone()));
+    let inbound = conn::Inbound::new(actor::DEFAULT_INBOUND);
+    let accept = tokio::spawn(conn::accept_loop(
+        endpoint.clone(),
+        token,
+        events.clone(),
+        peers.clone(),
+        inbound.clone(),
+    ));
     let site = match opts.site {
         Some(site) => {
             let log_dir = site.log_dir.clone().unwrap_or_else(|| opts.dir.join("logs"));
@@ -141,7 +148,7 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         }
         None => None,
     };
-    let actor = actor::Actor::new(opts.core, events.clone(), site, opts.workers);
+    let actor = actor::Actor::new(opts.core, events.clone(), site, opts.workers).with_inbound(inbound);
     let path = access_path.clone();
     let task = tokio::spawn(async move {
         actor.run(rx).await;

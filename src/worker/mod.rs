@@ -11,7 +11,6 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use ndarray::ArrayD;
 use tokio::sync::mpsc;
 
@@ -65,9 +64,18 @@ struct Queue {
     draining: bool,
     /// Tasks being executed right now.
     running: usize,
+    /// Large results (at least [`LARGE_RESULT`] bytes) not yet handed to QUIC.
+    unsent_large: usize,
 }
 
+/// Results this large count against the send back-pressure: a task thread starts a
+/// new task only while fewer than `threads` of them wait to be sent, so a worker holds
+/// at most two large results per thread (one sending, one being computed) however
+/// slowly the server takes them.
+const LARGE_RESULT: usize = 1 << 20;
+
 struct Shared {
+    threads: usize,
     queue: Mutex<Queue>,
     ready: Condvar,
     jobs: RwLock<HashMap<u64, Arc<JobCtx>>>,
@@ -241,6 +249,7 @@ async fn session(
     tracing::info!(threads = opts.threads, "registered with the server");
 
     let shared = Arc::new(Shared {
+        threads: opts.threads.max(1),
         queue: Mutex::new(Queue::default()),
         ready: Condvar::new(),
         jobs: RwLock::new(HashMap::new()),
@@ -257,7 +266,7 @@ async fn session(
                 .expect("spawn task thread")
         })
         .collect();
-    let sender = tokio::spawn(send_loop(send, out_rx, opts.heartbeat));
+    let sender = tokio::spawn(send_loop(send, out_rx, opts.heartbeat, shared.clone()));
     // SIGTERM/SIGINT (scancel, qdel, walltime) end the worker like a Shutdown, but
     // without waiting for running tasks: the server requeues what this worker held.
     let mut signalled = false;
@@ -386,7 +395,9 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
                 if q.stop {
                     return;
                 }
-                if let Some(item) = q.tasks.pop_front() {
+                if q.unsent_large < shared.threads
+                    && let Some(item) = q.tasks.pop_front()
+                {
                     q.running += 1;
                     break item;
                 }
@@ -441,9 +452,12 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
         shared
             .longest_task_ms
             .fetch_max(started.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
-        let sent = out.send(msg);
-        shared.queue.lock().expect("queue lock").running -= 1;
-        if sent.is_err() {
+        let large = matches!(&msg, Out::Done { payload, .. } if payload.len() >= LARGE_RESULT);
+        let mut q = shared.queue.lock().expect("queue lock");
+        q.running -= 1;
+        q.unsent_large += usize::from(large);
+        drop(q);
+        if out.send(msg).is_err() {
             return;
         }
     }
@@ -460,7 +474,24 @@ pub fn peak_rss() -> Option<u64> {
 /// Most bytes of results gathered into one frame.
 const BATCH_BYTES: usize = 8 << 20;
 
-async fn send_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration) {
+async fn send_loop(send: quinn::SendStream, rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration, shared: Arc<Shared>) {
+    send_frames(send, rx, heartbeat, &shared).await;
+    // Nothing more will be sent: task threads must not wait for room.
+    shared.queue.lock().expect("queue lock").unsent_large = 0;
+    shared.ready.notify_all();
+}
+
+/// Mark `n` large results as handed to QUIC.
+fn large_sent(shared: &Shared, n: usize) {
+    if n > 0 {
+        let mut q = shared.queue.lock().expect("queue lock");
+        q.unsent_large = q.unsent_large.saturating_sub(n);
+        drop(q);
+        shared.ready.notify_all();
+    }
+}
+
+async fn send_frames(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration, shared: &Shared) {
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: Option<Out> = None;
@@ -487,11 +518,13 @@ async fn send_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<
             Out::Done { job, result, payload } => {
                 // Gather more finished results of the same job that are already waiting.
                 let mut results = vec![result];
+                let mut large = usize::from(payload.len() >= LARGE_RESULT);
                 let mut bytes = payload;
                 while bytes.len() < BATCH_BYTES {
                     match rx.try_recv() {
                         Ok(Out::Done { job: j, result, payload }) if j == job => {
                             results.push(result);
+                            large += usize::from(payload.len() >= LARGE_RESULT);
                             bytes.extend_from_slice(&payload);
                         }
                         Ok(other) => {
@@ -504,16 +537,19 @@ async fn send_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<
                 if peak.1.elapsed() >= Duration::from_millis(100) {
                     peak = (peak_rss().unwrap_or(peak.0), std::time::Instant::now());
                 }
-                proto::write_frame(
+                let res = proto::write_frame(
                     &mut send,
                     &PeerMsg::Results {
                         job,
                         results,
                         peak_rss: peak.0,
                     },
-                    &Bytes::from(bytes),
+                    &bytes,
                 )
-                .await
+                .await;
+                exec::buffers::PAYLOADS.give(bytes);
+                large_sent(shared, large);
+                res
             }
         };
         if res.is_err() {

@@ -148,3 +148,14 @@ def test_large_contiguous_input_read_in_pieces(drover, tmp_path, rng, path):
     cases = [Case("mean(x, axis=0)", "/m0"), Case("sum(x, axis=1)", "/s1"), Case("x - mean(x, axis=0)", "/anom")]
     run = _run(drover, tmp_path, {"x": Input("in.h5", "/x", x, chunks=[300, 1100])}, path, cases)
     assert _direct_flags(run) == ({"true"} if path == "mapped" else {"false"}), run.describe()
+
+
+def test_large_output_under_back_pressure(drover, tmp_path, rng):
+    """Output blocks of 4 MiB from three workers: more than the driver's budget of
+    received result bytes (16 MiB) would arrive at once, so workers are held back
+    through QUIC flow control; every block must still arrive, exactly once."""
+    x = rng.normal(0.0, 1.0, size=(4096, 2048))
+    cases = [Case("x - mean(x, axis=0)", "/anom"), Case("x * 2", "/twice", dtype="f32")]
+    inputs = {"x": Input("in.h5", "/x", x, chunks=[256, 2048], h5={"chunks": (64, 2048)})}
+    run, result, _ = run_workload(drover, tmp_path, inputs, cases, workers=3)
+    assert result["tasks_retried"] == 0, run.describe()

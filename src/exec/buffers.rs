@@ -1,0 +1,92 @@
+//! Reuse of large byte buffers (result payloads, received frames).
+//!
+//! Each buffer of a block's size (64 MiB by default) that is freed goes back to the
+//! system with glibc (anything over 32 MiB is its own mmap) and the next one is
+//! faulted in and zeroed page by page: three such buffers per block (the worker's
+//! result, the driver's received frame, the writer's conversion) made a large-output
+//! run spend more time in page faults than in everything else. Buffers are handed
+//! back here and taken again; a few are kept, so memory stays what the blocks in
+//! flight need.
+
+use std::sync::Mutex;
+
+/// A few large buffers kept for reuse.
+pub struct BufPool {
+    bufs: Mutex<Vec<Vec<u8>>>,
+    keep: usize,
+}
+
+/// Buffers smaller than this are left to the allocator.
+const LARGE: usize = 1 << 20;
+
+impl BufPool {
+    pub const fn new(keep: usize) -> Self {
+        Self {
+            bufs: Mutex::new(Vec::new()),
+            keep,
+        }
+    }
+
+    /// A buffer of `len` bytes whose contents are unspecified (zero when new, stale
+    /// when reused): the caller overwrites all of it.
+    pub fn take(&self, len: usize) -> Vec<u8> {
+        if len < LARGE {
+            return vec![0; len];
+        }
+        let reused = {
+            let mut bufs = self.bufs.lock().expect("buffer pool");
+            // The smallest kept buffer that is large enough.
+            let best = bufs
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| bufs.swap_remove(i))
+        };
+        let mut v = reused.unwrap_or_default();
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.resize(len, 0);
+        }
+        v
+    }
+
+    /// Hand a buffer back for reuse.
+    pub fn give(&self, v: Vec<u8>) {
+        if v.capacity() < LARGE {
+            return;
+        }
+        let mut bufs = self.bufs.lock().expect("buffer pool");
+        if bufs.len() < self.keep {
+            bufs.push(v);
+        }
+    }
+}
+
+/// The process's pool of payload-sized buffers.
+pub static PAYLOADS: BufPool = BufPool::new(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_and_sized() {
+        let pool = BufPool::new(1);
+        let mut a = pool.take(2 << 20);
+        assert_eq!(a.len(), 2 << 20);
+        a[0] = 7;
+        let ptr = a.as_ptr();
+        pool.give(a);
+        let b = pool.take(1 << 20);
+        assert_eq!((b.len(), b.as_ptr()), (1 << 20, ptr), "the kept buffer, shortened");
+        let c = pool.take(3 << 20);
+        assert_eq!(c.len(), 3 << 20);
+        pool.give(b);
+        pool.give(c);
+        assert_eq!(pool.bufs.lock().unwrap().len(), 1, "keeps at most `keep`");
+        assert_eq!(pool.take(10).len(), 10);
+    }
+}
