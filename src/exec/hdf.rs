@@ -412,19 +412,8 @@ impl Direct {
         if let Some(v) = self.addrs.lock().expect("chunk address cache").get(&linear) {
             return Ok(*v);
         }
-        let coord: Vec<u64> = idx.iter().zip(&self.cell).map(|(&i, &c)| (i * c) as u64).collect();
-        let (mut mask, mut addr, mut size) = (0u32, 0u64, 0u64);
-        // SAFETY: `coord` has the dataset's rank; the out-pointers are valid locals; the
-        // call runs under the HDF5 library lock like every other HDF5 call.
-        let status = hdf5::sync::sync(|| unsafe {
-            hdf5_sys::h5d::H5Dget_chunk_info_by_coord(ds.id(), coord.as_ptr(), &mut mask, &mut addr, &mut size)
-        });
-        if status < 0 {
-            return Err(hdf5::Error::from(format!("cannot locate the HDF5 chunk at {coord:?}")));
-        }
         let whole = self.cell_bytes() as u64;
-        let raw = addr != hdf5_sys::h5::HADDR_UNDEF && size == whole && addr.checked_add(whole).is_some_and(|e| e <= self.map.len() as u64);
-        let v = raw.then_some(addr);
+        let v = chunk_address(ds, idx, &self.cell, whole)?.filter(|a| a.checked_add(whole).is_some_and(|e| e <= self.map.len() as u64));
         self.addrs.lock().expect("chunk address cache").insert(linear, v);
         Ok(v)
     }
@@ -477,6 +466,136 @@ impl Direct {
                 pos[d] = sub[d].start;
             }
         }
+    }
+}
+
+/// The file offset of the chunk at grid index `idx`, when it is stored raw: allocated
+/// and `bytes` long (a filtered chunk has another size).
+fn chunk_address(ds: &hdf5::Dataset, idx: &[usize], chunk: &[usize], bytes: u64) -> hdf5::Result<Option<u64>> {
+    let coord: Vec<u64> = idx.iter().zip(chunk).map(|(&i, &c)| (i * c) as u64).collect();
+    let (mut mask, mut addr, mut size) = (0u32, 0u64, 0u64);
+    // SAFETY: `coord` has the dataset's rank; the out-pointers are valid locals; the
+    // call runs under the HDF5 library lock like every other HDF5 call.
+    let status =
+        hdf5::sync::sync(|| unsafe { hdf5_sys::h5d::H5Dget_chunk_info_by_coord(ds.id(), coord.as_ptr(), &mut mask, &mut addr, &mut size) });
+    if status < 0 {
+        return Err(hdf5::Error::from(format!("cannot locate the HDF5 chunk at {coord:?}")));
+    }
+    Ok((addr != hdf5_sys::h5::HADDR_UNDEF && size == bytes).then_some(addr))
+}
+
+/// The file offsets of every chunk of an output dataset, row-major over its chunk
+/// grid, when all are allocated and stored raw (created by [`create_output`] with
+/// early allocation): blocks can then be written by other processes straight into
+/// the file. `None` otherwise.
+pub fn chunk_table(ds: &hdf5::Dataset, elem: usize) -> Option<Vec<u64>> {
+    let chunk = ds.chunk()?;
+    if !ds.filters().is_empty() {
+        return None;
+    }
+    let grid: Vec<usize> = ds.shape().iter().zip(&chunk).map(|(s, c)| s.div_ceil(*c)).collect();
+    let n: usize = grid.iter().product();
+    let bytes = (chunk.iter().product::<usize>() * elem) as u64;
+    let mut idx = vec![0usize; grid.len()];
+    let mut table = Vec::with_capacity(n);
+    for _ in 0..n {
+        table.push(chunk_address(ds, &idx, &chunk, bytes).ok()??);
+        for d in (0..idx.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < grid[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    Some(table)
+}
+
+/// Writes blocks of an output straight into the chunks of its (temporary) file, for a
+/// worker on the host that holds it ([`crate::proto::DirectOutput`]): no bytes cross
+/// the network and the driver's single writer is not in the way. Each block covers
+/// whole chunks, so no two workers ever write the same bytes.
+pub struct ChunkSink {
+    file: std::fs::File,
+    shape: Vec<usize>,
+    chunk: Vec<usize>,
+    grid: Vec<usize>,
+    addrs: Vec<u64>,
+    elem: usize,
+}
+
+impl ChunkSink {
+    /// Open the file if this process sees the one the server described (same device
+    /// and inode); `None` otherwise (another host, or the file is gone).
+    pub fn open(d: &crate::proto::DirectOutput, shape: &[usize], elem: usize) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&d.path).ok()?;
+        if meta.dev() != d.dev || meta.ino() != d.ino || d.chunk.len() != shape.len() || d.chunk.contains(&0) {
+            return None;
+        }
+        let grid: Vec<usize> = shape.iter().zip(&d.chunk).map(|(s, c)| s.div_ceil(*c)).collect();
+        if grid.iter().product::<usize>() != d.addrs.len() {
+            return None;
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(&d.path).ok()?;
+        Some(Self {
+            file,
+            shape: shape.to_vec(),
+            chunk: d.chunk.clone(),
+            grid,
+            addrs: d.addrs.clone(),
+            elem,
+        })
+    }
+
+    /// Write a block (`bytes`: its values, row-major, little-endian) covering `region`.
+    pub fn write_block(&self, region: &[Range<usize>], bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let rank = self.chunk.len();
+        let e = self.elem;
+        let cbytes = self.chunk.iter().product::<usize>() * e;
+        let mut buf = super::buffers::PAYLOADS.take(cbytes);
+        let bshape: Vec<usize> = region.iter().map(|r| r.len()).collect();
+        let result = for_each_cell(region, &self.chunk, |idx, sub| {
+            // The part of the chunk inside the dataset is `sub` (blocks cover whole
+            // chunks); the rest is padding, zeroed.
+            let inside = idx.iter().zip(&self.chunk).zip(&self.shape).all(|((&i, &c), &n)| (i + 1) * c <= n);
+            if !inside {
+                buf.fill(0);
+            }
+            let run = sub[rank - 1].len() * e;
+            let mut pos: Vec<usize> = sub.iter().map(|r| r.start).collect();
+            loop {
+                let mut src = 0usize;
+                let mut dst = 0usize;
+                for d in 0..rank {
+                    src = src * bshape[d] + (pos[d] - region[d].start);
+                    dst = dst * self.chunk[d] + (pos[d] - idx[d] * self.chunk[d]);
+                }
+                buf[dst * e..dst * e + run].copy_from_slice(&bytes[src * e..src * e + run]);
+                let mut d = rank - 1;
+                let more = loop {
+                    if d == 0 {
+                        break false;
+                    }
+                    d -= 1;
+                    pos[d] += 1;
+                    if pos[d] < sub[d].end {
+                        break true;
+                    }
+                    pos[d] = sub[d].start;
+                };
+                if !more {
+                    break;
+                }
+            }
+            let linear = idx.iter().zip(&self.grid).fold(0usize, |acc, (&i, &g)| acc * g + i);
+            self.file
+                .write_all_at(&buf, self.addrs[linear])
+                .map_err(|e| hdf5::Error::from(e.to_string()))
+        });
+        super::buffers::PAYLOADS.give(buf);
+        result.map_err(|e| std::io::Error::other(e.to_string()))
     }
 }
 
@@ -624,7 +743,12 @@ pub fn create_output(
         && !shape.is_empty()
         && shape.iter().all(|&s| s > 0)
     {
-        builder = builder.chunk(c.to_vec());
+        // Every chunk gets its place in the file now (without writing fill values),
+        // so that workers can write blocks straight into it ([`chunk_table`]).
+        builder = builder
+            .chunk(c.to_vec())
+            .alloc_time(Some(hdf5::dataset::AllocTime::Early))
+            .fill_time(hdf5::dataset::FillTime::Never);
     }
     let lcpl = hdf5::plist::LinkCreate::build().create_intermediate_group(true).finish()?;
     builder.set_link_create_plist(&lcpl).create(dataset)

@@ -14,7 +14,7 @@ use crate::config::workload::Workload;
 use crate::exec::plan::Plan;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest header accepted (a plan for a big workload is a few KiB).
 pub const MAX_HEADER: u32 = 64 << 20;
@@ -64,6 +64,24 @@ pub struct TaskResult {
     pub len: u64,
     /// How long the task ran, in microseconds.
     pub micros: u64,
+    /// The block was written into the output file by the worker ([`DirectOutput`]);
+    /// no payload follows.
+    pub written: bool,
+}
+
+/// An output the workers that see the same file may write blocks into themselves:
+/// every chunk is allocated, stored raw, at a known offset, and every block of the
+/// stage that writes it covers whole chunks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectOutput {
+    /// The temporary file being written, and its identity as the server sees it: a
+    /// worker writes only if it sees the same device and inode (the same host).
+    pub path: std::path::PathBuf,
+    pub dev: u64,
+    pub ino: u64,
+    pub chunk: Vec<usize>,
+    /// File offset of each chunk, row-major over the chunk grid.
+    pub addrs: Vec<u64>,
 }
 
 /// Messages from the server.
@@ -79,6 +97,8 @@ pub enum ServerMsg {
     Job {
         job: u64,
         plan: Plan,
+        /// Per output: where a worker may write its blocks itself.
+        direct: Vec<Option<DirectOutput>>,
     },
     /// A finished reduction; payload: f64 values of `shape`.
     Const {
@@ -328,6 +348,7 @@ mod tests {
                 bytes_read: 80,
                 len: 16,
                 micros: 5,
+                written: false,
             }],
             peak_rss: 1,
         };

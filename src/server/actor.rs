@@ -508,7 +508,7 @@ impl Actor {
                         None => took,
                     });
                     if self.core.task_done(now, id, r.task) == Accept::Accepted {
-                        self.absorb(r.task, r.bytes_read, seg);
+                        self.absorb(r.task, r.bytes_read, seg, r.written);
                     } else {
                         tracing::debug!(worker = %id, task = r.task, "stale result discarded");
                     }
@@ -732,6 +732,7 @@ impl Actor {
                 ServerMsg::Job {
                     job: job.id,
                     plan: (*job.plan).clone(),
+                    direct: job.writer.as_ref().map(|w| w.direct.clone()).unwrap_or_default(),
                 },
             );
         }
@@ -806,7 +807,7 @@ impl Actor {
                 self.core.local_done(task);
             }
             LocalOutcome::Block(Ok(r)) => {
-                self.absorb(task, r.bytes_read, Bytes::from(r.payload));
+                self.absorb(task, r.bytes_read, Bytes::from(r.payload), false);
                 self.core.local_done(task);
             }
             LocalOutcome::Block(Err(message)) => self.core.local_failed(task, message),
@@ -814,7 +815,7 @@ impl Actor {
     }
 
     /// Merge an accepted block result into the job.
-    fn absorb(&mut self, task: TaskId, bytes_read: u64, payload: Bytes) {
+    fn absorb(&mut self, task: TaskId, bytes_read: u64, payload: Bytes, written: bool) {
         let Slot::Running(job) = &mut self.slot else { return };
         job.bytes_read += bytes_read;
         let TaskRef::Block { stage, block } = job.map.locate(task) else {
@@ -841,6 +842,23 @@ impl Actor {
                     self.fail_job(msg);
                 }
             },
+            StageKind::Write { output } if written => {
+                let offered = job
+                    .writer
+                    .as_ref()
+                    .is_some_and(|w| w.direct.get(*output as usize).is_some_and(Option::is_some));
+                if !offered {
+                    let msg = format!(
+                        "protocol error: {} reported written by the worker, which it may not",
+                        self.describe_task(task)
+                    );
+                    self.fail_job(msg);
+                    return;
+                }
+                if let Some(w) = &job.writer {
+                    w.written(task);
+                }
+            }
             StageKind::Write { output } => {
                 let out = &job.plan.outputs[*output as usize];
                 let region = block_region(&st.shape, &st.block, block);

@@ -32,6 +32,10 @@ enum Cmd {
         task: u32,
         bytes: Bytes,
     },
+    /// A block a worker wrote into the file itself.
+    Written {
+        task: u32,
+    },
     Finish(tokio::sync::oneshot::Sender<Result<(), String>>),
     Abandon,
 }
@@ -42,6 +46,44 @@ pub struct Writer {
     thread: Option<JoinHandle<()>>,
     /// Write errors are reported here as they happen.
     pub errors: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Per output: where workers on this host may write blocks themselves.
+    pub direct: Vec<Option<crate::proto::DirectOutput>>,
+}
+
+/// Whether workers may write output `output`'s blocks into `temp` themselves, and
+/// where: every chunk allocated and stored raw (the datasets are created so), every
+/// block of the stage writing it made of whole chunks (no chunk is shared by two
+/// workers), native little-endian values (what workers encode).
+/// `DROVER_DIRECT_WRITES=0` turns this off: every block then comes to this writer.
+fn direct_output(plan: &Plan, output: u32, ds: &hdf5::Dataset, temp: &Path) -> Option<crate::proto::DirectOutput> {
+    use std::os::unix::fs::MetadataExt;
+    if std::env::var_os("DROVER_DIRECT_WRITES").is_some_and(|v| v == "0") || cfg!(target_endian = "big") {
+        return None;
+    }
+    let out = &plan.outputs[output as usize];
+    let chunk = ds.chunk()?;
+    let st = plan
+        .stages
+        .iter()
+        .find(|st| matches!(st.kind, crate::exec::plan::StageKind::Write { output: o } if o == output))?;
+    let whole_chunks = st
+        .block
+        .iter()
+        .zip(&chunk)
+        .zip(&st.shape)
+        .all(|((&b, &c), &n)| b % c == 0 || b >= n);
+    if st.local || !whole_chunks || chunk.len() != st.shape.len() {
+        return None;
+    }
+    let addrs = hdf::chunk_table(ds, out.dtype.size())?;
+    let meta = std::fs::metadata(temp).ok()?;
+    Some(crate::proto::DirectOutput {
+        path: std::path::absolute(temp).ok()?,
+        dev: meta.dev(),
+        ino: meta.ino(),
+        chunk,
+        addrs,
+    })
 }
 
 /// The temporary file an output is written to.
@@ -130,6 +172,16 @@ impl Writer {
             }
         }
         let dtypes: Vec<OutDtype> = plan.outputs.iter().map(|o| o.dtype).collect();
+        let direct = plan
+            .outputs
+            .iter()
+            .enumerate()
+            .zip(&datasets)
+            .map(|((i, out), ds)| {
+                let temp = &files.iter().find(|f| f.final_path == out.file).expect("opened above").temp;
+                direct_output(plan, i as u32, ds, temp)
+            })
+            .collect();
         let (tx, rx) = mpsc::channel::<Cmd>();
         let (etx, errors) = tokio::sync::mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
@@ -150,6 +202,7 @@ impl Writer {
             tx: Some(tx),
             thread: Some(thread),
             errors,
+            direct,
         })
     }
 
@@ -171,6 +224,11 @@ impl Writer {
     /// Record a reduction partial in the journal.
     pub fn partial(&self, task: u32, bytes: Bytes) {
         self.send(Cmd::Partial { task, bytes });
+    }
+
+    /// Record a block a worker wrote into the file itself.
+    pub fn written(&self, task: u32) {
+        self.send(Cmd::Written { task });
     }
 
     /// Close the files, rename them to their final names, remove the journal.
@@ -295,6 +353,7 @@ impl WriterThread {
                     }
                 }
                 Some(Cmd::Write { .. }) => {}
+                Some(Cmd::Written { task }) => pending.push(task),
                 Some(Cmd::Partial { task, bytes }) => {
                     if let Some(j) = &mut self.journal
                         && let Err(e) = j.partial(task, &bytes)

@@ -52,6 +52,8 @@ pub struct WorkerOptions {
 
 struct JobCtx {
     plan: Plan,
+    /// Per output: the file's chunks, when this worker writes its blocks itself.
+    sinks: Vec<Option<exec::hdf::ChunkSink>>,
     datasets: OnceLock<Result<Vec<exec::hdf::Reader>, String>>,
     consts: RwLock<HashMap<u32, Arc<ArrayD<f64>>>>,
 }
@@ -343,9 +345,21 @@ async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::Un
             .await
             .map_err(|e| WorkerError::Lost(e.to_string()))?;
         match msg {
-            ServerMsg::Job { job, plan } => {
+            ServerMsg::Job { job, plan, direct } => {
+                let sinks = plan
+                    .outputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, out)| {
+                        let d = direct.get(i)?.as_ref()?;
+                        let sink = exec::hdf::ChunkSink::open(d, &out.shape, out.dtype.size());
+                        tracing::debug!(output = i, direct = sink.is_some(), "output blocks");
+                        sink
+                    })
+                    .collect();
                 let ctx = JobCtx {
                     plan,
+                    sinks,
                     datasets: OnceLock::new(),
                     consts: RwLock::new(HashMap::new()),
                 };
@@ -421,16 +435,26 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
             exec::execute_block(&ctx.plan, datasets, &consts, t.stage, t.block).map_err(|e| e.to_string())
         };
         let msg = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-            Ok(Ok(r)) => Out::Done {
-                job,
-                result: TaskResult {
-                    task: t.task,
-                    bytes_read: r.bytes_read,
-                    len: r.payload.len() as u64,
-                    micros: started.elapsed().as_micros() as u64,
-                },
-                payload: r.payload,
-            },
+            Ok(Ok(r)) => {
+                let written = write_direct(&ctx, t.stage, t.block, &r.payload);
+                let payload = if written {
+                    exec::buffers::PAYLOADS.give(r.payload);
+                    Vec::new()
+                } else {
+                    r.payload
+                };
+                Out::Done {
+                    job,
+                    result: TaskResult {
+                        task: t.task,
+                        bytes_read: r.bytes_read,
+                        len: payload.len() as u64,
+                        micros: started.elapsed().as_micros() as u64,
+                        written,
+                    },
+                    payload,
+                }
+            }
             Ok(Err(message)) => Out::Error {
                 job,
                 task: t.task,
@@ -459,6 +483,26 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
         drop(q);
         if out.send(msg).is_err() {
             return;
+        }
+    }
+}
+
+/// Write a finished output block into the output file when this worker may
+/// ([`JobCtx::sinks`]); `false`: the block is to be sent to the server.
+fn write_direct(ctx: &JobCtx, stage: u32, block: u64, payload: &[u8]) -> bool {
+    let st = &ctx.plan.stages[stage as usize];
+    let exec::plan::StageKind::Write { output } = st.kind else {
+        return false;
+    };
+    let Some(Some(sink)) = ctx.sinks.get(output as usize) else {
+        return false;
+    };
+    let region = exec::geometry::block_region(&st.shape, &st.block, block);
+    match sink.write_block(&region, payload) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write the block into the output file; sending it to the server");
+            false
         }
     }
 }

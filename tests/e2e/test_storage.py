@@ -36,11 +36,15 @@ def _run(drover, tmp_path, inputs, path, cases=CASES, **kw):
     return run
 
 
-def _direct_flags(run) -> set[str]:
-    """The `direct=` values the workers logged when they opened the inputs."""
+def _logged(run, what: str) -> set[str]:
+    """The `direct=` values the workers logged on their lines about `what`."""
     plain = re.sub(r"\x1b\[[0-9;]*m", "", run.stderr)
-    flags = set(re.findall(r"direct=(true|false)[^\n]*opened input|opened input[^\n]*direct=(true|false)", plain))
-    return {a or b for a, b in flags}
+    return {m.group(1) for line in plain.splitlines() if what in line for m in [re.search(r"direct=(true|false)", line)] if m}
+
+
+def _direct_flags(run) -> set[str]:
+    """How the workers read the inputs: `direct=` of their "opened input" lines."""
+    return _logged(run, "opened input")
 
 
 STORED_RAW = {
@@ -150,12 +154,34 @@ def test_large_contiguous_input_read_in_pieces(drover, tmp_path, rng, path):
     assert _direct_flags(run) == ({"true"} if path == "mapped" else {"false"}), run.describe()
 
 
-def test_large_output_under_back_pressure(drover, tmp_path, rng):
-    """Output blocks of 4 MiB from three workers: more than the driver's budget of
-    received result bytes (16 MiB) would arrive at once, so workers are held back
-    through QUIC flow control; every block must still arrive, exactly once."""
-    x = rng.normal(0.0, 1.0, size=(4096, 2048))
+def _output_flags(run) -> set[str]:
+    """How the workers write the outputs: `direct=` of their "output blocks" lines."""
+    return _logged(run, "output blocks")
+
+
+@pytest.mark.parametrize("writes", ["workers", "driver"])
+def test_large_output_from_three_workers(drover, tmp_path, rng, writes):
+    """Output blocks of 4 MiB from three workers. Workers on the driver's host write
+    their blocks straight into the output file's chunks; with DROVER_DIRECT_WRITES=0
+    every block crosses QUIC to the driver's writer, more than its budget of received
+    bytes (16 MiB) at once, so workers are held back through flow control. Either
+    way every block must arrive exactly once, and edge chunks (4100 is not a multiple
+    of 64) are padded, not spilled."""
+    x = rng.normal(0.0, 1.0, size=(4100, 2048))
     cases = [Case("x - mean(x, axis=0)", "/anom"), Case("x * 2", "/twice", dtype="f32")]
     inputs = {"x": Input("in.h5", "/x", x, chunks=[256, 2048], h5={"chunks": (64, 2048)})}
-    run, result, _ = run_workload(drover, tmp_path, inputs, cases, workers=3)
+    env = {"DROVER_LOG": "drover=debug"}
+    if writes == "driver":
+        env["DROVER_DIRECT_WRITES"] = "0"
+    run, result, _ = run_workload(drover, tmp_path, inputs, cases, workers=3, env=env)
     assert result["tasks_retried"] == 0, run.describe()
+    assert _output_flags(run) == ({"true"} if writes == "workers" else set()), run.describe()
+
+
+def test_blocks_not_made_of_whole_output_chunks_go_to_the_driver(drover, tmp_path, rng):
+    """Output chunks follow the input's HDF5 chunks (7 rows) while blocks are 10 rows:
+    a chunk would be shared by two workers, so no worker writes into the file."""
+    x = rng.normal(size=(40, 30))
+    inputs = {"x": Input("in.h5", "/x", x, chunks=[10, 30], h5={"chunks": (7, 30)})}
+    run = _run(drover, tmp_path, inputs, "mapped", [Case("x + 1", "/plus")])
+    assert _output_flags(run) == set(), run.describe()
