@@ -11,6 +11,28 @@ pub fn fmt_shape(shape: &[usize]) -> String {
     }
 }
 
+/// Step a multi-dimensional index through `ranges`, last dimension fastest (row-major
+/// order); `false` once past the last index (the index is then back at the start).
+pub fn next_index(idx: &mut [usize], ranges: &[Range<usize>]) -> bool {
+    for d in (0..idx.len()).rev() {
+        idx[d] += 1;
+        if idx[d] < ranges[d].end {
+            return true;
+        }
+        idx[d] = ranges[d].start;
+    }
+    false
+}
+
+/// The entries (extents, ranges) of the dimensions a reduction over `axes` keeps.
+pub fn kept<T: Clone>(dims: &[T], axes: &[usize]) -> Vec<T> {
+    dims.iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, d)| d.clone())
+        .collect()
+}
+
 /// Blocks per dimension.
 pub fn grid_dims(shape: &[usize], block: &[usize]) -> Vec<u64> {
     shape.iter().zip(block).map(|(&s, &b)| s.div_ceil(b.max(1)) as u64).collect()
@@ -81,6 +103,19 @@ pub fn operand_region(region: &[Range<usize>], shape: &[usize]) -> Vec<Range<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn indices_step_in_row_major_order_and_wrap() {
+        let ranges = [1..3, 5..7];
+        let mut idx = [1, 5];
+        let mut seen = vec![idx.to_vec()];
+        while next_index(&mut idx, &ranges) {
+            seen.push(idx.to_vec());
+        }
+        assert_eq!(seen, [[1, 5], [1, 6], [2, 5], [2, 6]]);
+        assert_eq!(idx, [1, 5], "back at the start");
+        assert!(!next_index(&mut [], &[]), "a 0-d index has one position");
+    }
 
     #[test]
     fn shapes_print_like_numpy() {

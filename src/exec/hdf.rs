@@ -11,6 +11,7 @@ use hdf5::{Hyperslab, Selection, SliceOrIndex};
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 
+use super::geometry::next_index;
 use crate::config::workload::OutDtype;
 
 /// Element type of an input dataset.
@@ -452,18 +453,9 @@ impl Direct {
                 &bytes[src * size..(src + run) * size],
                 &mut out[dst..dst + run],
             );
-            // Next row: every dimension but the last, last-but-one fastest.
-            let mut d = rank - 1;
-            loop {
-                if d == 0 {
-                    return Ok(());
-                }
-                d -= 1;
-                pos[d] += 1;
-                if pos[d] < sub[d].end {
-                    break;
-                }
-                pos[d] = sub[d].start;
+            // Next row: every dimension but the last.
+            if !next_index(&mut pos[..rank - 1], &sub[..rank - 1]) {
+                return Ok(());
             }
         }
     }
@@ -498,17 +490,13 @@ pub fn chunk_table(ds: &hdf5::Dataset, elem: usize) -> Option<Vec<u64>> {
     let bytes = (chunk.iter().product::<usize>() * elem) as u64;
     let mut idx = vec![0usize; grid.len()];
     let mut table = Vec::with_capacity(n);
-    for _ in 0..n {
+    let cells: Vec<Range<usize>> = grid.iter().map(|&g| 0..g).collect();
+    loop {
         table.push(chunk_address(ds, &idx, &chunk, bytes).ok()??);
-        for d in (0..idx.len()).rev() {
-            idx[d] += 1;
-            if idx[d] < grid[d] {
-                break;
-            }
-            idx[d] = 0;
+        if !next_index(&mut idx, &cells) {
+            return (table.len() == n).then_some(table);
         }
     }
-    Some(table)
 }
 
 /// Writes blocks of an output straight into the chunks of its (temporary) file, for a
@@ -573,19 +561,7 @@ impl ChunkSink {
                     dst = dst * self.chunk[d] + (pos[d] - idx[d] * self.chunk[d]);
                 }
                 buf[dst * e..dst * e + run].copy_from_slice(&bytes[src * e..src * e + run]);
-                let mut d = rank - 1;
-                let more = loop {
-                    if d == 0 {
-                        break false;
-                    }
-                    d -= 1;
-                    pos[d] += 1;
-                    if pos[d] < sub[d].end {
-                        break true;
-                    }
-                    pos[d] = sub[d].start;
-                };
-                if !more {
+                if !next_index(&mut pos[..rank - 1], &sub[..rank - 1]) {
                     break;
                 }
             }
@@ -643,17 +619,8 @@ fn for_each_cell(
             .map(|((&i, &c), r)| (i * c).max(r.start)..((i + 1) * c).min(r.end))
             .collect();
         f(&idx, &sub)?;
-        let mut d = idx.len();
-        loop {
-            if d == 0 {
-                return Ok(());
-            }
-            d -= 1;
-            idx[d] += 1;
-            if idx[d] < cells[d].end {
-                break;
-            }
-            idx[d] = cells[d].start;
+        if !next_index(&mut idx, &cells) {
+            return Ok(());
         }
     }
 }
@@ -695,35 +662,13 @@ pub fn read_region(ds: &hdf5::Dataset, region: &[Range<usize>], chunk: Option<&[
         return ds.as_reader().read_slice::<f64, _, IxDyn>(hyperslab(region));
     }
     let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
-    let mut out = ArrayD::<f64>::zeros(IxDyn(&shape));
-    let mut idx: Vec<usize> = cells.iter().map(|c| c.start).collect();
-    loop {
-        let sub: Vec<Range<usize>> = idx
-            .iter()
-            .zip(chunk)
-            .zip(region)
-            .map(|((&i, &c), r)| (i * c).max(r.start)..((i + 1) * c).min(r.end))
-            .collect();
-        let part = ds.as_reader().read_slice::<f64, _, IxDyn>(hyperslab(&sub))?;
-        let mut view = out.view_mut();
-        for (d, (s, r)) in sub.iter().zip(region).enumerate() {
-            view.slice_axis_inplace(ndarray::Axis(d), ndarray::Slice::from(s.start - r.start..s.end - r.start));
-        }
-        view.assign(&part);
-        // Next cell, last dimension fastest (the file's order).
-        let mut d = idx.len();
-        loop {
-            if d == 0 {
-                return Ok(out);
-            }
-            d -= 1;
-            idx[d] += 1;
-            if idx[d] < cells[d].end {
-                break;
-            }
-            idx[d] = cells[d].start;
-        }
-    }
+    let mut out = vec![0.0; shape.iter().product()];
+    for_each_cell(region, chunk, |_, sub| {
+        let part = ds.as_reader().read_slice::<f64, _, IxDyn>(hyperslab(sub))?;
+        scatter(&part, sub, region, &shape, &mut out);
+        Ok(())
+    })?;
+    ArrayD::from_shape_vec(IxDyn(&shape), out).map_err(|e| hdf5::Error::from(e.to_string()))
 }
 
 /// Create an output dataset (intermediate groups included).

@@ -9,7 +9,7 @@ use std::ops::Range;
 use ndarray::{ArrayD, ArrayRef, ArrayViewD, Axis, IxDyn, Zip};
 
 use super::expr::BinOp;
-use super::geometry::operand_region;
+use super::geometry::{kept, operand_region};
 use super::plan::{ConstSpec, Func, Kernel, ReduceOp};
 
 /// A value during evaluation: numbers stay scalars until they meet an array.
@@ -197,12 +197,7 @@ fn partial_contiguous(op: ReduceOp, block: &ArrayRef<f64, IxDyn>, axes: &[usize]
     if axes.windows(2).any(|w| w[1] != w[0] + 1) || data.is_empty() {
         return None;
     }
-    let kept: Vec<usize> = shape
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !axes.contains(i))
-        .map(|(_, &n)| n)
-        .collect();
+    let kept = kept(shape, axes);
     let out = |v: Vec<f64>| ArrayD::from_shape_vec(IxDyn(&kept), v).expect("reduced shape");
     if first == 0 {
         // Leading axes: fold whole rows of the kept trailing dimensions into one row.
@@ -321,12 +316,7 @@ impl Accumulator {
 
     /// Merge the partial of the block covering `region` (in the stage's shape).
     pub fn merge(&mut self, region: &[Range<usize>], parts: Vec<ArrayD<f64>>) {
-        let out_region: Vec<Range<usize>> = region
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !self.axes.contains(i))
-            .map(|(_, r)| r.clone())
-            .collect();
+        let out_region = kept(region, &self.axes);
         let n_b: f64 = self.axes.iter().map(|&a| region[a].len()).product::<usize>() as f64;
         let mut view = self.a.view_mut();
         for (d, r) in out_region.iter().enumerate() {
@@ -399,13 +389,7 @@ mod tests {
     }
 
     fn reduce_blockwise(op: ReduceOp, a: &ArrayD<f64>, axes: &[usize], block: &[usize]) -> ArrayD<f64> {
-        let shape: Vec<usize> = a
-            .shape()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !axes.contains(i))
-            .map(|(_, &d)| d)
-            .collect();
+        let shape = kept(a.shape(), axes);
         let spec = ConstSpec {
             op,
             axes: axes.to_vec(),

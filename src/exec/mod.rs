@@ -148,12 +148,7 @@ pub fn execute_block(
                 .iter()
                 .map(|&c| {
                     let spec = &plan.consts[c as usize];
-                    let reduced: Vec<usize> = shape
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, _)| !spec.axes.contains(i))
-                        .map(|(_, &n)| n)
-                        .collect();
+                    let reduced = geometry::kept(&shape, &spec.axes);
                     let local = plan::ConstSpec {
                         op: spec.op,
                         axes: spec.axes.clone(),
@@ -258,7 +253,7 @@ fn for_each_piece(
     if shape.contains(&0) {
         return Ok(());
     }
-    let counts: Vec<usize> = shape.iter().zip(piece).map(|(&s, &p)| s.div_ceil(p.max(1))).collect();
+    let grid: Vec<Range<usize>> = shape.iter().zip(piece).map(|(&s, &p)| 0..s.div_ceil(p.max(1))).collect();
     let mut idx = vec![0usize; shape.len()];
     loop {
         let rel: Vec<Range<usize>> = idx
@@ -269,17 +264,8 @@ fn for_each_piece(
             .collect();
         let abs: Vec<Range<usize>> = rel.iter().zip(region).map(|(r, a)| a.start + r.start..a.start + r.end).collect();
         f(&abs, &rel)?;
-        let mut d = idx.len();
-        loop {
-            if d == 0 {
-                return Ok(());
-            }
-            d -= 1;
-            idx[d] += 1;
-            if idx[d] < counts[d] {
-                break;
-            }
-            idx[d] = 0;
+        if !geometry::next_index(&mut idx, &grid) {
+            return Ok(());
         }
     }
 }
@@ -371,17 +357,8 @@ fn encode_piece(arr: &ArrayD<f64>, rel: &[Range<usize>], shape: &[usize], dtype:
             None => put(out, &mut all.by_ref().take(run)),
         }
         row += 1;
-        let mut d = rank - 1;
-        loop {
-            if d == 0 {
-                return;
-            }
-            d -= 1;
-            pos[d] += 1;
-            if pos[d] < rel[d].end {
-                break;
-            }
-            pos[d] = rel[d].start;
+        if !geometry::next_index(&mut pos[..rank - 1], &rel[..rank - 1]) {
+            return;
         }
     }
 }
@@ -431,12 +408,7 @@ pub fn decode_partials(plan: &Plan, stage: u32, block: u64, payload: &[u8]) -> O
     let mut out = Vec::new();
     for &c in consts {
         let spec = &plan.consts[c as usize];
-        let shape: Vec<usize> = region
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !spec.axes.contains(i))
-            .map(|(_, r)| r.len())
-            .collect();
+        let shape: Vec<usize> = geometry::kept(&region, &spec.axes).iter().map(|r| r.len()).collect();
         let parts = (0..partial_arity(spec.op))
             .map(|_| take_f64(payload, &mut off, &shape))
             .collect::<Option<Vec<_>>>()?;

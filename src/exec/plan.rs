@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::expr::{self, Ast, AxisArg, BinOp};
-use super::geometry::{block_count, broadcast, default_block, fmt_shape};
+use super::geometry::{self, block_count, broadcast, default_block, fmt_shape};
 use super::hdf::{self, Dtype, InputError};
 use crate::config::did_you_mean;
 use crate::config::workload::{OutDtype, Workload};
@@ -410,7 +410,7 @@ fn resolve(ast: &Ast, cx: &Ctx) -> Result<(Node, Vec<usize>), PlanError> {
                         out
                     }
                 };
-                let shape: Vec<usize> = s.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect();
+                let shape = geometry::kept(&s, &axes);
                 (
                     Node::Reduce {
                         op,
@@ -488,12 +488,7 @@ impl Lowering<'_> {
                 let id = match existing {
                     Some(c) => c,
                     None => {
-                        let out_shape: Vec<usize> = shape
-                            .iter()
-                            .enumerate()
-                            .filter(|(i, _)| !axes.contains(i))
-                            .map(|(_, &d)| d)
-                            .collect();
+                        let out_shape = geometry::kept(&shape, axes);
                         self.consts.push(ConstSpec {
                             op: *op,
                             axes: axes.clone(),
@@ -735,13 +730,7 @@ impl Plan {
                         .iter()
                         .map(|&c| {
                             let spec = &self.consts[c as usize];
-                            let kept: u64 = st
-                                .block
-                                .iter()
-                                .enumerate()
-                                .filter(|(i, _)| !spec.axes.contains(i))
-                                .map(|(_, &n)| n as u64)
-                                .product();
+                            let kept: u64 = geometry::kept(&st.block, &spec.axes).iter().map(|&n| n as u64).product();
                             kept * 8 * super::kernel::partial_arity(spec.op) as u64
                         })
                         .sum(),
