@@ -63,12 +63,21 @@ impl Inbound {
     }
 
     /// Wait until a payload of `len` bytes fits; the permit is held with the payload.
-    async fn hold(&self, len: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    /// `waiting` is called every few seconds of waiting: the worker is alive (it sent
+    /// the frame's head), only held back, and must not be taken for lost meanwhile.
+    async fn hold(&self, len: u64, mut waiting: impl FnMut()) -> Option<tokio::sync::OwnedSemaphorePermit> {
         if len < Self::LARGE {
             return None;
         }
         let (sem, cap) = self.0.lock().expect("inbound lock").clone();
-        sem.acquire_many_owned(Self::units(len).min(cap)).await.ok()
+        let acquire = sem.acquire_many_owned(Self::units(len).min(cap));
+        tokio::pin!(acquire);
+        loop {
+            tokio::select! {
+                permit = &mut acquire => return permit.ok(),
+                _ = tokio::time::sleep(Duration::from_secs(2)) => waiting(),
+            }
+        }
     }
 }
 
@@ -178,7 +187,14 @@ async fn handle(
                 loop {
                     let frame = async {
                         let (msg, len) = proto::read_head::<_, PeerMsg>(&mut recv).await?;
-                        let permit = inbound.hold(len).await;
+                        let alive = || {
+                            let _ = events.send(Event::WorkerMsg {
+                                id,
+                                msg: PeerMsg::Heartbeat,
+                                payload: Bytes::new(),
+                            });
+                        };
+                        let permit = inbound.hold(len, alive).await;
                         let data = proto::read_payload(&mut recv, len).await?;
                         let payload = match permit {
                             Some(p) => Bytes::from_owner(Held { data, _permit: p }),
@@ -249,4 +265,38 @@ async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver
         }
     }
     let _ = send.finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn inbound_budget_holds_back_large_payloads_and_reports_waiting() {
+        let inbound = Inbound::new(3 << 20);
+        assert!(inbound.hold(1000, || {}).await.is_none(), "small payloads are not counted");
+        let first = inbound.hold(2 << 20, || {}).await.expect("fits");
+        // A second 2 MiB payload does not fit beside the first: it waits, saying so.
+        let waits = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let w = waits.clone();
+        let inb = inbound.clone();
+        let second = tokio::spawn(async move {
+            inb.hold(2 << 20, move || {
+                w.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(2300)).await;
+        assert!(!second.is_finished(), "held back while the first payload is held");
+        assert_eq!(
+            waits.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "reported waiting once in 2.3 s"
+        );
+        drop(first);
+        assert!(second.await.unwrap().is_some(), "admitted once the first is released");
+        // A payload larger than the whole budget is admitted alone, not refused forever.
+        inbound.set_limit(1 << 20);
+        assert!(inbound.hold(8 << 20, || {}).await.is_some());
+    }
 }
