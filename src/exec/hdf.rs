@@ -325,9 +325,11 @@ impl Direct {
             return None;
         }
         let f = std::fs::File::open(path).ok()?;
-        // SAFETY: the map is read-only and drover never writes its inputs. A file
-        // truncated by someone else while a run reads it would fault; runs check each
-        // input's size and modification time against the plan's (resume fingerprint).
+        // SAFETY: the map is read-only and drover never writes its inputs; bounds are
+        // checked against the map's length before every slice. A file truncated by
+        // someone else while a run reads it makes a read fault (SIGBUS): the worker is
+        // lost, its tasks are retried, and a chunk that keeps killing workers fails the
+        // run with its name. The README asks not to modify inputs during a run.
         let map = unsafe { memmap2::Mmap::map(&f) }.ok()?;
         let cell_bytes = cell.iter().product::<usize>() as u64 * dtype.size() as u64;
         if let Some(off) = contiguous
