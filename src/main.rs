@@ -13,7 +13,7 @@ fn main() {
         .with_target(false)
         .init();
     if let Err(f) = drover::cli::main(cli) {
-        eprintln!("error: {:#}", f.error);
+        eprintln!("error: {}", f.message());
         std::process::exit(f.exit_code());
     }
 }

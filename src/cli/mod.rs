@@ -174,6 +174,21 @@ impl Failure {
     pub fn exit_code(&self) -> i32 {
         if self.input { 2 } else { 1 }
     }
+
+    /// The one-line message: the error and its causes, each cause added only when
+    /// the message does not already quote it (most of drover's errors put their
+    /// cause in their own text).
+    pub fn message(&self) -> String {
+        let mut msg = self.error.to_string();
+        for cause in self.error.chain().skip(1) {
+            let c = cause.to_string();
+            if !msg.contains(&c) {
+                msg.push_str(": ");
+                msg.push_str(&c);
+            }
+        }
+        msg
+    }
 }
 
 fn input(e: impl Into<anyhow::Error>) -> Failure {

@@ -118,8 +118,8 @@ impl Kernel {
 /// A bad expression or dataset.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("input \"{name}\": {source}; check [inputs.{name}] in the workload file (relative paths are relative to its folder)")]
-    Input { name: String, source: InputError },
+    #[error("input \"{name}\": {reason}; check [inputs.{name}] in the workload file (relative paths are relative to its folder)")]
+    Input { name: String, reason: InputError },
     #[error("input \"{name}\": chunks {chunks:?} has {} entries but dataset \"{dataset}\" has {} dimensions (shape {}); give one block length per dimension", chunks.len(), shape.len(), fmt_shape(shape))]
     ChunkRank {
         name: String,
@@ -605,9 +605,9 @@ impl Plan {
     pub fn build(w: &Workload) -> Result<Plan, PlanError> {
         let mut inputs = Vec::new();
         for inp in &w.inputs {
-            let info = hdf::inspect(&inp.file, &inp.dataset).map_err(|source| PlanError::Input {
+            let info = hdf::inspect(&inp.file, &inp.dataset).map_err(|reason| PlanError::Input {
                 name: inp.name.clone(),
-                source,
+                reason,
             })?;
             let block = match &inp.chunks {
                 Some(c) if c.len() != info.shape.len() => {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -176,6 +177,20 @@ CASES: dict[str, Callable[[], Bad]] = {
 }
 
 
+def _repeated(line: str, n: int = 24) -> str | None:
+    """A stretch of `n` characters that occurs twice in `line` (a cause appended to a
+    message that already quotes it), or None. Quoted values (paths of a file and of its
+    folder share a prefix) are left out."""
+    line = re.sub(r'"[^"]*"', '""', line)
+    seen = set()
+    for i in range(len(line) - n + 1):
+        part = line[i : i + n]
+        if part in seen:
+            return part
+        seen.add(part)
+    return None
+
+
 def _check(drover: Path, tmp_path: Path, bad: Bad) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -202,6 +217,11 @@ def _check(drover: Path, tmp_path: Path, bad: Bad) -> None:
     assert any(line.startswith("error: ") for line in run.stderr.splitlines()), (
         f"no line starting with 'error: ' on stderr\n{run.describe()}"
     )
+    for line in run.stderr.splitlines():
+        if line.startswith("error: "):
+            assert _repeated(line) is None, (
+                f"the error line says the same thing twice: {_repeated(line)!r}\n{run.describe()}"
+            )
     for q in bad.quoted:
         alts = q if isinstance(q, tuple) else (q,)
         assert any(a in run.stderr for a in alts), (
