@@ -43,38 +43,11 @@ QMASTER_PIDFILE=/var/spool/gridengine/qmaster/qmaster.pid
 EXECD_PIDFILE=/var/run/gridengine/execd.pid
 PACKAGES=(gridengine-master gridengine-exec gridengine-client)
 
-log() { printf '[sge-testbed] %s\n' "$*" >&2; }
+TB_NAME=sge
+die_logs() { echo /var/spool/gridengine/qmaster/messages /var/spool/gridengine/execd/"$HOST"/messages; }
+# shellcheck source=scripts/testbed/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-die() {
-    printf '[sge-testbed] ERROR: %s\n' "$*" >&2
-    local f
-    for f in /var/spool/gridengine/qmaster/messages /var/spool/gridengine/execd/"$HOST"/messages; do
-        [ -s "$f" ] || continue
-        printf -- '----- tail of %s -----\n' "$f" >&2
-        tail -n 20 "$f" >&2
-    done
-    exit 1
-}
-
-# wait_until SECONDS DESCRIPTION CMD...: polls CMD every 0.2 s until it succeeds.
-wait_until() {
-    local limit="$1" what="$2"
-    shift 2
-    local deadline=$((SECONDS + limit))
-    until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -ge "$deadline" ] && return 1
-        sleep 0.2
-    done
-    log "ok: $what"
-}
-
-# alive and not a zombie
-pid_alive() {
-    [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null &&
-        ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
-}
-pidfile_pid() { [ -s "$1" ] && tr -dc '0-9' <"$1" || true; }
-proc_named() { pid_alive "$1" && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]; }
 qmaster_running() { proc_named "$(pidfile_pid "$QMASTER_PIDFILE")" sge_qmaster; }
 execd_running() { proc_named "$(pidfile_pid "$EXECD_PIDFILE")" sge_execd; }
 qmaster_answers() { qstat -u '*' >/dev/null 2>&1; }
@@ -375,24 +348,4 @@ cmd_env() {
     echo "export SGE_CELL=$SGE_CELL"
 }
 
-main() {
-    local cmd="${1:-}"
-    case "$cmd" in
-    up | down)
-        [ "$(id -u)" -eq 0 ] || die "must run as root"
-        mkdir -p "$STATE"
-        # fd 9 holds the lock; daemons are started with 9>&- so none keeps it
-        exec 9>"$STATE/.lock"
-        flock -w 300 9 || die "another sge.sh holds $STATE/.lock"
-        "cmd_$cmd"
-        ;;
-    status) cmd_status ;;
-    env) cmd_env ;;
-    *)
-        echo "usage: $0 up|down|status|env" >&2
-        exit 2
-        ;;
-    esac
-}
-
-main "$@"
+testbed_main "$@"

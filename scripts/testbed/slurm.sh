@@ -42,38 +42,10 @@ TIMEOUT="${DROVER_SLURM_TIMEOUT:-60}"
 MIN_JOB_AGE="${DROVER_SLURM_MIN_JOB_AGE:-10}"
 MARKER="# written by drover scripts/testbed/slurm.sh"
 
-log() { printf '[slurm-testbed] %s\n' "$*" >&2; }
-
-# die MSG: prints MSG and the tail of every log we know of, exits 1.
-die() {
-    printf '[slurm-testbed] ERROR: %s\n' "$*" >&2
-    local f
-    for f in "$STATE"/log/*.log /var/log/munge/munged.log; do
-        [ -s "$f" ] || continue
-        printf -- '----- tail of %s -----\n' "$f" >&2
-        tail -n 15 "$f" >&2
-    done
-    exit 1
-}
-
-# wait_until SECONDS DESCRIPTION CMD...: polls CMD every 0.2 s until it succeeds.
-wait_until() {
-    local limit="$1" what="$2"
-    shift 2
-    local deadline=$((SECONDS + limit))
-    until "$@" >/dev/null 2>&1; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            return 1
-        fi
-        sleep 0.2
-    done
-    log "ok: $what"
-}
-
-pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-pidfile_pid() { [ -s "$1" ] && tr -dc '0-9' <"$1" || true; }
-# pid_is PID NAME: PID is alive and its command name is NAME (a pid file may be stale).
-pid_is() { pid_alive "$1" && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]; }
+TB_NAME=slurm
+die_logs() { echo "$STATE"/log/*.log /var/log/munge/munged.log; }
+# shellcheck source=scripts/testbed/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 ctld_pid() { pidfile_pid "$STATE/run/slurmctld.pid"; }
 slurmd_pid() { pidfile_pid "$STATE/run/slurmd-$1.pid"; }
@@ -182,9 +154,9 @@ nodes_idle() {
 }
 
 daemons_running() {
-    pid_is "$(ctld_pid)" slurmctld || return 1
+    proc_named "$(ctld_pid)" slurmctld || return 1
     local n
-    for n in "${NODES[@]}"; do pid_is "$(slurmd_pid "$n")" slurmd || return 1; done
+    for n in "${NODES[@]}"; do proc_named "$(slurmd_pid "$n")" slurmd || return 1; done
 }
 
 smoke_job() {
@@ -219,13 +191,13 @@ cmd_up() {
     if daemons_running && nodes_ready; then
         log "already up"
     else
-        if ! pid_is "$(ctld_pid)" slurmctld; then
+        if ! proc_named "$(ctld_pid)" slurmctld; then
             log "starting slurmctld"
             slurmctld 9>&- || die "slurmctld failed to start"
         fi
         wait_until "$TIMEOUT" "slurmctld answers" scontrol ping || die "slurmctld does not answer"
         for n in "${NODES[@]}"; do
-            if ! pid_is "$(slurmd_pid "$n")" slurmd; then
+            if ! proc_named "$(slurmd_pid "$n")" slurmd; then
                 log "starting slurmd -N $n"
                 slurmd -N "$n" 9>&- || die "slurmd -N $n failed to start"
             fi
@@ -243,7 +215,7 @@ no_jobs() { [ -z "$(squeue -h -o %i 2>/dev/null)" ]; }
 
 cmd_down() {
     local n p deadline
-    if pid_is "$(ctld_pid)" slurmctld && scontrol ping >/dev/null 2>&1; then
+    if proc_named "$(ctld_pid)" slurmctld && scontrol ping >/dev/null 2>&1; then
         local ids
         ids="$(squeue -h -o '%i' 2>/dev/null | tr '\n' ' ')"
         if [ -n "${ids// /}" ]; then
@@ -259,10 +231,10 @@ cmd_down() {
     # Wait for the daemons we started (pid files), then kill what is left.
     local pids=()
     p="$(ctld_pid)"
-    pid_is "$p" slurmctld && pids+=("$p")
+    proc_named "$p" slurmctld && pids+=("$p")
     for n in "${NODES[@]}"; do
         p="$(slurmd_pid "$n")"
-        pid_is "$p" slurmd && pids+=("$p")
+        proc_named "$p" slurmd && pids+=("$p")
     done
     deadline=$((SECONDS + 20))
     for p in "${pids[@]}"; do
@@ -295,24 +267,4 @@ cmd_env() {
     echo "export SLURM_CONF=$CONF"
 }
 
-main() {
-    local cmd="${1:-}"
-    case "$cmd" in
-    up | down)
-        [ "$(id -u)" -eq 0 ] || die "must run as root"
-        mkdir -p "$STATE"
-        # fd 9 holds the lock; every daemon is started with 9>&- so none keeps it
-        exec 9>"$STATE/.lock"
-        flock -w 300 9 || die "another slurm.sh holds $STATE/.lock"
-        "cmd_$cmd"
-        ;;
-    status) cmd_status ;;
-    env) cmd_env ;;
-    *)
-        echo "usage: $0 up|down|status|env" >&2
-        exit 2
-        ;;
-    esac
-}
-
-main "$@"
+testbed_main "$@"

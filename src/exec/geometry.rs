@@ -24,6 +24,33 @@ pub fn next_index(idx: &mut [usize], ranges: &[Range<usize>]) -> bool {
     false
 }
 
+/// For each row of `sub` (a run along the last dimension), in row-major order, call
+/// `f(a, b, run)` with the row's first element's row-major offset inside two boxes
+/// that both contain `sub`: `a` starting at `a_origin` with extents `a_shape`, and
+/// `b` likewise. This is how a region is copied between two layouts (a chunk and a
+/// block, a piece and a block) one contiguous run at a time. `sub` must not be empty.
+pub fn for_each_row(
+    sub: &[Range<usize>],
+    (a_origin, a_shape): (&[usize], &[usize]),
+    (b_origin, b_shape): (&[usize], &[usize]),
+    mut f: impl FnMut(usize, usize, usize),
+) {
+    let rank = sub.len();
+    let run = sub[rank - 1].len();
+    let mut pos: Vec<usize> = sub.iter().map(|r| r.start).collect();
+    loop {
+        let (mut a, mut b) = (0usize, 0usize);
+        for d in 0..rank {
+            a = a * a_shape[d] + (pos[d] - a_origin[d]);
+            b = b * b_shape[d] + (pos[d] - b_origin[d]);
+        }
+        f(a, b, run);
+        if !next_index(&mut pos[..rank - 1], &sub[..rank - 1]) {
+            return;
+        }
+    }
+}
+
 /// The entries (extents, ranges) of the dimensions a reduction over `axes` keeps.
 pub fn kept<T: Clone>(dims: &[T], axes: &[usize]) -> Vec<T> {
     dims.iter()
@@ -115,6 +142,21 @@ mod tests {
         assert_eq!(seen, [[1, 5], [1, 6], [2, 5], [2, 6]]);
         assert_eq!(idx, [1, 5], "back at the start");
         assert!(!next_index(&mut [], &[]), "a 0-d index has one position");
+    }
+
+    #[test]
+    fn rows_have_their_offsets_in_both_boxes() {
+        // Rows 1..3 x columns 2..4 of a 4 x 5 box at the origin, and of a 2 x 2 box
+        // starting at (1, 2).
+        let mut rows = Vec::new();
+        for_each_row(&[1..3, 2..4], (&[0, 0], &[4, 5]), (&[1, 2], &[2, 2]), |a, b, run| {
+            rows.push((a, b, run))
+        });
+        assert_eq!(rows, [(7, 0, 2), (12, 2, 2)]);
+        let mut one = Vec::new();
+        let sub = [Range { start: 3, end: 6 }];
+        for_each_row(&sub, (&[0], &[10]), (&[3], &[3]), |a, b, run| one.push((a, b, run)));
+        assert_eq!(one, [(3, 0, 3)], "1-D: one row");
     }
 
     #[test]

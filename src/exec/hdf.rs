@@ -11,7 +11,7 @@ use hdf5::{Hyperslab, Selection, SliceOrIndex};
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 
-use super::geometry::next_index;
+use super::geometry::{for_each_row, next_index};
 use crate::config::workload::OutDtype;
 
 /// Element type of an input dataset.
@@ -435,31 +435,17 @@ impl Direct {
         let size = self.dtype.size();
         let bytes = &self.map[off as usize..off as usize + self.cell_bytes()];
         self.touch(off, idx, sub);
-        let rank = sub.len();
-        let run = sub[rank - 1].len();
-        // Row-major strides (in elements) of the cell and of the output region.
-        let mut cstride = vec![1usize; rank];
-        let mut ostride = vec![1usize; rank];
-        for d in (0..rank - 1).rev() {
-            cstride[d] = cstride[d + 1] * self.cell[d + 1];
-            ostride[d] = ostride[d + 1] * shape[d + 1];
-        }
         let cell_start: Vec<usize> = idx.iter().zip(&self.cell).map(|(&i, &c)| i * c).collect();
-        let mut pos: Vec<usize> = sub.iter().map(|r| r.start).collect();
-        loop {
-            let src: usize = (0..rank).map(|d| (pos[d] - cell_start[d]) * cstride[d]).sum();
-            let dst: usize = (0..rank).map(|d| (pos[d] - region[d].start) * ostride[d]).sum();
+        let region_start: Vec<usize> = region.iter().map(|r| r.start).collect();
+        for_each_row(sub, (&cell_start, &self.cell), (&region_start, shape), |src, dst, run| {
             convert(
                 self.dtype,
                 self.big_endian,
                 &bytes[src * size..(src + run) * size],
                 &mut out[dst..dst + run],
-            );
-            // Next row: every dimension but the last.
-            if !next_index(&mut pos[..rank - 1], &sub[..rank - 1]) {
-                return Ok(());
-            }
-        }
+            )
+        });
+        Ok(())
     }
 }
 
@@ -541,11 +527,11 @@ impl ChunkSink {
     /// Write a block (`bytes`: its values, row-major, little-endian) covering `region`.
     pub fn write_block(&self, region: &[Range<usize>], bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let rank = self.chunk.len();
         let e = self.elem;
         let cbytes = self.chunk.iter().product::<usize>() * e;
         let mut buf = super::buffers::PAYLOADS.take(cbytes);
         let bshape: Vec<usize> = region.iter().map(|r| r.len()).collect();
+        let region_start: Vec<usize> = region.iter().map(|r| r.start).collect();
         let result = for_each_cell(region, &self.chunk, |idx, sub| {
             // The part of the chunk inside the dataset is `sub` (blocks cover whole
             // chunks); the rest is padding, zeroed.
@@ -553,20 +539,10 @@ impl ChunkSink {
             if !inside {
                 buf.fill(0);
             }
-            let run = sub[rank - 1].len() * e;
-            let mut pos: Vec<usize> = sub.iter().map(|r| r.start).collect();
-            loop {
-                let mut src = 0usize;
-                let mut dst = 0usize;
-                for d in 0..rank {
-                    src = src * bshape[d] + (pos[d] - region[d].start);
-                    dst = dst * self.chunk[d] + (pos[d] - idx[d] * self.chunk[d]);
-                }
-                buf[dst * e..dst * e + run].copy_from_slice(&bytes[src * e..src * e + run]);
-                if !next_index(&mut pos[..rank - 1], &sub[..rank - 1]) {
-                    break;
-                }
-            }
+            let chunk_start: Vec<usize> = idx.iter().zip(&self.chunk).map(|(&i, &c)| i * c).collect();
+            for_each_row(sub, (&region_start, &bshape), (&chunk_start, &self.chunk), |src, dst, run| {
+                buf[dst * e..(dst + run) * e].copy_from_slice(&bytes[src * e..(src + run) * e])
+            });
             let linear = idx.iter().zip(&self.grid).fold(0usize, |acc, (&i, &g)| acc * g + i);
             self.file
                 .write_all_at(&buf, self.addrs[linear])

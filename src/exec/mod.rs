@@ -337,30 +337,22 @@ fn encode_piece(arr: &ArrayD<f64>, rel: &[Range<usize>], shape: &[usize], dtype:
         put(payload, &mut arr.iter().copied());
         return;
     }
-    let run = rel[rank - 1].len();
-    if run == 0 || rel.iter().any(|r| r.is_empty()) {
+    if rel.iter().any(|r| r.is_empty()) {
         return;
     }
-    let mut stride = vec![1usize; rank];
-    for d in (0..rank - 1).rev() {
-        stride[d] = stride[d + 1] * shape[d + 1];
-    }
+    // The piece's values in row-major order: rows follow one another.
     let values = arr.as_slice();
-    let mut pos: Vec<usize> = rel.iter().map(|r| r.start).collect();
-    let mut row = 0usize;
     let mut all = arr.iter().copied();
-    loop {
-        let dst: usize = (0..rank).map(|d| pos[d] * stride[d]).sum();
+    let piece: Vec<usize> = rel.iter().map(|r| r.len()).collect();
+    let start: Vec<usize> = rel.iter().map(|r| r.start).collect();
+    let block_origin = vec![0; rank];
+    geometry::for_each_row(rel, (&start, &piece), (&block_origin, shape), |src, dst, run| {
         let out = &mut payload[dst * width..(dst + run) * width];
         match values {
-            Some(v) => put(out, &mut v[row * run..(row + 1) * run].iter().copied()),
+            Some(v) => put(out, &mut v[src..src + run].iter().copied()),
             None => put(out, &mut all.by_ref().take(run)),
         }
-        row += 1;
-        if !geometry::next_index(&mut pos[..rank - 1], &rel[..rank - 1]) {
-            return;
-        }
-    }
+    });
 }
 
 thread_local! {

@@ -86,7 +86,8 @@ def test_a_worker_killed_mid_run_is_replaced_by_the_others(drover, tmp_path):
         while len(children_of(proc.pid)) < 3:
             assert time.monotonic() < deadline and proc.poll() is None, "workers did not start"
             time.sleep(0.05)
-        time.sleep(2.0)  # mid-run
+        # Mid-run: results are being recorded, and every worker holds queued tasks.
+        wait_for_journal_records(tmp_path / ".slow.h5.drover-journal", proc)
         victim = children_of(proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
         out, err = proc.communicate(timeout=120)
@@ -149,8 +150,11 @@ def test_a_changed_workload_or_input_starts_fresh(drover, tmp_path, change):
         kill_marked(mark)
     assert (tmp_path / ".slow.h5.drover-journal").exists()
     if change == "input":
-        time.sleep(0.01)
+        before = (tmp_path / "bc.h5").stat().st_mtime_ns
         make_slow(tmp_path, rows, scale=1.5)  # same shape, new values and mtime
+        st = (tmp_path / "bc.h5").stat()
+        if st.st_mtime_ns == before:  # a coarse clock: make the change visible
+            os.utime(tmp_path / "bc.h5", ns=(st.st_atime_ns, before + 1_000_000))
     else:
         w.write_text(w.read_text().replace("cos(a + b)", "cos(a - b)"))
     r = run_drover(drover, ["run", w, "--workers", "2", "--json"])

@@ -101,32 +101,22 @@ def reset(emu):
     subprocess.run([str(EMU / "reset.sh"), str(emu.state)], capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture
-def pbs(tmp_path):
-    emu = make_emu("pbs", tmp_path)
-    yield emu
-    reset(emu)
+def _emulator(system: str):
+    """A fixture: the emulator of `system` in a fresh state, reset afterwards."""
+
+    @pytest.fixture
+    def fixture(tmp_path):
+        emu = make_emu(system, tmp_path)
+        yield emu
+        reset(emu)
+
+    return fixture
 
 
-@pytest.fixture
-def torque(tmp_path):
-    emu = make_emu("torque", tmp_path)
-    yield emu
-    reset(emu)
-
-
-@pytest.fixture
-def lsf(tmp_path):
-    emu = make_emu("lsf", tmp_path)
-    yield emu
-    reset(emu)
-
-
-@pytest.fixture
-def condor(tmp_path):
-    emu = make_emu("htcondor", tmp_path)
-    yield emu
-    reset(emu)
+pbs = _emulator("pbs")
+torque = _emulator("torque")
+lsf = _emulator("lsf")
+condor = _emulator("htcondor")
 
 
 # ------------------------------------------------------------------ PBS Pro
