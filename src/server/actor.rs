@@ -225,6 +225,9 @@ pub struct Actor {
     site: Option<SitePool>,
     /// The budget of received result bytes, sized per job.
     inbound: Option<super::conn::Inbound>,
+    /// This host's name: only workers reporting it are offered direct output writes
+    /// (the chunk table can be large; they still check the file's identity).
+    host: String,
 }
 
 /// The inbound budget before any job sets one.
@@ -266,6 +269,9 @@ impl Actor {
             lost: VecDeque::new(),
             site,
             inbound: None,
+            host: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
         }
     }
 
@@ -732,7 +738,10 @@ impl Actor {
                 ServerMsg::Job {
                     job: job.id,
                     plan: (*job.plan).clone(),
-                    direct: job.writer.as_ref().map(|w| w.direct.clone()).unwrap_or_default(),
+                    direct: match &job.writer {
+                        Some(wr) if w.info.host == self.host => wr.direct.clone(),
+                        _ => Vec::new(),
+                    },
                 },
             );
         }

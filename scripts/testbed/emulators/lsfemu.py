@@ -676,6 +676,10 @@ def parse_jobid_arg(text):
     return int(m.group(1)), (int(m.group(2)) if m.group(2) else None)
 
 
+# bjobs switches that select or format without an argument: the option they set.
+BJOBS_SWITCHES = {"-a": "all", "-d": "done", "-p": "pend", "-r": "run", "-l": "long"}
+
+
 def cmd_bjobs(argv):
     opts = {"fmt": None, "json": False, "noheader": False, "all": False, "done": False, "pend": False,
             "run": False, "long": False, "users": None, "queue": None, "name": None, "wide": False}
@@ -699,16 +703,8 @@ def cmd_bjobs(argv):
                 opts["queue"] = val
             elif a == "-J":
                 opts["name"] = val
-        elif a == "-a":
-            opts["all"] = True
-        elif a == "-d":
-            opts["done"] = True
-        elif a == "-p":
-            opts["pend"] = True
-        elif a == "-r":
-            opts["run"] = True
-        elif a == "-l":
-            opts["long"] = True
+        elif a in BJOBS_SWITCHES:
+            opts[BJOBS_SWITCHES[a]] = True
         elif a in ("-w", "-W", "-X", "-A", "-hms", "-s", "-aps", "-x", "-UF"):
             opts["wide"] = opts["wide"] or a == "-w"
         elif a == "-h":
