@@ -1,0 +1,196 @@
+"""The run of one case: an untimed warm-up of every contender, the result checks, then
+R rounds whose contender order rotates every round."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+
+from . import classic, newcases
+from .common import CONTENDERS, HDF5_CHUNK, OUT_DIR, SIZES, BenchError, jsonable, log, rm, default_block
+from .contenders import H5Source, load_plugins, plugin_path, run_drover
+from .data import big_path, chunk_index, tiny_path
+from .memory import reset_hwm, status_kb
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.size = SIZES["quick" if args.quick else "full"]
+        self.tag = "quick" if args.quick else "full"
+        self.shape = self.size["shape"]
+        self.big = big_path(self.shape)
+        self.tiny = tiny_path(self.size["tiny_n"])
+        self.block = (args.block_rows, self.shape[1]) if args.block_rows else default_block(self.shape, HDF5_CHUNK)
+        self.threads = max(1, (os.cpu_count() or 1) // args.workers)   # drover's embedded default
+        self.client = None
+        self.cluster = None
+        self.dask_pids: list[int] = []
+        self.buf: bytearray | None = None
+        self.out_chunks = HDF5_CHUNK
+        self.case_info: dict[str, dict] = {}
+        self.workloads: dict = {}
+        self.plugins = load_plugins()
+        self.drover_env, self.drover_env_note = self._drover_env()
+        self.decode_limit = args.decode_limit if os.access(args.decode_limit, os.X_OK) else None
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+
+    def _drover_env(self):
+        """drover's environment: this process's, plus HDF5_PLUGIN_PATH = hdf5plugin's
+        plugins (so HDF5 inside drover can read zstd and blosc chunks too) unless set."""
+        env = dict(os.environ)
+        if self.args.no_plugin_path:
+            return env, "HDF5_PLUGIN_PATH left as it was (--no-plugin-path)"
+        if env.get("HDF5_PLUGIN_PATH"):
+            return env, f"HDF5_PLUGIN_PATH={env['HDF5_PLUGIN_PATH']} (from the environment)"
+        pp = plugin_path()
+        if pp is None:
+            return env, "no hdf5plugin: HDF5_PLUGIN_PATH not set"
+        env["HDF5_PLUGIN_PATH"] = pp
+        return env, f"HDF5_PLUGIN_PATH={pp} (hdf5plugin's filters)"
+
+    def workload(self, case: str):
+        if case not in self.workloads:
+            mod = newcases if newcases.is_new(case) else classic
+            self.workloads[case] = mod.workload(self, case)
+        return self.workloads[case]
+
+    # ---- dask.distributed: one warm cluster for the whole run
+
+    def start_cluster(self) -> None:
+        from distributed import Client, LocalCluster
+
+        t0 = time.perf_counter()
+        self.cluster = LocalCluster(
+            n_workers=self.args.workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
+        self.client = Client(self.cluster, set_as_default=False)
+        self.client.wait_for_workers(self.args.workers)
+        self.dask_pids = sorted(self.client.run(os.getpid).values())
+        if self.plugins:
+            self.client.run(load_plugins)   # the plugin filters in every worker, outside timing
+        log(f"dask.distributed LocalCluster up ({self.args.workers} x 1 thread, pids {self.dask_pids}) "
+            f"in {time.perf_counter() - t0:.1f} s (not timed)")
+
+    def stop_cluster(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    # ---- helpers for the dask contenders
+
+    @staticmethod
+    def dask_kind(who: str) -> bool:
+        """True for dask threads, False for dask.distributed."""
+        if who not in ("dask-threads", "dask.distributed"):
+            raise ValueError(who)
+        return who == "dask-threads"
+
+    def dask_compute(self, expr, who: str):
+        import dask
+
+        if self.dask_kind(who):
+            with dask.config.set(scheduler="threads", num_workers=self.args.workers):
+                return expr.compute(scheduler="threads", num_workers=self.args.workers)
+        return self.client.compute(expr).result()
+
+    def dask_source(self, path, name: str, f, who: str, rows: int | None = None):
+        """dask threads: the h5py dataset itself (or a prefix of it); distributed: H5Source."""
+        if self.dask_kind(who) and (rows is None or rows >= f[name].shape[0]):
+            return f[name]
+        return H5Source(str(path), name, rows)
+
+    # ---- one run of one contender; returns {"seconds": ..., ...}
+
+    def out_path(self, case: str, who: str):
+        return OUT_DIR / f"{case}-{who.replace('.', '-')}.h5"
+
+    def run_one(self, case: str, who: str) -> dict:
+        if who == "drover":
+            rm(self.out_path(case, "drover"))
+            return run_drover(self.args.drover, self.workload(case), self.args.workers, self.args.timeout,
+                              env=self.drover_env)
+        mod = newcases if newcases.is_new(case) else classic
+        return mod.run_one(self, case, who)
+
+    def cleanup(self, case: str, who: str) -> None:
+        for p in (self.out_path(case, who), self.out_path(case, "raw")):
+            rm(p)
+
+    def contenders(self, case: str) -> tuple[list[str], list[str]]:
+        names = list(CONTENDERS[case])
+        notes = []
+        if self.args.no_distributed:
+            names = [n for n in names if n != "dask.distributed"]
+        if "decode-limit" in names and self.decode_limit is None:
+            names.remove("decode-limit")
+            notes.append(f"decode-limit skipped: no executable at {self.args.decode_limit} "
+                         "(cargo build --release --example decode_limit, or --decode-limit BIN)")
+        return names, notes
+
+    # ---- a case: warm-up, check, rounds
+
+    def run_case(self, case: str) -> dict:
+        names, notes = self.contenders(case)
+        new = newcases.is_new(case)
+        res: dict = {"contenders": names, "notes": notes, "warmup": {}, "contender_errors": {}}
+        for n in notes:
+            log(f"{case}: {n}")
+        if new:
+            self.case_info[case] = chunk_index(newcases.data_path(self, case))
+            res["data"] = self.case_info[case]
+            res["drover_block"] = list(newcases.block_of(self, case))
+        hwm_reset = reset_hwm(self.dask_pids) if self.dask_pids else False
+        if self.dask_pids and not hwm_reset:
+            res["dask_memory_note"] = "could not reset VmHWM of dask workers: peaks are since their start"
+
+        log(f"{case}: warm-up (untimed), order {', '.join(names)}")
+        warm = {}
+        for who in list(names):
+            try:
+                r = self.run_one(case, who)
+            except BenchError as e:   # drop that contender, go on with the others
+                log(f"  warm-up {who}: FAILED, left out of this case: {e}")
+                res["contender_errors"][who] = str(e)
+                names.remove(who)
+                continue
+            warm[who] = r
+            log(f"  warm-up {who}: {r['seconds']:.3f} s")
+            if not new:
+                classic.after_warmup(self, case, who)
+        res["contenders"] = names
+        res["runs"] = {n: [] for n in names}
+        res["warmup"] = {k: jsonable(v) for k, v in warm.items()}
+        res["checks"] = (newcases if new else classic).check(self, case, warm)
+        for k, v in res["checks"].items():
+            log(f"  check {k}: {'equal' if v.get('equal') else 'DIFFERENT'} {v}")
+        for who in names:
+            self.cleanup(case, who)
+        del warm
+        gc.collect()
+
+        for rnd in range(self.args.rounds):
+            k = rnd % len(names) if names else 0
+            order = names[k:] + names[:k]
+            line = []
+            for who in order:
+                r = self.run_one(case, who)
+                self.cleanup(case, who)
+                r.pop("result", None)
+                res["runs"][who].append(r)
+                line.append(f"{who} {r['seconds']:.3f}")
+            log(f"{case} round {rnd + 1}/{self.args.rounds}: " + ", ".join(line))
+
+        if self.dask_pids and "dask.distributed" in names:
+            res["dask_worker_peak_bytes"] = [(status_kb(p) or (0, 0))[0] * 1024 for p in self.dask_pids]
+        return res
+
+    def memory_bounds(self, case: str) -> tuple[int, int]:
+        return (newcases if newcases.is_new(case) else classic).memory_bounds(self, case)
