@@ -8,14 +8,20 @@
 #   log MSG              a progress line on stderr
 #   die MSG              an error line on stderr, then exit 1
 #   ensure_debian_packages PKG...   install the ones not installed (apt-get), if any
-#   ensure_build_deps    the system packages the Rust build needs (HDF5, pkg-config)
+#   ensure_build_deps    what the Rust build needs: a C toolchain and make (Debian), and
+#                        CMake >= 3.26 for the bundled HDF5 (PyPI, in .venv-build)
 #   ensure_venv          the venv with numpy, h5py, pytest (pip only when an import fails)
 #   cargo_release_build  cargo build --release
 
 DROVER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DROVER_VENV="${DROVER_VENV:-$DROVER_ROOT/.venv}"
 DROVER_PY="$DROVER_VENV/bin/python"
-DROVER_BUILD_PACKAGES=(libhdf5-dev pkg-config)
+DROVER_BUILD_PACKAGES=(gcc g++ make pkg-config)
+# HDF5 is built from the source bundled in the hdf5-metno-src crate (HDF5 2.x, for
+# H5Dchunk_iter); its CMakeLists needs CMake 3.26, newer than Debian 12's 3.25.
+# .cargo/config.toml points the build at this one.
+DROVER_BUILD_VENV="$DROVER_ROOT/.venv-build"
+DROVER_CMAKE_VERSION=3.31.10
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -52,6 +58,11 @@ ensure_debian_packages() {
 
 ensure_build_deps() {
     ensure_debian_packages "${DROVER_BUILD_PACKAGES[@]}"
+    if ! "$DROVER_BUILD_VENV/bin/cmake" --version 2>/dev/null | grep -q "version $DROVER_CMAKE_VERSION\$"; then
+        ensure_python_env "$DROVER_BUILD_VENV" "sys" "cmake==$DROVER_CMAKE_VERSION"
+        "$DROVER_BUILD_VENV/bin/pip" install -q --disable-pip-version-check "cmake==$DROVER_CMAKE_VERSION"
+        "$DROVER_BUILD_VENV/bin/cmake" --version >/dev/null || die "CMake did not install into $DROVER_BUILD_VENV"
+    fi
     if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
         export PATH="$HOME/.cargo/bin:$PATH"   # rustup's default place, not always on PATH
     fi
@@ -87,7 +98,7 @@ ensure_python_env() {
 }
 
 ensure_venv() {
-    ensure_python_env "$DROVER_VENV" "numpy, h5py, pytest" -r "$DROVER_ROOT/tests/e2e/requirements.txt"
+    ensure_python_env "$DROVER_VENV" "numpy, h5py, hdf5plugin, pytest" -r "$DROVER_ROOT/tests/e2e/requirements.txt"
 }
 
 cargo_release_build() {

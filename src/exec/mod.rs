@@ -66,7 +66,7 @@ pub fn open_inputs(plan: &Plan) -> Result<Vec<hdf::Reader>, ExecError> {
                 reason: e.to_string(),
             };
             let r = hdf::Reader::open(&inp.file, &inp.dataset).map_err(err)?;
-            tracing::debug!(input = %inp.name, direct = r.is_direct(), "opened input");
+            tracing::debug!(input = %inp.name, direct = r.is_direct(), decode = r.decoder(), "opened input");
             Ok(r)
         })
         .collect()
@@ -212,12 +212,24 @@ pub fn execute_block(
     Ok(BlockResult { bytes_read, payload })
 }
 
-/// Pieces of about 2 MiB of f64 (at most), aligned to the HDF5 chunks of the inputs
-/// spanning each dimension: a piece is then usually exactly one chunk read.
-fn piece_shape(plan: &Plan, st: &plan::Stage, shape: &[usize]) -> Vec<usize> {
+/// Elements of a piece: 2 MiB of f64, sized for the cache.
+const PIECE_ELEMS: usize = 256 << 10;
+
+/// How a block is walked: pieces of `piece` elements per dimension, aligned to the
+/// HDF5 chunk grid `align` (0: no chunk grid along that dimension).
+struct Pieces {
+    piece: Vec<usize>,
+    align: Vec<usize>,
+}
+
+/// Pieces of about [`PIECE_ELEMS`] aligned to the HDF5 chunks of the inputs spanning
+/// each dimension: a chunk larger than that is cut into pieces that stay inside it;
+/// chunks smaller than that are grouped whole (tiny chunks cost one piece per many
+/// chunks, not one each).
+fn piece_shape(plan: &Plan, st: &plan::Stage, shape: &[usize]) -> Pieces {
     let r = shape.len();
     let ins = st.kernel.inputs();
-    let mut piece: Vec<usize> = (0..r)
+    let align: Vec<usize> = (0..r)
         .map(|j| {
             for &i in &ins {
                 let inp = &plan.inputs[i as usize];
@@ -227,44 +239,95 @@ fn piece_shape(plan: &Plan, st: &plan::Stage, shape: &[usize]) -> Vec<usize> {
                     && st.shape[j] > 1
                     && let Some(c) = &inp.hdf5_chunk
                 {
-                    return c[j + ri - r].clamp(1, shape[j].max(1));
+                    return c[j + ri - r].max(1);
                 }
             }
-            shape[j].max(1)
+            0
         })
         .collect();
-    while piece.iter().product::<usize>() > 256 << 10 {
+    let mut piece: Vec<usize> = (0..r)
+        .map(|j| if align[j] > 0 { align[j] } else { shape[j] }.clamp(1, shape[j].max(1)))
+        .collect();
+    while piece.iter().product::<usize>() > PIECE_ELEMS {
         let (d, _) = piece.iter().enumerate().max_by_key(|(_, c)| **c).expect("rank > 0");
         if piece[d] == 1 {
             break;
         }
         piece[d] = piece[d].div_ceil(2);
     }
-    piece
+    // Small chunks: whole multiples of them, last dimension first, while the piece
+    // stays row-major contiguous in the block.
+    for d in (0..r).rev() {
+        let elems: usize = piece.iter().product::<usize>().max(1);
+        if piece[d] < align[d] || elems * 2 > PIECE_ELEMS {
+            break;
+        }
+        let room = (PIECE_ELEMS / elems).max(1);
+        let most = shape[d].div_ceil(piece[d]).max(1);
+        piece[d] *= room.min(most);
+        if piece[d] < shape[d] {
+            break;
+        }
+    }
+    Pieces { piece, align }
 }
 
-/// Call `f(absolute, relative)` for each piece of `region`, last dimension fastest.
+/// Call `f(absolute, relative)` for each piece of `region`. Pieces never straddle a
+/// chunk of the alignment grid, and all pieces of one chunk come one after the other
+/// (chunks in row-major order, pieces within each in row-major order), so that a
+/// chunk read in parts is decoded once and read while it is hot.
 fn for_each_piece(
     region: &[Range<usize>],
-    piece: &[usize],
+    pieces: &Pieces,
     mut f: impl FnMut(&[Range<usize>], &[Range<usize>]) -> Result<(), ExecError>,
 ) -> Result<(), ExecError> {
-    let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
-    if shape.contains(&0) {
+    if region.iter().any(|r| r.is_empty()) {
         return Ok(());
     }
-    let grid: Vec<Range<usize>> = shape.iter().zip(piece).map(|(&s, &p)| 0..s.div_ceil(p.max(1))).collect();
-    let mut idx = vec![0usize; shape.len()];
+    // Per dimension, the outer segments: cut at the alignment grid (absolute
+    // coordinates), or every piece from the region's start where there is none.
+    let outer: Vec<Vec<Range<usize>>> = region
+        .iter()
+        .zip(&pieces.piece)
+        .zip(&pieces.align)
+        .map(|((r, &p), &a)| {
+            let p = p.max(1);
+            let unit = if a > 0 { p.max(a) } else { p };
+            let mut segs = Vec::new();
+            let mut s = r.start;
+            while s < r.end {
+                let e = if a > 0 {
+                    ((s / unit + 1) * unit).min(r.end)
+                } else {
+                    (s + unit).min(r.end)
+                };
+                segs.push(s..e);
+                s = e;
+            }
+            segs
+        })
+        .collect();
+    let outer_grid: Vec<Range<usize>> = outer.iter().map(|v| 0..v.len()).collect();
+    let mut o = vec![0usize; region.len()];
+    let mut abs = region.to_vec();
+    let mut rel = region.to_vec();
     loop {
-        let rel: Vec<Range<usize>> = idx
-            .iter()
-            .zip(piece)
-            .zip(&shape)
-            .map(|((&i, &p), &s)| i * p..((i + 1) * p).min(s))
-            .collect();
-        let abs: Vec<Range<usize>> = rel.iter().zip(region).map(|(r, a)| a.start + r.start..a.start + r.end).collect();
-        f(&abs, &rel)?;
-        if !geometry::next_index(&mut idx, &grid) {
+        let seg: Vec<&Range<usize>> = o.iter().zip(&outer).map(|(&i, v)| &v[i]).collect();
+        let inner_grid: Vec<Range<usize>> = seg.iter().zip(&pieces.piece).map(|(s, &p)| 0..s.len().div_ceil(p.max(1))).collect();
+        let mut k = vec![0usize; region.len()];
+        loop {
+            for d in 0..region.len() {
+                let p = pieces.piece[d].max(1);
+                let start = seg[d].start + k[d] * p;
+                abs[d] = start..(start + p).min(seg[d].end);
+                rel[d] = abs[d].start - region[d].start..abs[d].end - region[d].start;
+            }
+            f(&abs, &rel)?;
+            if !geometry::next_index(&mut k, &inner_grid) {
+                break;
+            }
+        }
+        if !geometry::next_index(&mut o, &outer_grid) {
             return Ok(());
         }
     }
