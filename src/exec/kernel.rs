@@ -190,8 +190,38 @@ pub fn partial(op: ReduceOp, block: &ArrayRef<f64, IxDyn>, axes: &[usize]) -> Ve
 /// (ndarray's generic axis folds over dynamic-rank arrays ran at a quarter of memory
 /// speed). `None` for any other layout.
 fn partial_contiguous(op: ReduceOp, block: &ArrayRef<f64, IxDyn>, axes: &[usize]) -> Option<Vec<ArrayD<f64>>> {
-    let data = block.as_slice()?;
-    let shape = block.shape();
+    partial_slice(op, block.as_slice()?, block.shape(), axes)
+}
+
+/// A stored element type, widened to f64 as it is read.
+pub trait Elem: Copy {
+    fn f64(self) -> f64;
+}
+
+macro_rules! elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            #[inline(always)]
+            fn f64(self) -> f64 {
+                self as f64
+            }
+        }
+    )*};
+}
+elem!(i8, i16, i32, i64, u8, u16, u32, u64, f32, f64);
+
+/// [`partial`] of stored values of any numeric type, widened to f64 as they are
+/// folded: no f64 copy of the values is made when the layout allows the contiguous
+/// loops; otherwise the values are widened first.
+pub fn partial_typed<T: Elem>(op: ReduceOp, block: &ndarray::ArrayViewD<'_, T>, axes: &[usize]) -> Vec<ArrayD<f64>> {
+    if let Some(p) = block.as_slice().and_then(|d| partial_slice(op, d, block.shape(), axes)) {
+        return p;
+    }
+    partial(op, &block.mapv(Elem::f64), axes)
+}
+
+/// [`partial_contiguous`] over row-major values of `shape`.
+fn partial_slice<T: Elem>(op: ReduceOp, data: &[T], shape: &[usize], axes: &[usize]) -> Option<Vec<ArrayD<f64>>> {
     let rank = shape.len();
     let (&first, &last) = (axes.first()?, axes.last()?);
     if axes.windows(2).any(|w| w[1] != w[0] + 1) || data.is_empty() {
@@ -216,11 +246,11 @@ fn partial_contiguous(op: ReduceOp, block: &ArrayRef<f64, IxDyn>, axes: &[usize]
                 let (r1, q) = q.split_at(inner);
                 let (r2, r3) = q.split_at(inner);
                 for i in 0..inner {
-                    acc[i] = f(f(f(f(acc[i], r0[i]), r1[i]), r2[i]), r3[i]);
+                    acc[i] = f(f(f(f(acc[i], r0[i].f64()), r1[i].f64()), r2[i].f64()), r3[i].f64());
                 }
             }
             for row in rest.chunks_exact(inner) {
-                acc.iter_mut().zip(row).for_each(|(a, &x)| *a = f(*a, x));
+                acc.iter_mut().zip(row).for_each(|(a, &x)| *a = f(*a, x.f64()));
             }
             acc
         };
@@ -233,7 +263,10 @@ fn partial_contiguous(op: ReduceOp, block: &ArrayRef<f64, IxDyn>, axes: &[usize]
                 mean.iter_mut().for_each(|m| *m /= n);
                 let mut m2 = vec![0.0; inner];
                 for row in rows {
-                    m2.iter_mut().zip(row).zip(&mean).for_each(|((s, &x), &m)| *s += (x - m) * (x - m));
+                    m2.iter_mut()
+                        .zip(row)
+                        .zip(&mean)
+                        .for_each(|((s, &x), &m)| *s += (x.f64() - m) * (x.f64() - m));
                 }
                 vec![out(mean), out(m2)]
             }
@@ -245,13 +278,17 @@ fn partial_contiguous(op: ReduceOp, block: &ArrayRef<f64, IxDyn>, axes: &[usize]
         let runs = data.chunks_exact(run);
         return Some(match op {
             ReduceOp::Sum | ReduceOp::Mean => vec![out(runs.map(sum_run).collect())],
-            ReduceOp::Min => vec![out(runs.map(|r| r.iter().fold(f64::INFINITY, |a, &x| nan_min(a, x))).collect())],
-            ReduceOp::Max => vec![out(runs.map(|r| r.iter().fold(f64::NEG_INFINITY, |a, &x| nan_max(a, x))).collect())],
+            ReduceOp::Min => vec![out(runs
+                .map(|r| r.iter().fold(f64::INFINITY, |a, &x| nan_min(a, x.f64())))
+                .collect())],
+            ReduceOp::Max => vec![out(runs
+                .map(|r| r.iter().fold(f64::NEG_INFINITY, |a, &x| nan_max(a, x.f64())))
+                .collect())],
             ReduceOp::Var | ReduceOp::Std => {
                 let (means, m2s): (Vec<f64>, Vec<f64>) = runs
                     .map(|r| {
                         let m = sum_run(r) / run as f64;
-                        (m, r.iter().map(|&x| (x - m) * (x - m)).sum::<f64>())
+                        (m, r.iter().map(|&x| (x.f64() - m) * (x.f64() - m)).sum::<f64>())
                     })
                     .unzip();
                 vec![out(means), out(m2s)]
@@ -263,14 +300,33 @@ fn partial_contiguous(op: ReduceOp, block: &ArrayRef<f64, IxDyn>, axes: &[usize]
 
 /// The sum of a run, in eight interleaved lanes (vectorizable, and closer to numpy's
 /// pairwise sum than one running total).
-fn sum_run(r: &[f64]) -> f64 {
+fn sum_run<T: Elem>(r: &[T]) -> f64 {
     let mut lanes = [0.0f64; 8];
     let chunks = r.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().sum();
+    let tail: f64 = chunks.remainder().iter().map(|&x| x.f64()).sum();
     for c in chunks {
-        lanes.iter_mut().zip(c).for_each(|(l, &x)| *l += x);
+        lanes.iter_mut().zip(c).for_each(|(l, &x)| *l += x.f64());
     }
     lanes.iter().sum::<f64>() + tail
+}
+
+/// Fold rows of `data` (each as long as `acc`) into `acc` in order, four rows per
+/// pass (the accumulator row is loaded and stored a quarter as often).
+fn fold_rows<T: Elem>(acc: &mut [f64], data: &[T], f: impl Fn(f64, f64) -> f64) {
+    let inner = acc.len();
+    let quads = data.chunks_exact(4 * inner);
+    let rest = quads.remainder();
+    for q in quads {
+        let (r0, q) = q.split_at(inner);
+        let (r1, q) = q.split_at(inner);
+        let (r2, r3) = q.split_at(inner);
+        for i in 0..inner {
+            acc[i] = f(f(f(f(acc[i], r0[i].f64()), r1[i].f64()), r2[i].f64()), r3[i].f64());
+        }
+    }
+    for row in rest.chunks_exact(inner) {
+        acc.iter_mut().zip(row).for_each(|(a, &x)| *a = f(*a, x.f64()));
+    }
 }
 
 /// Number of arrays in a partial of `op`.
@@ -351,6 +407,36 @@ impl Accumulator {
                     });
             }
         }
+    }
+
+    /// Fold the values of `region` (block-relative) straight into the accumulator,
+    /// when they are row-major, the reduced axes lead, the accumulated part is
+    /// contiguous, and the op is a plain fold (sum, mean, min, max): no partial array
+    /// is made and nothing is merged. `false`: nothing done; use [`partial`] and
+    /// [`Accumulator::merge`].
+    pub fn fold_in<T: Elem>(&mut self, region: &[Range<usize>], values: &ndarray::ArrayViewD<'_, T>) -> bool {
+        if !matches!(self.op, ReduceOp::Sum | ReduceOp::Mean | ReduceOp::Min | ReduceOp::Max)
+            || self.axes.first() != Some(&0)
+            || self.axes.windows(2).any(|w| w[1] != w[0] + 1)
+        {
+            return false;
+        }
+        let Some(data) = values.as_slice() else { return false };
+        let mut view = self.a.view_mut();
+        for (d, r) in kept(region, &self.axes).iter().enumerate() {
+            view.slice_axis_inplace(Axis(d), ndarray::Slice::from(r.clone()));
+        }
+        let Some(acc) = view.as_slice_mut() else { return false };
+        if acc.is_empty() || data.len() % acc.len() != 0 {
+            return false;
+        }
+        match self.op {
+            ReduceOp::Sum | ReduceOp::Mean => fold_rows(acc, data, |a, x| a + x),
+            ReduceOp::Min => fold_rows(acc, data, nan_min),
+            ReduceOp::Max => fold_rows(acc, data, nan_max),
+            ReduceOp::Var | ReduceOp::Std => unreachable!("checked above"),
+        }
+        true
     }
 
     /// The merged state in the form of a [`partial`] (sum; min/max; mean and M2), for

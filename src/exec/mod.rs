@@ -158,6 +158,34 @@ pub fn execute_block(
                     kernel::Accumulator::new(&local, &shape)
                 })
                 .collect();
+            // A plain input reduced as stored, in large chunks: each chunk is reduced
+            // in its stored type straight from the mapped file or its decoded bytes,
+            // with no f64 copy (the widening happens in the fold).
+            if let Kernel::Input(i) = st.kernel
+                && plan.inputs[i as usize].shape == st.shape
+                && datasets[i as usize].typed_cell_elems().is_some_and(|n| n >= PIECE_ELEMS / 16)
+            {
+                let r = &datasets[i as usize];
+                r.for_each_typed_cell(&region, |sub, values| {
+                    let rel: Vec<Range<usize>> = sub.iter().zip(&region).map(|(s, b)| s.start - b.start..s.end - b.start).collect();
+                    bytes_read += (sub.iter().map(|r| r.len()).product::<usize>() * plan.inputs[i as usize].dtype.size()) as u64;
+                    for (acc, &c) in accs.iter_mut().zip(ids) {
+                        let spec = &plan.consts[c as usize];
+                        if !crate::with_typed!(&values, v => acc.fold_in(&rel, v)) {
+                            acc.merge(
+                                &rel,
+                                crate::with_typed!(&values, v => kernel::partial_typed(spec.op, v, &spec.axes)),
+                            );
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|e| read_error(plan, i, &region, e))?;
+                return Ok(BlockResult {
+                    bytes_read,
+                    payload: accs_payload(accs),
+                });
+            }
             for_each_piece(&region, &piece, |abs, rel| {
                 // A plain input reduced as stored: reduce the mapped file in place.
                 if let Kernel::Input(i) = st.kernel
@@ -180,14 +208,7 @@ pub fn execute_block(
                 recycle(arr);
                 Ok(())
             })?;
-            let mut buf = Vec::new();
-            for acc in accs {
-                let parts = acc.into_partial();
-                for p in &parts {
-                    push_f64(&mut buf, p);
-                }
-            }
-            buf
+            accs_payload(accs)
         }
         StageKind::Write { output } => {
             // Each piece is encoded straight into its place in the payload: the block
@@ -210,6 +231,17 @@ pub fn execute_block(
         }
     };
     Ok(BlockResult { bytes_read, payload })
+}
+
+/// The partials of a block's accumulators, as sent.
+fn accs_payload(accs: Vec<kernel::Accumulator>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for acc in accs {
+        for p in &acc.into_partial() {
+            push_f64(&mut buf, p);
+        }
+    }
+    buf
 }
 
 /// Elements of a piece: 2 MiB of f64, sized for the cache.

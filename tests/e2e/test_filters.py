@@ -187,6 +187,38 @@ def test_chunk_geometry(drover, tmp_path, rng, geom, filt):
     _assert_logged(run, "decode", {"x": "drover"})
 
 
+@pytest.mark.parametrize("stored", ["gzip+shuffle", "uncompressed"])
+@pytest.mark.parametrize("dtype", ["<f4", "<f8", "<i2", "u1", ">i4"])
+def test_large_chunks_reduced_in_their_stored_type(drover, tmp_path, rng, dtype, stored):
+    """Chunks of 16,000+ elements are reduced chunk by chunk in their stored type (no
+    f64 copy): plain folds go straight into the block's accumulator when the reduced
+    axes lead, other reductions through partials; edge chunks (views that are not
+    contiguous), an unwritten chunk (fill value), and a big-endian type (read as f64)
+    must all agree with numpy. Blocks of 2 x 1 x 2 chunks; 2 workers."""
+    shape, chunks = (45, 70, 300), (20, 70, 128)
+    kw = {"chunks": chunks, "fillvalue": 3, **(GZIP_SHUFFLE if stored != "uncompressed" else {})}
+    x = _data(rng, dtype, shape)
+    x[40:45, :, 256:300] = 3  # the last corner chunk is never written
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        d = f.create_dataset("x", shape=shape, dtype=dtype, **kw)
+        d[0:40] = x[0:40]
+        d[40:45, :, 0:256] = x[40:45, :, 0:256]
+        assert d.id.get_num_chunks() == 3 * 3 - 1
+    cases = [
+        Case("sum(x, axis=0)", "/sum0"),
+        Case("mean(x, axis=(0, 1))", "/mean01"),
+        Case("max(x, axis=0)", "/max0"),
+        Case("min(x, axis=2)", "/min2"),
+        Case("var(x, axis=0)", "/var0"),
+        Case("std(x, axis=1)", "/std1"),
+        Case("sum(x)", "/sum"),
+        Case("x - mean(x, axis=0)", "/anom"),
+    ]
+    inputs = {"x": Input("in.h5", "/x", x, chunks=[40, 70, 256])}
+    run, _, _ = run_workload(drover, tmp_path, inputs, cases, env=_env(tmp_path), write_inputs=False, workers=2)
+    _assert_logged(run, "decode", {"x": "drover" if stored != "uncompressed" else "none"})
+
+
 @pytest.mark.parametrize("filt", ["gzip+shuffle", "zstd", "blosc-lz4-bitshuffle"])
 def test_unwritten_chunks_of_a_compressed_dataset(drover, tmp_path, rng, filt):
     """Only three of 40 chunks are stored (one of them an edge chunk written in part);

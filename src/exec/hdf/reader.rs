@@ -38,6 +38,8 @@ pub struct Reader {
 
 struct Mapped {
     map: memmap2::Mmap,
+    /// The same file, for positioned reads of compressed chunks.
+    file: std::fs::File,
     dtype: Dtype,
     big_endian: bool,
     /// The storage cell's shape (the HDF5 chunk, or the whole dataset when contiguous).
@@ -59,6 +61,39 @@ enum Store {
         pipeline: Pipeline,
         cache: ChunkCache,
     },
+}
+
+/// Stored values of one storage cell, in their own type.
+pub enum Typed<'a> {
+    I8(ndarray::ArrayViewD<'a, i8>),
+    I16(ndarray::ArrayViewD<'a, i16>),
+    I32(ndarray::ArrayViewD<'a, i32>),
+    I64(ndarray::ArrayViewD<'a, i64>),
+    U8(ndarray::ArrayViewD<'a, u8>),
+    U16(ndarray::ArrayViewD<'a, u16>),
+    U32(ndarray::ArrayViewD<'a, u32>),
+    U64(ndarray::ArrayViewD<'a, u64>),
+    F32(ndarray::ArrayViewD<'a, f32>),
+    F64(ndarray::ArrayViewD<'a, f64>),
+}
+
+/// Apply a generic expression to the view inside a [`Typed`].
+#[macro_export]
+macro_rules! with_typed {
+    ($typed:expr, $v:ident => $body:expr) => {
+        match $typed {
+            $crate::exec::hdf::reader::Typed::I8($v) => $body,
+            $crate::exec::hdf::reader::Typed::I16($v) => $body,
+            $crate::exec::hdf::reader::Typed::I32($v) => $body,
+            $crate::exec::hdf::reader::Typed::I64($v) => $body,
+            $crate::exec::hdf::reader::Typed::U8($v) => $body,
+            $crate::exec::hdf::reader::Typed::U16($v) => $body,
+            $crate::exec::hdf::reader::Typed::U32($v) => $body,
+            $crate::exec::hdf::reader::Typed::U64($v) => $body,
+            $crate::exec::hdf::reader::Typed::F32($v) => $body,
+            $crate::exec::hdf::reader::Typed::F64($v) => $body,
+        }
+    };
 }
 
 /// Where one storage cell's bytes are.
@@ -84,13 +119,15 @@ struct Resident {
     spans: HashSet<u64>,
 }
 
-/// Contiguous datasets are tracked in windows of this many bytes.
+/// Mapped bytes are tracked in windows of this many bytes.
 const WINDOW: u64 = 1 << 20;
 
 /// Decoded chunk buffers are reused (chunks of one dataset are all one size).
 static DECODED: BufPool = BufPool::new(4);
 
 thread_local! {
+    /// Each thread's buffer for a compressed chunk's stored bytes.
+    static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// Each thread's buffer for chunks read whole (decoded, used, dropped).
     static WHOLE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
@@ -98,7 +135,13 @@ thread_local! {
 impl Reader {
     /// Open `dataset` of `path` for reading.
     pub fn open(path: &Path, dataset: &str) -> hdf5::Result<Self> {
-        let file = hdf5::File::open(path)?;
+        // Walking the chunk index of a dataset with a million chunks fills the
+        // library's metadata cache (32 MiB by default) with index nodes the mapped
+        // reads never need again: a small cache keeps workers' memory near their
+        // buffers.
+        let mut mdc = hdf5::plist::file_access::MetadataCacheConfig::default();
+        (mdc.initial_size, mdc.min_size, mdc.max_size) = (1 << 20, 1 << 20, 4 << 20);
+        let file = hdf5::File::with_options().with_fapl(|p| p.mdc_config(&mdc)).open(path)?;
         let ds = file.dataset(dataset)?;
         let chunk = ds.chunk();
         let decoding = decoding_of(&ds);
@@ -197,6 +240,44 @@ impl Reader {
         Ok(Some(v))
     }
 
+    /// The elements of a storage cell when its values are worth reading cell by cell
+    /// in their stored type (a chunked dataset, mapped, native byte order); `None`
+    /// otherwise.
+    pub fn typed_cell_elems(&self) -> Option<usize> {
+        let m = self.mapped.as_ref()?;
+        let native = m.big_endian == cfg!(target_endian = "big") || m.dtype.size() == 1;
+        (native && matches!(m.store, Store::Raw(_) | Store::Filtered { .. })).then(|| m.cell.iter().product())
+    }
+
+    /// Call `f(part, values)` for each storage cell that `region` touches, in file
+    /// order: `part` is the part of `region` in that cell (absolute coordinates) and
+    /// `values` its stored values, typed, without a copy (a view of the mapped file or
+    /// of the decoded chunk). Cells that cannot be viewed that way (unwritten, not
+    /// aligned) are read as f64. Only for datasets with [`Reader::typed_cell_elems`].
+    pub fn for_each_typed_cell(
+        &self,
+        region: &[Range<usize>],
+        mut f: impl FnMut(&[Range<usize>], Typed<'_>) -> hdf5::Result<()>,
+    ) -> hdf5::Result<()> {
+        let m = self.mapped.as_ref().expect("typed cells of a mapped dataset");
+        for_each_cell(region, &m.cell, |idx, sub| {
+            let cell = m.cell(idx, sub)?;
+            let bytes: Option<&[u8]> = match &cell {
+                Cell::Plain(b) => Some(b),
+                Cell::Decoded(b) => Some(b),
+                Cell::Library => None,
+            };
+            if let Some(t) = bytes.and_then(|b| m.typed(b, idx, sub)) {
+                return f(sub, t);
+            }
+            let shape: Vec<usize> = sub.iter().map(|r| r.len()).collect();
+            let mut v = vec![0.0; shape.iter().product()];
+            self.read_into(sub, &mut v)?;
+            let a = ndarray::ArrayViewD::from_shape(IxDyn(&shape), &v).expect("sub-sized buffer");
+            f(sub, Typed::F64(a))
+        })
+    }
+
     /// Read a region as an f64 array.
     pub fn read(&self, region: &[Range<usize>]) -> hdf5::Result<ArrayD<f64>> {
         let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
@@ -223,6 +304,7 @@ impl Mapped {
             _ => return Ok(None),
         };
         let shape = ds.shape();
+        let t0 = std::time::Instant::now();
         let (cell, store) = match (ds.layout(), decoding) {
             (Layout::Chunked, Decoding::None) => {
                 let index = ChunkIndex::read(ds, false)?;
@@ -247,6 +329,9 @@ impl Mapped {
             },
             _ => return Ok(None),
         };
+        if let Store::Raw(index) | Store::Filtered { index, .. } = &store {
+            tracing::debug!(chunks = index.stored(), seconds = t0.elapsed().as_secs_f64(), "chunk index read");
+        }
         if cell.contains(&0) {
             return Ok(None);
         }
@@ -268,6 +353,7 @@ impl Mapped {
         let budget = (2 * cell_bytes as usize).clamp(16 << 20, 64 << 20);
         Ok(Some(Self {
             map,
+            file: f,
             dtype,
             big_endian,
             cell,
@@ -284,6 +370,22 @@ impl Mapped {
 
     fn cell_bytes(&self) -> usize {
         self.cell.iter().product::<usize>() * self.dtype.size()
+    }
+
+    /// Read `len` stored bytes at `addr` into `buf`.
+    fn read_stored(&self, addr: u64, len: u64, buf: &mut Vec<u8>) -> hdf5::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if addr.checked_add(len).is_none_or(|e| e > self.map.len() as u64) {
+            return Err(format!(
+                "a chunk at byte {addr} (+{len}) lies beyond the end of the file ({} bytes)",
+                self.map.len()
+            )
+            .into());
+        }
+        buf.resize(len as usize, 0);
+        self.file
+            .read_exact_at(buf, addr)
+            .map_err(|e| hdf5::Error::from(format!("reading {len} bytes at byte {addr}: {e}")))
     }
 
     /// `len` stored bytes at `addr`, checked against the map.
@@ -321,15 +423,23 @@ impl Mapped {
                     return Ok(Cell::Library);
                 };
                 let decode = |out: &mut Vec<u8>| -> hdf5::Result<()> {
-                    let stored = self.stored(loc.addr, loc.size)?;
-                    self.touch(loc.addr, stored.len());
-                    pipeline.decode(stored, loc.mask, self.cell_bytes(), out).map_err(|e| {
-                        let at: Vec<usize> = idx.iter().zip(&self.cell).map(|(&i, &c)| i * c).collect();
-                        hdf5::Error::from(format!(
-                            "{e} (the HDF5 chunk starting at element {at:?}, stored at byte {})",
-                            loc.addr
-                        ))
-                    })
+                    // Compressed bytes are read once: a positioned read into this
+                    // thread's buffer copies them from the page cache for less than
+                    // mapping them in and out again would cost (page faults, TLB
+                    // shootdowns), and they never count in the worker's RSS.
+                    let mut stored = STORED.take();
+                    let read = self.read_stored(loc.addr, loc.size, &mut stored);
+                    let r = read.and_then(|()| {
+                        pipeline.decode(&stored, loc.mask, self.cell_bytes(), out).map_err(|e| {
+                            let at: Vec<usize> = idx.iter().zip(&self.cell).map(|(&i, &c)| i * c).collect();
+                            hdf5::Error::from(format!(
+                                "{e} (the HDF5 chunk starting at element {at:?}, stored at byte {})",
+                                loc.addr
+                            ))
+                        })
+                    });
+                    STORED.set(stored);
+                    r
                 };
                 if self.covers_whole_cell(idx, sub) {
                     // Read whole: decoded into this thread's buffer, not kept.
@@ -350,6 +460,39 @@ impl Mapped {
         }
     }
 
+    /// The values of `sub` (absolute) in cell `idx`, whose stored bytes are `bytes`,
+    /// as a typed view; `None` when the bytes are not aligned for the type.
+    fn typed<'b>(&self, bytes: &'b [u8], idx: &[usize], sub: &[Range<usize>]) -> Option<Typed<'b>> {
+        let n: usize = self.cell.iter().product();
+        macro_rules! view {
+            ($t:ty, $v:ident) => {{
+                // SAFETY: every bit pattern is a valid value of these numeric types;
+                // align_to leaves what it cannot align in the prefix, checked empty.
+                let (pre, vals, _) = unsafe { bytes.align_to::<$t>() };
+                if !pre.is_empty() || vals.len() < n {
+                    return None;
+                }
+                let mut v = ndarray::ArrayViewD::from_shape(IxDyn(&self.cell), &vals[..n]).ok()?;
+                for (ax, (r, (&i, &c))) in sub.iter().zip(idx.iter().zip(&self.cell)).enumerate() {
+                    v.slice_axis_inplace(ndarray::Axis(ax), ndarray::Slice::from(r.start - i * c..r.end - i * c));
+                }
+                Typed::$v(v)
+            }};
+        }
+        Some(match self.dtype {
+            Dtype::I8 => view!(i8, I8),
+            Dtype::I16 => view!(i16, I16),
+            Dtype::I32 => view!(i32, I32),
+            Dtype::I64 => view!(i64, I64),
+            Dtype::U8 => view!(u8, U8),
+            Dtype::U16 => view!(u16, U16),
+            Dtype::U32 => view!(u32, U32),
+            Dtype::U64 => view!(u64, U64),
+            Dtype::F32 => view!(f32, F32),
+            Dtype::F64 => view!(f64, F64),
+        })
+    }
+
     /// Whether `sub` is all of cell `idx` that lies inside the dataset.
     fn covers_whole_cell(&self, idx: &[usize], sub: &[Range<usize>]) -> bool {
         sub.iter()
@@ -359,31 +502,40 @@ impl Mapped {
             .all(|(((r, &i), &c), &n)| r.start == i * c && r.end == ((i + 1) * c).min(n))
     }
 
-    /// Map a chunk's stored bytes in (one call instead of a page fault per few pages;
-    /// a hint: kernels before 5.14 refuse it and the faults happen), unmapping the
-    /// oldest spans beyond the budget.
+    /// Map the stored bytes `start..start + len` in, by windows of [`WINDOW`] bytes
+    /// (one call per window instead of a page fault per few pages; a hint: kernels
+    /// before 5.14 refuse it and the faults happen), unmapping the oldest windows
+    /// beyond the budget. A window already mapped costs a set lookup: tiny chunks
+    /// side by side share one, and no system call is made per chunk.
     fn touch(&self, start: u64, len: usize) {
-        let mut r = self.resident.lock().expect("resident spans");
-        if !r.spans.insert(start) {
+        if len == 0 {
             return;
         }
-        let _ = self.map.advise_range(memmap2::Advice::PopulateRead, start as usize, len);
-        r.order.push_back((start, len));
-        r.bytes += len;
-        while r.bytes > r.budget && r.order.len() > 1 {
-            let (old, n) = r.order.pop_front().expect("non-empty");
-            r.spans.remove(&old);
-            r.bytes -= n;
-            // SAFETY: the map is a read-only shared mapping of a file: dropping its
-            // pages from this process only unmaps them; a later read of the span
-            // (by any thread, even one reading it now) faults them in again from the
-            // page cache, with the same contents.
-            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, old as usize, n) };
+        let end = start + len as u64;
+        let mut r = self.resident.lock().expect("resident spans");
+        for w in start / WINDOW..end.div_ceil(WINDOW) {
+            let at = w * WINDOW;
+            if !r.spans.insert(at) {
+                continue;
+            }
+            let n = WINDOW.min(self.map.len() as u64 - at) as usize;
+            let _ = self.map.advise_range(memmap2::Advice::PopulateRead, at as usize, n);
+            r.order.push_back((at, n));
+            r.bytes += n;
+            while r.bytes > r.budget && r.order.len() > 1 {
+                let (old, n) = r.order.pop_front().expect("non-empty");
+                r.spans.remove(&old);
+                r.bytes -= n;
+                // SAFETY: the map is a read-only shared mapping of a file: dropping its
+                // pages from this process only unmaps them; a later read of the span
+                // (by any thread, even one reading it now) faults them in again from the
+                // page cache, with the same contents.
+                let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, old as usize, n) };
+            }
         }
     }
 
-    /// [`Mapped::touch`] for the windows of [`WINDOW`] bytes that `sub` spans in a
-    /// contiguous dataset at `off`.
+    /// [`Mapped::touch`] for the span that `sub` covers in a contiguous dataset at `off`.
     fn touch_contiguous(&self, off: u64, sub: &[Range<usize>]) {
         let (mut first, mut last) = (0usize, 0usize);
         for (d, r) in sub.iter().enumerate() {
@@ -392,11 +544,7 @@ impl Mapped {
             last += (r.end - 1) * stride;
         }
         let size = self.dtype.size() as u64;
-        let (a, b) = (off + first as u64 * size, off + (last as u64 + 1) * size);
-        for w in a / WINDOW..b.div_ceil(WINDOW) {
-            let start = w * WINDOW;
-            self.touch(start, (WINDOW.min(self.map.len() as u64 - start)) as usize);
-        }
+        self.touch(off + first as u64 * size, ((last - first + 1) as u64 * size) as usize);
     }
 
     /// Copy the part `sub` (absolute coordinates) of cell `idx`, whose stored
