@@ -10,7 +10,7 @@
 #   scripts/bench.sh --cases gzip-2m,zstd,tiny-200k
 #   scripts/bench.sh --help                every option and case of scripts/bench.py
 #
-# Set-up (each step only when needed): Debian `libhdf5-dev pkg-config`, a benchmark
+# Set-up (each step only when needed): the build dependencies (scripts/lib.sh), a benchmark
 # venv `.venv-bench` (dask[array,distributed], h5py, hdf5plugin, numpy, psutil;
 # separate from the test venv `.venv`), `cargo build --release` and, when
 # examples/decode_limit.rs exists, `cargo build --release --example decode_limit`

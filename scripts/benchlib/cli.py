@@ -146,8 +146,9 @@ def parse_args(argv=None):
     ap.add_argument("--tiny-dist-chunks", type=int, default=0,
                     help="tiny chunks given to dask.distributed (default 2,000; quick 500)")
     ap.add_argument("--no-distributed", action="store_true", help="skip dask.distributed")
-    ap.add_argument("--no-plugin-path", action="store_true",
-                    help="do not point drover's HDF5_PLUGIN_PATH at hdf5plugin's filters")
+    ap.add_argument("--plugin-path", action="store_true",
+                    help="point drover's HDF5_PLUGIN_PATH at hdf5plugin's filters (drover decodes "
+                         "the benchmark's filters itself and needs none; off by default)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds before a drover run is killed")
     ap.add_argument("--data-only", action="store_true", help="only make (or check) the data, then exit")
     args = ap.parse_args(argv)

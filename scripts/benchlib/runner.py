@@ -38,11 +38,12 @@ class Bench:
         OUT_DIR.mkdir(parents=True, exist_ok=True)
 
     def _drover_env(self):
-        """drover's environment: this process's, plus HDF5_PLUGIN_PATH = hdf5plugin's
-        plugins (so HDF5 inside drover can read zstd and blosc chunks too) unless set."""
+        """drover's environment: this process's, as a user's would be (drover decodes
+        every filter of the benchmark itself); with --plugin-path, HDF5_PLUGIN_PATH =
+        hdf5plugin's plugins unless set."""
         env = dict(os.environ)
-        if self.args.no_plugin_path:
-            return env, "HDF5_PLUGIN_PATH left as it was (--no-plugin-path)"
+        if not self.args.plugin_path:
+            return env, "HDF5_PLUGIN_PATH as it was (drover decodes the filters itself)"
         if env.get("HDF5_PLUGIN_PATH"):
             return env, f"HDF5_PLUGIN_PATH={env['HDF5_PLUGIN_PATH']} (from the environment)"
         pp = plugin_path()

@@ -249,6 +249,7 @@ async fn session(
     let span = tracing::info_span!("worker", worker = id);
     let _enter = span.enter();
     tracing::info!(threads = opts.threads, "registered with the server");
+    crate::exec::hdf::reader::set_read_threads(opts.threads);
 
     let shared = Arc::new(Shared {
         threads: opts.threads.max(1),

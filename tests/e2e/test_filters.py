@@ -219,6 +219,33 @@ def test_large_chunks_reduced_in_their_stored_type(drover, tmp_path, rng, dtype,
     _assert_logged(run, "decode", {"x": "drover" if stored != "uncompressed" else "none"})
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("geom", ["chunk_larger_than_block", "blocks_cut_chunks"])
+def test_each_chunk_decoded_once_per_worker(drover, tmp_path, rng, geom, workers):
+    """Blocks smaller than chunks, or cutting them, read each chunk in parts, from
+    several tasks: a worker decodes each chunk once (the workers' trace lines
+    "decoded chunk" name the chunk and the worker's pid), and every chunk is decoded
+    by some worker."""
+    shape, dtype, chunks, blocks = GEOMETRY[geom]
+    x = _write(tmp_path / "in.h5", {"/x": (_data(rng, dtype, shape), {"chunks": chunks, **GZIP_SHUFFLE})})["/x"]
+    inputs = {"x": Input("in.h5", "/x", x, chunks=blocks)}
+    cases = [Case("sum(x, axis=0)", "/sum0"), Case("mean(x)", "/mean")]
+    env = _env(tmp_path, DROVER_LOG="drover=debug,drover::exec::hdf::reader=trace")
+    run, _, _ = run_workload(drover, tmp_path, inputs, cases, env=env, write_inputs=False, workers=workers)
+    decodes: dict[str, list[str]] = {}
+    for line in _plain(run).splitlines():
+        if "decoded chunk" in line:
+            who = re.search(r"\bpid=(\d+)", line)
+            chunk = re.search(r"chunk=(\[[\d, ]+\])", line)
+            assert who and chunk, line
+            decodes.setdefault(who.group(1), []).append(chunk.group(1))
+    grid = [-(-s // c) for s, c in zip(shape, chunks)]
+    assert decodes, run.describe()
+    for who, seen in decodes.items():
+        assert len(seen) == len(set(seen)), f"worker {who} decoded a chunk twice: {sorted(seen)}"
+    assert len({c for seen in decodes.values() for c in seen}) == int(np.prod(grid))
+
+
 @pytest.mark.parametrize("filt", ["gzip+shuffle", "zstd", "blosc-lz4-bitshuffle"])
 def test_unwritten_chunks_of_a_compressed_dataset(drover, tmp_path, rng, filt):
     """Only three of 40 chunks are stored (one of them an edge chunk written in part);

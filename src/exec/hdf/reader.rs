@@ -439,6 +439,7 @@ impl Mapped {
                         })
                     });
                     STORED.set(stored);
+                    tracing::trace!(chunk = ?idx, bytes = loc.size, pid = std::process::id(), "decoded chunk");
                     r
                 };
                 if self.covers_whole_cell(idx, sub) {
@@ -599,12 +600,26 @@ struct CacheInner {
     order: VecDeque<u64>,
 }
 
+/// Threads of this process that read inputs (a worker sets it; 0: one per core).
+static READ_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Tell the readers how many threads of this process read inputs at once: the
+/// decoded-chunk cache keeps room for each one's chunk and two more.
+pub fn set_read_threads(n: usize) {
+    READ_THREADS.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
 impl ChunkCache {
-    /// Room for the chunks being read by every thread and then some: at least four
-    /// chunks and 32 MiB.
+    /// Room for the chunk each reading thread is in and two more (a block that cuts
+    /// chunks moves on to the next while its neighbour still needs the last), at
+    /// least 16 MiB.
     fn new(chunk_bytes: usize) -> Self {
+        let threads = match READ_THREADS.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         Self {
-            budget: (4 * chunk_bytes).max(32 << 20),
+            budget: ((threads + 2) * chunk_bytes).max(16 << 20),
             chunk_bytes,
             inner: Mutex::default(),
         }
