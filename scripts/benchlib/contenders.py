@@ -174,13 +174,7 @@ def run_drover(drover: str, workload: Path, workers: int, timeout: float, env: d
         tail = "\n".join(stderr.strip().splitlines()[-10:])
         why = f"killed after {timeout:.0f} s" if p.returncode == -9 else f"exit code {p.returncode}"
         raise BenchError(f"`{' '.join(argv)}` failed ({why}):\n{tail}")
-    summary = None
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            summary = json.loads(line)
-            break
-        except ValueError:
-            continue
+    summary = last_json_line(stdout)
     if not isinstance(summary, dict):
         raise BenchError(f"`{' '.join(argv)}` printed no JSON object on stdout:\n{stdout[-2000:]}")
     mem = {
@@ -191,6 +185,16 @@ def run_drover(drover: str, workload: Path, workers: int, timeout: float, env: d
         "json_worker_bytes": summary.get("worker_peak_rss_bytes"),
     }
     return {"seconds": wall, "drover_seconds": summary.get("seconds"), "summary": summary, "memory": mem}
+
+
+def last_json_line(stdout: str):
+    """The last line of `stdout` that parses as JSON (None when no line does)."""
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
 
 
 def run_decode_limit(binary: str, path: Path, dataset: str, threads: int, timeout: float) -> dict:
@@ -209,13 +213,7 @@ def run_decode_limit(binary: str, path: Path, dataset: str, threads: int, timeou
     if p.returncode != 0:
         tail = "\n".join(p.stderr.decode(errors="replace").strip().splitlines()[-10:])
         raise BenchError(f"`{' '.join(argv)}` failed (exit code {p.returncode}):\n{tail}")
-    out = None
-    for line in reversed(stdout.strip().splitlines()):
-        try:
-            out = json.loads(line)
-            break
-        except ValueError:
-            continue
+    out = last_json_line(stdout)
     if not isinstance(out, dict) or not isinstance(out.get("seconds"), (int, float)):
         raise BenchError(f"`{' '.join(argv)}` printed no JSON object with \"seconds\":\n{stdout[-2000:]}")
     return {"seconds": float(out["seconds"]), "wall_seconds": wall, "limit": out}

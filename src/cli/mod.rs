@@ -219,6 +219,20 @@ fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Resolves on the first SIGINT or SIGTERM (Ctrl-C, `kill`, `timeout`, a batch system's
+/// walltime), so a foreground command can stop what it started and remove its files.
+/// If the handlers cannot be installed it never resolves (the default action applies).
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "interrupted (SIGINT)",
+            _ = term.recv() => "terminated (SIGTERM)",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 fn runtime_builder() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(runtime)
 }

@@ -8,7 +8,8 @@ use anyhow::{Context, anyhow};
 use tokio::process::{Child, Command};
 
 use super::{
-    Failure, RunArgs, client_failure, cores, drover_home, input, load_access, load_site, runtime, runtime_builder, site_advertise,
+    Failure, RunArgs, client_failure, cores, drover_home, input, interrupted, load_access, load_site, runtime, runtime_builder,
+    site_advertise,
 };
 use crate::config::site::Site;
 use crate::config::workload::Workload;
@@ -135,7 +136,7 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, show_progress
         let session = Session::open(&access).await.map_err(runtime)?.in_process();
         tokio::select! {
             r = run_session(session, workload, show_progress) => r,
-            _ = tokio::signal::ctrl_c() => Err(runtime(anyhow!("interrupted"))),
+            why = interrupted() => Err(runtime(anyhow!("{why}"))),
         }
     }
     .await;
@@ -198,7 +199,7 @@ async fn embedded(workload: Workload, n: usize, show_progress: bool) -> Result<S
                     "all {n} worker processes exited before the run finished ({}); see their messages above",
                     codes.join(", ")
                 ))),
-                _ = tokio::signal::ctrl_c() => Err(runtime(anyhow!("interrupted"))),
+                why = interrupted() => Err(runtime(anyhow!("{why}"))),
             },
         }
     };

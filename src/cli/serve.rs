@@ -59,11 +59,9 @@ pub fn start(dir: &Path, bind: SocketAddr, advertise: Vec<String>, site: Option<
         let stop = handle.stop_signal();
         let wait = handle.wait();
         tokio::pin!(wait);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(runtime)?;
         tokio::select! {
             _ = &mut wait => {}
-            _ = tokio::signal::ctrl_c() => { let _ = stop.send(server::actor::Event::Stop); wait.await; }
-            _ = term.recv() => { let _ = stop.send(server::actor::Event::Stop); wait.await; }
+            _ = super::interrupted() => { let _ = stop.send(server::actor::Event::Stop); wait.await; }
         }
         eprintln!("drover: server stopped");
         Ok(())

@@ -43,6 +43,10 @@ pub enum ExecError {
         dataset: String,
         reason: String,
     },
+    #[error(
+        "input \"{input}\" (\"{file}\") changed during the run: {reason}; a run's input files must not be modified until it finishes (run again to start over)"
+    )]
+    Changed { input: String, file: String, reason: String },
     #[error("const {0} is not available")]
     MissingConst(u32),
 }
@@ -130,6 +134,33 @@ pub fn take_f64(bytes: &[u8], off: &mut usize, shape: &[usize]) -> Option<ArrayD
 /// block's output) while it is hot in cache, instead of materializing the whole block
 /// and walking it again, which made reductions several times slower.
 pub fn execute_block(
+    plan: &Plan,
+    datasets: &[hdf::Reader],
+    consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
+    stage: u32,
+    block: u64,
+) -> Result<BlockResult, ExecError> {
+    // An input changed under the run (truncated, rewritten) gives wrong values, short
+    // reads or zero pages after a read fault: checked before and after the block, so
+    // such a block fails saying what changed, whatever the read itself reported.
+    inputs_unchanged(plan, datasets)?;
+    let result = block_result(plan, datasets, consts, stage, block);
+    inputs_unchanged(plan, datasets)?;
+    result
+}
+
+fn inputs_unchanged(plan: &Plan, datasets: &[hdf::Reader]) -> Result<(), ExecError> {
+    for (inp, r) in plan.inputs.iter().zip(datasets) {
+        r.unchanged().map_err(|reason| ExecError::Changed {
+            input: inp.name.clone(),
+            file: inp.file.display().to_string(),
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
+fn block_result(
     plan: &Plan,
     datasets: &[hdf::Reader],
     consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,

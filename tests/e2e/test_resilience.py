@@ -20,12 +20,12 @@ from conftest import child_env, kill_group, kill_marked, new_mark, run_drover, w
 EXPR = "sum(sin(a * b) ** 2 + cos(a + b) * exp(-a * b), axis=1)"
 
 
-def make_slow(tmp: Path, rows: int, cols: int = 20000, scale: float = 1.0) -> Path:
+def make_slow(tmp: Path, rows: int, cols: int = 20000, scale: float = 1.0, compression: str | None = None) -> Path:
     a = np.linspace(0.1, 1.0, rows).reshape(rows, 1) * scale
     b = np.linspace(1.0, 2.0, cols).reshape(1, cols)
     with h5py.File(tmp / "bc.h5", "w") as f:
-        f["a"] = a
-        f["b"] = b
+        f.create_dataset("a", data=a, chunks=(20, 1) if compression else None, compression=compression)
+        f.create_dataset("b", data=b, chunks=(1, 1000) if compression else None, compression=compression)
     w = tmp / "slow.toml"
     w.write_text(
         '[inputs.a]\nfile = "bc.h5"\ndataset = "/a"\nchunks = [20, 1]\n'
@@ -168,3 +168,70 @@ def test_a_changed_workload_or_input_starts_fresh(drover, tmp_path, change):
     ai = a[idx]
     inner = np.cos(ai + b) if change == "input" else np.cos(ai - b)
     np.testing.assert_allclose(got[idx], (np.sin(ai * b) ** 2 + inner * np.exp(-ai * b)).sum(axis=1), rtol=1e-9)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [l for l in stderr.splitlines() if l.startswith("error: ")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signalled_run_stops_its_workers_and_removes_its_files(drover, tmp_path, sig):
+    """`timeout`, `kill` or Ctrl-C on `drover run`: the embedded cluster's workers stop,
+    its private folder (in TMPDIR) is removed, no final output appears, and the journal
+    stays for a resume."""
+    rows = rows_for(drover, tmp_path, 10.0)
+    w = make_slow(tmp_path, rows)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    mark = new_mark()
+    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "2"], env=child_env(mark, {"TMPDIR": str(tmp)}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    journal = tmp_path / ".slow.h5.drover-journal"
+    try:
+        wait_for_journal_records(journal, proc)
+        assert [p.name for p in tmp.iterdir()] != [], "the embedded server keeps its folder in TMPDIR"
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=30)
+        survivors = wait_marked_gone(mark, 15.0)
+    finally:
+        kill_group(proc)
+        kill_marked(mark)
+    assert proc.returncode == 1, f"exit code {proc.returncode} after {sig.name}\n{err[-3000:]}"
+    assert "panicked" not in err, err[-3000:]
+    errors = error_lines(err)
+    assert errors and sig.name in errors[-1], f"no error line naming {sig.name}:\n{err[-3000:]}"
+    assert survivors == [], f"processes left after {sig.name}: {survivors}"
+    assert list(tmp.iterdir()) == [], f"left in TMPDIR: {list(tmp.iterdir())}"
+    assert not (tmp_path / "slow.h5").exists(), "no final output from an interrupted run"
+    assert journal.exists(), "the journal stays for a resume"
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"], ids=["mapped", "gzip"])
+def test_an_input_truncated_during_a_run_fails_it_with_a_clear_error(drover, tmp_path, compression):
+    """Someone truncates (or rewrites) an input while a run reads it: the run stops with
+    one error line naming the file and what changed, writes no output, and leaves no
+    process behind; mapped reads must not turn into a crash loop."""
+    rows = rows_for(drover, tmp_path, 10.0)
+    w = make_slow(tmp_path, rows, compression=compression)
+    src = tmp_path / "bc.h5"
+    mark = new_mark()
+    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "2"], env=child_env(mark),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_journal_records(tmp_path / ".slow.h5.drover-journal", proc)
+        size = src.stat().st_size
+        os.truncate(src, 4096)
+        _, err = proc.communicate(timeout=60)
+        survivors = wait_marked_gone(mark, 15.0)
+    finally:
+        kill_group(proc)
+        kill_marked(mark)
+    assert proc.returncode == 1, f"exit code {proc.returncode}\n{err[-3000:]}"
+    assert "panicked" not in err, err[-3000:]
+    errors = error_lines(err)
+    assert errors, f"no error line:\n{err[-3000:]}"
+    line = errors[-1]
+    assert "changed during the run" in line and str(src) in line, line
+    assert f"was {size} bytes" in line and "now 4096 bytes" in line, line
+    assert survivors == [], f"processes left: {survivors}"
+    assert not (tmp_path / "slow.h5").exists(), "no final output from a failed run"

@@ -185,6 +185,13 @@ mod tests {
         ndarray::Array2::from_shape_fn((n, m), |(i, j)| (i * m + j) as f32)
     }
 
+    /// A chunked f32 dataset, deflated when `filtered`.
+    fn create(f: &hdf5::File, name: &str, shape: impl Into<hdf5::Extents>, chunk: (usize, usize), filtered: bool) -> hdf5::Dataset {
+        let b = f.new_dataset::<f32>().shape(shape).chunk(chunk);
+        let b = if filtered { b.deflate(4) } else { b };
+        b.create(name).unwrap()
+    }
+
     /// Each layout: (latest format, resizable dims, chunk, filtered).
     #[test]
     fn every_index_type_agrees_with_the_library() {
@@ -192,35 +199,25 @@ mod tests {
         for filtered in [false, true] {
             // v1 B-tree: the earliest format.
             let (_d, f) = file(false);
-            let b = f.new_dataset::<f32>().shape((n, m)).chunk((5, 4));
-            let b = if filtered { b.deflate(4) } else { b };
-            let ds = b.create("btree1").unwrap();
+            let ds = create(&f, "btree1", (n, m), (5, 4), filtered);
             ds.write(&data(n, m)).unwrap();
             check(&ds, filtered, 8 * 6);
 
             let (_d, f) = file(true);
             // Fixed array: fixed shape (filtered, or unfiltered without early allocation).
-            let b = f.new_dataset::<f32>().shape((n, m)).chunk((5, 4));
-            let b = if filtered { b.deflate(4) } else { b };
-            let ds = b.create("fixed").unwrap();
+            let ds = create(&f, "fixed", (n, m), (5, 4), filtered);
             ds.write(&data(n, m)).unwrap();
             check(&ds, filtered, 8 * 6);
             // Extensible array: one unlimited dimension; chunks partly written.
-            let b = f.new_dataset::<f32>().shape((n.., m)).chunk((5, 4));
-            let b = if filtered { b.deflate(4) } else { b };
-            let ds = b.create("earray").unwrap();
+            let ds = create(&f, "earray", (n.., m), (5, 4), filtered);
             ds.write_slice(&data(10, m), ndarray::s![0..10, ..]).unwrap();
             check(&ds, filtered, 2 * 6);
             // v2 B-tree: two unlimited dimensions.
-            let b = f.new_dataset::<f32>().shape((n.., m..)).chunk((5, 4));
-            let b = if filtered { b.deflate(4) } else { b };
-            let ds = b.create("btree2").unwrap();
+            let ds = create(&f, "btree2", (n.., m..), (5, 4), filtered);
             ds.write(&data(n, m)).unwrap();
             check(&ds, filtered, 8 * 6);
             // Single chunk: the chunk is the dataset.
-            let b = f.new_dataset::<f32>().shape((n, m)).chunk((n, m));
-            let b = if filtered { b.deflate(4) } else { b };
-            let ds = b.create("single").unwrap();
+            let ds = create(&f, "single", (n, m), (n, m), filtered);
             ds.write(&data(n, m)).unwrap();
             check(&ds, filtered, 1);
         }

@@ -3,11 +3,13 @@
 //! - [`reader`]: block reads (mapped bytes, drover's own decoding, the library).
 //! - [`index`]: a chunked dataset's chunk index, read once.
 //! - [`filters`]: filter pipelines drover decodes itself.
+//! - [`fault`]: read faults on mapped inputs (a file truncated under a run) as errors.
 //! - [`output`]: creating and writing outputs, workers' direct chunk writes.
 //!
 //! The HDF5 library serializes all calls behind one lock; callers keep HDF5 work on
 //! their own threads (never on the async runtime's threads).
 
+pub mod fault;
 pub mod filters;
 pub mod index;
 pub mod output;

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ndarray::{ArrayD, IxDyn};
 
+use super::fault;
 use super::filters::{Decoding, Pipeline};
 use super::index::ChunkIndex;
 use super::{Dtype, convert, copy_logical, decoding_of, for_each_cell, read_region, scatter};
@@ -34,9 +35,33 @@ pub struct Reader {
     mapped: Option<Mapped>,
     /// Who decodes filtered chunks: "drover", "hdf5" or "none" (for logs and tests).
     decoder: &'static str,
+    /// The file as it was when opened, to notice it being changed under a run.
+    stamp: Stamp,
+}
+
+/// An open input file with its size and modification time when opened.
+struct Stamp {
+    file: std::fs::File,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::File::open(path)?;
+        let m = file.metadata()?;
+        Ok(Self {
+            len: m.len(),
+            modified: m.modified().ok(),
+            file,
+        })
+    }
 }
 
 struct Mapped {
+    /// Read faults in the map become zero pages (declared before `map`: fields drop in
+    /// order, so the map is unregistered before it is unmapped).
+    _fault: Option<fault::Guard>,
     map: memmap2::Mmap,
     /// The same file, for positioned reads of compressed chunks.
     file: std::fs::File,
@@ -135,6 +160,7 @@ thread_local! {
 impl Reader {
     /// Open `dataset` of `path` for reading.
     pub fn open(path: &Path, dataset: &str) -> hdf5::Result<Self> {
+        let stamp = Stamp::of(path).map_err(|e| hdf5::Error::from(e.to_string()))?;
         // Walking the chunk index of a dataset with a million chunks fills the
         // library's metadata cache (32 MiB by default) with index nodes the mapped
         // reads never need again: a small cache keeps workers' memory near their
@@ -160,7 +186,27 @@ impl Reader {
             chunk,
             mapped,
             decoder,
+            stamp,
         })
+    }
+
+    /// Whether the file is still as it was when opened (one `fstat`): a file truncated
+    /// or rewritten while a run reads it would give wrong results, or a read fault on
+    /// its mapped pages. The error says what changed.
+    pub fn unchanged(&self) -> Result<(), String> {
+        let s = &self.stamp;
+        let m = s.file.metadata().map_err(|e| format!("cannot check the file: {e}"))?;
+        if m.len() != s.len {
+            return Err(format!(
+                "it was {} bytes when the run opened it and is now {} bytes",
+                s.len,
+                m.len()
+            ));
+        }
+        if m.modified().ok() != s.modified {
+            return Err("it was modified after the run opened it".into());
+        }
+        Ok(())
     }
 
     /// Whether reads bypass the HDF5 library for plain stored bytes (an unfiltered
@@ -337,10 +383,11 @@ impl Mapped {
         }
         let Ok(f) = std::fs::File::open(path) else { return Ok(None) };
         // SAFETY: the map is read-only and drover never writes its inputs; bounds are
-        // checked against the map's length before every slice. A file truncated by
-        // someone else while a run reads it makes a read fault (SIGBUS): the worker is
-        // lost, its tasks are retried, and a chunk that keeps killing workers fails the
-        // run with its name. The README asks not to modify inputs during a run.
+        // checked against the map's length before every slice. A file truncated while
+        // a run reads it makes a read fault (SIGBUS) past its new end: [`fault`] turns
+        // it into a page of zeros, and the task, which checks the file before and after
+        // reading ([`Reader::unchanged`]), fails the run saying what changed. The README
+        // asks not to modify inputs during a run.
         let Ok(map) = (unsafe { memmap2::Mmap::map(&f) }) else {
             return Ok(None);
         };
@@ -352,6 +399,7 @@ impl Mapped {
         }
         let budget = (2 * cell_bytes as usize).clamp(16 << 20, 64 << 20);
         Ok(Some(Self {
+            _fault: fault::register(map.as_ptr(), map.len()),
             map,
             file: f,
             dtype,
