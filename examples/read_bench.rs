@@ -11,8 +11,8 @@
 use std::time::Instant;
 
 use drover::exec::hdf::{Reader, read_region};
-use drover::exec::kernel::partial;
 use drover::exec::plan::ReduceOp;
+use drover::exec::reduce::partial;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

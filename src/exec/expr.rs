@@ -1,11 +1,15 @@
 //! The expression language: numpy-like arithmetic over named arrays.
 //!
-//! Grammar (lowest precedence first; `**` binds tighter than unary minus and is
-//! right-associative, as in Python):
+//! Grammar (lowest precedence first, as Python's: comparisons, then `|`, `&`, `+ -`,
+//! `* / // %`, unary `- + ~`; `**` binds tighter than a unary operator on its left
+//! and is right-associative):
 //! ```text
-//! expr   := term (('+' | '-') term)*
-//! term   := unary (('*' | '/') unary)*
-//! unary  := ('-' | '+') unary | power
+//! expr   := bor (CMP bor)?            CMP: < <= > >= == != (not chained)
+//! bor    := band ('|' band)*
+//! band   := arith ('&' arith)*
+//! arith  := term (('+' | '-') term)*
+//! term   := unary (('*' | '/' | '//' | '%') unary)*
+//! unary  := ('-' | '+' | '~') unary | power
 //! power  := atom ('**' unary)?
 //! atom   := NUMBER | NAME | NAME '(' args ')' | '(' expr ')'
 //! args   := expr (',' 'axis' '=' axis)?
@@ -30,16 +34,77 @@ pub enum BinOp {
     Mul,
     Div,
     Pow,
+    Mod,
+    FloorDiv,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+    And,
+    Or,
 }
 
+/// Each operator: its symbol and the registry operation it computes.
+const OPERATORS: &[(BinOp, &str, &str)] = &[
+    (BinOp::Add, "+", "add"),
+    (BinOp::Sub, "-", "subtract"),
+    (BinOp::Mul, "*", "multiply"),
+    (BinOp::Div, "/", "divide"),
+    (BinOp::Pow, "**", "power"),
+    (BinOp::Mod, "%", "remainder"),
+    (BinOp::FloorDiv, "//", "floor_divide"),
+    (BinOp::Lt, "<", "less"),
+    (BinOp::Le, "<=", "less_equal"),
+    (BinOp::Gt, ">", "greater"),
+    (BinOp::Ge, ">=", "greater_equal"),
+    (BinOp::Eq, "==", "equal"),
+    (BinOp::Ne, "!=", "not_equal"),
+    (BinOp::And, "&", "logical_and"),
+    (BinOp::Or, "|", "logical_or"),
+];
+
 impl BinOp {
+    fn row(self) -> &'static (BinOp, &'static str, &'static str) {
+        OPERATORS.iter().find(|r| r.0 == self).expect("every operator has a row")
+    }
+
+    pub fn symbol(self) -> &'static str {
+        self.row().1
+    }
+
+    /// The registry operation ([`super::ops`]) the operator computes.
+    pub fn op_name(self) -> &'static str {
+        self.row().2
+    }
+
+    fn of_symbol(sym: &str) -> Option<BinOp> {
+        OPERATORS.iter().find(|r| r.1 == sym).map(|r| r.0)
+    }
+}
+
+/// Unary operators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnOp {
+    /// `-x`
+    Neg,
+    /// `~x`
+    Not,
+}
+
+impl UnOp {
     pub fn symbol(self) -> &'static str {
         match self {
-            BinOp::Add => "+",
-            BinOp::Sub => "-",
-            BinOp::Mul => "*",
-            BinOp::Div => "/",
-            BinOp::Pow => "**",
+            UnOp::Neg => "-",
+            UnOp::Not => "~",
+        }
+    }
+
+    pub fn op_name(self) -> &'static str {
+        match self {
+            UnOp::Neg => "negative",
+            UnOp::Not => "logical_not",
         }
     }
 }
@@ -54,13 +119,18 @@ pub enum AxisArg {
 /// Parsed expression. `pos` fields are 1-based columns, for error messages.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Ast {
+    /// A number written with a point or an exponent (numpy: float).
     Num(f64),
+    /// A number written as an integer (numpy: int).
+    Int(i64),
     Name {
         name: String,
         pos: usize,
     },
-    Neg(Box<Ast>),
-    Bin(BinOp, Box<Ast>, Box<Ast>),
+    /// A unary operator at `pos`.
+    Unary(UnOp, Box<Ast>, usize),
+    /// A binary operator at `pos`.
+    Bin(BinOp, Box<Ast>, Box<Ast>, usize),
     Call {
         func: String,
         pos: usize,
@@ -72,6 +142,7 @@ pub enum Ast {
 #[derive(Clone, Debug, PartialEq)]
 enum Tok {
     Num(f64),
+    Int(i64),
     Name(String),
     Op(&'static str),
     LParen,
@@ -85,6 +156,7 @@ impl Tok {
     fn describe(&self) -> String {
         match self {
             Tok::Num(n) => format!("number {n}"),
+            Tok::Int(n) => format!("number {n}"),
             Tok::Name(n) => format!("name '{n}'"),
             Tok::Op(o) => format!("'{o}'"),
             Tok::LParen => "'('".into(),
@@ -143,11 +215,16 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, SyntaxError> {
                     k = save;
                 }
             }
-            let v: f64 = s
-                .replace('_', "")
-                .parse()
-                .map_err(|_| err(col(start), format!("bad number '{s}'")))?;
-            out.push((Tok::Num(v), col(start)));
+            let digits = s.replace('_', "");
+            let tok = if digits.bytes().all(|b| b.is_ascii_digit()) {
+                digits
+                    .parse()
+                    .map(Tok::Int)
+                    .map_err(|_| err(col(start), format!("integer '{s}' is too large")))?
+            } else {
+                Tok::Num(digits.parse().map_err(|_| err(col(start), format!("bad number '{s}'")))?)
+            };
+            out.push((tok, col(start)));
             continue;
         }
         if c.is_alphabetic() || c == '_' {
@@ -159,15 +236,41 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, SyntaxError> {
             out.push((Tok::Name(s), col(start)));
             continue;
         }
+        let next_is = |d: char| chars.get(k + 1).is_some_and(|(_, n)| *n == d);
         let tok = match c {
             '+' => Tok::Op("+"),
             '-' => Tok::Op("-"),
-            '*' if chars.get(k + 1).is_some_and(|(_, d)| *d == '*') => {
+            '*' if next_is('*') => {
                 k += 1;
                 Tok::Op("**")
             }
             '*' => Tok::Op("*"),
+            '/' if next_is('/') => {
+                k += 1;
+                Tok::Op("//")
+            }
             '/' => Tok::Op("/"),
+            '%' => Tok::Op("%"),
+            '&' => Tok::Op("&"),
+            '|' => Tok::Op("|"),
+            '~' => Tok::Op("~"),
+            '<' | '>' | '=' | '!' if next_is('=') => {
+                k += 1;
+                match c {
+                    '<' => Tok::Op("<="),
+                    '>' => Tok::Op(">="),
+                    '=' => Tok::Op("=="),
+                    _ => Tok::Op("!="),
+                }
+            }
+            '<' => Tok::Op("<"),
+            '>' => Tok::Op(">"),
+            '!' => {
+                return Err(err(
+                    col(start),
+                    "unexpected '!' (numpy negates booleans with ~ or logical_not(), and compares with !=)".into(),
+                ));
+            }
             '(' => Tok::LParen,
             ')' => Tok::RParen,
             ',' => Tok::Comma,
@@ -230,38 +333,65 @@ impl Parser<'_> {
     }
 
     fn expr(&mut self) -> Result<Ast, SyntaxError> {
-        let mut lhs = self.term()?;
-        loop {
-            let op = match self.peek() {
-                Tok::Op("+") => BinOp::Add,
-                Tok::Op("-") => BinOp::Sub,
-                _ => return Ok(lhs),
-            };
-            self.next();
-            let rhs = self.term()?;
-            lhs = Ast::Bin(op, Box::new(lhs), Box::new(rhs));
+        let lhs = self.bor()?;
+        let Some(op) = self.peek_op(&["<", "<=", ">", ">=", "==", "!="]) else {
+            return Ok(lhs);
+        };
+        let pos = self.pos();
+        self.next();
+        let rhs = self.bor()?;
+        if self.peek_op(&["<", "<=", ">", ">=", "==", "!="]).is_some() {
+            return Err(self.error_here("comparisons cannot be chained (numpy arrays cannot either); write (a < b) & (b < c)".into()));
         }
+        Ok(Ast::Bin(op, Box::new(lhs), Box::new(rhs), pos))
+    }
+
+    /// The operator at the cursor when it is one of `symbols`.
+    fn peek_op(&self, symbols: &[&str]) -> Option<BinOp> {
+        match self.peek() {
+            Tok::Op(o) if symbols.contains(o) => BinOp::of_symbol(o),
+            _ => None,
+        }
+    }
+
+    /// A left-associative level: `next (op next)*` for the operators `symbols`.
+    fn left_assoc(&mut self, symbols: &[&str], next: fn(&mut Self) -> Result<Ast, SyntaxError>) -> Result<Ast, SyntaxError> {
+        let mut lhs = next(self)?;
+        while let Some(op) = self.peek_op(symbols) {
+            let pos = self.pos();
+            self.next();
+            let rhs = next(self)?;
+            lhs = Ast::Bin(op, Box::new(lhs), Box::new(rhs), pos);
+        }
+        Ok(lhs)
+    }
+
+    fn bor(&mut self) -> Result<Ast, SyntaxError> {
+        self.left_assoc(&["|"], Self::band)
+    }
+
+    fn band(&mut self) -> Result<Ast, SyntaxError> {
+        self.left_assoc(&["&"], Self::arith)
+    }
+
+    fn arith(&mut self) -> Result<Ast, SyntaxError> {
+        self.left_assoc(&["+", "-"], Self::term)
     }
 
     fn term(&mut self) -> Result<Ast, SyntaxError> {
-        let mut lhs = self.unary()?;
-        loop {
-            let op = match self.peek() {
-                Tok::Op("*") => BinOp::Mul,
-                Tok::Op("/") => BinOp::Div,
-                _ => return Ok(lhs),
-            };
-            self.next();
-            let rhs = self.unary()?;
-            lhs = Ast::Bin(op, Box::new(lhs), Box::new(rhs));
-        }
+        self.left_assoc(&["*", "/", "//", "%"], Self::unary)
     }
 
     fn unary(&mut self) -> Result<Ast, SyntaxError> {
+        let pos = self.pos();
         match self.peek() {
             Tok::Op("-") => {
                 self.next();
-                Ok(Ast::Neg(Box::new(self.unary()?)))
+                Ok(Ast::Unary(UnOp::Neg, Box::new(self.unary()?), pos))
+            }
+            Tok::Op("~") => {
+                self.next();
+                Ok(Ast::Unary(UnOp::Not, Box::new(self.unary()?), pos))
             }
             Tok::Op("+") => {
                 self.next();
@@ -274,9 +404,10 @@ impl Parser<'_> {
     fn power(&mut self) -> Result<Ast, SyntaxError> {
         let base = self.atom()?;
         if self.peek() == &Tok::Op("**") {
+            let pos = self.pos();
             self.next();
             let exp = self.unary()?;
-            return Ok(Ast::Bin(BinOp::Pow, Box::new(base), Box::new(exp)));
+            return Ok(Ast::Bin(BinOp::Pow, Box::new(base), Box::new(exp), pos));
         }
         Ok(base)
     }
@@ -285,6 +416,7 @@ impl Parser<'_> {
         let (tok, pos) = self.next();
         match tok {
             Tok::Num(v) => Ok(Ast::Num(v)),
+            Tok::Int(v) => Ok(Ast::Int(v)),
             Tok::Name(name) => {
                 if self.peek() == &Tok::LParen {
                     self.next();
@@ -364,9 +496,9 @@ impl Parser<'_> {
             false
         };
         match self.peek().clone() {
-            Tok::Num(v) if v.fract() == 0.0 && v.abs() < 1e9 => {
+            Tok::Int(v) => {
                 self.next();
-                Ok(if neg { -(v as i64) } else { v as i64 })
+                Ok(if neg { -v } else { v })
             }
             other => Err(self.error_here(format!("expected an integer axis but found {}", other.describe()))),
         }
@@ -411,31 +543,66 @@ impl Parser<'_> {
 mod tests {
     use super::*;
 
-    fn name(n: &str, pos: usize) -> Ast {
-        Ast::Name { name: n.into(), pos }
+    /// The tree as a string with every operator parenthesized, to check grouping.
+    fn show(a: &Ast) -> String {
+        match a {
+            Ast::Num(v) => format!("{v:?}"),
+            Ast::Int(v) => v.to_string(),
+            Ast::Name { name, .. } => name.clone(),
+            Ast::Unary(op, x, _) => format!("({}{})", op.symbol(), show(x)),
+            Ast::Bin(op, l, r, _) => format!("({} {} {})", show(l), op.symbol(), show(r)),
+            Ast::Call { func, args, .. } => format!("{func}({})", args.iter().map(show).collect::<Vec<_>>().join(", ")),
+        }
     }
 
     #[test]
     fn precedence_and_associativity_follow_python() {
-        // -x**2 == -(x**2); 2**3**2 == 2**(3**2)
-        let a = parse("-x**2").unwrap();
-        assert_eq!(
-            a,
-            Ast::Neg(Box::new(Ast::Bin(BinOp::Pow, Box::new(name("x", 2)), Box::new(Ast::Num(2.0)))))
-        );
-        let b = parse("2**3**2").unwrap();
-        assert_eq!(
-            b,
-            Ast::Bin(
-                BinOp::Pow,
-                Box::new(Ast::Num(2.0)),
-                Box::new(Ast::Bin(BinOp::Pow, Box::new(Ast::Num(3.0)), Box::new(Ast::Num(2.0))))
-            )
-        );
-        let c = parse("a - b - c").unwrap();
-        assert!(matches!(c, Ast::Bin(BinOp::Sub, ref l, _) if matches!(**l, Ast::Bin(BinOp::Sub, _, _))));
-        let d = parse("1 + 2 * 3").unwrap();
-        assert!(matches!(d, Ast::Bin(BinOp::Add, _, ref r) if matches!(**r, Ast::Bin(BinOp::Mul, _, _))));
+        for (src, want) in [
+            // -x**2 == -(x**2); 2**3**2 == 2**(3**2); 2**-1 binds the minus
+            ("-x**2", "(-(x ** 2))"),
+            ("2**3**2", "(2 ** (3 ** 2))"),
+            ("2**-x", "(2 ** (-x))"),
+            ("a - b - c", "((a - b) - c)"),
+            ("1 + 2 * 3", "(1 + (2 * 3))"),
+            ("a // b % c * d", "(((a // b) % c) * d)"),
+            // Python binds & tighter than |, and both looser than arithmetic and
+            // tighter than comparisons: t > 280 & u is t > (280 & u), as in numpy.
+            ("a | b & c", "(a | (b & c))"),
+            ("t > 280 & u", "(t > (280 & u))"),
+            ("(t > 280) & (t < 300)", "((t > 280) & (t < 300))"),
+            ("~m | n", "((~m) | n)"),
+            ("~-x", "(~(-x))"),
+            ("a + b <= c * 2", "((a + b) <= (c * 2))"),
+            ("x != 1.0", "(x != 1.0)"),
+            ("a == b", "(a == b)"),
+        ] {
+            assert_eq!(show(&parse(src).unwrap()), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn operator_positions() {
+        let Ast::Bin(BinOp::Ge, _, _, pos) = parse("x >= 2").unwrap() else {
+            panic!()
+        };
+        assert_eq!(pos, 3);
+        let Ast::Bin(BinOp::And, _, r, 3) = parse("a & ~b").unwrap() else {
+            panic!()
+        };
+        assert!(matches!(*r, Ast::Unary(UnOp::Not, _, 5)));
+    }
+
+    #[test]
+    fn comparison_and_operator_errors() {
+        let e = parse("a < b < c").unwrap_err();
+        assert_eq!(e.column, 7);
+        assert!(e.message.contains("chained"), "{e}");
+        let e = parse("!x").unwrap_err();
+        assert_eq!(e.column, 1);
+        assert!(e.message.contains("~"), "{e}");
+        assert_eq!(parse("x = 1").unwrap_err().column, 3);
+        assert_eq!(parse("x <").unwrap_err().column, 4);
+        assert_eq!(parse("x & & y").unwrap_err().column, 5);
     }
 
     #[test]
@@ -461,6 +628,9 @@ mod tests {
 
     #[test]
     fn numbers() {
+        assert_eq!(parse("2").unwrap(), Ast::Int(2));
+        assert_eq!(parse("1_000").unwrap(), Ast::Int(1000));
+        assert_eq!(parse("2.").unwrap(), Ast::Num(2.0));
         assert_eq!(parse("1.5e3").unwrap(), Ast::Num(1500.0));
         assert_eq!(parse(".5").unwrap(), Ast::Num(0.5));
         assert_eq!(parse("2E-2").unwrap(), Ast::Num(0.02));

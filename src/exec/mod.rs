@@ -5,7 +5,9 @@
 //! - [`expr`]: the expression language (parser).
 //! - [`plan`]: workload -> stages -> task graph, with all input validation.
 //! - [`geometry`]: chunk grids and broadcasting.
-//! - [`kernel`]: blockwise evaluation, partial reductions, accumulators.
+//! - [`ops`]: the registry of elementwise operations (and dtype kinds).
+//! - [`reduce`]: the registry of reductions; partials, accumulators.
+//! - [`kernel`]: blockwise evaluation of a kernel tree.
 //! - [`hdf`]: HDF5 inspection, block reads, output writes.
 
 pub mod buffers;
@@ -13,7 +15,10 @@ pub mod expr;
 pub mod geometry;
 pub mod hdf;
 pub mod kernel;
+pub mod ops;
 pub mod plan;
+pub mod reduce;
+mod resolve;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -22,8 +27,9 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::config::workload::OutDtype;
 use geometry::{block_region, operand_region};
-use kernel::{eval, materialize, partial, partial_arity};
+use kernel::{eval, materialize};
 use plan::{Kernel, Plan, StageKind};
+use reduce::{partial, partial_arity};
 
 /// A task failed while executing.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +181,7 @@ fn block_result(
     let payload = match &st.kind {
         StageKind::Reduce { consts: ids } => {
             // Block-local accumulators merge the pieces' partials.
-            let mut accs: Vec<kernel::Accumulator> = ids
+            let mut accs: Vec<reduce::Accumulator> = ids
                 .iter()
                 .map(|&c| {
                     let spec = &plan.consts[c as usize];
@@ -186,7 +192,7 @@ fn block_result(
                         shape: reduced,
                         stage: spec.stage,
                     };
-                    kernel::Accumulator::new(&local, &shape)
+                    reduce::Accumulator::new(&local, &shape)
                 })
                 .collect();
             // A plain input reduced as stored, in large chunks: each chunk is reduced
@@ -205,7 +211,7 @@ fn block_result(
                         if !crate::with_typed!(&values, v => acc.fold_in(&rel, v)) {
                             acc.merge(
                                 &rel,
-                                crate::with_typed!(&values, v => kernel::partial_typed(spec.op, v, &spec.axes)),
+                                crate::with_typed!(&values, v => reduce::partial_typed(spec.op, v, &spec.axes)),
                             );
                         }
                     }
@@ -265,7 +271,7 @@ fn block_result(
 }
 
 /// The partials of a block's accumulators, as sent.
-fn accs_payload(accs: Vec<kernel::Accumulator>) -> Vec<u8> {
+fn accs_payload(accs: Vec<reduce::Accumulator>) -> Vec<u8> {
     let mut buf = Vec::new();
     for acc in accs {
         for p in &acc.into_partial() {
@@ -435,8 +441,7 @@ fn eval_region(
 fn count_leaf(k: &Kernel, input: u32) -> usize {
     match k {
         Kernel::Input(i) => usize::from(*i == input),
-        Kernel::Neg(a) | Kernel::Func(_, a) => count_leaf(a, input),
-        Kernel::Bin(_, a, b) => count_leaf(a, input) + count_leaf(b, input),
+        Kernel::Map(_, args) => args.iter().map(|a| count_leaf(a, input)).sum(),
         _ => 0,
     }
 }

@@ -18,52 +18,18 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::expr::{self, Ast, AxisArg, BinOp};
+use super::expr;
 use super::geometry::{self, block_count, broadcast, default_block, fmt_shape};
 use super::hdf::{self, Dtype, InputError};
-use crate::config::did_you_mean;
+use super::ops::Op;
+use super::resolve::{Node, resolve};
 use crate::config::workload::{OutDtype, Workload};
 use crate::core::{Graph, GraphBuilder, TaskId, TaskKind};
 
 /// Default block size target: 64 MiB of f64 values.
 pub const DEFAULT_BLOCK_ELEMS: usize = 8 << 20;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Func {
-    Abs,
-    Sqrt,
-    Exp,
-    Log,
-    Sin,
-    Cos,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ReduceOp {
-    Sum,
-    Mean,
-    Min,
-    Max,
-    Var,
-    Std,
-}
-
-const ELEMENTWISE: &[(&str, Func)] = &[
-    ("abs", Func::Abs),
-    ("sqrt", Func::Sqrt),
-    ("exp", Func::Exp),
-    ("log", Func::Log),
-    ("sin", Func::Sin),
-    ("cos", Func::Cos),
-];
-const REDUCTIONS: &[(&str, ReduceOp)] = &[
-    ("sum", ReduceOp::Sum),
-    ("mean", ReduceOp::Mean),
-    ("min", ReduceOp::Min),
-    ("max", ReduceOp::Max),
-    ("var", ReduceOp::Var),
-    ("std", ReduceOp::Std),
-];
+pub use super::reduce::ReduceOp;
 
 /// A blockwise expression: leaves are inputs, consts and numbers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,21 +37,15 @@ pub enum Kernel {
     Input(u32),
     Const(u32),
     Num(f64),
-    Neg(Box<Kernel>),
-    Bin(BinOp, Box<Kernel>, Box<Kernel>),
-    Func(Func, Box<Kernel>),
+    /// An elementwise operation of the registry over its arguments.
+    Map(Op, Vec<Kernel>),
 }
 
 impl Kernel {
-    fn visit(&self, f: &mut impl FnMut(&Kernel)) {
+    pub fn visit(&self, f: &mut impl FnMut(&Kernel)) {
         f(self);
-        match self {
-            Kernel::Neg(a) | Kernel::Func(_, a) => a.visit(f),
-            Kernel::Bin(_, a, b) => {
-                a.visit(f);
-                b.visit(f);
-            }
-            _ => {}
+        if let Kernel::Map(_, args) = self {
+            args.iter().for_each(|a| a.visit(f));
         }
     }
 
@@ -164,9 +124,17 @@ pub enum PlanError {
     Broadcast {
         index: usize,
         expr: String,
-        op: &'static str,
+        op: String,
         left: Vec<usize>,
         right: Vec<usize>,
+    },
+    #[error("outputs[{index}]: '{op}' at column {pos} of \"{expr}\" {problem}")]
+    BadOperator {
+        index: usize,
+        op: String,
+        pos: usize,
+        expr: String,
+        problem: String,
     },
     #[error("outputs[{index}]: axis {axis} is out of range for {func}() of an array of shape {} in \"{expr}\"; valid axes are -{}..{}", fmt_shape(shape), shape.len(), shape.len().saturating_sub(1))]
     AxisRange {
@@ -196,13 +164,14 @@ pub enum PlanError {
     Unwritable { index: usize, file: PathBuf, reason: String },
 }
 
-fn function_list() -> String {
-    REDUCTIONS
+pub(super) fn function_list() -> String {
+    let mut names: Vec<&str> = super::reduce::REDUCTIONS
         .iter()
-        .map(|r| r.0)
-        .chain(ELEMENTWISE.iter().map(|e| e.0))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map(|r| r.name)
+        .chain(super::ops::ELEMENTWISE.iter().map(|e| e.name))
+        .collect();
+    names.sort_unstable();
+    names.join(", ")
 }
 
 /// An input as the workers see it.
@@ -300,141 +269,6 @@ impl TaskMap {
     }
 }
 
-struct Ctx<'a> {
-    index: usize,
-    expr: &'a str,
-    names: &'a HashMap<&'a str, u32>,
-    inputs: &'a [InputSpec],
-}
-
-/// A resolved expression node, before reductions are lowered.
-enum Node {
-    Input(u32),
-    Num(f64),
-    Neg(Box<Node>),
-    Bin(BinOp, Box<Node>, Box<Node>),
-    Func(Func, Box<Node>),
-    Reduce { op: ReduceOp, axes: Vec<usize>, arg: Box<Node> },
-}
-
-fn resolve(ast: &Ast, cx: &Ctx) -> Result<(Node, Vec<usize>), PlanError> {
-    Ok(match ast {
-        Ast::Num(v) => (Node::Num(*v), vec![]),
-        Ast::Name { name, pos } => match cx.names.get(name.as_str()) {
-            Some(&i) => (Node::Input(i), cx.inputs[i as usize].shape.clone()),
-            None => {
-                let hint = did_you_mean(name, cx.names.keys().copied())
-                    .map(|s| format!(" (did you mean \"{s}\"?)"))
-                    .unwrap_or_default();
-                let mut inputs: Vec<&str> = cx.names.keys().copied().collect();
-                inputs.sort_unstable();
-                return Err(PlanError::UnknownName {
-                    index: cx.index,
-                    name: name.clone(),
-                    pos: *pos,
-                    expr: cx.expr.into(),
-                    hint,
-                    inputs: if inputs.is_empty() {
-                        "(none defined)".into()
-                    } else {
-                        inputs.join(", ")
-                    },
-                });
-            }
-        },
-        Ast::Neg(a) => {
-            let (n, s) = resolve(a, cx)?;
-            (Node::Neg(Box::new(n)), s)
-        }
-        Ast::Bin(op, a, b) => {
-            let (na, sa) = resolve(a, cx)?;
-            let (nb, sb) = resolve(b, cx)?;
-            let shape = broadcast(&sa, &sb).ok_or_else(|| PlanError::Broadcast {
-                index: cx.index,
-                expr: cx.expr.into(),
-                op: op.symbol(),
-                left: sa.clone(),
-                right: sb.clone(),
-            })?;
-            (Node::Bin(*op, Box::new(na), Box::new(nb)), shape)
-        }
-        Ast::Call { func, pos, args, axis } => {
-            let bad = |problem: String| PlanError::BadCall {
-                index: cx.index,
-                func: func.clone(),
-                pos: *pos,
-                expr: cx.expr.into(),
-                problem,
-            };
-            if let Some(&(_, f)) = ELEMENTWISE.iter().find(|(n, _)| n == func) {
-                if axis.is_some() {
-                    return Err(bad("takes no axis argument".into()));
-                }
-                if args.len() != 1 {
-                    return Err(bad(format!("takes 1 argument but {} were given", args.len())));
-                }
-                let (n, s) = resolve(&args[0], cx)?;
-                (Node::Func(f, Box::new(n)), s)
-            } else if let Some(&(_, op)) = REDUCTIONS.iter().find(|(n, _)| n == func) {
-                if args.len() != 1 {
-                    return Err(bad(format!("takes 1 array argument (and axis=) but {} were given", args.len())));
-                }
-                let (n, s) = resolve(&args[0], cx)?;
-                let rank = s.len() as i64;
-                let axes: Vec<usize> = match axis {
-                    None | Some((AxisArg::All, _)) => (0..s.len()).collect(),
-                    Some((AxisArg::Axes(list), _)) => {
-                        let mut out: Vec<usize> = Vec::new();
-                        for &a in list {
-                            if a >= rank || a < -rank {
-                                return Err(PlanError::AxisRange {
-                                    index: cx.index,
-                                    axis: a,
-                                    func: func.clone(),
-                                    shape: s,
-                                    expr: cx.expr.into(),
-                                });
-                            }
-                            let norm = if a < 0 { (a + rank) as usize } else { a as usize };
-                            if out.contains(&norm) {
-                                return Err(PlanError::AxisRepeated {
-                                    index: cx.index,
-                                    axis: a,
-                                    func: func.clone(),
-                                    expr: cx.expr.into(),
-                                });
-                            }
-                            out.push(norm);
-                        }
-                        out.sort_unstable();
-                        out
-                    }
-                };
-                let shape = geometry::kept(&s, &axes);
-                (
-                    Node::Reduce {
-                        op,
-                        axes,
-                        arg: Box::new(n),
-                    },
-                    shape,
-                )
-            } else {
-                let known = REDUCTIONS.iter().map(|r| r.0).chain(ELEMENTWISE.iter().map(|e| e.0));
-                let hint = did_you_mean(func, known)
-                    .map(|s| format!(" (did you mean \"{s}\"?)"))
-                    .unwrap_or_default();
-                return Err(PlanError::UnknownFunction {
-                    index: cx.index,
-                    func: func.clone(),
-                    expr: cx.expr.into(),
-                    hint,
-                });
-            }
-        }
-    })
-}
-
 struct Lowering<'a> {
     inputs: &'a [InputSpec],
     consts: Vec<ConstSpec>,
@@ -448,8 +282,11 @@ impl Lowering<'_> {
             Kernel::Input(i) => self.inputs[*i as usize].shape.clone(),
             Kernel::Const(c) => self.const_shapes[*c as usize].clone(),
             Kernel::Num(_) => vec![],
-            Kernel::Neg(a) | Kernel::Func(_, a) => self.shape_of(a),
-            Kernel::Bin(_, a, b) => broadcast(&self.shape_of(a), &self.shape_of(b)).expect("checked in resolve"),
+            Kernel::Map(_, args) => args
+                .iter()
+                .map(|a| self.shape_of(a))
+                .reduce(|a, b| broadcast(&a, &b).expect("checked in resolve"))
+                .unwrap_or_default(),
         }
     }
 
@@ -457,9 +294,7 @@ impl Lowering<'_> {
         match node {
             Node::Input(i) => Kernel::Input(*i),
             Node::Num(v) => Kernel::Num(*v),
-            Node::Neg(a) => Kernel::Neg(Box::new(self.lower(a))),
-            Node::Func(f, a) => Kernel::Func(*f, Box::new(self.lower(a))),
-            Node::Bin(op, a, b) => Kernel::Bin(*op, Box::new(self.lower(a)), Box::new(self.lower(b))),
+            Node::Map(op, args) => Kernel::Map(*op, args.iter().map(|a| self.lower(a)).collect()),
             Node::Reduce { op, axes, arg } => {
                 let kernel = self.lower(arg);
                 let shape = self.shape_of(&kernel);
@@ -668,13 +503,14 @@ impl Plan {
         let mut resolved = Vec::new();
         for (index, out) in w.outputs.iter().enumerate() {
             let ast = expr::parse(&out.expr).map_err(|source| PlanError::Syntax { index, source })?;
-            let cx = Ctx {
+            let cx = super::resolve::Ctx {
                 index,
                 expr: &out.expr,
                 names: &names,
                 inputs: &inputs,
             };
-            resolved.push(resolve(&ast, &cx)?);
+            let (node, shape, _kind) = resolve(&ast, &cx)?;
+            resolved.push((node, shape));
         }
 
         let mut low = Lowering {
@@ -731,7 +567,7 @@ impl Plan {
                         .map(|&c| {
                             let spec = &self.consts[c as usize];
                             let kept: u64 = geometry::kept(&st.block, &spec.axes).iter().map(|&n| n as u64).product();
-                            kept * 8 * super::kernel::partial_arity(spec.op) as u64
+                            kept * 8 * super::reduce::partial_arity(spec.op) as u64
                         })
                         .sum(),
                 }
@@ -811,9 +647,9 @@ mod tests {
         };
         for (index, e) in exprs.iter().enumerate() {
             let ast = expr::parse(e).map_err(|source| PlanError::Syntax { index, source })?;
-            let (node, shape) = resolve(
+            let (node, shape, _kind) = resolve(
                 &ast,
-                &Ctx {
+                &crate::exec::resolve::Ctx {
                     index,
                     expr: e,
                     names: &names,

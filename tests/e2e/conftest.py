@@ -369,6 +369,17 @@ ORACLE_FUNCS: dict[str, Callable] = {
     "sin": np.sin,
     "cos": np.cos,
 }
+# Every other operation drover knows has numpy's name and meaning (ops.rs, reduce.rs).
+ORACLE_FUNCS.update({
+    name: getattr(np, name)
+    for name in (
+        "add subtract multiply divide power remainder floor_divide less less_equal greater "
+        "greater_equal equal not_equal logical_and logical_or logical_xor logical_not minimum maximum "
+        "fmin fmax arctan2 hypot negative absolute square expm1 log10 log2 log1p tan arcsin arccos "
+        "arctan sinh cosh tanh deg2rad rad2deg floor ceil trunc round sign isnan isinf isfinite "
+        "where clip prod nansum nanmean nanmin nanmax nanprod count_nonzero any all pi e nan inf"
+    ).split()
+})
 
 
 def oracle(expr: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -1,0 +1,697 @@
+//! Reductions: the tree-reduction primitive (a partial per block, merged as blocks
+//! arrive, finalized once) and the registry of reductions built on it.
+//!
+//! Most reductions are *folds*: a start value, a step that takes one element in, and
+//! a merge of two partial results ([`Fold`]). A reduction is one or two folds plus a
+//! finish: `mean` is a sum divided by the count, `nanmean` a NaN-skipping sum divided
+//! by the count of non-NaN values. `var` and `std` merge (count, mean, M2) with Chan's
+//! parallel update. Sums along leading axes run row by row, as numpy's do; along
+//! trailing axes in eight interleaved lanes, close to numpy's pairwise sums.
+
+use std::ops::Range;
+
+use ndarray::{ArrayD, ArrayRef, Axis, IxDyn, Zip};
+use serde::{Deserialize, Serialize};
+
+use super::geometry::kept;
+use super::ops::Kind;
+use super::plan::ConstSpec;
+
+/// A reduction, by numpy's name ([`REDUCTIONS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReduceOp {
+    Sum,
+    Mean,
+    Min,
+    Max,
+    Var,
+    Std,
+    Prod,
+    NanSum,
+    NanMean,
+    NanMin,
+    NanMax,
+    NanProd,
+    CountNonzero,
+    Any,
+    All,
+}
+
+/// The result kind of a reduction from its argument's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceKind {
+    /// Sums and products: booleans count as integers.
+    Count,
+    /// Minimum and maximum keep the kind.
+    Same,
+    Float,
+    Int,
+    Bool,
+}
+
+/// One reduction of the registry.
+pub struct ReduceDef {
+    pub name: &'static str,
+    pub op: ReduceOp,
+    pub kind: ReduceKind,
+}
+
+macro_rules! reductions {
+    ($($name:literal => $op:ident, $kind:ident;)*) => {
+        /// Every reduction, by numpy's name.
+        pub static REDUCTIONS: &[ReduceDef] = &[$(ReduceDef { name: $name, op: ReduceOp::$op, kind: ReduceKind::$kind }),*];
+    };
+}
+
+reductions! {
+    "sum" => Sum, Count;
+    "mean" => Mean, Float;
+    "min" => Min, Same;
+    "max" => Max, Same;
+    "var" => Var, Float;
+    "std" => Std, Float;
+    "prod" => Prod, Count;
+    "nansum" => NanSum, Count;
+    "nanmean" => NanMean, Float;
+    "nanmin" => NanMin, Same;
+    "nanmax" => NanMax, Same;
+    "nanprod" => NanProd, Count;
+    "count_nonzero" => CountNonzero, Int;
+    "any" => Any, Bool;
+    "all" => All, Bool;
+}
+
+impl ReduceDef {
+    pub fn named(name: &str) -> Option<&'static ReduceDef> {
+        REDUCTIONS.iter().find(|r| r.name == name)
+    }
+
+    pub fn result_kind(&self, arg: Kind) -> Kind {
+        match self.kind {
+            ReduceKind::Count => arg.max(Kind::Int),
+            ReduceKind::Same => arg,
+            ReduceKind::Float => Kind::Float,
+            ReduceKind::Int => Kind::Int,
+            ReduceKind::Bool => Kind::Bool,
+        }
+    }
+}
+
+/// A fold: start value, step over elements, merge of partial results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fold {
+    Sum,
+    Prod,
+    /// NaN-propagating, as numpy's min/max.
+    Min,
+    Max,
+    /// NaN-skipping; NaN when every element is NaN.
+    NanMin,
+    NanMax,
+    NanSum,
+    NanProd,
+    /// Count of nonzero elements (NaN is nonzero).
+    Nonzero,
+    /// Count of non-NaN elements.
+    Valid,
+    Any,
+    All,
+}
+
+fn nan_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
+}
+
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
+}
+
+/// Run `$body` with `$init`, `$step` and `$merge` bound to a fold's start value and
+/// (inlined, monomorphized) closures.
+macro_rules! with_fold {
+    ($fold:expr, |$init:ident, $step:ident, $merge:ident| $body:expr) => {{
+        macro_rules! arm {
+            ($i:expr, $s:expr, $m:expr) => {{
+                let $init: f64 = $i;
+                let $step = $s;
+                let $merge = $m;
+                let _ = (&$step, &$merge);
+                $body
+            }};
+        }
+        let add = |a: f64, b: f64| a + b;
+        let mul = |a: f64, b: f64| a * b;
+        match $fold {
+            Fold::Sum => arm!(0.0, add, add),
+            Fold::Prod => arm!(1.0, mul, mul),
+            Fold::Min => arm!(f64::INFINITY, nan_min, nan_min),
+            Fold::Max => arm!(f64::NEG_INFINITY, nan_max, nan_max),
+            Fold::NanMin => arm!(f64::NAN, f64::min, f64::min),
+            Fold::NanMax => arm!(f64::NAN, f64::max, f64::max),
+            Fold::NanSum => arm!(0.0, |a: f64, x: f64| if x.is_nan() { a } else { a + x }, add),
+            Fold::NanProd => arm!(1.0, |a: f64, x: f64| if x.is_nan() { a } else { a * x }, mul),
+            Fold::Nonzero => arm!(0.0, |a: f64, x: f64| a + f64::from(u8::from(x != 0.0)), add),
+            Fold::Valid => arm!(0.0, |a: f64, x: f64| a + f64::from(u8::from(!x.is_nan())), add),
+            Fold::Any => arm!(0.0, |a: f64, x: f64| a.max(f64::from(u8::from(x != 0.0))), f64::max),
+            Fold::All => arm!(1.0, |a: f64, x: f64| a.min(f64::from(u8::from(x != 0.0))), f64::min),
+        }
+    }};
+}
+
+impl ReduceOp {
+    /// The folds of a fold-based reduction (empty for var and std).
+    pub fn folds(self) -> &'static [Fold] {
+        match self {
+            ReduceOp::Sum | ReduceOp::Mean => &[Fold::Sum],
+            ReduceOp::Min => &[Fold::Min],
+            ReduceOp::Max => &[Fold::Max],
+            ReduceOp::Prod => &[Fold::Prod],
+            ReduceOp::NanSum => &[Fold::NanSum],
+            ReduceOp::NanMean => &[Fold::NanSum, Fold::Valid],
+            ReduceOp::NanMin => &[Fold::NanMin],
+            ReduceOp::NanMax => &[Fold::NanMax],
+            ReduceOp::NanProd => &[Fold::NanProd],
+            ReduceOp::CountNonzero => &[Fold::Nonzero],
+            ReduceOp::Any => &[Fold::Any],
+            ReduceOp::All => &[Fold::All],
+            ReduceOp::Var | ReduceOp::Std => &[],
+        }
+    }
+
+    fn is_moments(self) -> bool {
+        matches!(self, ReduceOp::Var | ReduceOp::Std)
+    }
+}
+
+/// Number of arrays in a partial of `op`.
+pub fn partial_arity(op: ReduceOp) -> usize {
+    if op.is_moments() { 2 } else { op.folds().len() }
+}
+
+/// A stored element type, widened to f64 as it is read.
+pub trait Elem: Copy {
+    fn f64(self) -> f64;
+}
+
+macro_rules! elem {
+    ($($t:ty),*) => {$(
+        impl Elem for $t {
+            #[inline(always)]
+            fn f64(self) -> f64 {
+                self as f64
+            }
+        }
+    )*};
+}
+elem!(i8, i16, i32, i64, u8, u16, u32, u64, f32, f64);
+
+/// Reduce `a` over `axes` keeping them as length-1 dimensions.
+fn fold_keep(a: &ArrayRef<f64, IxDyn>, axes: &[usize], init: f64, f: impl Fn(f64, f64) -> f64) -> ArrayD<f64> {
+    let mut out = a.to_owned();
+    for &ax in axes {
+        // Later axes fold partial results, which merge; every step used here merges
+        // like it steps except for the counting folds, handled by `fold_generic`.
+        let folded = out.fold_axis(Axis(ax), init, |&acc, &v| f(acc, v));
+        out = folded.insert_axis(Axis(ax));
+    }
+    out
+}
+
+fn sum_keep(a: &ArrayRef<f64, IxDyn>, axes: &[usize]) -> ArrayD<f64> {
+    let mut out: Option<ArrayD<f64>> = None;
+    for &ax in axes {
+        let src: &ArrayRef<f64, IxDyn> = out.as_deref().unwrap_or(a);
+        out = Some(src.sum_axis(Axis(ax)).insert_axis(Axis(ax)));
+    }
+    out.unwrap_or_else(|| a.to_owned())
+}
+
+fn drop_axes(a: ArrayD<f64>, axes: &[usize]) -> ArrayD<f64> {
+    let mut a = a;
+    for &ax in axes.iter().rev() {
+        a = a.index_axis_move(Axis(ax), 0);
+    }
+    a
+}
+
+/// One fold over `axes` of any layout: sums through ndarray's pairwise `sum_axis`,
+/// other folds step over the first axis and merge across the rest.
+fn fold_generic(fold: Fold, block: &ArrayRef<f64, IxDyn>, axes: &[usize]) -> ArrayD<f64> {
+    if fold == Fold::Sum {
+        return drop_axes(sum_keep(block, axes), axes);
+    }
+    with_fold!(fold, |init, step, merge| {
+        let Some((&first, rest)) = axes.split_first() else {
+            return block.mapv(|x| step(init, x));
+        };
+        let stepped = fold_keep(block, &[first], init, step);
+        drop_axes(fold_keep(&stepped, rest, init, merge), axes)
+    })
+}
+
+/// Partial result of one reduction over one block: [`partial_arity`] arrays of the
+/// block's reduced shape (`Var`/`Std`: mean and M2; the count follows from the
+/// geometry).
+pub fn partial(op: ReduceOp, block: &ArrayRef<f64, IxDyn>, axes: &[usize]) -> Vec<ArrayD<f64>> {
+    if let Some(data) = block.as_slice()
+        && let Some(p) = partial_slice(op, data, block.shape(), axes)
+    {
+        return p;
+    }
+    if !op.is_moments() {
+        return op.folds().iter().map(|&f| fold_generic(f, block, axes)).collect();
+    }
+    let n: usize = axes.iter().map(|&a| block.shape()[a]).product();
+    let mut mean = sum_keep(block, axes);
+    mean.mapv_inplace(|s| s / n as f64);
+    let meanb = mean.broadcast(block.raw_dim()).expect("keepdims broadcast");
+    let mut dev = block.to_owned();
+    Zip::from(&mut dev).and(&meanb).for_each(|d, &m| {
+        let x = *d - m;
+        *d = x * x;
+    });
+    let m2 = sum_keep(&dev, axes);
+    vec![drop_axes(mean, axes), drop_axes(m2, axes)]
+}
+
+/// [`partial`] of stored values of any numeric type, widened to f64 as they are
+/// folded: no f64 copy of the values is made when the layout allows the contiguous
+/// loops; otherwise the values are widened first.
+pub fn partial_typed<T: Elem>(op: ReduceOp, block: &ndarray::ArrayViewD<'_, T>, axes: &[usize]) -> Vec<ArrayD<f64>> {
+    if let Some(p) = block.as_slice().and_then(|d| partial_slice(op, d, block.shape(), axes)) {
+        return p;
+    }
+    partial(op, &block.mapv(Elem::f64), axes)
+}
+
+/// [`partial`] over row-major values of `shape` whose reduced axes are leading or
+/// trailing: plain loops over slices that the compiler vectorizes (ndarray's generic
+/// axis folds over dynamic-rank arrays ran at a quarter of memory speed). `None` for
+/// any other layout.
+fn partial_slice<T: Elem>(op: ReduceOp, data: &[T], shape: &[usize], axes: &[usize]) -> Option<Vec<ArrayD<f64>>> {
+    let rank = shape.len();
+    let (&first, &last) = (axes.first()?, axes.last()?);
+    if axes.windows(2).any(|w| w[1] != w[0] + 1) || data.is_empty() {
+        return None;
+    }
+    let kept = kept(shape, axes);
+    let out = |v: Vec<f64>| ArrayD::from_shape_vec(IxDyn(&kept), v).expect("reduced shape");
+    if first == 0 {
+        // Leading axes: fold whole rows of the kept trailing dimensions into one row,
+        // in order, as numpy does along a leading axis ([`fold_rows`]).
+        let inner: usize = shape[last + 1..].iter().product();
+        if !op.is_moments() {
+            return Some(
+                op.folds()
+                    .iter()
+                    .map(|&f| {
+                        with_fold!(f, |init, step, _merge| {
+                            let mut acc = vec![init; inner];
+                            fold_rows(&mut acc, data, step);
+                            out(acc)
+                        })
+                    })
+                    .collect(),
+            );
+        }
+        let n = (data.len() / inner) as f64;
+        let mut mean = vec![0.0; inner];
+        fold_rows(&mut mean, data, |a, x| a + x);
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut m2 = vec![0.0; inner];
+        for row in data.chunks_exact(inner) {
+            m2.iter_mut()
+                .zip(row)
+                .zip(&mean)
+                .for_each(|((s, &x), &m)| *s += (x.f64() - m) * (x.f64() - m));
+        }
+        return Some(vec![out(mean), out(m2)]);
+    }
+    if last + 1 == rank {
+        // Trailing axes: each kept element folds one contiguous run.
+        let run: usize = shape[first..].iter().product();
+        let runs = data.chunks_exact(run);
+        if !op.is_moments() {
+            return Some(
+                op.folds()
+                    .iter()
+                    .map(|&f| match f {
+                        Fold::Sum => out(runs.clone().map(|r| sum_run(r, |x| x)).collect()),
+                        Fold::NanSum => out(runs.clone().map(|r| sum_run(r, |x| if x.is_nan() { 0.0 } else { x })).collect()),
+                        _ => with_fold!(f, |init, step, _merge| out(runs
+                            .clone()
+                            .map(|r| r.iter().fold(init, |a, &x| step(a, x.f64())))
+                            .collect())),
+                    })
+                    .collect(),
+            );
+        }
+        let (means, m2s): (Vec<f64>, Vec<f64>) = runs
+            .map(|r| {
+                let m = sum_run(r, |x| x) / run as f64;
+                (m, r.iter().map(|&x| (x.f64() - m) * (x.f64() - m)).sum::<f64>())
+            })
+            .unzip();
+        return Some(vec![out(means), out(m2s)]);
+    }
+    None
+}
+
+/// The sum of a run (each value through `pre`), in eight interleaved lanes
+/// (vectorizable, and closer to numpy's pairwise sum than one running total).
+fn sum_run<T: Elem>(r: &[T], pre: impl Fn(f64) -> f64) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let chunks = r.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&x| pre(x.f64())).sum();
+    for c in chunks {
+        lanes.iter_mut().zip(c).for_each(|(l, &x)| *l += pre(x.f64()));
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// Fold rows of `data` (each as long as `acc`) into `acc` in order, four rows per
+/// pass (the accumulator row is loaded and stored a quarter as often).
+pub fn fold_rows<T: Elem>(acc: &mut [f64], data: &[T], f: impl Fn(f64, f64) -> f64) {
+    let inner = acc.len();
+    let quads = data.chunks_exact(4 * inner);
+    let rest = quads.remainder();
+    for q in quads {
+        let (r0, q) = q.split_at(inner);
+        let (r1, q) = q.split_at(inner);
+        let (r2, r3) = q.split_at(inner);
+        for i in 0..inner {
+            acc[i] = f(f(f(f(acc[i], r0[i].f64()), r1[i].f64()), r2[i].f64()), r3[i].f64());
+        }
+    }
+    for row in rest.chunks_exact(inner) {
+        acc.iter_mut().zip(row).for_each(|(a, &x)| *a = f(*a, x.f64()));
+    }
+}
+
+/// Merges partials of one const as they arrive, then finalizes it.
+pub struct Accumulator {
+    op: ReduceOp,
+    axes: Vec<usize>,
+    /// Total count per result element (product of reduced extents of the whole stage).
+    total: f64,
+    /// One array per fold; for var/std: mean, M2 and the per-element count so far.
+    parts: Vec<ArrayD<f64>>,
+}
+
+impl Accumulator {
+    pub fn new(spec: &ConstSpec, stage_shape: &[usize]) -> Self {
+        let shape = IxDyn(&spec.shape);
+        let total: usize = spec.axes.iter().map(|&a| stage_shape[a]).product();
+        let parts = if spec.op.is_moments() {
+            vec![ArrayD::zeros(shape.clone()); 3]
+        } else {
+            spec.op
+                .folds()
+                .iter()
+                .map(|&f| with_fold!(f, |init, _s, _m| ArrayD::from_elem(shape.clone(), init)))
+                .collect()
+        };
+        Self {
+            op: spec.op,
+            axes: spec.axes.clone(),
+            total: total as f64,
+            parts,
+        }
+    }
+
+    /// The accumulator's arrays restricted to the result region of a block.
+    fn views<'a>(parts: &'a mut [ArrayD<f64>], out_region: &[Range<usize>]) -> Vec<ndarray::ArrayViewMutD<'a, f64>> {
+        parts
+            .iter_mut()
+            .map(|p| {
+                let mut v = p.view_mut();
+                for (d, r) in out_region.iter().enumerate() {
+                    v.slice_axis_inplace(Axis(d), ndarray::Slice::from(r.clone()));
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// Merge the partial of the block covering `region` (in the stage's shape).
+    pub fn merge(&mut self, region: &[Range<usize>], parts: Vec<ArrayD<f64>>) {
+        let out_region = kept(region, &self.axes);
+        let n_b: f64 = self.axes.iter().map(|&a| region[a].len()).product::<usize>() as f64;
+        let mut views = Self::views(&mut self.parts, &out_region);
+        if !self.op.is_moments() {
+            for ((view, p), &f) in views.iter_mut().zip(&parts).zip(self.op.folds()) {
+                with_fold!(f, |_i, _s, merge| Zip::from(view).and(p).for_each(|a, &b| *a = merge(*a, b)));
+            }
+            return;
+        }
+        let [mean, m2, cnt] = &mut views[..] else {
+            unreachable!("three moment arrays")
+        };
+        Zip::from(mean)
+            .and(m2)
+            .and(cnt)
+            .and(&parts[0])
+            .and(&parts[1])
+            .for_each(|mean, m2, n_a, &mean_b, &m2_b| {
+                let n = *n_a + n_b;
+                let delta = mean_b - *mean;
+                *mean += delta * n_b / n;
+                *m2 += m2_b + delta * delta * *n_a * n_b / n;
+                *n_a = n;
+            });
+    }
+
+    /// Fold the values of `region` (block-relative) straight into the accumulator,
+    /// when they are row-major, the reduced axes lead, the accumulated part is
+    /// contiguous, and the reduction is one fold: no partial array is made and
+    /// nothing is merged. `false`: nothing done; use [`partial`] and
+    /// [`Accumulator::merge`].
+    pub fn fold_in<T: Elem>(&mut self, region: &[Range<usize>], values: &ndarray::ArrayViewD<'_, T>) -> bool {
+        let [fold] = self.op.folds() else { return false };
+        if self.axes.first() != Some(&0) || self.axes.windows(2).any(|w| w[1] != w[0] + 1) {
+            return false;
+        }
+        let Some(data) = values.as_slice() else { return false };
+        let mut views = Self::views(&mut self.parts, &kept(region, &self.axes));
+        let Some(acc) = views[0].as_slice_mut() else { return false };
+        if acc.is_empty() || data.len() % acc.len() != 0 {
+            return false;
+        }
+        with_fold!(*fold, |_i, step, _m| fold_rows(acc, data, step));
+        true
+    }
+
+    /// The merged state in the form of a [`partial`], for a block reduced in pieces.
+    pub fn into_partial(self) -> Vec<ArrayD<f64>> {
+        let mut parts = self.parts;
+        if self.op.is_moments() {
+            parts.truncate(2);
+        }
+        parts
+    }
+
+    /// The final array.
+    pub fn finish(self) -> ArrayD<f64> {
+        let total = self.total;
+        let mut parts = self.parts.into_iter();
+        let first = parts.next().expect("at least one array");
+        match self.op {
+            ReduceOp::Mean => first.mapv_into(|s| s / total),
+            ReduceOp::NanMean => {
+                let count = parts.next().expect("nanmean count");
+                let mut sum = first;
+                Zip::from(&mut sum).and(&count).for_each(|s, &n| *s /= n);
+                sum
+            }
+            ReduceOp::Var => parts.next().expect("var M2").mapv_into(|m2| m2 / total),
+            ReduceOp::Std => parts.next().expect("std M2").mapv_into(|m2| (m2 / total).sqrt()),
+            _ => first,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::geometry::{block_count, block_region};
+    use crate::exec::kernel::const_slice;
+    use ndarray::{ArrayD, ShapeBuilder};
+
+    fn data(shape: &[usize]) -> ArrayD<f64> {
+        let n: usize = shape.iter().product();
+        ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|i| ((i * 7919) % 101) as f64 * 0.37 + 250.0).collect()).unwrap()
+    }
+
+    fn reduce_blockwise(op: ReduceOp, a: &ArrayD<f64>, axes: &[usize], block: &[usize]) -> ArrayD<f64> {
+        let shape = kept(a.shape(), axes);
+        let spec = ConstSpec {
+            op,
+            axes: axes.to_vec(),
+            shape,
+            stage: 0,
+        };
+        let mut acc = Accumulator::new(&spec, a.shape());
+        for i in 0..block_count(a.shape(), block) {
+            let region = block_region(a.shape(), block, i);
+            let blk = const_slice(a, &region);
+            acc.merge(&region, partial(op, &blk, axes));
+        }
+        acc.finish()
+    }
+
+    fn close(a: &ArrayD<f64>, b: &ArrayD<f64>) {
+        assert_eq!(a.shape(), b.shape());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-11 * y.abs().max(1e-300), "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn blockwise_reductions_equal_whole_array_ones() {
+        let a = data(&[13, 7, 5]);
+        let whole_mean = a.mean_axis(Axis(0)).unwrap();
+        close(&reduce_blockwise(ReduceOp::Mean, &a, &[0], &[4, 3, 5]), &whole_mean);
+        let whole_sum = a.sum_axis(Axis(2)).sum_axis(Axis(0));
+        close(&reduce_blockwise(ReduceOp::Sum, &a, &[0, 2], &[5, 2, 2]), &whole_sum);
+        let var1 = a.var_axis(Axis(1), 0.0);
+        close(&reduce_blockwise(ReduceOp::Var, &a, &[1], &[3, 2, 4]), &var1);
+        let std1 = a.std_axis(Axis(1), 0.0);
+        close(&reduce_blockwise(ReduceOp::Std, &a, &[1], &[3, 2, 4]), &std1);
+        let mx = reduce_blockwise(ReduceOp::Max, &a, &[0, 1, 2], &[4, 4, 4]);
+        assert_eq!(mx.shape(), &[] as &[usize]);
+        assert_eq!(mx[[]], a.iter().cloned().fold(f64::MIN, f64::max));
+    }
+
+    #[test]
+    fn contiguous_fast_paths_equal_the_generic_folds() {
+        // A Fortran-ordered copy has the same values but no row-major slice, so
+        // `partial` takes ndarray's generic path for it.
+        let generic = |a: &ArrayD<f64>| {
+            let mut f = ArrayD::zeros(IxDyn(a.shape()).f());
+            f.assign(a);
+            f
+        };
+        let mut a = data(&[9, 5, 6]);
+        a[[3, 2, 1]] = f64::NAN;
+        assert!(generic(&a).as_slice().is_none());
+        let ops = [
+            ReduceOp::Sum,
+            ReduceOp::Mean,
+            ReduceOp::Min,
+            ReduceOp::Max,
+            ReduceOp::Var,
+            ReduceOp::Std,
+        ];
+        let axes: [&[usize]; 6] = [&[0], &[0, 1], &[2], &[1, 2], &[0, 1, 2], &[1]];
+        for op in ops {
+            for ax in axes {
+                let fast = partial(op, &a, ax);
+                let slow = partial(op, &generic(&a), ax);
+                assert_eq!(fast.len(), slow.len());
+                for (f, s) in fast.iter().zip(&slow) {
+                    assert_eq!(f.shape(), s.shape(), "{op:?} over {ax:?}");
+                    for (x, y) in f.iter().zip(s) {
+                        let same = (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-12 * y.abs().max(1.0);
+                        assert!(same, "{op:?} over {ax:?}: {x} vs {y}");
+                    }
+                }
+            }
+        }
+        // Fewer rows than one four-row pass, and a remainder after whole passes.
+        for rows in [2, 3, 4, 7] {
+            let b = data(&[rows, 11]);
+            let fast = partial(ReduceOp::Sum, &b, &[0]);
+            let slow = partial(ReduceOp::Sum, &generic(&b), &[0]);
+            assert_eq!(fast, slow, "{rows} rows");
+        }
+    }
+
+    #[test]
+    fn min_max_propagate_nan_like_numpy() {
+        let mut a = data(&[4, 4]);
+        a[[2, 1]] = f64::NAN;
+        let mn = reduce_blockwise(ReduceOp::Min, &a, &[0], &[2, 2]);
+        assert!(mn[[1]].is_nan());
+        assert!(!mn[[0]].is_nan());
+    }
+
+    /// Every fold-based reduction, blockwise over odd blocks with NaN and zeros
+    /// present, equals a direct fold of the whole array.
+    #[test]
+    fn every_fold_reduction_blockwise_equals_a_direct_fold() {
+        let mut a = data(&[9, 7, 5]);
+        a.mapv_inplace(|v| (v - 270.0) / 10.0);
+        a[[3, 2, 1]] = f64::NAN;
+        a[[0, 0, 0]] = 0.0;
+        a[[8, 6, 4]] = 0.0;
+        // One column entirely NaN along axis 0.
+        for i in 0..9 {
+            a[[i, 5, 3]] = f64::NAN;
+        }
+        let direct = |op: ReduceOp, lane: &[f64]| -> f64 {
+            let valid: Vec<f64> = lane.iter().copied().filter(|x| !x.is_nan()).collect();
+            let any_nan = valid.len() < lane.len();
+            match op {
+                ReduceOp::Prod => lane.iter().product(),
+                ReduceOp::NanSum => valid.iter().sum(),
+                ReduceOp::NanProd => valid.iter().product(),
+                ReduceOp::NanMean => valid.iter().sum::<f64>() / valid.len() as f64,
+                ReduceOp::NanMin if valid.is_empty() => f64::NAN,
+                ReduceOp::NanMin => valid.iter().copied().fold(f64::INFINITY, f64::min),
+                ReduceOp::NanMax if valid.is_empty() => f64::NAN,
+                ReduceOp::NanMax => valid.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                ReduceOp::Min if any_nan => f64::NAN,
+                ReduceOp::Min => valid.iter().copied().fold(f64::INFINITY, f64::min),
+                ReduceOp::CountNonzero => lane.iter().filter(|&&x| x != 0.0).count() as f64,
+                ReduceOp::Any => f64::from(u8::from(lane.iter().any(|&x| x != 0.0))),
+                ReduceOp::All => f64::from(u8::from(lane.iter().all(|&x| x != 0.0))),
+                _ => unreachable!(),
+            }
+        };
+        let ops = [
+            ReduceOp::Prod,
+            ReduceOp::NanSum,
+            ReduceOp::NanProd,
+            ReduceOp::NanMean,
+            ReduceOp::NanMin,
+            ReduceOp::NanMax,
+            ReduceOp::Min,
+            ReduceOp::CountNonzero,
+            ReduceOp::Any,
+            ReduceOp::All,
+        ];
+        let same = |x: f64, y: f64| (x.is_nan() && y.is_nan()) || (x - y).abs() <= 1e-12 * y.abs().max(1.0);
+        for op in ops {
+            // Axis 0 (leading, the fast row fold) in blocks of 4, then axis 2
+            // (trailing runs) in blocks of 2.
+            let got = reduce_blockwise(op, &a, &[0], &[4, 3, 5]);
+            for j in 0..7 {
+                for k in 0..5 {
+                    let lane: Vec<f64> = (0..9).map(|i| a[[i, j, k]]).collect();
+                    assert!(
+                        same(got[[j, k]], direct(op, &lane)),
+                        "{op:?} axis 0 at [{j}, {k}]: {} vs {}",
+                        got[[j, k]],
+                        direct(op, &lane)
+                    );
+                }
+            }
+            let got = reduce_blockwise(op, &a, &[2], &[4, 3, 2]);
+            for i in 0..9 {
+                for j in 0..7 {
+                    let lane: Vec<f64> = (0..5).map(|k| a[[i, j, k]]).collect();
+                    assert!(same(got[[i, j]], direct(op, &lane)), "{op:?} axis 2 at [{i}, {j}]");
+                }
+            }
+            // Axes 0 and 2 (not adjacent: the generic path), all in odd blocks.
+            let got = reduce_blockwise(op, &a, &[0, 2], &[4, 3, 2]);
+            for j in 0..7 {
+                let lane: Vec<f64> = (0..9)
+                    .flat_map(|i| (0..5).map(move |k| (i, k)))
+                    .map(|(i, k)| a[[i, j, k]])
+                    .collect();
+                assert!(same(got[[j]], direct(op, &lane)), "{op:?} axes (0, 2) at [{j}]");
+            }
+        }
+    }
+}
