@@ -17,6 +17,7 @@ pub mod hdf;
 pub mod kernel;
 pub mod ops;
 pub mod plan;
+mod plan_error;
 pub mod reduce;
 mod resolve;
 
