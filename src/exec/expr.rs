@@ -18,6 +18,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use super::view::Item;
+
 /// A parse error with the 1-based column where it happened.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("syntax error in expression \"{expr}\" at column {column}: {message}")]
@@ -136,6 +138,14 @@ pub enum Ast {
         pos: usize,
         args: Vec<Ast>,
         axis: Option<(AxisArg, usize)>,
+        /// Other keyword arguments (integers, tuples of integers, `None`), in order.
+        kwargs: Vec<(String, AxisArg, usize)>,
+    },
+    /// numpy basic indexing `base[items]`; each item with its column.
+    Index {
+        base: Box<Ast>,
+        items: Vec<(Item, usize)>,
+        pos: usize,
     },
 }
 
@@ -149,6 +159,11 @@ enum Tok {
     RParen,
     Comma,
     Eq,
+    LBracket,
+    RBracket,
+    Colon,
+    Dot,
+    Ellipsis,
     End,
 }
 
@@ -163,6 +178,11 @@ impl Tok {
             Tok::RParen => "')'".into(),
             Tok::Comma => "','".into(),
             Tok::Eq => "'='".into(),
+            Tok::LBracket => "'['".into(),
+            Tok::RBracket => "']'".into(),
+            Tok::Colon => "':'".into(),
+            Tok::Dot => "'.'".into(),
+            Tok::Ellipsis => "'...'".into(),
             Tok::End => "the end of the expression".into(),
         }
     }
@@ -271,6 +291,14 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, SyntaxError> {
                     "unexpected '!' (numpy negates booleans with ~ or logical_not(), and compares with !=)".into(),
                 ));
             }
+            '[' => Tok::LBracket,
+            ']' => Tok::RBracket,
+            ':' => Tok::Colon,
+            '.' if next_is('.') && chars.get(k + 2).is_some_and(|(_, n)| *n == '.') => {
+                k += 2;
+                Tok::Ellipsis
+            }
+            '.' => Tok::Dot,
             '(' => Tok::LParen,
             ')' => Tok::RParen,
             ',' => Tok::Comma,
@@ -402,7 +430,7 @@ impl Parser<'_> {
     }
 
     fn power(&mut self) -> Result<Ast, SyntaxError> {
-        let base = self.atom()?;
+        let base = self.postfix()?;
         if self.peek() == &Tok::Op("**") {
             let pos = self.pos();
             self.next();
@@ -410,6 +438,145 @@ impl Parser<'_> {
             return Ok(Ast::Bin(BinOp::Pow, Box::new(base), Box::new(exp), pos));
         }
         Ok(base)
+    }
+
+    /// An atom followed by indexing `[...]`, `.T` and method calls `.name(args)`.
+    fn postfix(&mut self) -> Result<Ast, SyntaxError> {
+        let mut e = self.atom()?;
+        loop {
+            match self.peek() {
+                Tok::LBracket => {
+                    let pos = self.pos();
+                    self.next();
+                    let items = self.index_items()?;
+                    e = Ast::Index {
+                        base: Box::new(e),
+                        items,
+                        pos,
+                    };
+                }
+                Tok::Dot => {
+                    self.next();
+                    let (tok, npos) = self.next();
+                    let Tok::Name(name) = tok else {
+                        return Err(SyntaxError {
+                            expr: self.src.to_string(),
+                            column: npos,
+                            message: format!("expected an attribute name after '.' but found {}", tok.describe()),
+                        });
+                    };
+                    e = if self.peek() == &Tok::LParen {
+                        self.next();
+                        let Ast::Call {
+                            func,
+                            pos,
+                            mut args,
+                            axis,
+                            kwargs,
+                        } = self.call(name, npos)?
+                        else {
+                            unreachable!("call() makes calls")
+                        };
+                        args.insert(0, e);
+                        Ast::Call {
+                            func,
+                            pos,
+                            args,
+                            axis,
+                            kwargs,
+                        }
+                    } else if name == "T" {
+                        Ast::Call {
+                            func: "transpose".into(),
+                            pos: npos,
+                            args: vec![e],
+                            axis: None,
+                            kwargs: vec![],
+                        }
+                    } else {
+                        return Err(SyntaxError {
+                            expr: self.src.to_string(),
+                            column: npos,
+                            message: format!(
+                                "unknown attribute '.{name}' (arrays have .T; methods are called with parentheses, e.g. x.mean(axis=0))"
+                            ),
+                        });
+                    };
+                }
+                _ => return Ok(e),
+            }
+        }
+    }
+
+    /// The items of `[...]` up to and including `]`.
+    fn index_items(&mut self) -> Result<Vec<(Item, usize)>, SyntaxError> {
+        let mut items = Vec::new();
+        loop {
+            let pos = self.pos();
+            let item = match self.peek() {
+                Tok::Ellipsis => {
+                    self.next();
+                    Item::Ellipsis
+                }
+                Tok::Name(n) if n == "None" => {
+                    self.next();
+                    Item::NewAxis
+                }
+                _ => {
+                    let start = self.opt_int()?;
+                    if self.peek() == &Tok::Colon {
+                        self.next();
+                        let stop = self.opt_int()?;
+                        let step = if self.peek() == &Tok::Colon {
+                            self.next();
+                            self.opt_int()?
+                        } else {
+                            None
+                        };
+                        Item::Slice(start, stop, step)
+                    } else if let Some(i) = start {
+                        Item::Int(i)
+                    } else {
+                        return Err(self.error_here(format!(
+                            "expected an integer, a slice (a:b:c), '...' or None in the index but found {}",
+                            self.peek().describe()
+                        )));
+                    }
+                }
+            };
+            items.push((item, pos));
+            match self.peek() {
+                Tok::Comma => {
+                    self.next();
+                    if self.peek() == &Tok::RBracket {
+                        self.next();
+                        return Ok(items);
+                    }
+                }
+                Tok::RBracket => {
+                    self.next();
+                    return Ok(items);
+                }
+                other => {
+                    return Err(self.error_here(format!(
+                        "expected ',' or ']' in the index but found {} (indices are integer constants, slices a:b:c, '...' or None)",
+                        other.describe()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// An optional integer constant (with an optional minus) in an index.
+    fn opt_int(&mut self) -> Result<Option<i64>, SyntaxError> {
+        match self.peek() {
+            Tok::Int(_) | Tok::Op("-") => self.int().map(Some),
+            Tok::Colon | Tok::Comma | Tok::RBracket => Ok(None),
+            other => Err(self.error_here(format!(
+                "expected an integer constant in the index but found {} (indices are integer constants, slices a:b:c, '...' or None)",
+                other.describe()
+            ))),
+        }
     }
 
     fn atom(&mut self) -> Result<Ast, SyntaxError> {
@@ -444,34 +611,39 @@ impl Parser<'_> {
     fn call(&mut self, func: String, pos: usize) -> Result<Ast, SyntaxError> {
         let mut args = Vec::new();
         let mut axis = None;
+        let mut kwargs: Vec<(String, AxisArg, usize)> = Vec::new();
         if self.peek() == &Tok::RParen {
             self.next();
-            return Ok(Ast::Call { func, pos, args, axis });
+            return Ok(Ast::Call {
+                func,
+                pos,
+                args,
+                axis,
+                kwargs,
+            });
         }
         loop {
             let is_kw = matches!(self.peek(), Tok::Name(_)) && self.toks.get(self.i + 1).is_some_and(|t| t.0 == Tok::Eq);
             if is_kw {
                 let (Tok::Name(kw), kpos) = self.next() else { unreachable!() };
-                if kw != "axis" {
+                if kw == "axis" && axis.is_some() || kwargs.iter().any(|k| k.0 == kw) {
                     return Err(SyntaxError {
                         expr: self.src.to_string(),
                         column: kpos,
-                        message: format!("unknown keyword argument '{kw}' (only 'axis' is supported)"),
-                    });
-                }
-                if axis.is_some() {
-                    return Err(SyntaxError {
-                        expr: self.src.to_string(),
-                        column: kpos,
-                        message: "'axis' given twice".into(),
+                        message: format!("'{kw}' given twice"),
                     });
                 }
                 self.next(); // '='
                 let apos = self.pos();
-                axis = Some((self.axis_value()?, apos));
+                let value = self.axis_value()?;
+                if kw == "axis" {
+                    axis = Some((value, apos));
+                } else {
+                    kwargs.push((kw, value, kpos));
+                }
             } else {
-                if axis.is_some() {
-                    return Err(self.error_here("positional argument after 'axis='".into()));
+                if axis.is_some() || !kwargs.is_empty() {
+                    return Err(self.error_here("positional argument after a keyword argument".into()));
                 }
                 args.push(self.expr()?);
             }
@@ -481,7 +653,13 @@ impl Parser<'_> {
                 }
                 Tok::RParen => {
                     self.next();
-                    return Ok(Ast::Call { func, pos, args, axis });
+                    return Ok(Ast::Call {
+                        func,
+                        pos,
+                        args,
+                        axis,
+                        kwargs,
+                    });
                 }
                 other => return Err(self.error_here(format!("expected ',' or ')' but found {}", other.describe()))),
             }
@@ -500,7 +678,7 @@ impl Parser<'_> {
                 self.next();
                 Ok(if neg { -v } else { v })
             }
-            other => Err(self.error_here(format!("expected an integer axis but found {}", other.describe()))),
+            other => Err(self.error_here(format!("expected an integer but found {}", other.describe()))),
         }
     }
 
@@ -552,6 +730,22 @@ mod tests {
             Ast::Unary(op, x, _) => format!("({}{})", op.symbol(), show(x)),
             Ast::Bin(op, l, r, _) => format!("({} {} {})", show(l), op.symbol(), show(r)),
             Ast::Call { func, args, .. } => format!("{func}({})", args.iter().map(show).collect::<Vec<_>>().join(", ")),
+            Ast::Index { base, items, .. } => {
+                let item = |i: &Item| match i {
+                    Item::Int(v) => v.to_string(),
+                    Item::Slice(a, b, c) => {
+                        let o = |v: &Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+                        format!("{}:{}:{}", o(a), o(b), o(c))
+                    }
+                    Item::Ellipsis => "...".into(),
+                    Item::NewAxis => "None".into(),
+                };
+                format!(
+                    "{}[{}]",
+                    show(base),
+                    items.iter().map(|(i, _)| item(i)).collect::<Vec<_>>().join(", ")
+                )
+            }
         }
     }
 
@@ -578,6 +772,36 @@ mod tests {
         ] {
             assert_eq!(show(&parse(src).unwrap()), want, "{src}");
         }
+    }
+
+    #[test]
+    fn indexing_methods_and_attributes() {
+        for (src, want) in [
+            ("x[0]", "x[0]"),
+            ("x[-1, 2:]", "x[-1, 2::]"),
+            ("x[::-1, :-2, 1:9:3]", "x[::-1, :-2:, 1:9:3]"),
+            ("lat[:, None]", "lat[::, None]"),
+            ("x[..., 0,]", "x[..., 0]"),
+            ("x[1:] - x[:-1]", "(x[1::] - x[:-1:])"),
+            ("-x[0]**2", "(-(x[0] ** 2))"),
+            ("(a + b)[2][0:1]", "(a + b)[2][0:1:]"),
+            ("x.T", "transpose(x)"),
+            ("x.T[0]", "transpose(x)[0]"),
+            ("x.mean(axis=0)", "mean(x)"),
+            ("(x - 1).sum()", "sum((x - 1))"),
+            ("transpose(x, axes=(1, 0))", "transpose(x)"),
+        ] {
+            assert_eq!(show(&parse(src).unwrap()), want, "{src}");
+        }
+        let Ast::Index { items, pos, .. } = parse("x[1, ::2]").unwrap() else {
+            panic!()
+        };
+        assert_eq!(pos, 2);
+        assert_eq!(items[1], (Item::Slice(None, None, Some(2)), 6));
+        let Ast::Call { kwargs, .. } = parse("transpose(x, axes=(2, 0, 1))").unwrap() else {
+            panic!()
+        };
+        assert_eq!(kwargs, vec![("axes".to_string(), AxisArg::Axes(vec![2, 0, 1]), 14)]);
     }
 
     #[test]
@@ -646,6 +870,11 @@ mod tests {
         assert_eq!(parse("x 1").unwrap_err().column, 3);
         assert_eq!(parse("").unwrap_err().column, 1);
         assert_eq!(parse("mean(x, axis=a)").unwrap_err().column, 14);
-        assert!(parse("mean(x, axs=1)").unwrap_err().message.contains("axs"));
+        assert_eq!(parse("mean(x, axis=1, axis=2)").unwrap_err().column, 17);
+        assert_eq!(parse("x[1.5]").unwrap_err().column, 3);
+        assert_eq!(parse("x[a]").unwrap_err().column, 3);
+        assert_eq!(parse("x[1 2]").unwrap_err().column, 5);
+        assert_eq!(parse("x.foo").unwrap_err().column, 3);
+        assert_eq!(parse("x.").unwrap_err().column, 3);
     }
 }

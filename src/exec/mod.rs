@@ -20,6 +20,7 @@ pub mod plan;
 mod plan_error;
 pub mod reduce;
 mod resolve;
+pub mod view;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -433,6 +434,27 @@ fn eval_region(
         Kernel::Const(c) => {
             let whole = consts(*c).ok_or(ExecError::MissingConst(*c))?;
             Ok(kernel::const_slice(&whole, region))
+        }
+        Kernel::View(leaf, v) => {
+            // The source region this block of the view touches, read (or sliced) as
+            // is, then strided, permuted and reshaped by the view.
+            let src = v.source_region(&operand_region(region, &v.shape()));
+            match **leaf {
+                Kernel::Input(i) => {
+                    let a = read_pooled(&datasets[i as usize], &src).map_err(|e| read_error(plan, i, &src, e))?;
+                    bytes_read += (a.len() * plan.inputs[i as usize].dtype.size()) as u64;
+                    Ok(v.apply(a.view()))
+                }
+                Kernel::Const(c) => {
+                    let whole = consts(c).ok_or(ExecError::MissingConst(c))?;
+                    let mut part = whole.view();
+                    for (d, r) in src.iter().enumerate() {
+                        part.slice_axis_inplace(ndarray::Axis(d), ndarray::Slice::from(r.clone()));
+                    }
+                    Ok(v.apply(part))
+                }
+                _ => unreachable!("views wrap leaves"),
+            }
         }
         _ => unreachable!("eval only asks for leaves"),
     })?;

@@ -23,6 +23,7 @@ use super::geometry::{self, block_count, broadcast, default_block};
 use super::hdf::{self, Dtype};
 use super::ops::Op;
 use super::resolve::{Node, resolve};
+use super::view::{Dim, View};
 use crate::config::workload::{OutDtype, Workload};
 use crate::core::{Graph, GraphBuilder, TaskId, TaskKind};
 
@@ -39,13 +40,17 @@ pub enum Kernel {
     Num(f64),
     /// An elementwise operation of the registry over its arguments.
     Map(Op, Vec<Kernel>),
+    /// A view of an input or const leaf (only ever around `Input` or `Const`).
+    View(Box<Kernel>, View),
 }
 
 impl Kernel {
     pub fn visit(&self, f: &mut impl FnMut(&Kernel)) {
         f(self);
-        if let Kernel::Map(_, args) = self {
-            args.iter().for_each(|a| a.visit(f));
+        match self {
+            Kernel::Map(_, args) => args.iter().for_each(|a| a.visit(f)),
+            Kernel::View(leaf, _) => leaf.visit(f),
+            _ => {}
         }
     }
 
@@ -190,6 +195,7 @@ impl Lowering<'_> {
                 .map(|a| self.shape_of(a))
                 .reduce(|a, b| broadcast(&a, &b).expect("checked in resolve"))
                 .unwrap_or_default(),
+            Kernel::View(_, v) => v.shape(),
         }
     }
 
@@ -198,6 +204,10 @@ impl Lowering<'_> {
             Node::Input(i) => Kernel::Input(*i),
             Node::Num(v) => Kernel::Num(*v),
             Node::Map(op, args) => Kernel::Map(*op, args.iter().map(|a| self.lower(a)).collect()),
+            Node::View(arg, v) => {
+                let k = self.lower(arg);
+                self.push_view(k, v)
+            }
             Node::Reduce { op, axes, arg } => {
                 let kernel = self.lower(arg);
                 let shape = self.shape_of(&kernel);
@@ -246,27 +256,86 @@ impl Lowering<'_> {
         }
     }
 
+    /// `view` of the result of `k`, pushed down to its leaves: a view of an
+    /// elementwise result is the elementwise result of views of its operands.
+    fn push_view(&self, k: Kernel, view: &View) -> Kernel {
+        match k {
+            Kernel::Num(_) => k,
+            Kernel::Input(_) | Kernel::Const(_) if view.is_identity() => k,
+            Kernel::Input(_) | Kernel::Const(_) => Kernel::View(Box::new(k), view.clone()),
+            Kernel::View(leaf, inner) => Kernel::View(leaf, view.compose(&inner)),
+            Kernel::Map(op, args) => Kernel::Map(
+                op,
+                args.into_iter()
+                    .map(|a| {
+                        let v = view.for_operand(&self.shape_of(&a));
+                        self.push_view(a, &v)
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// For each dimension of a stage of `shape`, the first input leaf that spans it:
+    /// (input, its axis, the view's step along it; 1 without a view).
+    fn spanning_inputs(&self, kernel: &Kernel, shape: &[usize]) -> Vec<Option<(u32, usize, i64)>> {
+        let r = shape.len();
+        let mut out = vec![None; r];
+        kernel.visit(&mut |k| {
+            // Per view dimension: (source axis, step, length), or None for a new axis.
+            type Dims = Vec<Option<(usize, i64, usize)>>;
+            let (i, dims): (u32, Dims) = match k {
+                Kernel::Input(i) => {
+                    let s = &self.inputs[*i as usize].shape;
+                    (*i, s.iter().enumerate().map(|(a, &n)| Some((a, 1, n))).collect())
+                }
+                Kernel::View(leaf, v) => match **leaf {
+                    Kernel::Input(i) => (
+                        i,
+                        v.dims
+                            .iter()
+                            .map(|d| match d {
+                                Dim::Src { axis, step, len, .. } => Some((*axis, *step, *len)),
+                                Dim::New => None,
+                            })
+                            .collect(),
+                    ),
+                    _ => return,
+                },
+                _ => return,
+            };
+            let ri = dims.len();
+            for j in 0..r {
+                if out[j].is_none()
+                    && j + ri >= r
+                    && let Some((axis, step, len)) = dims[j + ri - r]
+                    && len == shape[j]
+                    && shape[j] > 1
+                {
+                    out[j] = Some((i, axis, step));
+                }
+            }
+        });
+        out
+    }
+
     /// Block shape of a stage: per dimension, the block length of the first input that
-    /// spans it; the whole extent otherwise. Stages reading no input run locally.
+    /// spans it (divided by a view's step, so a block still reads about one input
+    /// block); the whole extent otherwise. Stages reading no input run locally.
     fn stage_block(&self, kernel: &Kernel, shape: &[usize]) -> (Vec<usize>, bool) {
-        let ins = kernel.inputs();
-        if ins.is_empty() {
+        if kernel.inputs().is_empty() {
             return (shape.iter().map(|&s| s.max(1)).collect(), true);
         }
-        let r = shape.len();
-        let block = (0..r)
-            .map(|j| {
-                for &i in &ins {
-                    let inp = &self.inputs[i as usize];
-                    let ri = inp.shape.len();
-                    if j + ri >= r {
-                        let d = j + ri - r;
-                        if inp.shape[d] == shape[j] && shape[j] > 1 {
-                            return inp.block[d].min(shape[j]);
-                        }
-                    }
+        let block = self
+            .spanning_inputs(kernel, shape)
+            .iter()
+            .zip(shape)
+            .map(|(span, &n)| match span {
+                Some((i, axis, step)) => {
+                    let b = self.inputs[*i as usize].block[*axis];
+                    (b / step.unsigned_abs() as usize).clamp(1, n)
                 }
-                shape[j].max(1)
+                None => n.max(1),
             })
             .collect();
         (block, false)

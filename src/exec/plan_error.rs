@@ -60,6 +60,13 @@ pub enum PlanError {
         left: Vec<usize>,
         right: Vec<usize>,
     },
+    #[error("outputs[{index}]: the index at column {pos} of \"{expr}\" {problem}")]
+    BadIndex {
+        index: usize,
+        pos: usize,
+        expr: String,
+        problem: String,
+    },
     #[error("outputs[{index}]: '{op}' at column {pos} of \"{expr}\" {problem}")]
     BadOperator {
         index: usize,

@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
-use super::expr::{Ast, AxisArg};
+use super::expr::{Ast, AxisArg, Item};
 use super::geometry::{self, broadcast};
 use super::ops::{self, CONSTANTS, Kind, Op};
 use super::plan::{InputSpec, PlanError, ReduceOp};
 use super::reduce::ReduceDef;
+use super::view::{self, Dim, View};
 use crate::config::did_you_mean;
 
 pub(super) struct Ctx<'a> {
@@ -23,7 +24,13 @@ pub(super) enum Node {
     Input(u32),
     Num(f64),
     Map(Op, Vec<Node>),
-    Reduce { op: ReduceOp, axes: Vec<usize>, arg: Box<Node> },
+    /// A view (indexing, transpose, ...) of the node's result.
+    View(Box<Node>, View),
+    Reduce {
+        op: ReduceOp,
+        axes: Vec<usize>,
+        arg: Box<Node>,
+    },
 }
 
 /// A resolved node with its shape and kind.
@@ -83,7 +90,35 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
             let (l, r) = (resolve(a, cx)?, resolve(b, cx)?);
             map(Op::of(op.op_name()), vec![l, r], cx, (op.symbol(), *pos))?
         }
-        Ast::Call { func, pos, args, axis } => {
+        Ast::Index { base, items, pos } => {
+            let (node, shape, kind) = resolve(base, cx)?;
+            let list: Vec<Item> = items.iter().map(|(i, _)| i.clone()).collect();
+            let v = view::index(&shape, &list).map_err(|(k, problem)| PlanError::BadIndex {
+                index: cx.index,
+                pos: items.get(k).map_or(*pos, |i| i.1),
+                expr: cx.expr.into(),
+                problem: format!("{problem} (the array indexed has shape {})", geometry::fmt_shape(&shape)),
+            })?;
+            if v.shape().contains(&0) {
+                return Err(PlanError::BadIndex {
+                    index: cx.index,
+                    pos: *pos,
+                    expr: cx.expr.into(),
+                    problem: format!(
+                        "selects no elements of an array of shape {}; drover writes no empty outputs",
+                        geometry::fmt_shape(&shape)
+                    ),
+                });
+            }
+            viewed(node, v, kind)
+        }
+        Ast::Call {
+            func,
+            pos,
+            args,
+            axis,
+            kwargs,
+        } => {
             let bad = |problem: String| PlanError::BadCall {
                 index: cx.index,
                 func: func.clone(),
@@ -91,11 +126,31 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                 expr: cx.expr.into(),
                 problem,
             };
+            let accepts = |allowed: &[&str]| -> Result<(), PlanError> {
+                let given = axis.iter().map(|a| ("axis", a.1)).chain(kwargs.iter().map(|k| (k.0.as_str(), k.2)));
+                for (kw, _) in given {
+                    if !allowed.contains(&kw) {
+                        return Err(bad(format!(
+                            "got an unexpected keyword argument '{kw}' ({})",
+                            if allowed.is_empty() {
+                                "it takes none".to_string()
+                            } else {
+                                format!("accepted: {}", allowed.join(", "))
+                            }
+                        )));
+                    }
+                }
+                Ok(())
+            };
+            if let Some(r) = view_call(func, args, axis.as_ref().map(|a| &a.0), kwargs, cx, &bad, &accepts)? {
+                return Ok(r);
+            }
             if let Some(op) = Op::named(func) {
                 let def = op.get();
                 if axis.is_some() {
                     return Err(bad("takes no axis argument".into()));
                 }
+                accepts(&[])?;
                 if args.len() != def.params.len() {
                     return Err(bad(format!(
                         "takes {} argument{} ({}) but {} {} given",
@@ -109,6 +164,7 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                 let args = args.iter().map(|a| resolve(a, cx)).collect::<Result<Vec<_>, _>>()?;
                 map(op, args, cx, (func, *pos))?
             } else if let Some(def) = ReduceDef::named(func) {
+                accepts(&["axis"])?;
                 if args.len() != 1 {
                     return Err(bad(format!("takes 1 array argument (and axis=) but {} were given", args.len())));
                 }
@@ -128,7 +184,8 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                 let known = super::reduce::REDUCTIONS
                     .iter()
                     .map(|r| r.name)
-                    .chain(ops::ELEMENTWISE.iter().map(|e| e.name));
+                    .chain(ops::ELEMENTWISE.iter().map(|e| e.name))
+                    .chain(VIEW_FUNCTIONS.iter().copied());
                 let hint = did_you_mean(func, known)
                     .map(|s| format!(" (did you mean \"{s}\"?)"))
                     .unwrap_or_default();
@@ -193,4 +250,186 @@ fn reduce_axes(axis: Option<&AxisArg>, shape: &[usize], func: &str, cx: &Ctx) ->
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// Functions that rearrange axes: views, no computation.
+pub(super) const VIEW_FUNCTIONS: &[&str] = &["transpose", "moveaxis", "squeeze", "expand_dims"];
+
+/// A view of a resolved node (views of views compose).
+fn viewed(node: Node, v: View, kind: Kind) -> Resolved {
+    let shape = v.shape();
+    match node {
+        Node::View(inner, w) => (Node::View(inner, v.compose(&w)), shape, kind),
+        Node::Num(x) => (Node::Num(x), shape, kind),
+        other => (Node::View(Box::new(other), v), shape, kind),
+    }
+}
+
+/// An axis argument normalized against `rank` (negative counts from the end).
+fn norm_axis(a: i64, rank: usize, what: &str) -> Result<usize, String> {
+    let r = rank as i64;
+    if a >= r || a < -r {
+        return Err(format!(
+            "{what} {a} is out of range for an array of {rank} dimensions (valid: -{rank}..{})",
+            rank as i64 - 1
+        ));
+    }
+    Ok(if a < 0 { (a + r) as usize } else { a as usize })
+}
+
+/// An integer constant written as a positional argument (`moveaxis(x, 0, -1)`).
+fn int_arg(a: &Ast) -> Option<i64> {
+    match a {
+        Ast::Int(v) => Some(*v),
+        Ast::Unary(super::expr::UnOp::Neg, x, _) => int_arg(x).map(|v| -v),
+        _ => None,
+    }
+}
+
+type Bad<'a> = dyn Fn(String) -> PlanError + 'a;
+
+/// `transpose`, `moveaxis`, `squeeze`, `expand_dims` as views; `None` for other names.
+fn view_call(
+    func: &str,
+    args: &[Ast],
+    axis: Option<&AxisArg>,
+    kwargs: &[(String, AxisArg, usize)],
+    cx: &Ctx,
+    bad: &Bad,
+    accepts: &dyn Fn(&[&str]) -> Result<(), PlanError>,
+) -> Result<Option<Resolved>, PlanError> {
+    if !VIEW_FUNCTIONS.contains(&func) {
+        return Ok(None);
+    }
+    let Some(first) = args.first() else {
+        return Err(bad("takes an array as its first argument".into()));
+    };
+    let (node, shape, kind) = resolve(first, cx)?;
+    let rank = shape.len();
+    let ints = |v: &AxisArg| match v {
+        AxisArg::Axes(a) => Ok(a.clone()),
+        AxisArg::All => Err(bad("takes integer axes here, not None".into())),
+    };
+    let kw = |name: &str| kwargs.iter().find(|k| k.0 == name).map(|k| &k.1);
+    let v = match func {
+        "transpose" => {
+            accepts(&["axes"])?;
+            if args.len() > 1 {
+                return Err(bad("takes the array and axes= (e.g. transpose(x, axes=(1, 0)))".into()));
+            }
+            let perm: Vec<usize> = match kw("axes") {
+                None | Some(AxisArg::All) => (0..rank).rev().collect(),
+                Some(a) => {
+                    let list = ints(a)?;
+                    let perm = list
+                        .iter()
+                        .map(|&a| norm_axis(a, rank, "axis"))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(bad)?;
+                    let mut sorted = perm.clone();
+                    sorted.sort_unstable();
+                    if sorted != (0..rank).collect::<Vec<_>>() {
+                        return Err(bad(format!(
+                            "axes={list:?} is not a permutation of the {rank} axes of an array of shape {}",
+                            geometry::fmt_shape(&shape)
+                        )));
+                    }
+                    perm
+                }
+            };
+            View::permute(&shape, &perm)
+        }
+        "moveaxis" => {
+            accepts(&[])?;
+            let (Some(src), Some(dst), 3) = (args.get(1).and_then(int_arg), args.get(2).and_then(int_arg), args.len()) else {
+                return Err(bad(
+                    "takes the array, source and destination axes as integers (moveaxis(x, 0, -1))".into()
+                ));
+            };
+            let (s, d) = (
+                norm_axis(src, rank, "source axis").map_err(bad)?,
+                norm_axis(dst, rank, "destination axis").map_err(bad)?,
+            );
+            let mut order: Vec<usize> = (0..rank).filter(|&a| a != s).collect();
+            order.insert(d, s);
+            View::permute(&shape, &order)
+        }
+        "squeeze" => {
+            accepts(&["axis"])?;
+            if args.len() > 1 {
+                return Err(bad("takes the array and axis=".into()));
+            }
+            let drop: Vec<usize> = match axis {
+                None | Some(AxisArg::All) => (0..rank).filter(|&a| shape[a] == 1).collect(),
+                Some(a) => {
+                    let list = ints(a)?;
+                    let mut out = Vec::new();
+                    for &x in &list {
+                        let n = norm_axis(x, rank, "axis").map_err(bad)?;
+                        if shape[n] != 1 {
+                            return Err(bad(format!(
+                                "cannot squeeze axis {x} of length {} (shape {}); only length-1 axes can be removed",
+                                shape[n],
+                                geometry::fmt_shape(&shape)
+                            )));
+                        }
+                        out.push(n);
+                    }
+                    out
+                }
+            };
+            let id = View::identity(&shape);
+            View {
+                dims: id
+                    .dims
+                    .iter()
+                    .enumerate()
+                    .filter(|(a, _)| !drop.contains(a))
+                    .map(|(_, d)| d.clone())
+                    .collect(),
+                fixed: drop.iter().map(|&a| (a, 0)).collect(),
+                ..id
+            }
+        }
+        _ => {
+            // expand_dims(x, axis) or expand_dims(x, axis=...)
+            accepts(&["axis"])?;
+            let list = match (args.get(1).and_then(int_arg), axis, args.len()) {
+                (Some(a), None, 2) => vec![a],
+                (None, Some(a), 1) => ints(a)?,
+                _ => {
+                    return Err(bad(
+                        "takes the array and the new axis position (expand_dims(x, 0) or axis=(0, 2))".into()
+                    ));
+                }
+            };
+            let out_rank = rank + list.len();
+            let mut new: Vec<usize> = list
+                .iter()
+                .map(|&a| norm_axis(a, out_rank, "axis"))
+                .collect::<Result<_, _>>()
+                .map_err(bad)?;
+            new.sort_unstable();
+            if new.windows(2).any(|w| w[0] == w[1]) {
+                return Err(bad(format!("repeated axis in {list:?}")));
+            }
+            let id = View::identity(&shape);
+            let mut src = id.dims.into_iter();
+            let dims = (0..out_rank)
+                .map(|d| {
+                    if new.contains(&d) {
+                        Dim::New
+                    } else {
+                        src.next().expect("rank checked")
+                    }
+                })
+                .collect();
+            View {
+                src: shape.clone(),
+                dims,
+                fixed: vec![],
+            }
+        }
+    };
+    Ok(Some(viewed(node, v, kind)))
 }
