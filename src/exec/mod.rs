@@ -6,15 +6,18 @@
 //! - [`plan`]: workload -> stages -> task graph, with all input validation.
 //! - [`geometry`]: chunk grids and broadcasting.
 //! - [`ops`]: the registry of elementwise operations (and dtype kinds).
-//! - [`reduce`]: the registry of reductions; partials, accumulators.
+//! - [`reduce`]: the registry of reductions and their partials; [`accumulate`]: merging them.
 //! - [`kernel`]: blockwise evaluation of a kernel tree.
 //! - [`hdf`]: HDF5 inspection, block reads, output writes.
 
+pub mod accumulate;
 pub mod buffers;
 pub mod expr;
 pub mod geometry;
 pub mod hdf;
 pub mod kernel;
+mod lex;
+mod lower;
 pub mod ops;
 pub mod plan;
 mod plan_error;
@@ -193,6 +196,7 @@ fn block_result(
                         axes: spec.axes.clone(),
                         shape: reduced,
                         stage: spec.stage,
+                        ddof: spec.ddof,
                     };
                     reduce::Accumulator::new(&local, &shape)
                 })

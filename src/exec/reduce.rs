@@ -8,14 +8,11 @@
 //! parallel update. Sums along leading axes run row by row, as numpy's do; along
 //! trailing axes in eight interleaved lanes, close to numpy's pairwise sums.
 
-use std::ops::Range;
-
 use ndarray::{ArrayD, ArrayRef, Axis, IxDyn, Zip};
 use serde::{Deserialize, Serialize};
 
 use super::geometry::kept;
 use super::ops::Kind;
-use super::plan::ConstSpec;
 
 /// A reduction, by numpy's name ([`REDUCTIONS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -35,6 +32,23 @@ pub enum ReduceOp {
     CountNonzero,
     Any,
     All,
+    NanVar,
+    NanStd,
+    ArgMin,
+    ArgMax,
+    NanArgMin,
+    NanArgMax,
+}
+
+/// How a reduction is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// One or more folds, then a finish.
+    Folds(&'static [Fold]),
+    /// Mean and M2 merged with Chan's update; `skip_nan`: counts per element.
+    Moments { skip_nan: bool },
+    /// The index of the extreme value (first on ties).
+    Arg { max: bool, skip_nan: bool },
 }
 
 /// The result kind of a reduction from its argument's kind.
@@ -79,6 +93,12 @@ reductions! {
     "count_nonzero" => CountNonzero, Int;
     "any" => Any, Bool;
     "all" => All, Bool;
+    "nanvar" => NanVar, Float;
+    "nanstd" => NanStd, Float;
+    "argmin" => ArgMin, Int;
+    "argmax" => ArgMax, Int;
+    "nanargmin" => NanArgMin, Int;
+    "nanargmax" => NanArgMax, Int;
 }
 
 impl ReduceDef {
@@ -118,11 +138,11 @@ pub enum Fold {
     All,
 }
 
-fn nan_min(a: f64, b: f64) -> f64 {
+pub(super) fn nan_min(a: f64, b: f64) -> f64 {
     if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
 }
 
-fn nan_max(a: f64, b: f64) -> f64 {
+pub(super) fn nan_max(a: f64, b: f64) -> f64 {
     if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
 }
 
@@ -142,21 +162,22 @@ macro_rules! with_fold {
         let add = |a: f64, b: f64| a + b;
         let mul = |a: f64, b: f64| a * b;
         match $fold {
-            Fold::Sum => arm!(0.0, add, add),
-            Fold::Prod => arm!(1.0, mul, mul),
-            Fold::Min => arm!(f64::INFINITY, nan_min, nan_min),
-            Fold::Max => arm!(f64::NEG_INFINITY, nan_max, nan_max),
-            Fold::NanMin => arm!(f64::NAN, f64::min, f64::min),
-            Fold::NanMax => arm!(f64::NAN, f64::max, f64::max),
-            Fold::NanSum => arm!(0.0, |a: f64, x: f64| if x.is_nan() { a } else { a + x }, add),
-            Fold::NanProd => arm!(1.0, |a: f64, x: f64| if x.is_nan() { a } else { a * x }, mul),
-            Fold::Nonzero => arm!(0.0, |a: f64, x: f64| a + f64::from(u8::from(x != 0.0)), add),
-            Fold::Valid => arm!(0.0, |a: f64, x: f64| a + f64::from(u8::from(!x.is_nan())), add),
-            Fold::Any => arm!(0.0, |a: f64, x: f64| a.max(f64::from(u8::from(x != 0.0))), f64::max),
-            Fold::All => arm!(1.0, |a: f64, x: f64| a.min(f64::from(u8::from(x != 0.0))), f64::min),
+            $crate::exec::reduce::Fold::Sum => arm!(0.0, add, add),
+            $crate::exec::reduce::Fold::Prod => arm!(1.0, mul, mul),
+            $crate::exec::reduce::Fold::Min => arm!(f64::INFINITY, $crate::exec::reduce::nan_min, $crate::exec::reduce::nan_min),
+            $crate::exec::reduce::Fold::Max => arm!(f64::NEG_INFINITY, $crate::exec::reduce::nan_max, $crate::exec::reduce::nan_max),
+            $crate::exec::reduce::Fold::NanMin => arm!(f64::NAN, f64::min, f64::min),
+            $crate::exec::reduce::Fold::NanMax => arm!(f64::NAN, f64::max, f64::max),
+            $crate::exec::reduce::Fold::NanSum => arm!(0.0, |a: f64, x: f64| if x.is_nan() { a } else { a + x }, add),
+            $crate::exec::reduce::Fold::NanProd => arm!(1.0, |a: f64, x: f64| if x.is_nan() { a } else { a * x }, mul),
+            $crate::exec::reduce::Fold::Nonzero => arm!(0.0, |a: f64, x: f64| a + f64::from(u8::from(x != 0.0)), add),
+            $crate::exec::reduce::Fold::Valid => arm!(0.0, |a: f64, x: f64| a + f64::from(u8::from(!x.is_nan())), add),
+            $crate::exec::reduce::Fold::Any => arm!(0.0, |a: f64, x: f64| a.max(f64::from(u8::from(x != 0.0))), f64::max),
+            $crate::exec::reduce::Fold::All => arm!(1.0, |a: f64, x: f64| a.min(f64::from(u8::from(x != 0.0))), f64::min),
         }
     }};
 }
+pub(super) use with_fold;
 
 impl ReduceOp {
     /// The folds of a fold-based reduction (empty for var and std).
@@ -174,18 +195,124 @@ impl ReduceOp {
             ReduceOp::CountNonzero => &[Fold::Nonzero],
             ReduceOp::Any => &[Fold::Any],
             ReduceOp::All => &[Fold::All],
-            ReduceOp::Var | ReduceOp::Std => &[],
+            _ => &[],
         }
     }
 
-    fn is_moments(self) -> bool {
-        matches!(self, ReduceOp::Var | ReduceOp::Std)
+    pub fn form(self) -> Form {
+        match self {
+            ReduceOp::Var | ReduceOp::Std => Form::Moments { skip_nan: false },
+            ReduceOp::NanVar | ReduceOp::NanStd => Form::Moments { skip_nan: true },
+            ReduceOp::ArgMin => Form::Arg {
+                max: false,
+                skip_nan: false,
+            },
+            ReduceOp::ArgMax => Form::Arg {
+                max: true,
+                skip_nan: false,
+            },
+            ReduceOp::NanArgMin => Form::Arg {
+                max: false,
+                skip_nan: true,
+            },
+            ReduceOp::NanArgMax => Form::Arg { max: true, skip_nan: true },
+            _ => Form::Folds(self.folds()),
+        }
+    }
+
+    pub(super) fn is_moments(self) -> bool {
+        matches!(self.form(), Form::Moments { .. })
+    }
+
+    /// Reductions numpy allows over one axis or all, not several (the arg ones).
+    pub fn single_axis(self) -> bool {
+        matches!(self.form(), Form::Arg { .. })
+    }
+
+    /// Reductions taking `ddof=`.
+    pub fn takes_ddof(self) -> bool {
+        self.is_moments()
     }
 }
 
 /// Number of arrays in a partial of `op`.
 pub fn partial_arity(op: ReduceOp) -> usize {
-    if op.is_moments() { 2 } else { op.folds().len() }
+    match op.form() {
+        Form::Folds(f) => f.len(),
+        Form::Moments { skip_nan } => 2 + usize::from(skip_nan),
+        Form::Arg { .. } => 2,
+    }
+}
+
+/// Whether `(v, i)` beats the best so far `(bv, bi)` of an arg reduction; an index
+/// of +inf marks "nothing yet". numpy: NaN wins unless skipped, ties go to the first.
+#[inline]
+pub(super) fn arg_better(max: bool, skip_nan: bool, v: f64, i: f64, bv: f64, bi: f64) -> bool {
+    if bi == f64::INFINITY {
+        return true;
+    }
+    match (v.is_nan(), bv.is_nan()) {
+        (true, true) => !skip_nan && i < bi,
+        (true, false) => !skip_nan,
+        (false, true) => skip_nan,
+        (false, false) => {
+            if v == bv {
+                i < bi
+            } else {
+                (v > bv) == max
+            }
+        }
+    }
+}
+
+/// The arg partial of a block over `axes` (one axis, or all): best value and its
+/// index along the axis (all axes: the flat index in the block, row-major).
+fn arg_partial(max: bool, skip_nan: bool, block: &ArrayRef<f64, IxDyn>, axes: &[usize]) -> Vec<ArrayD<f64>> {
+    let scan = |lane: &mut dyn Iterator<Item = f64>| {
+        let (mut bv, mut bi) = (f64::NAN, f64::INFINITY);
+        for (k, v) in lane.enumerate() {
+            if arg_better(max, skip_nan, v, k as f64, bv, bi) {
+                (bv, bi) = (v, k as f64);
+            }
+        }
+        (bv, bi)
+    };
+    if axes.len() == 1 {
+        let ax = Axis(axes[0]);
+        let out = kept(block.shape(), axes);
+        let (mut vals, mut idx) = (ArrayD::zeros(IxDyn(&out)), ArrayD::zeros(IxDyn(&out)));
+        Zip::from(&mut vals)
+            .and(&mut idx)
+            .and(block.lanes(ax))
+            .for_each(|v, i, lane| (*v, *i) = scan(&mut lane.iter().copied()));
+        return vec![vals, idx];
+    }
+    let (v, i) = scan(&mut block.iter().copied());
+    vec![ArrayD::from_elem(IxDyn(&[]), v), ArrayD::from_elem(IxDyn(&[]), i)]
+}
+
+/// The moments partial skipping NaN: count, mean and M2 per result element.
+fn nan_moments(block: &ArrayRef<f64, IxDyn>, axes: &[usize]) -> Vec<ArrayD<f64>> {
+    let keep = |a: ArrayD<f64>| {
+        let mut a = a;
+        for &ax in axes {
+            a = a.insert_axis(Axis(ax));
+        }
+        a
+    };
+    let count = fold_generic(Fold::Valid, block, axes);
+    let mut mean = fold_generic(Fold::NanSum, block, axes);
+    Zip::from(&mut mean)
+        .and(&count)
+        .for_each(|m, &n| *m = if n > 0.0 { *m / n } else { 0.0 });
+    let mean_k = keep(mean.clone());
+    let mb = mean_k.broadcast(block.raw_dim()).expect("keepdims broadcast");
+    let mut dev = block.to_owned();
+    Zip::from(&mut dev)
+        .and(&mb)
+        .for_each(|d, &m| *d = if d.is_nan() { 0.0 } else { (*d - m) * (*d - m) });
+    let m2 = drop_axes(sum_keep(&dev, axes), axes);
+    vec![mean, m2, count]
 }
 
 /// A stored element type, widened to f64 as it is read.
@@ -253,6 +380,11 @@ fn fold_generic(fold: Fold, block: &ArrayRef<f64, IxDyn>, axes: &[usize]) -> Arr
 /// block's reduced shape (`Var`/`Std`: mean and M2; the count follows from the
 /// geometry).
 pub fn partial(op: ReduceOp, block: &ArrayRef<f64, IxDyn>, axes: &[usize]) -> Vec<ArrayD<f64>> {
+    match op.form() {
+        Form::Arg { max, skip_nan } => return arg_partial(max, skip_nan, block, axes),
+        Form::Moments { skip_nan: true } => return nan_moments(block, axes),
+        _ => {}
+    }
     if let Some(data) = block.as_slice()
         && let Some(p) = partial_slice(op, data, block.shape(), axes)
     {
@@ -289,6 +421,9 @@ pub fn partial_typed<T: Elem>(op: ReduceOp, block: &ndarray::ArrayViewD<'_, T>, 
 /// axis folds over dynamic-rank arrays ran at a quarter of memory speed). `None` for
 /// any other layout.
 fn partial_slice<T: Elem>(op: ReduceOp, data: &[T], shape: &[usize], axes: &[usize]) -> Option<Vec<ArrayD<f64>>> {
+    if !matches!(op.form(), Form::Folds(_) | Form::Moments { skip_nan: false }) {
+        return None;
+    }
     let rank = shape.len();
     let (&first, &last) = (axes.first()?, axes.last()?);
     if axes.windows(2).any(|w| w[1] != w[0] + 1) || data.is_empty() {
@@ -388,133 +523,14 @@ pub fn fold_rows<T: Elem>(acc: &mut [f64], data: &[T], f: impl Fn(f64, f64) -> f
     }
 }
 
-/// Merges partials of one const as they arrive, then finalizes it.
-pub struct Accumulator {
-    op: ReduceOp,
-    axes: Vec<usize>,
-    /// Total count per result element (product of reduced extents of the whole stage).
-    total: f64,
-    /// One array per fold; for var/std: mean, M2 and the per-element count so far.
-    parts: Vec<ArrayD<f64>>,
-}
-
-impl Accumulator {
-    pub fn new(spec: &ConstSpec, stage_shape: &[usize]) -> Self {
-        let shape = IxDyn(&spec.shape);
-        let total: usize = spec.axes.iter().map(|&a| stage_shape[a]).product();
-        let parts = if spec.op.is_moments() {
-            vec![ArrayD::zeros(shape.clone()); 3]
-        } else {
-            spec.op
-                .folds()
-                .iter()
-                .map(|&f| with_fold!(f, |init, _s, _m| ArrayD::from_elem(shape.clone(), init)))
-                .collect()
-        };
-        Self {
-            op: spec.op,
-            axes: spec.axes.clone(),
-            total: total as f64,
-            parts,
-        }
-    }
-
-    /// The accumulator's arrays restricted to the result region of a block.
-    fn views<'a>(parts: &'a mut [ArrayD<f64>], out_region: &[Range<usize>]) -> Vec<ndarray::ArrayViewMutD<'a, f64>> {
-        parts
-            .iter_mut()
-            .map(|p| {
-                let mut v = p.view_mut();
-                for (d, r) in out_region.iter().enumerate() {
-                    v.slice_axis_inplace(Axis(d), ndarray::Slice::from(r.clone()));
-                }
-                v
-            })
-            .collect()
-    }
-
-    /// Merge the partial of the block covering `region` (in the stage's shape).
-    pub fn merge(&mut self, region: &[Range<usize>], parts: Vec<ArrayD<f64>>) {
-        let out_region = kept(region, &self.axes);
-        let n_b: f64 = self.axes.iter().map(|&a| region[a].len()).product::<usize>() as f64;
-        let mut views = Self::views(&mut self.parts, &out_region);
-        if !self.op.is_moments() {
-            for ((view, p), &f) in views.iter_mut().zip(&parts).zip(self.op.folds()) {
-                with_fold!(f, |_i, _s, merge| Zip::from(view).and(p).for_each(|a, &b| *a = merge(*a, b)));
-            }
-            return;
-        }
-        let [mean, m2, cnt] = &mut views[..] else {
-            unreachable!("three moment arrays")
-        };
-        Zip::from(mean)
-            .and(m2)
-            .and(cnt)
-            .and(&parts[0])
-            .and(&parts[1])
-            .for_each(|mean, m2, n_a, &mean_b, &m2_b| {
-                let n = *n_a + n_b;
-                let delta = mean_b - *mean;
-                *mean += delta * n_b / n;
-                *m2 += m2_b + delta * delta * *n_a * n_b / n;
-                *n_a = n;
-            });
-    }
-
-    /// Fold the values of `region` (block-relative) straight into the accumulator,
-    /// when they are row-major, the reduced axes lead, the accumulated part is
-    /// contiguous, and the reduction is one fold: no partial array is made and
-    /// nothing is merged. `false`: nothing done; use [`partial`] and
-    /// [`Accumulator::merge`].
-    pub fn fold_in<T: Elem>(&mut self, region: &[Range<usize>], values: &ndarray::ArrayViewD<'_, T>) -> bool {
-        let [fold] = self.op.folds() else { return false };
-        if self.axes.first() != Some(&0) || self.axes.windows(2).any(|w| w[1] != w[0] + 1) {
-            return false;
-        }
-        let Some(data) = values.as_slice() else { return false };
-        let mut views = Self::views(&mut self.parts, &kept(region, &self.axes));
-        let Some(acc) = views[0].as_slice_mut() else { return false };
-        if acc.is_empty() || data.len() % acc.len() != 0 {
-            return false;
-        }
-        with_fold!(*fold, |_i, step, _m| fold_rows(acc, data, step));
-        true
-    }
-
-    /// The merged state in the form of a [`partial`], for a block reduced in pieces.
-    pub fn into_partial(self) -> Vec<ArrayD<f64>> {
-        let mut parts = self.parts;
-        if self.op.is_moments() {
-            parts.truncate(2);
-        }
-        parts
-    }
-
-    /// The final array.
-    pub fn finish(self) -> ArrayD<f64> {
-        let total = self.total;
-        let mut parts = self.parts.into_iter();
-        let first = parts.next().expect("at least one array");
-        match self.op {
-            ReduceOp::Mean => first.mapv_into(|s| s / total),
-            ReduceOp::NanMean => {
-                let count = parts.next().expect("nanmean count");
-                let mut sum = first;
-                Zip::from(&mut sum).and(&count).for_each(|s, &n| *s /= n);
-                sum
-            }
-            ReduceOp::Var => parts.next().expect("var M2").mapv_into(|m2| m2 / total),
-            ReduceOp::Std => parts.next().expect("std M2").mapv_into(|m2| (m2 / total).sqrt()),
-            _ => first,
-        }
-    }
-}
+pub use super::accumulate::Accumulator;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::exec::geometry::{block_count, block_region};
     use crate::exec::kernel::const_slice;
+    use crate::exec::plan::ConstSpec;
     use ndarray::{ArrayD, ShapeBuilder};
 
     fn data(shape: &[usize]) -> ArrayD<f64> {
@@ -529,6 +545,7 @@ mod tests {
             axes: axes.to_vec(),
             shape,
             stage: 0,
+            ddof: 0.0,
         };
         let mut acc = Accumulator::new(&spec, a.shape());
         for i in 0..block_count(a.shape(), block) {
@@ -536,7 +553,7 @@ mod tests {
             let blk = const_slice(a, &region);
             acc.merge(&region, partial(op, &blk, axes));
         }
-        acc.finish()
+        acc.finish().unwrap()
     }
 
     fn close(a: &ArrayD<f64>, b: &ArrayD<f64>) {

@@ -30,6 +30,9 @@ pub(super) enum Node {
         op: ReduceOp,
         axes: Vec<usize>,
         arg: Box<Node>,
+        ddof: f64,
+        /// Keep the reduced axes as length 1 (`keepdims=True`).
+        keepdims: bool,
     },
 }
 
@@ -163,29 +166,67 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                 }
                 let args = args.iter().map(|a| resolve(a, cx)).collect::<Result<Vec<_>, _>>()?;
                 map(op, args, cx, (func, *pos))?
-            } else if let Some(def) = ReduceDef::named(func) {
-                accepts(&["axis"])?;
+            } else if let Some(def) = ReduceDef::named(func).or_else(|| (func == "norm").then(|| ReduceDef::named("sum").expect("sum"))) {
+                let norm = func == "norm";
+                let mut allowed = vec!["axis", "keepdims"];
+                if def.op.takes_ddof() {
+                    allowed.push("ddof");
+                }
+                accepts(&allowed)?;
                 if args.len() != 1 {
-                    return Err(bad(format!("takes 1 array argument (and axis=) but {} were given", args.len())));
+                    return Err(bad(format!(
+                        "takes 1 array argument (and {}=) but {} were given",
+                        allowed.join("=, "),
+                        args.len()
+                    )));
                 }
                 let (n, s, kind) = resolve(&args[0], cx)?;
+                if def.op.single_axis()
+                    && let Some((AxisArg::Axes(list), _)) = axis
+                    && list.len() != 1
+                {
+                    return Err(bad(format!(
+                        "takes one axis or none (axis=None: over the flattened array), not {list:?}"
+                    )));
+                }
                 let axes = reduce_axes(axis.as_ref().map(|a| &a.0), &s, func, cx)?;
-                let shape = geometry::kept(&s, &axes);
-                (
-                    Node::Reduce {
-                        op: def.op,
-                        axes,
-                        arg: Box::new(n),
-                    },
-                    shape,
-                    def.result_kind(kind),
-                )
+                let kw = |name: &str| kwargs.iter().find(|k| k.0 == name).map(|k| &k.1);
+                let keepdims = match kw("keepdims") {
+                    None | Some(AxisArg::Flag(false)) => false,
+                    Some(AxisArg::Flag(true)) => true,
+                    Some(_) => return Err(bad("keepdims= takes True or False".into())),
+                };
+                let ddof = match kw("ddof") {
+                    None => 0.0,
+                    Some(AxisArg::Axes(v)) if v.len() == 1 && v[0] >= 0 => v[0] as f64,
+                    Some(_) => return Err(bad("ddof= takes a non-negative integer (ddof=1: the sample variance)".into())),
+                };
+                let shape = if keepdims {
+                    s.iter().enumerate().map(|(d, &n)| if axes.contains(&d) { 1 } else { n }).collect()
+                } else {
+                    geometry::kept(&s, &axes)
+                };
+                // norm: numpy.linalg.norm's 2-norm / Frobenius norm, sqrt(sum(x**2)).
+                let arg = if norm { Node::Map(Op::of("square"), vec![n]) } else { n };
+                let node = Node::Reduce {
+                    op: def.op,
+                    axes,
+                    arg: Box::new(arg),
+                    ddof,
+                    keepdims,
+                };
+                if norm {
+                    (Node::Map(Op::of("sqrt"), vec![node]), shape, Kind::Float)
+                } else {
+                    (node, shape, def.result_kind(kind))
+                }
             } else {
                 let known = super::reduce::REDUCTIONS
                     .iter()
                     .map(|r| r.name)
                     .chain(ops::ELEMENTWISE.iter().map(|e| e.name))
-                    .chain(VIEW_FUNCTIONS.iter().copied());
+                    .chain(VIEW_FUNCTIONS.iter().copied())
+                    .chain(["norm"]);
                 let hint = did_you_mean(func, known)
                     .map(|s| format!(" (did you mean \"{s}\"?)"))
                     .unwrap_or_default();
@@ -223,8 +264,18 @@ fn unknown_name(name: &str, pos: usize, cx: &Ctx) -> PlanError {
 /// The reduced axes of an `axis=` argument over an array of `shape`, ascending.
 fn reduce_axes(axis: Option<&AxisArg>, shape: &[usize], func: &str, cx: &Ctx) -> Result<Vec<usize>, PlanError> {
     let rank = shape.len() as i64;
-    let Some(AxisArg::Axes(list)) = axis else {
-        return Ok((0..shape.len()).collect());
+    let list = match axis {
+        Some(AxisArg::Axes(list)) => list,
+        Some(AxisArg::Flag(_)) => {
+            return Err(PlanError::BadCall {
+                index: cx.index,
+                func: func.to_string(),
+                pos: 0,
+                expr: cx.expr.into(),
+                problem: "takes axis= as an integer, a tuple of integers or None, not True/False".into(),
+            });
+        }
+        _ => return Ok((0..shape.len()).collect()),
     };
     let mut out: Vec<usize> = Vec::new();
     for &a in list {
@@ -308,7 +359,7 @@ fn view_call(
     let rank = shape.len();
     let ints = |v: &AxisArg| match v {
         AxisArg::Axes(a) => Ok(a.clone()),
-        AxisArg::All => Err(bad("takes integer axes here, not None".into())),
+        _ => Err(bad("takes integer axes here".into())),
     };
     let kw = |name: &str| kwargs.iter().find(|k| k.0 == name).map(|k| &k.1);
     let v = match func {

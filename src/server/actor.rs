@@ -166,7 +166,7 @@ fn prepare(workload: &Workload) -> Result<Prepared, (bool, String)> {
 
 pub enum LocalOutcome {
     Block(Result<BlockResult, String>),
-    Finalized(Vec<(u32, ArrayD<f64>)>),
+    Finalized(Result<Vec<(u32, ArrayD<f64>)>, String>),
 }
 
 struct WorkerEntry {
@@ -776,7 +776,10 @@ impl Actor {
                 };
                 let accs: Vec<(u32, Accumulator)> = consts.iter().filter_map(|c| job.acc.remove(c).map(|a| (*c, a))).collect();
                 tokio::task::spawn_blocking(move || {
-                    let done = accs.into_iter().map(|(c, a)| (c, a.finish())).collect();
+                    let done = accs
+                        .into_iter()
+                        .map(|(c, a)| a.finish().map(|arr| (c, arr)))
+                        .collect::<Result<Vec<_>, String>>();
                     let _ = events.send(Event::LocalDone {
                         job: job_id,
                         task,
@@ -805,7 +808,8 @@ impl Actor {
             return;
         }
         match outcome {
-            LocalOutcome::Finalized(done) => {
+            LocalOutcome::Finalized(Err(message)) => self.core.local_failed(task, message),
+            LocalOutcome::Finalized(Ok(done)) => {
                 let Slot::Running(job) = &mut self.slot else { return };
                 for (c, arr) in done {
                     let mut buf = Vec::new();

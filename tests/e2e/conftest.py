@@ -356,12 +356,12 @@ def _axis(axis):
 
 
 ORACLE_FUNCS: dict[str, Callable] = {
-    "sum": lambda a, axis=None: np.sum(a, axis=_axis(axis)),
-    "mean": lambda a, axis=None: np.mean(a, axis=_axis(axis)),
-    "min": lambda a, axis=None: np.min(a, axis=_axis(axis)),
-    "max": lambda a, axis=None: np.max(a, axis=_axis(axis)),
-    "var": lambda a, axis=None: np.var(a, axis=_axis(axis)),
-    "std": lambda a, axis=None: np.std(a, axis=_axis(axis)),
+    "sum": lambda a, axis=None, **kw: np.sum(a, axis=_axis(axis), **kw),
+    "mean": lambda a, axis=None, **kw: np.mean(a, axis=_axis(axis), **kw),
+    "min": lambda a, axis=None, **kw: np.min(a, axis=_axis(axis), **kw),
+    "max": lambda a, axis=None, **kw: np.max(a, axis=_axis(axis), **kw),
+    "var": lambda a, axis=None, **kw: np.var(a, axis=_axis(axis), **kw),
+    "std": lambda a, axis=None, **kw: np.std(a, axis=_axis(axis), **kw),
     "abs": np.abs,
     "sqrt": np.sqrt,
     "exp": np.exp,
@@ -378,9 +378,10 @@ ORACLE_FUNCS.update({
         "fmin fmax arctan2 hypot negative absolute square expm1 log10 log2 log1p tan arcsin arccos "
         "arctan sinh cosh tanh deg2rad rad2deg floor ceil trunc round sign isnan isinf isfinite "
         "where clip prod nansum nanmean nanmin nanmax nanprod count_nonzero any all pi e nan inf "
-        "transpose moveaxis squeeze expand_dims"
+        "transpose moveaxis squeeze expand_dims nanvar nanstd argmin argmax nanargmin nanargmax"
     ).split()
 })
+ORACLE_FUNCS["norm"] = np.linalg.norm
 
 
 def oracle(expr: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:

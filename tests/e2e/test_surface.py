@@ -91,9 +91,33 @@ REDUCTIONS = [
 ]
 
 
-@pytest.mark.parametrize("group", ["elementwise", "reductions"])
+MORE_REDUCTIONS = [
+    "nanvar(t, axis=0)",
+    "nanstd(t, axis=(0, 2), ddof=1)",
+    "var(t, axis=1, ddof=1)",
+    "std(where(isnan(t), 0, t))",
+    "argmax(i, axis=0)",                    # integers: ties everywhere, first wins
+    "argmin(i, axis=1)",
+    "argmax(i)",                            # over the flattened array
+    "argmin(t, axis=0)",                    # NaN wins, as numpy's argmin
+    "argmax(t)",
+    "nanargmin(t[:, :4], axis=2)",        # (t[4, 4, :] is all NaN)
+    "nanargmax(where(isnan(t), -1, t), axis=0)",
+    "t - nanmean(t, axis=0, keepdims=True)",
+    "sum(i, axis=1, keepdims=True) * i",
+    "nanmax(t, axis=(0, 2), keepdims=True)",
+    "norm(i)",
+    "norm(where(isnan(t), 0, t), axis=2)",
+    "norm(i, axis=(0, 1), keepdims=True)",
+    "i.argmax(axis=1) + i.T.sum(axis=0)",
+]
+
+GROUPS = {"elementwise": ELEMENTWISE, "reductions": REDUCTIONS, "more_reductions": MORE_REDUCTIONS}
+
+
+@pytest.mark.parametrize("group", list(GROUPS))
 def test_operations_equal_numpy(drover, tmp_path, rng, group):
-    exprs = ELEMENTWISE if group == "elementwise" else REDUCTIONS
+    exprs = GROUPS[group]
     cases = [Case(e, f"/o{k}") for k, e in enumerate(exprs)]
     data = inputs(rng)
     for c in cases:  # an infinite expected value would make the tolerance infinite
@@ -114,7 +138,36 @@ def test_nan_aware_reductions_of_all_nan_slices(drover, tmp_path, rng):
         assert np.isfinite(got[f"/{op}"][0, 0]), op
 
 
+def test_arg_ties_across_blocks_take_the_first(drover, tmp_path):
+    s = np.zeros(40)
+    s[[7, 23, 31]] = 5.0    # the maximum, in three different blocks
+    s[[2, 30]] = -5.0
+    m = np.zeros((9, 12))
+    m[[1, 6], 4] = 3.0      # ties down a column, across row blocks
+    inputs = {"s": Input("in.h5", "/s", s, chunks=[8]), "m": Input("in.h5", "/m", m, chunks=[2, 5])}
+    cases = [Case("argmax(s)", "/amax"), Case("argmin(s)", "/amin"), Case("argmax(m, axis=0)", "/col"),
+             Case("argmax(m)", "/flat")]
+    _, _, got = run_workload(drover, tmp_path, inputs, cases)
+    assert got["/amax"][()] == 7 and got["/amin"][()] == 2
+    assert got["/col"][4] == 1 and got["/flat"][()] == 1 * 12 + 4
+
+
+def test_nanargmax_of_an_all_nan_slice_is_a_clear_runtime_error(drover, tmp_path, rng):
+    t = field(rng)  # column [:, 5, 3] is all NaN
+    inputs = {"t": Input("in.h5", "/t", t, chunks=[5, 4, 3])}
+    run, _, _ = run_workload(drover, tmp_path, inputs, [Case("nanargmax(t, axis=0)", "/a")], check=False)
+    assert run.rc == 1, run.describe()
+    errors = [l for l in run.stderr.splitlines() if l.startswith("error: ")]
+    assert errors and "all-NaN slice at result position [5, 3]" in errors[-1], run.describe()
+    assert "nanargmax" in errors[-1] and "panicked" not in run.stderr
+    assert not (tmp_path / "out.h5").exists()
+
+
 BAD = [
+    ("argmax(t, axis=(0, 1))", ["argmax()", "one axis or none"]),
+    ("mean(t, ddof=1)", ["mean()", "unexpected keyword argument 'ddof'", "accepted: axis, keepdims"]),
+    ("var(t, ddof=-1)", ["var()", "non-negative integer"]),
+    ("sum(t, keepdims=1)", ["keepdims= takes True or False"]),
     ("t & (t > 0.5)", ["'&' at column 3", "boolean", "floating-point"]),
     ("~t", ["'~' at column 1", "boolean"]),
     ("~i", ["'~' at column 1", "integer"]),

@@ -1,0 +1,233 @@
+//! Lowering resolved expressions into stages: reductions become reduce stages and
+//! consts (identical reductions shared), views are pushed down to the leaves, and each
+//! stage gets its block shape and each output its HDF5 chunk shape.
+
+use super::geometry::{self, broadcast};
+use super::plan::{ConstSpec, InputSpec, Kernel, Stage, StageKind};
+use super::resolve::Node;
+use super::view::{Dim, View};
+
+pub(super) struct Lowering<'a> {
+    pub(super) inputs: &'a [InputSpec],
+    pub(super) consts: Vec<ConstSpec>,
+    pub(super) stages: Vec<Stage>,
+    pub(super) const_shapes: Vec<Vec<usize>>,
+}
+
+impl Lowering<'_> {
+    pub(super) fn shape_of(&self, k: &Kernel) -> Vec<usize> {
+        match k {
+            Kernel::Input(i) => self.inputs[*i as usize].shape.clone(),
+            Kernel::Const(c) => self.const_shapes[*c as usize].clone(),
+            Kernel::Num(_) => vec![],
+            Kernel::Map(_, args) => args
+                .iter()
+                .map(|a| self.shape_of(a))
+                .reduce(|a, b| broadcast(&a, &b).expect("checked in resolve"))
+                .unwrap_or_default(),
+            Kernel::View(_, v) => v.shape(),
+        }
+    }
+
+    pub(super) fn lower(&mut self, node: &Node) -> Kernel {
+        match node {
+            Node::Input(i) => Kernel::Input(*i),
+            Node::Num(v) => Kernel::Num(*v),
+            Node::Map(op, args) => Kernel::Map(*op, args.iter().map(|a| self.lower(a)).collect()),
+            Node::View(arg, v) => {
+                let k = self.lower(arg);
+                self.push_view(k, v)
+            }
+            Node::Reduce {
+                op,
+                axes,
+                arg,
+                ddof,
+                keepdims,
+            } => {
+                let kernel = self.lower(arg);
+                let shape = self.shape_of(&kernel);
+                let stage = match self
+                    .stages
+                    .iter()
+                    .position(|s| matches!(s.kind, StageKind::Reduce { .. }) && s.kernel == kernel)
+                {
+                    Some(s) => s,
+                    None => {
+                        let (block, local) = self.stage_block(&kernel, &shape);
+                        self.stages.push(Stage {
+                            kernel,
+                            shape: shape.clone(),
+                            block,
+                            kind: StageKind::Reduce { consts: vec![] },
+                            local,
+                        });
+                        self.stages.len() - 1
+                    }
+                };
+                let existing = self
+                    .consts
+                    .iter()
+                    .position(|c| c.stage == stage as u32 && c.op == *op && c.axes == *axes && c.ddof == *ddof);
+                let id = match existing {
+                    Some(c) => c,
+                    None => {
+                        let out_shape = geometry::kept(&shape, axes);
+                        self.consts.push(ConstSpec {
+                            op: *op,
+                            axes: axes.clone(),
+                            shape: out_shape.clone(),
+                            stage: stage as u32,
+                            ddof: *ddof,
+                        });
+                        self.const_shapes.push(out_shape);
+                        let StageKind::Reduce { consts } = &mut self.stages[stage].kind else {
+                            unreachable!()
+                        };
+                        consts.push((self.consts.len() - 1) as u32);
+                        self.consts.len() - 1
+                    }
+                };
+                let k = Kernel::Const(id as u32);
+                if !*keepdims {
+                    return k;
+                }
+                // keepdims: the result with length-1 axes where the reduced ones were.
+                let kept_shape = self.const_shapes[id].clone();
+                let mut src = View::identity(&kept_shape).dims.into_iter();
+                let dims = (0..shape.len())
+                    .map(|d| {
+                        if axes.contains(&d) {
+                            Dim::New
+                        } else {
+                            src.next().expect("kept axes")
+                        }
+                    })
+                    .collect();
+                let v = View {
+                    src: kept_shape,
+                    dims,
+                    fixed: vec![],
+                };
+                self.push_view(k, &v)
+            }
+        }
+    }
+
+    /// `view` of the result of `k`, pushed down to its leaves: a view of an
+    /// elementwise result is the elementwise result of views of its operands.
+    pub(super) fn push_view(&self, k: Kernel, view: &View) -> Kernel {
+        match k {
+            Kernel::Num(_) => k,
+            Kernel::Input(_) | Kernel::Const(_) if view.is_identity() => k,
+            Kernel::Input(_) | Kernel::Const(_) => Kernel::View(Box::new(k), view.clone()),
+            Kernel::View(leaf, inner) => Kernel::View(leaf, view.compose(&inner)),
+            Kernel::Map(op, args) => Kernel::Map(
+                op,
+                args.into_iter()
+                    .map(|a| {
+                        let v = view.for_operand(&self.shape_of(&a));
+                        self.push_view(a, &v)
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// For each dimension of a stage of `shape`, the first input leaf that spans it:
+    /// (input, its axis, the view's step along it; 1 without a view).
+    pub(super) fn spanning_inputs(&self, kernel: &Kernel, shape: &[usize]) -> Vec<Option<(u32, usize, i64)>> {
+        let r = shape.len();
+        let mut out = vec![None; r];
+        kernel.visit(&mut |k| {
+            // Per view dimension: (source axis, step, length), or None for a new axis.
+            type Dims = Vec<Option<(usize, i64, usize)>>;
+            let (i, dims): (u32, Dims) = match k {
+                Kernel::Input(i) => {
+                    let s = &self.inputs[*i as usize].shape;
+                    (*i, s.iter().enumerate().map(|(a, &n)| Some((a, 1, n))).collect())
+                }
+                Kernel::View(leaf, v) => match **leaf {
+                    Kernel::Input(i) => (
+                        i,
+                        v.dims
+                            .iter()
+                            .map(|d| match d {
+                                Dim::Src { axis, step, len, .. } => Some((*axis, *step, *len)),
+                                Dim::New => None,
+                            })
+                            .collect(),
+                    ),
+                    _ => return,
+                },
+                _ => return,
+            };
+            let ri = dims.len();
+            for j in 0..r {
+                if out[j].is_none()
+                    && j + ri >= r
+                    && let Some((axis, step, len)) = dims[j + ri - r]
+                    && len == shape[j]
+                    && shape[j] > 1
+                {
+                    out[j] = Some((i, axis, step));
+                }
+            }
+        });
+        out
+    }
+
+    /// Block shape of a stage: per dimension, the block length of the first input that
+    /// spans it (divided by a view's step, so a block still reads about one input
+    /// block); the whole extent otherwise. Stages reading no input run locally.
+    pub(super) fn stage_block(&self, kernel: &Kernel, shape: &[usize]) -> (Vec<usize>, bool) {
+        if kernel.inputs().is_empty() {
+            return (shape.iter().map(|&s| s.max(1)).collect(), true);
+        }
+        let block = self
+            .spanning_inputs(kernel, shape)
+            .iter()
+            .zip(shape)
+            .map(|(span, &n)| match span {
+                Some((i, axis, step)) => {
+                    let b = self.inputs[*i as usize].block[*axis];
+                    (b / step.unsigned_abs() as usize).clamp(1, n)
+                }
+                None => n.max(1),
+            })
+            .collect();
+        (block, false)
+    }
+
+    /// HDF5 chunk shape for an output written block by block: the input's HDF5 chunk
+    /// along the dimensions it spans, then halved until a chunk is at most 4 MiB.
+    pub(super) fn output_chunk(&self, kernel: &Kernel, shape: &[usize], block: &[usize], elem: usize) -> Option<Vec<usize>> {
+        if shape.is_empty() || shape.contains(&0) {
+            return None;
+        }
+        let r = shape.len();
+        let ins = kernel.inputs();
+        let mut chunk: Vec<usize> = (0..r)
+            .map(|j| {
+                for &i in &ins {
+                    let inp = &self.inputs[i as usize];
+                    let ri = inp.shape.len();
+                    if j + ri >= r && inp.shape[j + ri - r] == shape[j] && shape[j] > 1 {
+                        if let Some(c) = &inp.hdf5_chunk {
+                            return c[j + ri - r].min(block[j]);
+                        }
+                    }
+                }
+                block[j]
+            })
+            .collect();
+        while chunk.iter().product::<usize>() * elem > 4 << 20 {
+            let (d, _) = chunk.iter().enumerate().max_by_key(|(_, c)| **c).expect("rank > 0");
+            if chunk[d] == 1 {
+                break;
+            }
+            chunk[d] = chunk[d].div_ceil(2);
+        }
+        Some(chunk)
+    }
+}
