@@ -30,6 +30,7 @@ impl Accumulator {
         let parts = match spec.op.form() {
             Form::Moments { .. } => vec![ArrayD::zeros(shape.clone()); 3],
             Form::Arg { .. } => vec![ArrayD::from_elem(shape.clone(), f64::NAN), ArrayD::from_elem(shape, f64::INFINITY)],
+            Form::Histogram => vec![ArrayD::zeros(shape)],
             Form::Folds(folds) => folds
                 .iter()
                 .map(|&f| with_fold!(f, |init, _s, _m| ArrayD::from_elem(shape.clone(), init)))
@@ -61,6 +62,10 @@ impl Accumulator {
 
     /// Merge the partial of the block covering `region` (in the stage's shape).
     pub fn merge(&mut self, region: &[Range<usize>], parts: Vec<ArrayD<f64>>) {
+        if self.op.form() == Form::Histogram {
+            self.parts[0] += &parts[0];
+            return;
+        }
         let out_region = kept(region, &self.axes);
         let n_b: f64 = self.axes.iter().map(|&a| region[a].len()).product::<usize>() as f64;
         let mut views = Self::views(&mut self.parts, &out_region);
@@ -103,6 +108,7 @@ impl Accumulator {
                     }
                 });
             }
+            Form::Histogram => unreachable!("merged above"),
             Form::Moments { skip_nan } => {
                 let [mean, m2, cnt] = &mut views[..] else {
                     unreachable!("three moment arrays")

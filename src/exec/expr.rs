@@ -120,6 +120,8 @@ pub enum AxisArg {
     Axes(Vec<i64>),
     /// `True` or `False` (`keepdims=True`).
     Flag(bool),
+    /// Numbers, one or a tuple, at least one written with a point (`range=(-5, 5.5)`).
+    Nums(Vec<f64>),
 }
 
 /// Parsed expression. `pos` fields are 1-based columns, for error messages.
@@ -513,6 +515,28 @@ impl Parser<'_> {
         }
     }
 
+    /// A number constant with an optional minus, and whether it was written as an
+    /// integer.
+    fn number(&mut self) -> Result<(f64, bool), SyntaxError> {
+        let neg = if self.peek() == &Tok::Op("-") {
+            self.next();
+            -1.0
+        } else {
+            1.0
+        };
+        match self.peek().clone() {
+            Tok::Int(v) => {
+                self.next();
+                Ok((neg * v as f64, true))
+            }
+            Tok::Num(v) => {
+                self.next();
+                Ok((neg * v, false))
+            }
+            other => Err(self.error_here(format!("expected a number but found {}", other.describe()))),
+        }
+    }
+
     fn int(&mut self) -> Result<i64, SyntaxError> {
         let neg = if self.peek() == &Tok::Op("-") {
             self.next();
@@ -540,31 +564,47 @@ impl Parser<'_> {
                 self.next();
                 Ok(AxisArg::Flag(flag))
             }
-            Tok::LParen => {
+            Tok::LParen | Tok::LBracket => {
+                let close = if self.peek() == &Tok::LParen { Tok::RParen } else { Tok::RBracket };
                 self.next();
-                let mut axes = Vec::new();
+                let mut nums: Vec<(f64, bool)> = Vec::new();
                 loop {
-                    if self.peek() == &Tok::RParen {
+                    if *self.peek() == close {
                         self.next();
                         break;
                     }
-                    axes.push(self.int()?);
+                    nums.push(self.number()?);
                     match self.peek() {
                         Tok::Comma => {
                             self.next();
                         }
-                        Tok::RParen => {
+                        t if *t == close => {
                             self.next();
                             break;
                         }
                         other => {
-                            return Err(self.error_here(format!("expected ',' or ')' in the axis tuple but found {}", other.describe())));
+                            return Err(self.error_here(format!(
+                                "expected ',' or {} in the tuple but found {}",
+                                close.describe(),
+                                other.describe()
+                            )));
                         }
                     }
                 }
-                Ok(AxisArg::Axes(axes))
+                Ok(if nums.iter().all(|n| n.1) {
+                    AxisArg::Axes(nums.iter().map(|n| n.0 as i64).collect())
+                } else {
+                    AxisArg::Nums(nums.iter().map(|n| n.0).collect())
+                })
             }
-            _ => Ok(AxisArg::Axes(vec![self.int()?])),
+            _ => {
+                let (v, int) = self.number()?;
+                Ok(if int {
+                    AxisArg::Axes(vec![v as i64])
+                } else {
+                    AxisArg::Nums(vec![v])
+                })
+            }
         }
     }
 }

@@ -44,6 +44,7 @@ impl Lowering<'_> {
                 arg,
                 ddof,
                 keepdims,
+                hist,
             } => {
                 let kernel = self.lower(arg);
                 let shape = self.shape_of(&kernel);
@@ -68,17 +69,21 @@ impl Lowering<'_> {
                 let existing = self
                     .consts
                     .iter()
-                    .position(|c| c.stage == stage as u32 && c.op == *op && c.axes == *axes && c.ddof == *ddof);
+                    .position(|c| c.stage == stage as u32 && c.op == *op && c.axes == *axes && c.ddof == *ddof && c.hist == *hist);
                 let id = match existing {
                     Some(c) => c,
                     None => {
-                        let out_shape = geometry::kept(&shape, axes);
+                        let out_shape = match hist {
+                            Some(h) => vec![h.bins],
+                            None => geometry::kept(&shape, axes),
+                        };
                         self.consts.push(ConstSpec {
                             op: *op,
                             axes: axes.clone(),
                             shape: out_shape.clone(),
                             stage: stage as u32,
                             ddof: *ddof,
+                            hist: *hist,
                         });
                         self.const_shapes.push(out_shape);
                         let StageKind::Reduce { consts } = &mut self.stages[stage].kind else {

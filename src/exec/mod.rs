@@ -34,7 +34,7 @@ use crate::config::workload::OutDtype;
 use geometry::{block_region, operand_region};
 use kernel::{eval, materialize};
 use plan::{Kernel, Plan, StageKind};
-use reduce::{partial, partial_arity};
+use reduce::partial_arity;
 
 /// A task failed while executing.
 #[derive(Debug, thiserror::Error)]
@@ -190,13 +190,14 @@ fn block_result(
                 .iter()
                 .map(|&c| {
                     let spec = &plan.consts[c as usize];
-                    let reduced = geometry::kept(&shape, &spec.axes);
+                    let reduced = reduce::partial_shape(spec, &shape);
                     let local = plan::ConstSpec {
                         op: spec.op,
                         axes: spec.axes.clone(),
                         shape: reduced,
                         stage: spec.stage,
                         ddof: spec.ddof,
+                        hist: spec.hist,
                     };
                     reduce::Accumulator::new(&local, &shape)
                 })
@@ -215,10 +216,7 @@ fn block_result(
                     for (acc, &c) in accs.iter_mut().zip(ids) {
                         let spec = &plan.consts[c as usize];
                         if !crate::with_typed!(&values, v => acc.fold_in(&rel, v)) {
-                            acc.merge(
-                                &rel,
-                                crate::with_typed!(&values, v => reduce::partial_typed(spec.op, v, &spec.axes)),
-                            );
+                            acc.merge(&rel, crate::with_typed!(&values, v => reduce::partial_typed_for(spec, v)));
                         }
                     }
                     Ok(())
@@ -238,7 +236,7 @@ fn block_result(
                     bytes_read += (view.len() * 8) as u64;
                     for (acc, &c) in accs.iter_mut().zip(ids) {
                         let spec = &plan.consts[c as usize];
-                        acc.merge(rel, partial(spec.op, &view, &spec.axes));
+                        acc.merge(rel, reduce::partial_for(spec, &view));
                     }
                     return Ok(());
                 }
@@ -246,7 +244,7 @@ fn block_result(
                 bytes_read += n;
                 for (acc, &c) in accs.iter_mut().zip(ids) {
                     let spec = &plan.consts[c as usize];
-                    acc.merge(rel, partial(spec.op, &arr, &spec.axes));
+                    acc.merge(rel, reduce::partial_for(spec, &arr));
                 }
                 recycle(arr);
                 Ok(())
@@ -558,7 +556,8 @@ pub fn decode_partials(plan: &Plan, stage: u32, block: u64, payload: &[u8]) -> O
     let mut out = Vec::new();
     for &c in consts {
         let spec = &plan.consts[c as usize];
-        let shape: Vec<usize> = geometry::kept(&region, &spec.axes).iter().map(|r| r.len()).collect();
+        let lens: Vec<usize> = region.iter().map(|r| r.len()).collect();
+        let shape = reduce::partial_shape(spec, &lens);
         let parts = (0..partial_arity(spec.op))
             .map(|_| take_f64(payload, &mut off, &shape))
             .collect::<Option<Vec<_>>>()?;

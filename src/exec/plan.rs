@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::expr;
-use super::geometry::{self, block_count, default_block};
+use super::geometry::{block_count, default_block};
 use super::hdf::{self, Dtype};
 use super::ops::Op;
 use super::resolve::resolve;
@@ -106,6 +106,9 @@ pub struct ConstSpec {
     /// Delta degrees of freedom of var/std (numpy's `ddof=`).
     #[serde(default)]
     pub ddof: f64,
+    /// The bins of a histogram.
+    #[serde(default)]
+    pub hist: Option<super::reduce::Histogram>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -346,7 +349,7 @@ impl Plan {
                         .iter()
                         .map(|&c| {
                             let spec = &self.consts[c as usize];
-                            let kept: u64 = geometry::kept(&st.block, &spec.axes).iter().map(|&n| n as u64).product();
+                            let kept: u64 = super::reduce::partial_shape(spec, &st.block).iter().map(|&n| n as u64).product();
                             kept * 8 * super::reduce::partial_arity(spec.op) as u64
                         })
                         .sum(),

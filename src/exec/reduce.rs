@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::geometry::kept;
 use super::ops::Kind;
+use super::plan::ConstSpec;
 
 /// A reduction, by numpy's name ([`REDUCTIONS`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -38,6 +39,48 @@ pub enum ReduceOp {
     ArgMax,
     NanArgMin,
     NanArgMax,
+    /// Counts in `bins` equal bins over `range` ([`Histogram`]), over all elements.
+    Histogram,
+}
+
+/// The bins of a histogram: `bins` equal bins from `lo` to `hi`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub bins: usize,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl Histogram {
+    /// numpy's bin of `v` (edges as `linspace(lo, hi, bins + 1)`, the last bin closed
+    /// on the right), or `None` outside the range or NaN.
+    #[inline]
+    pub fn bin(&self, v: f64) -> Option<usize> {
+        if !(v >= self.lo && v <= self.hi) {
+            return None;
+        }
+        let n = self.bins;
+        let step = (self.hi - self.lo) / n as f64;
+        let edge = |i: usize| if i == n { self.hi } else { i as f64 * step + self.lo };
+        let mut i = (((v - self.lo) * (n as f64 / (self.hi - self.lo))) as usize).min(n - 1);
+        // The computed index can be one off near an edge; the edges decide, as numpy's.
+        if v < edge(i) {
+            i -= 1;
+        } else if i + 1 < n && v >= edge(i + 1) {
+            i += 1;
+        }
+        Some(i)
+    }
+
+    fn counts(&self, values: impl Iterator<Item = f64>) -> ArrayD<f64> {
+        let mut c = vec![0.0; self.bins];
+        for v in values {
+            if let Some(i) = self.bin(v) {
+                c[i] += 1.0;
+            }
+        }
+        ArrayD::from_shape_vec(IxDyn(&[self.bins]), c).expect("bins")
+    }
 }
 
 /// How a reduction is computed.
@@ -49,6 +92,8 @@ pub enum Form {
     Moments { skip_nan: bool },
     /// The index of the extreme value (first on ties).
     Arg { max: bool, skip_nan: bool },
+    /// Counts per bin.
+    Histogram,
 }
 
 /// The result kind of a reduction from its argument's kind.
@@ -99,6 +144,7 @@ reductions! {
     "argmax" => ArgMax, Int;
     "nanargmin" => NanArgMin, Int;
     "nanargmax" => NanArgMax, Int;
+    "histogram" => Histogram, Int;
 }
 
 impl ReduceDef {
@@ -216,6 +262,7 @@ impl ReduceOp {
                 skip_nan: true,
             },
             ReduceOp::NanArgMax => Form::Arg { max: true, skip_nan: true },
+            ReduceOp::Histogram => Form::Histogram,
             _ => Form::Folds(self.folds()),
         }
     }
@@ -241,6 +288,31 @@ pub fn partial_arity(op: ReduceOp) -> usize {
         Form::Folds(f) => f.len(),
         Form::Moments { skip_nan } => 2 + usize::from(skip_nan),
         Form::Arg { .. } => 2,
+        Form::Histogram => 1,
+    }
+}
+
+/// The shape of a const's partial over a block of `block` shape.
+pub fn partial_shape(spec: &ConstSpec, block: &[usize]) -> Vec<usize> {
+    match spec.hist {
+        Some(h) => vec![h.bins],
+        None => kept(block, &spec.axes),
+    }
+}
+
+/// [`partial`] of the reduction `spec` (histograms need their bins).
+pub fn partial_for(spec: &ConstSpec, block: &ArrayRef<f64, IxDyn>) -> Vec<ArrayD<f64>> {
+    match spec.hist {
+        Some(h) => vec![h.counts(block.iter().copied())],
+        None => partial(spec.op, block, &spec.axes),
+    }
+}
+
+/// [`partial_typed`] of the reduction `spec`.
+pub fn partial_typed_for<T: Elem>(spec: &ConstSpec, block: &ndarray::ArrayViewD<'_, T>) -> Vec<ArrayD<f64>> {
+    match spec.hist {
+        Some(h) => vec![h.counts(block.iter().map(|&x| x.f64()))],
+        None => partial_typed(spec.op, block, &spec.axes),
     }
 }
 

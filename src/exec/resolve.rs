@@ -8,7 +8,7 @@ use super::expr::{Ast, AxisArg, Item};
 use super::geometry::{self, broadcast};
 use super::ops::{self, CONSTANTS, Kind, Op};
 use super::plan::{InputSpec, PlanError, ReduceOp};
-use super::reduce::ReduceDef;
+use super::reduce::{Histogram, ReduceDef};
 use super::view::{self, Dim, View};
 use crate::config::did_you_mean;
 
@@ -33,6 +33,7 @@ pub(super) enum Node {
         ddof: f64,
         /// Keep the reduced axes as length 1 (`keepdims=True`).
         keepdims: bool,
+        hist: Option<Histogram>,
     },
 }
 
@@ -166,7 +167,46 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                 }
                 let args = args.iter().map(|a| resolve(a, cx)).collect::<Result<Vec<_>, _>>()?;
                 map(op, args, cx, (func, *pos))?
-            } else if let Some(def) = ReduceDef::named(func).or_else(|| (func == "norm").then(|| ReduceDef::named("sum").expect("sum"))) {
+            } else if func == "histogram" {
+                accepts(&["bins", "range"])?;
+                if args.len() != 1 {
+                    return Err(bad(format!(
+                        "takes 1 array argument (and bins=, range=) but {} were given",
+                        args.len()
+                    )));
+                }
+                let kw = |name: &str| kwargs.iter().find(|k| k.0 == name).map(|k| &k.1);
+                let bins = match kw("bins") {
+                    None => 10,
+                    Some(AxisArg::Axes(v)) if v.len() == 1 && v[0] > 0 => v[0] as usize,
+                    Some(_) => return Err(bad("bins= takes a positive integer (the number of equal bins)".into())),
+                };
+                let (lo, hi) = match kw("range") {
+                    Some(AxisArg::Axes(v)) if v.len() == 2 => (v[0] as f64, v[1] as f64),
+                    Some(AxisArg::Nums(v)) if v.len() == 2 => (v[0], v[1]),
+                    None => return Err(bad("needs range=(lo, hi): drover bins in one pass over the data".into())),
+                    Some(_) => return Err(bad("range= takes two numbers (lo, hi)".into())),
+                };
+                if !(lo < hi) || !lo.is_finite() || !hi.is_finite() {
+                    return Err(bad(format!("range=({lo}, {hi}) must have lo < hi, both finite")));
+                }
+                let (n, s, _) = resolve(&args[0], cx)?;
+                (
+                    Node::Reduce {
+                        op: ReduceOp::Histogram,
+                        axes: (0..s.len()).collect(),
+                        arg: Box::new(n),
+                        ddof: 0.0,
+                        keepdims: false,
+                        hist: Some(Histogram { bins, lo, hi }),
+                    },
+                    vec![bins],
+                    Kind::Int,
+                )
+            } else if let Some(def) = ReduceDef::named(func)
+                .filter(|d| d.op != ReduceOp::Histogram)
+                .or_else(|| (func == "norm").then(|| ReduceDef::named("sum").expect("sum")))
+            {
                 let norm = func == "norm";
                 let mut allowed = vec!["axis", "keepdims"];
                 if def.op.takes_ddof() {
@@ -214,6 +254,7 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                     arg: Box::new(arg),
                     ddof,
                     keepdims,
+                    hist: None,
                 };
                 if norm {
                     (Node::Map(Op::of("sqrt"), vec![node]), shape, Kind::Float)
@@ -266,13 +307,13 @@ fn reduce_axes(axis: Option<&AxisArg>, shape: &[usize], func: &str, cx: &Ctx) ->
     let rank = shape.len() as i64;
     let list = match axis {
         Some(AxisArg::Axes(list)) => list,
-        Some(AxisArg::Flag(_)) => {
+        Some(AxisArg::Flag(_) | AxisArg::Nums(_)) => {
             return Err(PlanError::BadCall {
                 index: cx.index,
                 func: func.to_string(),
                 pos: 0,
                 expr: cx.expr.into(),
-                problem: "takes axis= as an integer, a tuple of integers or None, not True/False".into(),
+                problem: "takes axis= as an integer, a tuple of integers, or None".into(),
             });
         }
         _ => return Ok((0..shape.len()).collect()),

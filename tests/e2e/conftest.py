@@ -382,6 +382,8 @@ ORACLE_FUNCS.update({
     ).split()
 })
 ORACLE_FUNCS["norm"] = np.linalg.norm
+# drover's histogram() is numpy's counts (without the edges numpy also returns).
+ORACLE_FUNCS["histogram"] = lambda a, bins=10, range=None: np.histogram(a, bins=bins, range=range)[0]
 
 
 def oracle(expr: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:

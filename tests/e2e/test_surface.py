@@ -112,7 +112,20 @@ MORE_REDUCTIONS = [
     "i.argmax(axis=1) + i.T.sum(axis=0)",
 ]
 
-GROUPS = {"elementwise": ELEMENTWISE, "reductions": REDUCTIONS, "more_reductions": MORE_REDUCTIONS}
+HISTOGRAMS = [
+    "histogram(t, bins=10, range=(0, 1))",       # NaN ignored; 0.5 sits on an edge
+    "histogram(t, bins=7, range=(0.25, 0.8))",   # values outside not counted
+    "histogram(t * 10 - 5, bins=100, range=[-5, 5])",
+    "histogram(i, bins=19, range=(-9, 9))",      # 9 is on the closed last edge
+    "histogram(where(t > 0.5, t, nan), bins=3, range=(0.5, 1.0)) / 2",
+]
+
+GROUPS = {
+    "elementwise": ELEMENTWISE,
+    "reductions": REDUCTIONS,
+    "more_reductions": MORE_REDUCTIONS,
+    "histograms": HISTOGRAMS,
+}
 
 
 @pytest.mark.parametrize("group", list(GROUPS))
@@ -163,7 +176,20 @@ def test_nanargmax_of_an_all_nan_slice_is_a_clear_runtime_error(drover, tmp_path
     assert not (tmp_path / "out.h5").exists()
 
 
+def test_histogram_edge_values_land_like_numpy(drover, tmp_path):
+    edges = np.linspace(-5, 5, 101)
+    v = np.concatenate([edges, edges + 1e-12, edges - 1e-12, [np.nan, np.inf, -np.inf, 5.0, -5.0]])
+    inputs = {"v": Input("in.h5", "/v", v, chunks=[17])}
+    _, _, got = run_workload(drover, tmp_path, inputs, [Case("histogram(v, bins=100, range=(-5, 5))", "/h")])
+    np.testing.assert_array_equal(got["/h"], np.histogram(v, bins=100, range=(-5, 5))[0])
+
+
 BAD = [
+    ("histogram(t, bins=0, range=(0, 1))", ["histogram()", "bins= takes a positive integer"]),
+    ("histogram(t, bins=5, range=(1, 1))", ["range=(1, 1) must have lo < hi"]),
+    ("histogram(t, bins=5, range=(2, 1.5))", ["lo < hi"]),
+    ("histogram(t, bins=5)", ["needs range=(lo, hi)"]),
+    ("histogram(t, bins=5, range=(0, 1), density=1)", ["unexpected keyword argument 'density'", "accepted: bins, range"]),
     ("argmax(t, axis=(0, 1))", ["argmax()", "one axis or none"]),
     ("mean(t, ddof=1)", ["mean()", "unexpected keyword argument 'ddof'", "accepted: axis, keepdims"]),
     ("var(t, ddof=-1)", ["var()", "non-negative integer"]),
