@@ -618,6 +618,7 @@ mod tests {
             shape,
             stage: 0,
             ddof: 0.0,
+            hist: None,
         };
         let mut acc = Accumulator::new(&spec, a.shape());
         for i in 0..block_count(a.shape(), block) {
@@ -702,6 +703,27 @@ mod tests {
         let mn = reduce_blockwise(ReduceOp::Min, &a, &[0], &[2, 2]);
         assert!(mn[[1]].is_nan());
         assert!(!mn[[0]].is_nan());
+    }
+
+    #[test]
+    fn histogram_bins_follow_numpy_edges() {
+        let h = Histogram { bins: 4, lo: 0.0, hi: 1.0 };
+        assert_eq!(h.bin(0.0), Some(0));
+        assert_eq!(h.bin(0.25), Some(1), "a left edge belongs to its bin");
+        assert_eq!(h.bin(0.2499999999), Some(0));
+        assert_eq!(h.bin(1.0), Some(3), "the last bin is closed on the right");
+        assert_eq!(h.bin(1.0000001), None);
+        assert_eq!(h.bin(-0.0000001), None);
+        assert_eq!(h.bin(f64::NAN), None);
+        // 0.1 * 3 is 0.30000000000000004: its own bin by the edges, whatever the
+        // division computes.
+        let h = Histogram {
+            bins: 10,
+            lo: 0.0,
+            hi: 1.0,
+        };
+        assert_eq!(h.bin(0.1 * 3.0), Some(3));
+        assert_eq!(h.bin(0.3), Some(2));
     }
 
     /// Every fold-based reduction, blockwise over odd blocks with NaN and zeros

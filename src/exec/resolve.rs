@@ -187,7 +187,7 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                     None => return Err(bad("needs range=(lo, hi): drover bins in one pass over the data".into())),
                     Some(_) => return Err(bad("range= takes two numbers (lo, hi)".into())),
                 };
-                if !(lo < hi) || !lo.is_finite() || !hi.is_finite() {
+                if !lo.is_finite() || !hi.is_finite() || lo >= hi {
                     return Err(bad(format!("range=({lo}, {hi}) must have lo < hi, both finite")));
                 }
                 let (n, s, _) = resolve(&args[0], cx)?;
