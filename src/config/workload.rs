@@ -11,6 +11,9 @@
 //! file = "anomaly.h5"
 //! dataset = "/t2m_anomaly"
 //! dtype = "f32"                # optional, default f64
+//!
+//! [let]                        # optional named intermediates
+//! clim = "mean(x, axis=0)"     # usable in outputs and later [let] entries
 //! ```
 
 use std::collections::BTreeMap;
@@ -35,6 +38,8 @@ pub enum WorkloadError {
     BadChunks { path: PathBuf, name: String, chunks: Vec<i64> },
     #[error("{path}: outputs[{index}] dtype \"{dtype}\" is not supported; use \"f64\" or \"f32\"")]
     BadDtype { path: PathBuf, index: usize, dtype: String },
+    #[error("{path}: [let] name \"{name}\" {hint}")]
+    BadLetName { path: PathBuf, name: String, hint: &'static str },
     #[error("{path}: outputs[{index}] dataset \"{dataset}\" is not a dataset path; use a name like \"/result\" or \"/group/result\"")]
     BadDatasetPath { path: PathBuf, index: usize, dataset: String },
 }
@@ -69,6 +74,8 @@ struct RawWorkload {
     inputs: BTreeMap<String, RawInput>,
     #[serde(default)]
     outputs: Vec<RawOutput>,
+    #[serde(default, rename = "let")]
+    lets: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +120,9 @@ pub struct Workload {
     pub source: PathBuf,
     pub inputs: Vec<Input>,
     pub outputs: Vec<Output>,
+    /// Named intermediates (`[let]`): name and expression.
+    #[serde(default)]
+    pub lets: Vec<(String, String)>,
 }
 
 /// Names that would shadow functions or keywords in expressions.
@@ -165,6 +175,24 @@ impl Workload {
                 chunks,
             });
         }
+        let mut lets = Vec::new();
+        for (name, expr) in raw.lets {
+            let ident_ok =
+                name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_') && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+            let hint = if !ident_ok {
+                Some("cannot be used in expressions; use letters, digits and '_' and start with a letter")
+            } else if inputs.iter().any(|i| i.name == name) {
+                Some("is also an input name; give the intermediate another name")
+            } else if RESERVED.contains(&name.as_str()) {
+                Some("names a function; rename the intermediate")
+            } else {
+                None
+            };
+            if let Some(hint) = hint {
+                return Err(WorkloadError::BadLetName { path: p, name, hint });
+            }
+            lets.push((name, expr));
+        }
         if raw.outputs.is_empty() {
             return Err(WorkloadError::NoOutputs { path: p });
         }
@@ -200,6 +228,7 @@ impl Workload {
             source: p,
             inputs,
             outputs,
+            lets,
         })
     }
 }

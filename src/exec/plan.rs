@@ -283,6 +283,7 @@ impl Plan {
             check_writable(i, &out.file)?;
         }
 
+        let lets = super::resolve::Lets::new(&w.lets);
         let mut resolved = Vec::new();
         for (index, out) in w.outputs.iter().enumerate() {
             let ast = expr::parse(&out.expr).map_err(|source| PlanError::Syntax { index, source })?;
@@ -291,10 +292,18 @@ impl Plan {
                 expr: &out.expr,
                 names: &names,
                 inputs: &inputs,
+                lets: &lets,
             };
             let (node, shape, _kind) = resolve(&ast, &cx)?;
             resolved.push((node, shape));
         }
+        lets.check_all(&super::resolve::Ctx {
+            index: 0,
+            expr: "",
+            names: &names,
+            inputs: &inputs,
+            lets: &lets,
+        })?;
 
         let mut low = Lowering {
             inputs: &inputs,
@@ -437,6 +446,7 @@ mod tests {
                     expr: e,
                     names: &names,
                     inputs: &inputs,
+                    lets: &crate::exec::resolve::Lets::new(&[]),
                 },
             )?;
             let kernel = low.lower(&node);

@@ -31,7 +31,9 @@ pub enum PlanError {
         expr: String,
         hint: String,
     },
-    #[error("outputs[{index}]: unknown name \"{name}\" at column {pos} of \"{expr}\"{hint}; inputs are: {inputs}")]
+    #[error("[let] {name}: {message}")]
+    Let { name: String, message: String },
+    #[error("outputs[{index}]: unknown name \"{name}\" at column {pos} of \"{expr}\"{hint}; inputs and [let] names are: {inputs}")]
     UnknownName {
         index: usize,
         name: String,

@@ -17,9 +17,76 @@ pub(super) struct Ctx<'a> {
     pub expr: &'a str,
     pub names: &'a HashMap<&'a str, u32>,
     pub inputs: &'a [InputSpec],
+    pub lets: &'a Lets<'a>,
+}
+
+/// The `[let]` intermediates: each resolved once, on first use, then reused; a name
+/// met again while it is being resolved is a cycle.
+pub(super) struct Lets<'a> {
+    pub exprs: HashMap<&'a str, &'a str>,
+    done: std::cell::RefCell<HashMap<String, Resolved>>,
+    visiting: std::cell::RefCell<Vec<String>>,
+}
+
+impl<'a> Lets<'a> {
+    pub fn new(lets: &'a [(String, String)]) -> Self {
+        Lets {
+            exprs: lets.iter().map(|(n, e)| (n.as_str(), e.as_str())).collect(),
+            done: Default::default(),
+            visiting: Default::default(),
+        }
+    }
+
+    /// Resolve every intermediate, used or not, so a bad one is reported before any
+    /// work starts.
+    pub fn check_all(&self, cx: &Ctx) -> Result<(), PlanError> {
+        let mut names: Vec<&str> = self.exprs.keys().copied().collect();
+        names.sort_unstable();
+        names.into_iter().try_for_each(|n| self.get(n, cx).map(|_| ()))
+    }
+
+    /// The resolved intermediate `name`, or the error, reported as the `[let]` entry's.
+    fn get(&self, name: &str, cx: &Ctx) -> Result<Resolved, PlanError> {
+        if let Some(r) = self.done.borrow().get(name) {
+            return Ok(r.clone());
+        }
+        let expr = self.exprs[name];
+        let let_err = |e: PlanError| match e {
+            e @ PlanError::Let { .. } => e,
+            e => {
+                let text = e.to_string();
+                let message = text.split_once("]: ").map_or(text.clone(), |(_, m)| m.to_string());
+                PlanError::Let {
+                    name: name.to_string(),
+                    message,
+                }
+            }
+        };
+        if self.visiting.borrow().iter().any(|v| v == name) {
+            let mut chain = self.visiting.borrow().clone();
+            chain.push(name.to_string());
+            let start = chain.iter().position(|v| v == name).unwrap_or(0);
+            return Err(PlanError::Let {
+                name: name.to_string(),
+                message: format!("refers to itself through {}; remove the cycle", chain[start..].join(" -> ")),
+            });
+        }
+        self.visiting.borrow_mut().push(name.to_string());
+        let result = super::expr::parse(expr)
+            .map_err(|source| let_err(PlanError::Syntax { index: cx.index, source }))
+            .and_then(|ast| {
+                let inner = Ctx { expr, ..*cx };
+                resolve(&ast, &inner).map_err(let_err)
+            });
+        self.visiting.borrow_mut().pop();
+        let r = result?;
+        self.done.borrow_mut().insert(name.to_string(), r.clone());
+        Ok(r)
+    }
 }
 
 /// A resolved expression node, before reductions are lowered.
+#[derive(Clone)]
 pub(super) enum Node {
     Input(u32),
     Num(f64),
@@ -81,6 +148,7 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                 let spec = &cx.inputs[i as usize];
                 (Node::Input(i), spec.shape.clone(), input_kind(spec))
             }
+            None if cx.lets.exprs.contains_key(name.as_str()) => cx.lets.get(name, cx)?,
             None => match CONSTANTS.iter().find(|(n, _)| n == name) {
                 Some(&(_, v)) => (Node::Num(v), vec![], Kind::Float),
                 None => return Err(unknown_name(name, *pos, cx)),
@@ -283,10 +351,17 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
 }
 
 fn unknown_name(name: &str, pos: usize, cx: &Ctx) -> PlanError {
-    let hint = did_you_mean(name, cx.names.keys().copied().chain(CONSTANTS.iter().map(|c| c.0)))
-        .map(|s| format!(" (did you mean \"{s}\"?)"))
-        .unwrap_or_default();
-    let mut inputs: Vec<&str> = cx.names.keys().copied().collect();
+    let hint = did_you_mean(
+        name,
+        cx.names
+            .keys()
+            .copied()
+            .chain(cx.lets.exprs.keys().copied())
+            .chain(CONSTANTS.iter().map(|c| c.0)),
+    )
+    .map(|s| format!(" (did you mean \"{s}\"?)"))
+    .unwrap_or_default();
+    let mut inputs: Vec<&str> = cx.names.keys().copied().chain(cx.lets.exprs.keys().copied()).collect();
     inputs.sort_unstable();
     PlanError::UnknownName {
         index: cx.index,
