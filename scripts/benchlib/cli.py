@@ -17,9 +17,11 @@ Method (docs/PERFORMANCE.md has the long form):
 * Cases: reduction `mean(x, axis=0)`; anomaly `x - mean(x, axis=0)` into a full-size
   output file; tiny tasks `sum(t)` with tasks of 10 elements (chunks/s); gzip-256k,
   gzip-2m, gzip-19m, gzip-64m, zstd, blosc-lz4, int16: `mean(t, axis=0)` (int16: of the
-  raw integers); tiny-200k, tiny-2m: `sum(t)`, one task per HDF5 chunk of 10.
-  Groups: all, classic (reduction,anomaly,tiny), compressed, tinychunks (--quick leaves
-  tiny-2m out of a group; name it to run it).
+  raw integers); tiny-200k, tiny-2m: `sum(t)`, one task per HDF5 chunk of 10;
+  masked-mean: `nanmean(where(t > 280, t, nan), axis=0)` of the gzip-2m field against
+  dask's `da.nanmean(da.where(...))` (target: drover faster than both dask).
+  Groups: all, classic (reduction,anomaly,tiny), compressed, tinychunks, surface
+  (--quick leaves tiny-2m out of a group; name it to run it).
 * Contenders: raw read of the file's bytes from the page cache (plain Python readinto a
   preallocated buffer: the hardware limit; for the anomaly, read + write of those bytes),
   h5py chunk-by-chunk read (second reference; compressed cases: the mean, one thread),
@@ -57,6 +59,7 @@ import numpy as np
 
 from .common import (ALL_CASES, BENCH_DIR, CASE_GROUPS, COMPRESSED, HDF5_CHUNK, OUT_DIR, QUICK_SKIPS, ROOT, SIZES,
                      TINY_CHUNKED, TINY_TASK, GiB, log, rm)
+from . import surface
 from .data import ensure_big, ensure_compressed, ensure_tiny, ensure_tiny_chunked
 from .memory import drover_memory
 from .report import analyse, stats
@@ -185,6 +188,8 @@ def make_data(args) -> None:
             ensure_compressed(COMPRESSED[case], size["clim_t"])
         elif case in TINY_CHUNKED:
             ensure_tiny_chunked(TINY_CHUNKED[case])
+        elif surface.is_surface(case):
+            ensure_compressed(surface.SURFACE[case], size["clim_t"])
 
 
 def main(argv=None) -> int:

@@ -84,6 +84,9 @@ for _c in COMPRESSED:
 for _c in TINY_CHUNKED:
     CONTENDERS[_c] = ["decode-limit", "drover", "dask-threads", "dask.distributed"]
 
+# the expression-surface cases (surface.py)
+CONTENDERS["masked-mean"] = ["drover", "dask-threads", "dask.distributed"]
+
 CLASSIC_CASES = ["reduction", "anomaly", "tiny"]
 ALL_CASES = list(CONTENDERS)
 CASE_GROUPS = {
@@ -91,6 +94,7 @@ CASE_GROUPS = {
     "classic": CLASSIC_CASES,
     "compressed": list(COMPRESSED),
     "tinychunks": list(TINY_CHUNKED),
+    "surface": ["masked-mean"],
 }
 QUICK_SKIPS = {"tiny-2m"}         # left out of a group under --quick (name it to run it)
 

@@ -238,16 +238,18 @@ def compare_files(a: Path, da_: str, b: Path, db: str, rows_per_slab: int = 256,
         return {"equal": ok, "shape": list(x.shape), "max_abs_diff": worst}
 
 
-def compare_arrays(a, b, rtol: float = 1e-9) -> dict:
+def compare_arrays(a, b, rtol: float = 1e-9, equal_nan: bool = False) -> dict:
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
         return {"equal": False, "why": f"shapes differ: {a.shape} vs {b.shape}"}
+    both = ~(np.isnan(a) & np.isnan(b)) if equal_nan else np.ones(a.shape, bool)
     return {
-        "equal": bool(np.allclose(a, b, rtol=rtol)),
+        "equal": bool(np.allclose(a, b, rtol=rtol, equal_nan=equal_nan)),
         "shape": list(a.shape),
-        "max_abs_diff": float(np.max(np.abs(a - b))) if a.size else 0.0,
-        "max_rel_diff": _max_rel(a, b),
+        "max_abs_diff": float(np.max(np.abs(a[both] - b[both]))) if both.any() else 0.0,
+        "max_rel_diff": _max_rel(a[both], b[both]),
         "rtol": rtol,
+        **({"nan_positions": int((~both).sum())} if equal_nan else {}),
     }
 
 

@@ -7,6 +7,7 @@ import statistics
 import numpy as np
 
 from .classic import tiny_chunks
+from . import surface
 from .common import (CHECK_RTOL, COMPRESSED, GiB, MiB, TARGET_DASK_OVER_DROVER, TARGET_DROVER_OVER_LIMIT,
                      TARGET_TINY_RATE, TINY_CHUNKED, TINY_TASK, mib, verdict)
 
@@ -119,7 +120,7 @@ def analyse(bench, results: dict) -> tuple[list[str], list[dict], dict]:
     """The printed table, the target verdicts, and a per-case summary for the JSON."""
     lines: list[str] = []
     targets: list[dict] = []
-    summary: dict = {"compressed": {}, "tiny_chunks": {}}
+    summary: dict = {"compressed": {}, "tiny_chunks": {}, "surface": {}}
     a = bench.args
     cases = results["cases"]
     _table(bench, cases, lines)
@@ -164,6 +165,9 @@ def analyse(bench, results: dict) -> tuple[list[str], list[dict], dict]:
     for case in cases:
         if case in COMPRESSED and "stats" in cases[case]:
             summary["compressed"][case] = _compressed_summary(case, med, ratio_line)
+    for case in cases:
+        if surface.is_surface(case) and "stats" in cases[case]:
+            summary["surface"][case] = surface.summary(case, med, ratio_line)
     for case in [c for c in cases if (c == "tiny" or c in TINY_CHUNKED) and "stats" in cases[c]]:
         rates = {who: _chunks_of(bench, case, who, cases[case]) / st["median"]
                  for who, st in cases[case]["stats"].items()}
@@ -216,7 +220,8 @@ def analyse(bench, results: dict) -> tuple[list[str], list[dict], dict]:
     _memory(bench, cases, lines, ratio_line, a)
 
     lines.append("")
-    rt = f"rtol 1e-9, compressed cases {CHECK_RTOL:g}" if set(COMPRESSED) & set(cases) else "rtol=1e-9"
+    rt = (f"rtol 1e-9, compressed and surface cases {CHECK_RTOL:g}"
+          if (set(COMPRESSED) | set(surface.SURFACE)) & set(cases) else "rtol=1e-9")
     lines.append(f"result checks (np.allclose {rt}, once per case after the warm-up):")
     for case, res in cases.items():
         for k, v in res.get("checks", {}).items():

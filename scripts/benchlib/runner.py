@@ -8,7 +8,7 @@ import logging
 import os
 import time
 
-from . import classic, newcases
+from . import classic, newcases, surface
 from .common import CONTENDERS, HDF5_CHUNK, OUT_DIR, SIZES, BenchError, jsonable, log, rm, default_block
 from .contenders import H5Source, load_plugins, plugin_path, run_drover
 from .data import big_path, chunk_index, tiny_path
@@ -54,8 +54,7 @@ class Bench:
 
     def workload(self, case: str):
         if case not in self.workloads:
-            mod = newcases if newcases.is_new(case) else classic
-            self.workloads[case] = mod.workload(self, case)
+            self.workloads[case] = self._mod(case).workload(self, case)
         return self.workloads[case]
 
     # ---- dask.distributed: one warm cluster for the whole run
@@ -118,8 +117,15 @@ class Bench:
             rm(self.out_path(case, "drover"))
             return run_drover(self.args.drover, self.workload(case), self.args.workers, self.args.timeout,
                               env=self.drover_env)
-        mod = newcases if newcases.is_new(case) else classic
-        return mod.run_one(self, case, who)
+        return self._mod(case).run_one(self, case, who)
+
+    @staticmethod
+    def _mod(case: str):
+        """The module that knows a case: classic, newcases (compressed, tiny chunks) or
+        surface (expression-surface cases)."""
+        if surface.is_surface(case):
+            return surface
+        return newcases if newcases.is_new(case) else classic
 
     def cleanup(self, case: str, who: str) -> None:
         for p in (self.out_path(case, who), self.out_path(case, "raw")):
@@ -140,14 +146,14 @@ class Bench:
 
     def run_case(self, case: str) -> dict:
         names, notes = self.contenders(case)
-        new = newcases.is_new(case)
+        new = newcases.is_new(case) or surface.is_surface(case)
         res: dict = {"contenders": names, "notes": notes, "warmup": {}, "contender_errors": {}}
         for n in notes:
             log(f"{case}: {n}")
         if new:
-            self.case_info[case] = chunk_index(newcases.data_path(self, case))
+            self.case_info[case] = chunk_index(self._mod(case).data_path(self, case))
             res["data"] = self.case_info[case]
-            res["drover_block"] = list(newcases.block_of(self, case))
+            res["drover_block"] = list(self._mod(case).block_of(self, case))
         hwm_reset = reset_hwm(self.dask_pids) if self.dask_pids else False
         if self.dask_pids and not hwm_reset:
             res["dask_memory_note"] = "could not reset VmHWM of dask workers: peaks are since their start"
@@ -169,7 +175,7 @@ class Bench:
         res["contenders"] = names
         res["runs"] = {n: [] for n in names}
         res["warmup"] = {k: jsonable(v) for k, v in warm.items()}
-        res["checks"] = (newcases if new else classic).check(self, case, warm)
+        res["checks"] = self._mod(case).check(self, case, warm)
         for k, v in res["checks"].items():
             log(f"  check {k}: {'equal' if v.get('equal') else 'DIFFERENT'} {v}")
         for who in names:
@@ -194,4 +200,4 @@ class Bench:
         return res
 
     def memory_bounds(self, case: str) -> tuple[int, int]:
-        return (newcases if newcases.is_new(case) else classic).memory_bounds(self, case)
+        return self._mod(case).memory_bounds(self, case)

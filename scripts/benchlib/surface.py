@@ -1,0 +1,96 @@
+"""Cases of the expression surface (issue 10): a masked mean over time of the
+climate-like field (`nanmean(where(t > 280, t, nan), axis=0)`, the gzip-2m file),
+against dask threads and dask.distributed (`da.nanmean(da.where(...))`). Target: drover
+faster than both."""
+
+from __future__ import annotations
+
+import time
+
+import h5py
+import numpy as np
+
+from .common import BENCH_DIR, CHECK_RTOL, COMPRESSED, default_block, write_workload
+from .contenders import compare_arrays
+from .data import compressed_path
+
+THRESHOLD = 280.0
+SURFACE = {"masked-mean": COMPRESSED["gzip-2m"]}   # case -> the stored field it reads
+DROVER_EXPR = f"nanmean(where(t > {THRESHOLD}, t, nan), axis=0)"
+
+
+def is_surface(case: str) -> bool:
+    return case in SURFACE
+
+
+def data_path(bench, case: str):
+    return compressed_path(SURFACE[case], bench.size["clim_t"])
+
+
+def workload(bench, case: str):
+    p = data_path(bench, case)
+    inputs = {"t": {"file": p.name, "dataset": "/t"}}
+    outputs = [{"expr": DROVER_EXPR, "file": f"out/{case}-drover.h5", "dataset": "/m"}]
+    return write_workload(BENCH_DIR / f"{case}-{bench.tag}.toml", inputs, outputs)
+
+
+def reference(path) -> np.ndarray:
+    """The masked mean by a plain loop over the HDF5 chunks with numpy (one thread)."""
+    with h5py.File(path, "r") as f:
+        t = f["t"]
+        s = np.zeros(t.shape[1:])
+        n = np.zeros(t.shape[1:])
+        step = t.chunks[0]
+        for i in range(0, t.shape[0], step):
+            x = t[i:i + step].astype(np.float64)
+            m = x > THRESHOLD
+            s += np.where(m, x, 0.0).sum(axis=0)
+            n += m.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return s / n
+
+
+def run_one(bench, case: str, who: str) -> dict:
+    import dask.array as da
+
+    path = data_path(bench, case)
+    t0 = time.perf_counter()
+    with h5py.File(path, "r") as f:
+        x = da.from_array(bench.dask_source(path, "t", f, who), chunks=f["t"].chunks).astype(np.float64)
+        m = bench.dask_compute(da.nanmean(da.where(x > THRESHOLD, x, np.nan), axis=0), who)
+    return {"seconds": time.perf_counter() - t0, "result": m}
+
+
+def check(bench, case: str, warm: dict) -> dict:
+    ref = reference(data_path(bench, case))
+    checks = {}
+    if "drover" in warm:
+        with h5py.File(bench.out_path(case, "drover"), "r") as f:
+            checks["drover vs numpy loop (masked mean)"] = compare_arrays(f["m"][()], ref, rtol=CHECK_RTOL, equal_nan=True)
+    for who in ("dask-threads", "dask.distributed"):
+        if who in warm:
+            checks[f"{who} vs numpy loop"] = compare_arrays(warm[who]["result"], ref, rtol=CHECK_RTOL, equal_nan=True)
+    return checks
+
+
+def memory_bounds(bench, case: str) -> tuple[int, int]:
+    info = bench.case_info[case]
+    block = default_block(info["shape"], info["chunks"])
+    return int(np.prod(block)) * 8, int(np.prod(info["shape"][1:])) * 8 * 2
+
+
+def block_of(bench, case: str):
+    info = bench.case_info[case]
+    return default_block(info["shape"], info["chunks"])
+
+
+def summary(case: str, med, add) -> dict:
+    d, thr, dist = med(case, "drover"), med(case, "dask-threads"), med(case, "dask.distributed")
+    row = {"drover": d, "dask-threads": thr, "dask.distributed": dist}
+    oks = []
+    for who, v in (("dask-threads", thr), ("dask.distributed", dist)):
+        if d and v:
+            oks.append(v / d > 1.0)
+            add(case, f"{who} / drover", f"{v / d:.2f}x", "> 1x (faster)", oks[-1])
+    row["verdict"] = "MET" if oks and all(oks) else ("NOT MET" if False in oks else "n/a")
+    return row
