@@ -10,7 +10,7 @@
 //! expr = "x - mean(x, axis=0)"
 //! file = "anomaly.h5"
 //! dataset = "/t2m_anomaly"
-//! dtype = "f32"                # optional, default f64
+//! dtype = "f32"                # optional (f64 f32 i8..i64 u8..u64 bool)
 //!
 //! [let]                        # optional named intermediates
 //! clim = "mean(x, axis=0)"     # usable in outputs and later [let] entries
@@ -36,7 +36,9 @@ pub enum WorkloadError {
     BadInputName { path: PathBuf, name: String, hint: &'static str },
     #[error("{path}: [inputs.{name}] chunks {chunks:?} has an entry below 1; every entry must be a positive block length")]
     BadChunks { path: PathBuf, name: String, chunks: Vec<i64> },
-    #[error("{path}: outputs[{index}] dtype \"{dtype}\" is not supported; use \"f64\" or \"f32\"")]
+    #[error(
+        "{path}: outputs[{index}] dtype \"{dtype}\" is not supported; use one of f64, f32, i8, i16, i32, i64, u8, u16, u32, u64, bool (or numpy's names, e.g. \"int64\")"
+    )]
     BadDtype { path: PathBuf, index: usize, dtype: String },
     #[error("{path}: [let] name \"{name}\" {hint}")]
     BadLetName { path: PathBuf, name: String, hint: &'static str },
@@ -49,21 +51,63 @@ pub enum WorkloadError {
 pub enum OutDtype {
     F64,
     F32,
+    I8,
+    I16,
+    I32,
+    I64,
+    U8,
+    U16,
+    U32,
+    U64,
+    Bool,
 }
 
+/// Every output dtype: drover's name, numpy's name, size in bytes.
+const OUT_DTYPES: &[(OutDtype, &str, &str, usize)] = &[
+    (OutDtype::F64, "f64", "float64", 8),
+    (OutDtype::F32, "f32", "float32", 4),
+    (OutDtype::I8, "i8", "int8", 1),
+    (OutDtype::I16, "i16", "int16", 2),
+    (OutDtype::I32, "i32", "int32", 4),
+    (OutDtype::I64, "i64", "int64", 8),
+    (OutDtype::U8, "u8", "uint8", 1),
+    (OutDtype::U16, "u16", "uint16", 2),
+    (OutDtype::U32, "u32", "uint32", 4),
+    (OutDtype::U64, "u64", "uint64", 8),
+    (OutDtype::Bool, "bool", "bool", 1),
+];
+
 impl OutDtype {
+    fn row(self) -> &'static (OutDtype, &'static str, &'static str, usize) {
+        OUT_DTYPES.iter().find(|r| r.0 == self).expect("every dtype has a row")
+    }
+
     pub fn name(self) -> &'static str {
-        match self {
-            OutDtype::F64 => "f64",
-            OutDtype::F32 => "f32",
-        }
+        self.row().1
     }
 
     pub fn size(self) -> usize {
-        match self {
-            OutDtype::F64 => 8,
-            OutDtype::F32 => 4,
-        }
+        self.row().3
+    }
+
+    /// A dtype by drover's or numpy's name.
+    pub fn parse(name: &str) -> Option<OutDtype> {
+        OUT_DTYPES.iter().find(|r| r.1 == name || r.2 == name).map(|r| r.0)
+    }
+
+    /// The range of integers the dtype holds (`None` for floats and bool).
+    pub fn int_range(self) -> Option<(f64, f64)> {
+        Some(match self {
+            OutDtype::I8 => (i8::MIN as f64, i8::MAX as f64),
+            OutDtype::I16 => (i16::MIN as f64, i16::MAX as f64),
+            OutDtype::I32 => (i32::MIN as f64, i32::MAX as f64),
+            OutDtype::I64 => (i64::MIN as f64, i64::MAX as f64),
+            OutDtype::U8 => (0.0, u8::MAX as f64),
+            OutDtype::U16 => (0.0, u16::MAX as f64),
+            OutDtype::U32 => (0.0, u32::MAX as f64),
+            OutDtype::U64 => (0.0, u64::MAX as f64),
+            _ => return None,
+        })
     }
 }
 
@@ -110,7 +154,9 @@ pub struct Output {
     pub expr: String,
     pub file: PathBuf,
     pub dataset: String,
-    pub dtype: OutDtype,
+    /// `None`: from the expression (bool for comparisons, i64 for counts and
+    /// indices, f64 otherwise).
+    pub dtype: Option<OutDtype>,
 }
 
 /// A validated workload with absolute paths.
@@ -199,15 +245,17 @@ impl Workload {
         let mut outputs = Vec::new();
         for (index, out) in raw.outputs.into_iter().enumerate() {
             let dtype = match out.dtype.as_deref() {
-                None | Some("f64") | Some("float64") => OutDtype::F64,
-                Some("f32") | Some("float32") => OutDtype::F32,
-                Some(other) => {
-                    return Err(WorkloadError::BadDtype {
-                        path: p,
-                        index,
-                        dtype: other.to_string(),
-                    });
-                }
+                None => None,
+                Some(name) => match OutDtype::parse(name) {
+                    Some(d) => Some(d),
+                    None => {
+                        return Err(WorkloadError::BadDtype {
+                            path: p,
+                            index,
+                            dtype: name.to_string(),
+                        });
+                    }
+                },
             };
             let ds = out.dataset.trim_start_matches('/');
             if ds.is_empty() || ds.ends_with('/') || ds.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
@@ -259,7 +307,7 @@ mod tests {
         assert_eq!(w.inputs[0].file, PathBuf::from("/data/t.h5"));
         assert_eq!(w.outputs[0].file, PathBuf::from("/abs/o.h5"));
         assert_eq!(w.outputs[0].dataset, "/r");
-        assert_eq!(w.outputs[0].dtype, OutDtype::F32);
+        assert_eq!(w.outputs[0].dtype, Some(OutDtype::F32));
     }
 
     #[test]

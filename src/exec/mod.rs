@@ -58,6 +58,16 @@ pub enum ExecError {
         "input \"{input}\" (\"{file}\") changed during the run: {reason}; a run's input files must not be modified until it finishes (run again to start over)"
     )]
     Changed { input: String, file: String, reason: String },
+    #[error(
+        "outputs[{index}] (\"{file}\":{dataset}): the value {value} cannot be stored as {dtype} (NaN, infinite or out of range); mask it first, e.g. where(isnan(x), 0, x), or write a float dtype"
+    )]
+    Cast {
+        index: usize,
+        file: String,
+        dataset: String,
+        dtype: &'static str,
+        value: f64,
+    },
     #[error("const {0} is not available")]
     MissingConst(u32),
 }
@@ -254,17 +264,21 @@ fn block_result(
         StageKind::Write { output } => {
             // Each piece is encoded straight into its place in the payload: the block
             // exists once, as the bytes that are sent.
-            let dtype = plan.outputs[*output as usize].dtype;
-            let width = match dtype {
-                OutDtype::F64 => 8,
-                OutDtype::F32 => 4,
-            };
+            let out = &plan.outputs[*output as usize];
+            let dtype = out.dtype;
+            let width = dtype.size();
             // Every byte is overwritten: the pieces tile the block.
             let mut buf = buffers::PAYLOADS.take(shape.iter().product::<usize>() * width);
             for_each_piece(&region, &piece, |abs, rel| {
                 let (arr, n) = eval_region(plan, datasets, consts, st, abs)?;
                 bytes_read += n;
-                encode_piece(&arr, rel, &shape, dtype, &mut buf);
+                encode_piece(&arr, rel, &shape, dtype, &mut buf).map_err(|value| ExecError::Cast {
+                    index: *output as usize,
+                    file: out.file.display().to_string(),
+                    dataset: out.dataset.clone(),
+                    dtype: dtype.name(),
+                    value,
+                })?;
                 recycle(arr);
                 Ok(())
             })?;
@@ -471,30 +485,61 @@ fn count_leaf(k: &Kernel, input: u32) -> usize {
     }
 }
 
+/// Write `values` into `dst` as little-endian `dtype`: numpy's `astype` (floats
+/// rounded to f32, truncation toward zero to integers, nonzero to true), except that a
+/// value an integer dtype cannot hold (NaN, infinite, out of range) is returned as an
+/// error instead of written as garbage.
+fn put(dtype: OutDtype, dst: &mut [u8], values: &mut dyn Iterator<Item = f64>) -> Result<(), f64> {
+    macro_rules! int {
+        ($t:ty) => {{
+            for (d, v) in dst.chunks_exact_mut(std::mem::size_of::<$t>()).zip(values) {
+                let t = v.trunc();
+                if !(t >= <$t>::MIN as f64 && t <= <$t>::MAX as f64) {
+                    return Err(v);
+                }
+                d.copy_from_slice(&(t as $t).to_le_bytes());
+            }
+            Ok(())
+        }};
+    }
+    match dtype {
+        OutDtype::F64 => {
+            dst.chunks_exact_mut(8)
+                .zip(values)
+                .for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes()));
+            Ok(())
+        }
+        OutDtype::F32 => {
+            dst.chunks_exact_mut(4)
+                .zip(values)
+                .for_each(|(d, v)| d.copy_from_slice(&(v as f32).to_le_bytes()));
+            Ok(())
+        }
+        OutDtype::Bool => {
+            dst.iter_mut().zip(values).for_each(|(d, v)| *d = u8::from(v != 0.0));
+            Ok(())
+        }
+        OutDtype::I8 => int!(i8),
+        OutDtype::I16 => int!(i16),
+        OutDtype::I32 => int!(i32),
+        OutDtype::I64 => int!(i64),
+        OutDtype::U8 => int!(u8),
+        OutDtype::U16 => int!(u16),
+        OutDtype::U32 => int!(u32),
+        OutDtype::U64 => int!(u64),
+    }
+}
+
 /// Write `arr`, the values of the piece `rel` of a block of shape `shape`, at its place
-/// in the block's little-endian payload.
-fn encode_piece(arr: &ArrayD<f64>, rel: &[Range<usize>], shape: &[usize], dtype: OutDtype, payload: &mut [u8]) {
-    let width = match dtype {
-        OutDtype::F64 => 8,
-        OutDtype::F32 => 4,
-    };
-    let put = |dst: &mut [u8], src: &mut dyn Iterator<Item = f64>| match dtype {
-        OutDtype::F64 => dst
-            .chunks_exact_mut(8)
-            .zip(src)
-            .for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
-        OutDtype::F32 => dst
-            .chunks_exact_mut(4)
-            .zip(src)
-            .for_each(|(d, v)| d.copy_from_slice(&(v as f32).to_le_bytes())),
-    };
+/// in the block's little-endian payload; `Err(value)`: a value the dtype cannot hold.
+fn encode_piece(arr: &ArrayD<f64>, rel: &[Range<usize>], shape: &[usize], dtype: OutDtype, payload: &mut [u8]) -> Result<(), f64> {
+    let width = dtype.size();
     let rank = shape.len();
     if rank == 0 {
-        put(payload, &mut arr.iter().copied());
-        return;
+        return put(dtype, payload, &mut arr.iter().copied());
     }
     if rel.iter().any(|r| r.is_empty()) {
-        return;
+        return Ok(());
     }
     // The piece's values in row-major order: rows follow one another.
     let values = arr.as_slice();
@@ -502,13 +547,19 @@ fn encode_piece(arr: &ArrayD<f64>, rel: &[Range<usize>], shape: &[usize], dtype:
     let piece: Vec<usize> = rel.iter().map(|r| r.len()).collect();
     let start: Vec<usize> = rel.iter().map(|r| r.start).collect();
     let block_origin = vec![0; rank];
+    let mut bad = None;
     geometry::for_each_row(rel, (&start, &piece), (&block_origin, shape), |src, dst, run| {
-        let out = &mut payload[dst * width..(dst + run) * width];
-        match values {
-            Some(v) => put(out, &mut v[src..src + run].iter().copied()),
-            None => put(out, &mut all.by_ref().take(run)),
+        if bad.is_some() {
+            return;
         }
+        let out = &mut payload[dst * width..(dst + run) * width];
+        let r = match values {
+            Some(v) => put(dtype, out, &mut v[src..src + run].iter().copied()),
+            None => put(dtype, out, &mut all.by_ref().take(run)),
+        };
+        bad = r.err();
     });
+    bad.map_or(Ok(()), Err)
 }
 
 thread_local! {

@@ -14,15 +14,30 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
     Bool,
+    /// Integers drover makes itself: counts, indices, integer literals (numpy's int64).
+    Index,
+    /// Integer input data (computed in float64; written as f64 unless asked).
     Int,
     Float,
 }
 
 impl Kind {
+    /// numpy's dtype for a result of this kind, as an output's default: bool, int64
+    /// for counts and indices; float64 otherwise (integer input data is computed in
+    /// float64, as drover always does).
+    pub fn default_dtype(self) -> crate::config::workload::OutDtype {
+        use crate::config::workload::OutDtype;
+        match self {
+            Kind::Bool => OutDtype::Bool,
+            Kind::Index => OutDtype::I64,
+            Kind::Int | Kind::Float => OutDtype::F64,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::Bool => "boolean",
-            Kind::Int => "integer",
+            Kind::Index | Kind::Int => "integer",
             Kind::Float => "floating-point",
         }
     }
@@ -342,7 +357,7 @@ pub const CONSTANTS: &[(&str, f64)] = &[
 
 /// The result kind of `op` over arguments of `kinds`, or why numpy would refuse it.
 pub fn result_kind(op: &ElemOp, kinds: &[Kind]) -> Result<Kind, String> {
-    let widest = |ks: &[Kind]| ks.iter().copied().max().unwrap_or(Kind::Int);
+    let widest = |ks: &[Kind]| ks.iter().copied().max().unwrap_or(Kind::Index);
     match op.kind {
         KindRule::Float => Ok(Kind::Float),
         KindRule::Bool => Ok(Kind::Bool),
@@ -362,7 +377,7 @@ pub fn result_kind(op: &ElemOp, kinds: &[Kind]) -> Result<Kind, String> {
                 }
                 // numpy's add and multiply of two boolean arrays are or and and.
                 (_, Kind::Bool) if matches!(op.name, "add" | "multiply" | "maximum" | "minimum" | "fmax" | "fmin") => Ok(Kind::Bool),
-                (_, Kind::Bool) => Ok(Kind::Int),
+                (_, Kind::Bool) => Ok(Kind::Index),
                 _ => Ok(k),
             }
         }
@@ -462,7 +477,10 @@ mod tests {
         let k = |op: &str, ks: &[Kind]| result_kind(Op::of(op).get(), ks);
         assert_eq!(k("add", &[Kind::Bool, Kind::Bool]), Ok(Kind::Bool));
         assert_eq!(k("add", &[Kind::Bool, Kind::Int]), Ok(Kind::Int));
-        assert_eq!(k("divide", &[Kind::Int, Kind::Int]), Ok(Kind::Float));
+        assert_eq!(k("add", &[Kind::Bool, Kind::Index]), Ok(Kind::Index));
+        assert_eq!(k("multiply", &[Kind::Bool, Kind::Bool]), Ok(Kind::Bool));
+        assert_eq!(k("sign", &[Kind::Bool]), Ok(Kind::Index));
+        assert_eq!(k("divide", &[Kind::Index, Kind::Int]), Ok(Kind::Float));
         assert_eq!(k("less", &[Kind::Float, Kind::Int]), Ok(Kind::Bool));
         assert!(k("logical_and", &[Kind::Float, Kind::Bool]).is_err());
         assert!(k("subtract", &[Kind::Bool, Kind::Bool]).is_err());

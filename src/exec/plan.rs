@@ -294,8 +294,8 @@ impl Plan {
                 inputs: &inputs,
                 lets: &lets,
             };
-            let (node, shape, _kind) = resolve(&ast, &cx)?;
-            resolved.push((node, shape));
+            let (node, shape, kind) = resolve(&ast, &cx)?;
+            resolved.push((node, shape, out.dtype.unwrap_or(kind.default_dtype())));
         }
         lets.check_all(&super::resolve::Ctx {
             index: 0,
@@ -312,19 +312,19 @@ impl Plan {
             const_shapes: vec![],
         };
         let mut outputs = Vec::new();
-        for (index, ((node, shape), out)) in resolved.iter().zip(&w.outputs).enumerate() {
+        for (index, ((node, shape, dtype), out)) in resolved.iter().zip(&w.outputs).enumerate() {
             let kernel = low.lower(node);
             let (block, local) = low.stage_block(&kernel, shape);
             let chunk = if local {
-                low.output_chunk(&kernel, shape, shape, out.dtype.size())
+                low.output_chunk(&kernel, shape, shape, dtype.size())
             } else {
-                low.output_chunk(&kernel, shape, &block, out.dtype.size())
+                low.output_chunk(&kernel, shape, &block, dtype.size())
             };
             outputs.push(OutputSpec {
                 file: out.file.clone(),
                 dataset: out.dataset.clone(),
                 shape: shape.clone(),
-                dtype: out.dtype,
+                dtype: *dtype,
                 chunk,
                 expr: out.expr.clone(),
             });

@@ -154,10 +154,10 @@ impl ReduceDef {
 
     pub fn result_kind(&self, arg: Kind) -> Kind {
         match self.kind {
-            ReduceKind::Count => arg.max(Kind::Int),
+            ReduceKind::Count => arg.max(Kind::Index),
             ReduceKind::Same => arg,
             ReduceKind::Float => Kind::Float,
-            ReduceKind::Int => Kind::Int,
+            ReduceKind::Int => Kind::Index,
             ReduceKind::Bool => Kind::Bool,
         }
     }

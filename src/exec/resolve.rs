@@ -142,7 +142,7 @@ fn map(op: Op, args: Vec<Resolved>, cx: &Ctx, at: (&str, usize)) -> Result<Resol
 pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
     Ok(match ast {
         Ast::Num(v) => (Node::Num(*v), vec![], Kind::Float),
-        Ast::Int(v) => (Node::Num(*v as f64), vec![], Kind::Int),
+        Ast::Int(v) => (Node::Num(*v as f64), vec![], Kind::Index),
         Ast::Name { name, pos } => match cx.names.get(name.as_str()) {
             Some(&i) => {
                 let spec = &cx.inputs[i as usize];
@@ -269,7 +269,7 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                         hist: Some(Histogram { bins, lo, hi }),
                     },
                     vec![bins],
-                    Kind::Int,
+                    Kind::Index,
                 )
             } else if let Some(def) = ReduceDef::named(func)
                 .filter(|d| d.op != ReduceOp::Histogram)

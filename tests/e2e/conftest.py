@@ -394,12 +394,32 @@ def oracle(expr: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
     associative), so Python's own evaluator with numpy functions is the oracle.
     """
     # No builtins but the import hook numpy's array methods (x.mean()) use inside.
+    return np.asarray(oracle_natural(expr, inputs), dtype=np.float64)
+
+
+def oracle_natural(expr: str, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """numpy's result of a drover expression in numpy's own dtype (inputs as float64,
+    as drover computes): bool for comparisons, int64 for counts and indices."""
     ns: dict[str, Any] = {"__builtins__": {"__import__": __import__}}
     ns.update(ORACLE_FUNCS)
     for name, arr in inputs.items():
         ns[name] = np.asarray(arr).astype(np.float64)
     with np.errstate(all="ignore"):
-        return np.asarray(eval(expr, ns), dtype=np.float64)  # noqa: S307 - test-authored
+        return np.asarray(eval(expr, ns))  # noqa: S307 - test-authored
+
+
+# numpy's dtype names, as drover reports them
+NUMPY_DTYPE_NAMES = {"float64": "f64", "float32": "f32", "int8": "i8", "int16": "i16", "int32": "i32",
+                     "int64": "i64", "uint8": "u8", "uint16": "u16", "uint32": "u32", "uint64": "u64"}
+
+
+def default_dtype(natural: np.ndarray) -> str:
+    """drover's default output dtype for a result numpy gives in `natural`'s dtype."""
+    if natural.dtype == np.bool_:
+        return "bool"
+    if np.issubdtype(natural.dtype, np.integer):
+        return "i64"
+    return "f64"
 
 
 def assert_close(
@@ -423,6 +443,12 @@ def assert_close(
     if scale is None:
         finite = expected[np.isfinite(expected)]
         scale = float(np.max(np.abs(finite))) if finite.size else 1.0
+    dtype = NUMPY_DTYPE_NAMES.get(dtype, dtype)
+    if dtype not in ("f32", "f64"):
+        want = np.dtype("bool" if dtype == "bool" else dtype.replace("i", "int").replace("u", "uint"))
+        assert actual.dtype == want, f"{what}: dtype {actual.dtype}, want {want}"
+        np.testing.assert_array_equal(actual, expected.astype(want), err_msg=what)
+        return
     if dtype == "f32":
         assert actual.dtype == np.float32, f"{what}: dtype {actual.dtype}, want float32"
         exp32 = expected.astype(np.float32)
@@ -473,7 +499,8 @@ class Input:
         return s
 
 
-def check_json(result: dict, cases: Sequence[Case], workdir: Path, run: Run) -> None:
+def check_json(result: dict, cases: Sequence[Case], workdir: Path, run: Run,
+               dtypes: Mapping[str, str] | None = None) -> None:
     for key, typ in (("tasks_total", int), ("tasks_retried", int), ("bytes_read", int)):
         assert key in result, f"--json lacks {key!r}: {result}\n{run.describe()}"
         assert isinstance(result[key], typ) and not isinstance(result[key], bool), (
@@ -499,7 +526,9 @@ def check_json(result: dict, cases: Sequence[Case], workdir: Path, run: Run) -> 
         key = (os.path.realpath(workdir / c.file), "/" + c.dataset.lstrip("/"))
         assert key in by_target, f"--json outputs lack {key}: {outs}"
         o = by_target[key]
-        assert o["dtype"] == (c.dtype or "f64"), o
+        want = c.dtype or (dtypes or {}).get(c.dataset, "f64")
+        want = NUMPY_DTYPE_NAMES.get(want, want)  # drover reports its own names
+        assert o["dtype"] == want, f"{c.expr!r}: dtype {o['dtype']}, want {want}"
         assert isinstance(o["shape"], list) and all(
             isinstance(n, int) and not isinstance(n, bool) for n in o["shape"]
         ), o
@@ -547,7 +576,10 @@ def run_workload(
     assert run.rc == 0, f"drover run failed\n{run.describe()}"
     assert "panicked" not in run.stderr, run.describe()
     result = run.json()
-    check_json(result, cases, workdir, run)
+    arrays = {n: inp.data for n, inp in inputs.items()}
+    naturals = {c.dataset: oracle_natural(c.expr, arrays) for c in cases}
+    dtypes = {c.dataset: c.dtype or default_dtype(naturals[c.dataset]) for c in cases}
+    check_json(result, cases, workdir, run, dtypes)
     values = {}
     arrays = {n: inp.data for n, inp in inputs.items()}
     scale = max(
@@ -559,7 +591,7 @@ def run_workload(
         got, info = read_h5(workdir / c.file, c.dataset)
         what = f"expr {c.expr!r} -> {c.file}:{c.dataset}"
         s = max(scale, float(np.max(np.abs(expected))) if expected.size else 0.0)
-        assert_close(got, expected, dtype=c.dtype or "f64", scale=s, atol=c.atol, what=what)
+        assert_close(got, expected, dtype=dtypes[c.dataset], scale=s, atol=c.atol, what=what)
         if expected.ndim > 0:
             assert info["chunks"] is not None, f"{what}: output dataset is not chunked"
         o = json_by_ds.get("/" + c.dataset.lstrip("/"))

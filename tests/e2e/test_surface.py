@@ -226,3 +226,38 @@ def test_bad_expressions_are_refused_before_any_work(drover, tmp_path, rng, expr
         assert q in errors[0], f"{q!r} not in {errors[0]!r}"
     assert expr.strip() in errors[0] or "nanmeen" in expr, f"the expression is quoted: {errors[0]!r}"
     assert not (tmp_path / "out.h5").exists(), "nothing written"
+
+
+def test_output_dtypes_default_like_numpy_and_cast_like_astype(drover, tmp_path, rng):
+    """Comparisons default to bool and counts/indices to int64 (checked for every case
+    above through the oracle's own dtype); here explicit dtypes: numpy's astype
+    (truncation toward zero, nonzero to True), compared exactly."""
+    cases = [
+        Case("where(isnan(t), 0, t) * 100 - 50", "/i16", dtype="i16"),
+        Case("i + 9", "/u8", dtype="u8"),
+        Case("count_nonzero(t > 0.5, axis=0)", "/i32", dtype="i32"),
+        Case("i * 1000000", "/i64", dtype="i64"),
+        Case("where(isnan(t), 0, t) - 0.5", "/bool", dtype="bool"),
+        Case("t > 0.5", "/f32", dtype="f32"),
+        Case("argmax(i, axis=1)", "/u64", dtype="uint64"),
+        Case("i", "/f64", dtype="f64"),
+    ]
+    run, result, got = run_workload(drover, tmp_path, inputs(rng), cases)
+    assert got["/i16"].dtype == np.int16 and got["/bool"].dtype == np.bool_
+
+
+@pytest.mark.parametrize("expr,dtype,quoted", [
+    ("t", "i64", ["the value NaN", "i64"]),       # NaN cannot be an integer
+    ("i * 100", "i8", ["cannot be stored as i8"]),  # out of range
+    ("i", "u16", ["the value -", "u16"]),         # negative into unsigned
+    ("1 / (i - i)", "i32", ["inf", "i32"]),       # infinite
+])
+def test_a_value_an_integer_dtype_cannot_hold_fails_the_run(drover, tmp_path, rng, expr, dtype, quoted):
+    run, _, _ = run_workload(drover, tmp_path, inputs(rng), [Case(expr, "/o", dtype=dtype)], check=False)
+    assert run.rc == 1, run.describe()
+    errors = [l for l in run.stderr.splitlines() if l.startswith("error: ")]
+    assert errors and "outputs[0]" in errors[-1] and "/o" in errors[-1], run.describe()
+    for q in quoted:
+        assert q in errors[-1], f"{q!r} not in {errors[-1]!r}"
+    assert "panicked" not in run.stderr
+    assert not (tmp_path / "out.h5").exists(), "no output from a failed run"

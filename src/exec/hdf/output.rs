@@ -97,6 +97,15 @@ pub fn create_output(
     let builder = match dtype {
         OutDtype::F64 => file.new_dataset::<f64>(),
         OutDtype::F32 => file.new_dataset::<f32>(),
+        OutDtype::I8 => file.new_dataset::<i8>(),
+        OutDtype::I16 => file.new_dataset::<i16>(),
+        OutDtype::I32 => file.new_dataset::<i32>(),
+        OutDtype::I64 => file.new_dataset::<i64>(),
+        OutDtype::U8 => file.new_dataset::<u8>(),
+        OutDtype::U16 => file.new_dataset::<u16>(),
+        OutDtype::U32 => file.new_dataset::<u32>(),
+        OutDtype::U64 => file.new_dataset::<u64>(),
+        OutDtype::Bool => file.new_dataset::<bool>(),
     };
     let mut builder = builder.shape(shape.to_vec());
     if let Some(c) = chunk
@@ -114,16 +123,18 @@ pub fn create_output(
     builder.set_link_create_plist(&lcpl).create(dataset)
 }
 
-/// Write a region of an output from f64 or f32 little-endian bytes.
+/// Write a region of an output from its little-endian bytes (the output's dtype;
+/// bool as one byte 0 or 1).
 pub fn write_region(ds: &hdf5::Dataset, region: &[Range<usize>], dtype: OutDtype, bytes: &[u8]) -> hdf5::Result<()> {
     let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
     // Written straight from the received bytes when they are aligned and native
     // little-endian (the usual case): a block is never copied to be written.
-    macro_rules! in_place {
-        ($t:ty) => {
+    macro_rules! numeric {
+        ($t:ty) => {{
             if cfg!(target_endian = "little") {
-                // SAFETY: f32 and f64 have no invalid bit patterns; align_to puts the
-                // bytes it cannot align in the prefix and suffix, checked empty here.
+                // SAFETY: these numeric types have no invalid bit patterns; align_to
+                // puts the bytes it cannot align in the prefix and suffix, checked
+                // empty here.
                 let (pre, vals, post) = unsafe { bytes.align_to::<$t>() };
                 if pre.is_empty() && post.is_empty() {
                     let a = ndarray::ArrayViewD::from_shape(IxDyn(&shape), vals).map_err(|e| hdf5::Error::from(e.to_string()))?;
@@ -136,20 +147,28 @@ pub fn write_region(ds: &hdf5::Dataset, region: &[Range<usize>], dtype: OutDtype
                     return ds.as_writer().write_slice(a, hyperslab(region));
                 }
             }
-        };
-    }
-    match dtype {
-        OutDtype::F64 => in_place!(f64),
-        OutDtype::F32 => in_place!(f32),
-    }
-    match dtype {
-        OutDtype::F64 => {
-            let v: Vec<f64> = bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
+            const W: usize = std::mem::size_of::<$t>();
+            let v: Vec<$t> = bytes
+                .chunks_exact(W)
+                .map(|c| <$t>::from_le_bytes(c.try_into().expect("width")))
+                .collect();
             let a = ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| hdf5::Error::from(e.to_string()))?;
             write_array(ds, region, &a)
-        }
-        OutDtype::F32 => {
-            let v: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        }};
+    }
+    match dtype {
+        OutDtype::F64 => numeric!(f64),
+        OutDtype::F32 => numeric!(f32),
+        OutDtype::I8 => numeric!(i8),
+        OutDtype::I16 => numeric!(i16),
+        OutDtype::I32 => numeric!(i32),
+        OutDtype::I64 => numeric!(i64),
+        OutDtype::U8 => numeric!(u8),
+        OutDtype::U16 => numeric!(u16),
+        OutDtype::U32 => numeric!(u32),
+        OutDtype::U64 => numeric!(u64),
+        OutDtype::Bool => {
+            let v: Vec<bool> = bytes.iter().map(|&b| b != 0).collect();
             let a = ArrayD::from_shape_vec(IxDyn(&shape), v).map_err(|e| hdf5::Error::from(e.to_string()))?;
             write_array(ds, region, &a)
         }
