@@ -34,6 +34,8 @@ pub enum WorkloadError {
     NoOutputs { path: PathBuf },
     #[error("{path}: input name \"{name}\" cannot be used in expressions; {hint}")]
     BadInputName { path: PathBuf, name: String, hint: &'static str },
+    #[error("{path}: [inputs.{name}] {message}")]
+    BadGenerated { path: PathBuf, name: String, message: String },
     #[error("{path}: [inputs.{name}] chunks {chunks:?} has an entry below 1; every entry must be a positive block length")]
     BadChunks { path: PathBuf, name: String, chunks: Vec<i64> },
     #[error(
@@ -125,9 +127,45 @@ struct RawWorkload {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInput {
-    file: PathBuf,
-    dataset: String,
+    file: Option<PathBuf>,
+    dataset: Option<String>,
     chunks: Option<Vec<i64>>,
+    generate: Option<String>,
+    shape: Option<Vec<i64>>,
+    value: Option<f64>,
+    seed: Option<u64>,
+}
+
+/// What a generated input holds (numpy's `ones`, `zeros`, `full`, `arange`, and
+/// uniform or normal random values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GenKind {
+    Ones,
+    Zeros,
+    Full,
+    Arange,
+    Random,
+    Normal,
+}
+
+const GENERATORS: &[(&str, GenKind)] = &[
+    ("ones", GenKind::Ones),
+    ("zeros", GenKind::Zeros),
+    ("full", GenKind::Full),
+    ("arange", GenKind::Arange),
+    ("random", GenKind::Random),
+    ("normal", GenKind::Normal),
+];
+
+/// A generated input: no file; element `k` (row-major) is a function of `k` (and of
+/// `seed`), so the values are the same whatever the chunking and the workers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Generate {
+    pub kind: GenKind,
+    pub shape: Vec<usize>,
+    /// `full`'s value.
+    pub value: f64,
+    pub seed: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,9 +181,12 @@ struct RawOutput {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Input {
     pub name: String,
+    /// Empty for a generated input.
     pub file: PathBuf,
     pub dataset: String,
     pub chunks: Option<Vec<usize>>,
+    #[serde(default)]
+    pub generate: Option<Generate>,
 }
 
 /// One output, paths resolved.
@@ -214,11 +255,66 @@ impl Workload {
                 Some(c) if c.iter().any(|&v| v < 1) => return Err(WorkloadError::BadChunks { path: p, name, chunks: c }),
                 Some(c) => Some(c.into_iter().map(|v| v as usize).collect()),
             };
+            let bad = |message: String| WorkloadError::BadGenerated {
+                path: p.clone(),
+                name: name.clone(),
+                message,
+            };
+            let generate = match &inp.generate {
+                None => {
+                    if inp.shape.is_some() || inp.value.is_some() || inp.seed.is_some() {
+                        return Err(bad(
+                            "has shape, value or seed but no generate = \"...\"; those describe generated inputs".into(),
+                        ));
+                    }
+                    None
+                }
+                Some(g) => {
+                    let names: Vec<&str> = GENERATORS.iter().map(|g| g.0).collect();
+                    let Some(&(_, kind)) = GENERATORS.iter().find(|(n, _)| n == g) else {
+                        return Err(bad(format!(
+                            "generate = \"{g}\" is not a generator; use one of {}",
+                            names.join(", ")
+                        )));
+                    };
+                    if inp.file.is_some() || inp.dataset.is_some() {
+                        return Err(bad(format!("has both generate = \"{g}\" and file/dataset; give one or the other")));
+                    }
+                    let Some(shape) = &inp.shape else {
+                        return Err(bad(format!("generate = \"{g}\" needs shape = [...] (e.g. shape = [1000, 1000])")));
+                    };
+                    if shape.is_empty() || shape.iter().any(|&n| n < 1) {
+                        return Err(bad(format!("shape {shape:?} must have at least one dimension, each at least 1")));
+                    }
+                    if inp.value.is_some() != (kind == GenKind::Full) {
+                        return Err(bad(format!(
+                            "value = is for generate = \"full\" (and it needs one); this is \"{g}\""
+                        )));
+                    }
+                    if inp.seed.is_some() && !matches!(kind, GenKind::Random | GenKind::Normal) {
+                        return Err(bad(format!("seed = is for random and normal inputs, not \"{g}\"")));
+                    }
+                    Some(Generate {
+                        kind,
+                        shape: shape.iter().map(|&n| n as usize).collect(),
+                        value: inp.value.unwrap_or(0.0),
+                        seed: inp.seed.unwrap_or(0),
+                    })
+                }
+            };
+            let (file, dataset) = match (&generate, inp.file, inp.dataset) {
+                (Some(_), _, _) => (PathBuf::new(), String::new()),
+                (None, Some(f), Some(d)) => (base.join(f), d),
+                (None, _, _) => {
+                    return Err(bad("needs file = \"...\" and dataset = \"...\" (or generate = \"ones\" | \"zeros\" | \"full\" | \"arange\" | \"random\" | \"normal\" with shape)".into()));
+                }
+            };
             inputs.push(Input {
                 name,
-                file: base.join(&inp.file),
-                dataset: inp.dataset,
+                file,
+                dataset,
                 chunks,
+                generate,
             });
         }
         let mut lets = Vec::new();

@@ -13,6 +13,7 @@
 pub mod accumulate;
 pub mod buffers;
 pub mod expr;
+pub mod generate;
 pub mod geometry;
 pub mod hdf;
 pub mod kernel;
@@ -79,11 +80,46 @@ pub struct BlockResult {
     pub payload: Vec<u8>,
 }
 
-/// Open every input dataset of a plan (once per job and process).
-pub fn open_inputs(plan: &Plan) -> Result<Vec<hdf::Reader>, ExecError> {
+/// An opened input: an HDF5 dataset, or a generated array.
+pub enum Source {
+    Hdf(Box<hdf::Reader>),
+    Generated(crate::config::workload::Generate),
+}
+
+impl Source {
+    /// The HDF5 reader, for the paths that read stored bytes directly.
+    pub fn hdf(&self) -> Option<&hdf::Reader> {
+        match self {
+            Source::Hdf(r) => Some(r.as_ref()),
+            Source::Generated(_) => None,
+        }
+    }
+
+    /// Read a region as f64 into `out` (row-major, the region's shape).
+    pub fn read_into(&self, region: &[Range<usize>], out: &mut [f64]) -> hdf5::Result<()> {
+        match self {
+            Source::Hdf(r) => r.read_into(region, out),
+            Source::Generated(g) => {
+                generate::fill(g, region, out);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the input is as it was when opened (generated inputs always are).
+    pub fn unchanged(&self) -> Result<(), String> {
+        self.hdf().map_or(Ok(()), hdf::Reader::unchanged)
+    }
+}
+
+/// Open every input of a plan (once per job and process).
+pub fn open_inputs(plan: &Plan) -> Result<Vec<Source>, ExecError> {
     plan.inputs
         .iter()
         .map(|inp| {
+            if let Some(g) = &inp.generate {
+                return Ok(Source::Generated(g.clone()));
+            }
             let err = |e: hdf5::Error| ExecError::Open {
                 input: inp.name.clone(),
                 file: inp.file.display().to_string(),
@@ -92,7 +128,7 @@ pub fn open_inputs(plan: &Plan) -> Result<Vec<hdf::Reader>, ExecError> {
             };
             let r = hdf::Reader::open(&inp.file, &inp.dataset).map_err(err)?;
             tracing::debug!(input = %inp.name, direct = r.is_direct(), decode = r.decoder(), "opened input");
-            Ok(r)
+            Ok(Source::Hdf(Box::new(r)))
         })
         .collect()
 }
@@ -156,7 +192,7 @@ pub fn take_f64(bytes: &[u8], off: &mut usize, shape: &[usize]) -> Option<ArrayD
 /// and walking it again, which made reductions several times slower.
 pub fn execute_block(
     plan: &Plan,
-    datasets: &[hdf::Reader],
+    datasets: &[Source],
     consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
     stage: u32,
     block: u64,
@@ -170,7 +206,7 @@ pub fn execute_block(
     result
 }
 
-fn inputs_unchanged(plan: &Plan, datasets: &[hdf::Reader]) -> Result<(), ExecError> {
+fn inputs_unchanged(plan: &Plan, datasets: &[Source]) -> Result<(), ExecError> {
     for (inp, r) in plan.inputs.iter().zip(datasets) {
         r.unchanged().map_err(|reason| ExecError::Changed {
             input: inp.name.clone(),
@@ -183,7 +219,7 @@ fn inputs_unchanged(plan: &Plan, datasets: &[hdf::Reader]) -> Result<(), ExecErr
 
 fn block_result(
     plan: &Plan,
-    datasets: &[hdf::Reader],
+    datasets: &[Source],
     consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
     stage: u32,
     block: u64,
@@ -217,9 +253,9 @@ fn block_result(
             // with no f64 copy (the widening happens in the fold).
             if let Kernel::Input(i) = st.kernel
                 && plan.inputs[i as usize].shape == st.shape
-                && datasets[i as usize].typed_cell_elems().is_some_and(|n| n >= PIECE_ELEMS / 16)
+                && let Some(r) = datasets[i as usize].hdf()
+                && r.typed_cell_elems().is_some_and(|n| n >= PIECE_ELEMS / 16)
             {
-                let r = &datasets[i as usize];
                 r.for_each_typed_cell(&region, |sub, values| {
                     let rel: Vec<Range<usize>> = sub.iter().zip(&region).map(|(s, b)| s.start - b.start..s.end - b.start).collect();
                     bytes_read += (sub.iter().map(|r| r.len()).product::<usize>() * plan.inputs[i as usize].dtype.size()) as u64;
@@ -241,7 +277,8 @@ fn block_result(
                 // A plain input reduced as stored: reduce the mapped file in place.
                 if let Kernel::Input(i) = st.kernel
                     && plan.inputs[i as usize].shape == st.shape
-                    && let Some(view) = datasets[i as usize].view(abs).map_err(|e| read_error(plan, i, abs, e))?
+                    && let Some(r) = datasets[i as usize].hdf()
+                    && let Some(view) = r.view(abs).map_err(|e| read_error(plan, i, abs, e))?
                 {
                     bytes_read += (view.len() * 8) as u64;
                     for (acc, &c) in accs.iter_mut().zip(ids) {
@@ -424,7 +461,7 @@ fn for_each_piece(
 /// region's shape and the input bytes read.
 fn eval_region(
     plan: &Plan,
-    datasets: &[hdf::Reader],
+    datasets: &[Source],
     consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
     st: &plan::Stage,
     region: &[Range<usize>],
@@ -441,7 +478,9 @@ fn eval_region(
             let inp = &plan.inputs[*i as usize];
             let r = operand_region(region, &inp.shape);
             let a = read_pooled(&datasets[*i as usize], &r).map_err(|e| read_error(plan, *i, &r, e))?;
-            bytes_read += (a.len() * inp.dtype.size()) as u64;
+            if inp.generate.is_none() {
+                bytes_read += (a.len() * inp.dtype.size()) as u64;
+            }
             if reused(*i) {
                 cache.push((*i, a.clone()));
             }
@@ -458,7 +497,9 @@ fn eval_region(
             match **leaf {
                 Kernel::Input(i) => {
                     let a = read_pooled(&datasets[i as usize], &src).map_err(|e| read_error(plan, i, &src, e))?;
-                    bytes_read += (a.len() * plan.inputs[i as usize].dtype.size()) as u64;
+                    if plan.inputs[i as usize].generate.is_none() {
+                        bytes_read += (a.len() * plan.inputs[i as usize].dtype.size()) as u64;
+                    }
                     Ok(v.apply(a.view()))
                 }
                 Kernel::Const(c) => {
@@ -572,7 +613,7 @@ thread_local! {
 }
 
 /// Read a region into a pooled buffer.
-fn read_pooled(r: &hdf::Reader, region: &[Range<usize>]) -> hdf5::Result<ArrayD<f64>> {
+fn read_pooled(r: &Source, region: &[Range<usize>]) -> hdf5::Result<ArrayD<f64>> {
     let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
     let n: usize = shape.iter().product();
     let mut v = POOL.with_borrow_mut(|p| p.pop()).unwrap_or_default();

@@ -92,6 +92,9 @@ pub struct InputSpec {
     pub dtype: Dtype,
     pub block: Vec<usize>,
     pub hdf5_chunk: Option<Vec<usize>>,
+    /// A generated input (no file).
+    #[serde(default)]
+    pub generate: Option<crate::config::workload::Generate>,
 }
 
 /// A reduction result.
@@ -223,10 +226,17 @@ impl Plan {
     pub fn build(w: &Workload) -> Result<Plan, PlanError> {
         let mut inputs = Vec::new();
         for inp in &w.inputs {
-            let info = hdf::inspect(&inp.file, &inp.dataset).map_err(|reason| PlanError::Input {
-                name: inp.name.clone(),
-                reason,
-            })?;
+            let info = match &inp.generate {
+                Some(g) => hdf::DatasetInfo {
+                    shape: g.shape.clone(),
+                    dtype: Dtype::F64,
+                    chunk: None,
+                },
+                None => hdf::inspect(&inp.file, &inp.dataset).map_err(|reason| PlanError::Input {
+                    name: inp.name.clone(),
+                    reason,
+                })?,
+            };
             let block = match &inp.chunks {
                 Some(c) if c.len() != info.shape.len() => {
                     return Err(PlanError::ChunkRank {
@@ -257,6 +267,7 @@ impl Plan {
                 dtype: info.dtype,
                 block,
                 hdf5_chunk: info.chunk,
+                generate: inp.generate.clone(),
             });
         }
         let names: HashMap<&str, u32> = inputs.iter().enumerate().map(|(i, s)| (s.name.as_str(), i as u32)).collect();
@@ -426,6 +437,7 @@ mod tests {
             dtype: Dtype::F64,
             block: block.to_vec(),
             hdf5_chunk: None,
+            generate: None,
         }
     }
 

@@ -109,6 +109,10 @@ type Resolved = (Node, Vec<usize>, Kind);
 
 fn input_kind(spec: &InputSpec) -> Kind {
     use super::hdf::Dtype;
+    use crate::config::workload::GenKind;
+    if let Some(g) = &spec.generate {
+        return if g.kind == GenKind::Arange { Kind::Index } else { Kind::Float };
+    }
     match spec.dtype {
         Dtype::F32 | Dtype::F64 => Kind::Float,
         _ => Kind::Int,

@@ -54,7 +54,7 @@ struct JobCtx {
     plan: Plan,
     /// Per output: the file's chunks, when this worker writes its blocks itself.
     sinks: Vec<Option<exec::hdf::ChunkSink>>,
-    datasets: OnceLock<Result<Vec<exec::hdf::Reader>, String>>,
+    datasets: OnceLock<Result<Vec<exec::Source>, String>>,
     consts: RwLock<HashMap<u32, Arc<ArrayD<f64>>>>,
 }
 
