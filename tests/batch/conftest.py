@@ -192,8 +192,28 @@ def make_workload(dirpath: Path, rng: np.random.Generator) -> tuple[Path, dict[s
         '[[outputs]]\nexpr = "t - mean(t, axis=0)"\nfile = "out.h5"\ndataset = "/anom"\n'
         '[[outputs]]\nexpr = "std(t, axis=(0, 2))"\nfile = "out.h5"\ndataset = "/std"\n'
         '[[outputs]]\nexpr = "sum(t * 2)"\nfile = "out.h5"\ndataset = "/total"\n'
+        # the expression surface of issue 10, on batch workers too
+        '[let]\nclim = "mean(t, axis=0)"\n'
+        '[[outputs]]\nexpr = "transpose(t - clim)"\nfile = "out.h5"\ndataset = "/anom_t"\n'
+        '[[outputs]]\nexpr = "nanmean(where(t > 280, t, nan), axis=0)"\nfile = "out.h5"\ndataset = "/masked"\n'
+        '[[outputs]]\nexpr = "t[1:] - t[:-1]"\nfile = "out.h5"\ndataset = "/diff"\n'
+        '[[outputs]]\nexpr = "histogram(t, bins=8, range=(240, 320))"\nfile = "out.h5"\ndataset = "/hist"\n'
+        '[[outputs]]\nexpr = "argmax(t, axis=0)"\nfile = "out.h5"\ndataset = "/argmax"\n'
+        '[[outputs]]\nexpr = "sum(t > 290, axis=0)"\nfile = "out.h5"\ndataset = "/hot"\n'
     )
-    want = {"/anom": x - x.mean(axis=0), "/std": x.std(axis=(0, 2)), "/total": np.asarray((x * 2).sum())}
+    with np.errstate(invalid="ignore"):
+        masked = np.nanmean(np.where(x > 280, x, np.nan), axis=0)
+    want = {
+        "/anom": x - x.mean(axis=0),
+        "/std": x.std(axis=(0, 2)),
+        "/total": np.asarray((x * 2).sum()),
+        "/anom_t": np.transpose(x - x.mean(axis=0)),
+        "/masked": masked,
+        "/diff": x[1:] - x[:-1],
+        "/hist": np.histogram(x, bins=8, range=(240, 320))[0],
+        "/argmax": np.argmax(x, axis=0),
+        "/hot": np.sum(x > 290, axis=0),
+    }
     return dirpath / "w.toml", want
 
 
@@ -201,7 +221,13 @@ def check_outputs(path: Path, want: dict[str, np.ndarray]) -> None:
     with h5py.File(path, "r") as f:
         for name, expected in want.items():
             got = f[name][()]
-            np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9 * float(np.abs(expected).max() or 1))
+            if np.issubdtype(np.asarray(expected).dtype, np.integer):
+                assert got.dtype == np.int64, f"{name}: dtype {got.dtype}"
+                np.testing.assert_array_equal(got, expected, err_msg=name)
+                continue
+            finite = np.abs(expected[np.isfinite(expected)]) if np.ndim(expected) else np.abs(expected)
+            np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9 * float(np.max(finite, initial=1.0)),
+                                       err_msg=name)
 
 
 def drover(system: System, *args, timeout: float = 240) -> subprocess.CompletedProcess:

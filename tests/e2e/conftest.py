@@ -603,6 +603,21 @@ def run_workload(
     return run, result, values
 
 
+def assert_refused(run: Run, quoted: Sequence[str], unwritten: Path, rc: int = 2, single: bool = True) -> str:
+    """A refused (or failed) run: exit code `rc`, no panic, an `error: ` line (the only
+    one when `single`) quoting every string of `quoted`, and `unwritten` not created.
+    Returns that line."""
+    errors = [l for l in run.stderr.splitlines() if l.startswith("error: ")]
+    assert run.rc == rc, f"exit code {run.rc}, want {rc}\n{run.describe()}"
+    assert errors and (len(errors) == 1 or not single), run.describe()
+    assert "panicked" not in run.stderr, run.describe()
+    line = errors[-1]
+    for q in quoted:
+        assert q in line, f"{q!r} not in {line!r}"
+    assert not unwritten.exists(), f"{unwritten} was written by a refused run"
+    return line
+
+
 # --------------------------------------------------------------------------
 # Files
 
