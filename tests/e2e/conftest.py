@@ -342,6 +342,21 @@ def read_h5(path: Path, dataset: str) -> tuple[np.ndarray, dict]:
     return np.asarray(values), info
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _tmpdir_inside_pytest(tmp_path_factory):
+    """drover's embedded cluster keeps a private folder in TMPDIR and removes it when it
+    ends, even on SIGTERM; a run killed with SIGKILL (as some tests do on purpose)
+    cannot. TMPDIR points inside pytest's temporary tree, so nothing is left in /tmp."""
+    d = tmp_path_factory.mktemp("tmpdir")
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(d)
+    yield
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20240611)
