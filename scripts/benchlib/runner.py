@@ -60,8 +60,11 @@ class Bench:
     # ---- dask.distributed: one warm cluster for the whole run
 
     def start_cluster(self) -> None:
+        import dask
         from distributed import Client, LocalCluster
 
+        # dask's scratch space in the benchmark's folder, not /tmp/dask-scratch-space
+        dask.config.set({"temporary-directory": str(OUT_DIR / "dask-scratch")})
         t0 = time.perf_counter()
         self.cluster = LocalCluster(
             n_workers=self.args.workers,
@@ -69,6 +72,7 @@ class Bench:
             processes=True,
             dashboard_address=None,
             silence_logs=logging.ERROR,
+            local_directory=str(OUT_DIR / "dask-scratch"),   # not /tmp/dask-scratch-space
         )
         self.client = Client(self.cluster, set_as_default=False)
         self.client.wait_for_workers(self.args.workers)
