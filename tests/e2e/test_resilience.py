@@ -174,6 +174,24 @@ def error_lines(stderr: str) -> list[str]:
     return [l for l in stderr.splitlines() if l.startswith("error: ")]
 
 
+def disturb_mid_run(drover: Path, w: Path, action, env: dict | None = None, timeout: float = 60.0):
+    """Start `drover run W --workers 2`, wait until it has journaled results, call
+    `action(proc)`, and wait for the run to end and its processes to go (they are
+    killed in any case). Returns (exit code, stderr, processes still alive after 15 s)."""
+    mark = new_mark()
+    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "2"], env=child_env(mark, env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_journal_records(w.parent / ".slow.h5.drover-journal", proc)
+        action(proc)
+        _, err = proc.communicate(timeout=timeout)
+        survivors = wait_marked_gone(mark, 15.0)
+    finally:
+        kill_group(proc)
+        kill_marked(mark)
+    return proc.returncode, err, survivors
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signalled_run_stops_its_workers_and_removes_its_files(drover, tmp_path, sig):
     """`timeout`, `kill` or Ctrl-C on `drover run`: the embedded cluster's workers stop,
@@ -183,20 +201,14 @@ def test_a_signalled_run_stops_its_workers_and_removes_its_files(drover, tmp_pat
     w = make_slow(tmp_path, rows)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    mark = new_mark()
-    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "2"], env=child_env(mark, {"TMPDIR": str(tmp)}),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     journal = tmp_path / ".slow.h5.drover-journal"
-    try:
-        wait_for_journal_records(journal, proc)
+
+    def interrupt(proc):
         assert [p.name for p in tmp.iterdir()] != [], "the embedded server keeps its folder in TMPDIR"
         os.kill(proc.pid, sig)
-        _, err = proc.communicate(timeout=30)
-        survivors = wait_marked_gone(mark, 15.0)
-    finally:
-        kill_group(proc)
-        kill_marked(mark)
-    assert proc.returncode == 1, f"exit code {proc.returncode} after {sig.name}\n{err[-3000:]}"
+
+    rc, err, survivors = disturb_mid_run(drover, w, interrupt, env={"TMPDIR": str(tmp)}, timeout=30)
+    assert rc == 1, f"exit code {rc} after {sig.name}\n{err[-3000:]}"
     assert "panicked" not in err, err[-3000:]
     errors = error_lines(err)
     assert errors and sig.name in errors[-1], f"no error line naming {sig.name}:\n{err[-3000:]}"
@@ -214,19 +226,9 @@ def test_an_input_truncated_during_a_run_fails_it_with_a_clear_error(drover, tmp
     rows = rows_for(drover, tmp_path, 10.0)
     w = make_slow(tmp_path, rows, compression=compression)
     src = tmp_path / "bc.h5"
-    mark = new_mark()
-    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "2"], env=child_env(mark),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        wait_for_journal_records(tmp_path / ".slow.h5.drover-journal", proc)
-        size = src.stat().st_size
-        os.truncate(src, 4096)
-        _, err = proc.communicate(timeout=60)
-        survivors = wait_marked_gone(mark, 15.0)
-    finally:
-        kill_group(proc)
-        kill_marked(mark)
-    assert proc.returncode == 1, f"exit code {proc.returncode}\n{err[-3000:]}"
+    size = src.stat().st_size
+    rc, err, survivors = disturb_mid_run(drover, w, lambda proc: os.truncate(src, 4096))
+    assert rc == 1, f"exit code {rc}\n{err[-3000:]}"
     assert "panicked" not in err, err[-3000:]
     errors = error_lines(err)
     assert errors, f"no error line:\n{err[-3000:]}"

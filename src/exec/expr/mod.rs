@@ -461,17 +461,8 @@ impl Parser<'_> {
         let mut args = Vec::new();
         let mut axis = None;
         let mut kwargs: Vec<(String, AxisArg, usize)> = Vec::new();
-        if self.peek() == &Tok::RParen {
-            self.next();
-            return Ok(Ast::Call {
-                func,
-                pos,
-                args,
-                axis,
-                kwargs,
-            });
-        }
-        loop {
+        let mut more = self.peek() != &Tok::RParen;
+        while more {
             let is_kw = matches!(self.peek(), Tok::Name(_)) && self.toks.get(self.i + 1).is_some_and(|t| t.0 == Tok::Eq);
             if is_kw {
                 let (Tok::Name(kw), kpos) = self.next() else { unreachable!() };
@@ -500,19 +491,18 @@ impl Parser<'_> {
                 Tok::Comma => {
                     self.next();
                 }
-                Tok::RParen => {
-                    self.next();
-                    return Ok(Ast::Call {
-                        func,
-                        pos,
-                        args,
-                        axis,
-                        kwargs,
-                    });
-                }
+                Tok::RParen => more = false,
                 other => return Err(self.error_here(format!("expected ',' or ')' but found {}", other.describe()))),
             }
         }
+        self.next(); // ')'
+        Ok(Ast::Call {
+            func,
+            pos,
+            args,
+            axis,
+            kwargs,
+        })
     }
 
     /// A number constant with an optional minus, and whether it was written as an
