@@ -98,7 +98,7 @@ ensure_python_env() {
 }
 
 ensure_venv() {
-    ensure_python_env "$DROVER_VENV" "numpy, h5py, hdf5plugin, pytest" -r "$DROVER_ROOT/tests/e2e/requirements.txt"
+    ensure_python_env "$DROVER_VENV" "numpy, h5py, hdf5plugin, pytest, xarray, netCDF4, h5netcdf, cftime, iris_sample_data" -r "$DROVER_ROOT/tests/e2e/requirements.txt"
 }
 
 cargo_release_build() {

@@ -20,7 +20,7 @@ Method (docs/PERFORMANCE.md has the long form):
   raw integers); tiny-200k, tiny-2m: `sum(t)`, one task per HDF5 chunk of 10;
   masked-mean: `nanmean(where(t > 280, t, nan), axis=0)` of the gzip-2m field against
   dask's `da.nanmean(da.where(...))` (target: drover faster than both dask).
-  Groups: all, classic (reduction,anomaly,tiny), compressed, tinychunks, surface
+  Groups: all, classic (reduction,anomaly,tiny), compressed, tinychunks, surface (masked-mean, matmul)
   (--quick leaves tiny-2m out of a group; name it to run it).
 * Contenders: raw read of the file's bytes from the page cache (plain Python readinto a
   preallocated buffer: the hardware limit; for the anomaly, read + write of those bytes),
@@ -189,7 +189,7 @@ def make_data(args) -> None:
         elif case in TINY_CHUNKED:
             ensure_tiny_chunked(TINY_CHUNKED[case])
         elif surface.is_surface(case):
-            ensure_compressed(surface.SURFACE[case], size["clim_t"])
+            surface.ensure_data(case, size)
 
 
 def main(argv=None) -> int:

@@ -86,6 +86,7 @@ for _c in TINY_CHUNKED:
 
 # the expression-surface cases (surface.py)
 CONTENDERS["masked-mean"] = ["drover", "dask-threads", "dask.distributed"]
+CONTENDERS["matmul"] = ["drover", "dask-threads", "dask.distributed"]
 
 CLASSIC_CASES = ["reduction", "anomaly", "tiny"]
 ALL_CASES = list(CONTENDERS)
@@ -94,7 +95,7 @@ CASE_GROUPS = {
     "classic": CLASSIC_CASES,
     "compressed": list(COMPRESSED),
     "tinychunks": list(TINY_CHUNKED),
-    "surface": ["masked-mean"],
+    "surface": ["masked-mean", "matmul"],
 }
 QUICK_SKIPS = {"tiny-2m"}         # left out of a group under --quick (name it to run it)
 

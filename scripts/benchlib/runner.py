@@ -155,7 +155,8 @@ class Bench:
         for n in notes:
             log(f"{case}: {n}")
         if new:
-            self.case_info[case] = chunk_index(self._mod(case).data_path(self, case))
+            mod = self._mod(case)
+            self.case_info[case] = chunk_index(mod.data_path(self, case), getattr(mod, "index_dataset", lambda _c: "t")(case))
             res["data"] = self.case_info[case]
             res["drover_block"] = list(self._mod(case).block_of(self, case))
         hwm_reset = reset_hwm(self.dask_pids) if self.dask_pids else False

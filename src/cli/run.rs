@@ -33,26 +33,66 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         )));
     }
     // Validate everything (files, datasets, expressions, outputs) before starting anything.
-    Plan::build(&workload).map_err(input)?;
+    let plan = Plan::build(&workload).map_err(input)?;
+    let decoded = decoded_inputs(&plan);
     let rt = runtime_builder()?;
-    let show_progress = !args.json && std::io::stdout().is_terminal();
+    let progress = (!args.json && std::io::stdout().is_terminal()).then(|| progress_message(&decoded));
     let mut summary = match (&args.connect, site) {
         (Some(dir), _) => {
             let access = load_access(dir)?;
             rt.block_on(async {
                 let session = Session::open(&access).await.map_err(runtime)?;
-                run_session(session, workload, show_progress).await
+                run_session(session, workload, progress).await
             })?
         }
-        (None, Some(site)) => rt.block_on(on_site(workload, site, args.workers.unwrap_or(0) as u32, show_progress))?,
-        (None, None) => rt.block_on(embedded(workload, args.workers.unwrap_or_else(cores), show_progress))?,
+        (None, Some(site)) => rt.block_on(on_site(workload, site, args.workers.unwrap_or(0) as u32, progress))?,
+        (None, None) => rt.block_on(embedded(workload, args.workers.unwrap_or_else(cores), progress))?,
     };
     summary.driver_peak_rss_bytes = crate::worker::peak_rss();
-    print_summary(&summary, args.json)
+    print_summary(&summary, &decoded, args.json)
 }
 
-fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
+/// What the run says of each input's CF decoding.
+struct InputReport {
+    name: String,
+    cf: Option<crate::exec::hdf::cf::Cf>,
+}
+
+fn decoded_inputs(plan: &Plan) -> Vec<InputReport> {
+    plan.inputs
+        .iter()
+        .map(|i| InputReport {
+            name: i.name.clone(),
+            cf: i.cf.clone(),
+        })
+        .collect()
+}
+
+/// The progress line's message: which inputs are CF-decoded.
+fn progress_message(inputs: &[InputReport]) -> String {
+    let names: Vec<&str> = inputs.iter().filter(|i| i.cf.is_some()).map(|i| i.name.as_str()).collect();
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!("CF-decoded: {}", names.join(", "))
+    }
+}
+
+fn print_summary(summary: &Summary, inputs: &[InputReport], json: bool) -> Result<(), Failure> {
     if json {
+        let inputs: Vec<serde_json::Value> = inputs
+            .iter()
+            .map(|i| {
+                let cf = i.cf.as_ref().map(|cf| {
+                    serde_json::json!({
+                        "fill_values": cf.fill_value.iter().chain(&cf.missing_values).collect::<Vec<_>>(),
+                        "scale_factor": cf.scale_factor,
+                        "add_offset": cf.add_offset,
+                    })
+                });
+                serde_json::json!({"name": i.name, "decoded": i.cf.is_some(), "cf": cf})
+            })
+            .collect();
         let outputs: Vec<serde_json::Value> = summary
             .outputs
             .iter()
@@ -67,6 +107,7 @@ fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
             "bytes_read": summary.bytes_read,
             "seconds": summary.seconds,
             "workers": summary.workers,
+            "inputs": inputs,
             "outputs": outputs,
             "driver_peak_rss_bytes": summary.driver_peak_rss_bytes,
             "worker_peak_rss_bytes": summary.worker_peak_rss_bytes,
@@ -85,17 +126,25 @@ fn print_summary(summary: &Summary, json: bool) -> Result<(), Failure> {
         for o in &summary.outputs {
             println!("  {}:{}  {} {}  = {}", o.file, o.dataset, fmt_shape(&o.shape), o.dtype, o.expr);
         }
+        for i in inputs {
+            if let Some(cf) = &i.cf {
+                println!("  input {}: CF-decoded ({})", i.name, cf.attributes().join(", "));
+            }
+        }
     }
     Ok(())
 }
 
-async fn run_session(session: Session, workload: Workload, show_progress: bool) -> Result<Summary, Failure> {
-    let bar = show_progress.then(|| {
+async fn run_session(session: Session, workload: Workload, progress: Option<String>) -> Result<Summary, Failure> {
+    let bar = progress.map(|message| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks ({per_sec}, eta {eta})")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks ({per_sec}, eta {eta}) {msg}",
+            )
+            .expect("valid template"),
         );
+        b.set_message(message);
         b
     });
     let result = session
@@ -114,7 +163,7 @@ async fn run_session(session: Session, workload: Workload, show_progress: bool) 
 
 /// A server in this process whose workers come from a batch site; every job it
 /// started is cancelled before returning, and the queue is checked empty.
-async fn on_site(workload: Workload, mut site: Site, workers: u32, show_progress: bool) -> Result<Summary, Failure> {
+async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Option<String>) -> Result<Summary, Failure> {
     let home = drover_home();
     let dir = home.join("runs").join(format!("run-{}", std::process::id()));
     if site.log_dir.is_none() {
@@ -135,7 +184,7 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, show_progress
     let result = async {
         let session = Session::open(&access).await.map_err(runtime)?.in_process();
         tokio::select! {
-            r = run_session(session, workload, show_progress) => r,
+            r = run_session(session, workload, progress) => r,
             why = interrupted() => Err(runtime(anyhow!("{why}"))),
         }
     }
@@ -148,7 +197,7 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, show_progress
 
 /// The embedded local cluster: a server in this process and `n` worker processes over
 /// loopback QUIC, stopped at the end whatever happens.
-async fn embedded(workload: Workload, n: usize, show_progress: bool) -> Result<Summary, Failure> {
+async fn embedded(workload: Workload, n: usize, progress: Option<String>) -> Result<Summary, Failure> {
     let dir = tempfile::Builder::new()
         .prefix("drover-")
         .tempdir()
@@ -194,7 +243,7 @@ async fn embedded(workload: Workload, n: usize, show_progress: bool) -> Result<S
         match session {
             Err(e) => Err(e),
             Ok(session) => tokio::select! {
-                r = run_session(session, workload, show_progress) => r,
+                r = run_session(session, workload, progress) => r,
                 codes = all_exited => Err(runtime(anyhow!(
                     "all {n} worker processes exited before the run finished ({}); see their messages above",
                     codes.join(", ")

@@ -35,7 +35,7 @@ pub enum WorkloadError {
     #[error("{path}: input name \"{name}\" cannot be used in expressions; {hint}")]
     BadInputName { path: PathBuf, name: String, hint: &'static str },
     #[error("{path}: [inputs.{name}] {message}")]
-    BadGenerated { path: PathBuf, name: String, message: String },
+    BadInput { path: PathBuf, name: String, message: String },
     #[error("{path}: [inputs.{name}] chunks {chunks:?} has an entry below 1; every entry must be a positive block length")]
     BadChunks { path: PathBuf, name: String, chunks: Vec<i64> },
     #[error(
@@ -134,6 +134,8 @@ struct RawInput {
     shape: Option<Vec<i64>>,
     value: Option<f64>,
     seed: Option<u64>,
+    /// CF decoding (`_FillValue`, `missing_value`, `scale_factor`, `add_offset`).
+    decode: Option<toml::Value>,
 }
 
 /// What a generated input holds (numpy's `ones`, `zeros`, `full`, `arange`, and
@@ -187,6 +189,14 @@ pub struct Input {
     pub chunks: Option<Vec<usize>>,
     #[serde(default)]
     pub generate: Option<Generate>,
+    /// Decode CF packing and missing values as xarray's `open_dataset` does (the
+    /// default); `decode = false` reads the stored values.
+    #[serde(default = "yes")]
+    pub decode: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One output, paths resolved.
@@ -255,7 +265,7 @@ impl Workload {
                 Some(c) if c.iter().any(|&v| v < 1) => return Err(WorkloadError::BadChunks { path: p, name, chunks: c }),
                 Some(c) => Some(c.into_iter().map(|v| v as usize).collect()),
             };
-            let bad = |message: String| WorkloadError::BadGenerated {
+            let bad = |message: String| WorkloadError::BadInput {
                 path: p.clone(),
                 name: name.clone(),
                 message,
@@ -309,12 +319,27 @@ impl Workload {
                     return Err(bad("needs file = \"...\" and dataset = \"...\" (or generate = \"ones\" | \"zeros\" | \"full\" | \"arange\" | \"random\" | \"normal\" with shape)".into()));
                 }
             };
+            let decode = match (&inp.decode, &generate) {
+                (None, _) => true,
+                (Some(_), Some(_)) => {
+                    return Err(bad(
+                        "decode = is for inputs read from a file (CF attributes); a generated input has none".into(),
+                    ));
+                }
+                (Some(toml::Value::Boolean(b)), None) => *b,
+                (Some(v), None) => {
+                    return Err(bad(format!(
+                        "decode = {v} is not true or false; decode = false reads the stored values without CF decoding"
+                    )));
+                }
+            };
             inputs.push(Input {
                 name,
                 file,
                 dataset,
                 chunks,
                 generate,
+                decode,
             });
         }
         let mut lets = Vec::new();

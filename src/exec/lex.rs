@@ -7,6 +7,8 @@ pub(super) enum Tok {
     Num(f64),
     Int(i64),
     Name(String),
+    /// A string in single or double quotes (einsum's subscripts).
+    Str(String),
     Op(&'static str),
     LParen,
     RParen,
@@ -26,6 +28,7 @@ impl Tok {
             Tok::Num(n) => format!("number {n}"),
             Tok::Int(n) => format!("number {n}"),
             Tok::Name(n) => format!("name '{n}'"),
+            Tok::Str(s) => format!("string '{s}'"),
             Tok::Op(o) => format!("'{o}'"),
             Tok::LParen => "'('".into(),
             Tok::RParen => "')'".into(),
@@ -103,6 +106,15 @@ pub(super) fn lex(src: &str) -> Result<Vec<(Tok, usize)>, SyntaxError> {
             out.push((Tok::Name(s), col(start)));
             continue;
         }
+        if c == '\'' || c == '"' {
+            let Some(len) = chars[k + 1..].iter().position(|(_, d)| *d == c) else {
+                return Err(err(col(start), format!("string opened with {c} is not closed")));
+            };
+            let s: String = chars[k + 1..k + 1 + len].iter().map(|(_, d)| d).collect();
+            k += len + 2;
+            out.push((Tok::Str(s), col(start)));
+            continue;
+        }
         let next_is = |d: char| chars.get(k + 1).is_some_and(|(_, n)| *n == d);
         let tok = match c {
             '+' => Tok::Op("+"),
@@ -118,6 +130,7 @@ pub(super) fn lex(src: &str) -> Result<Vec<(Tok, usize)>, SyntaxError> {
             }
             '/' => Tok::Op("/"),
             '%' => Tok::Op("%"),
+            '@' => Tok::Op("@"),
             '&' => Tok::Op("&"),
             '|' => Tok::Op("|"),
             '~' => Tok::Op("~"),

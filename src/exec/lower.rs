@@ -55,7 +55,12 @@ impl Lowering<'_> {
                 {
                     Some(s) => s,
                     None => {
-                        let (block, local) = self.stage_block(&kernel, &shape);
+                        let (mut block, local) = self.stage_block(&kernel, &shape);
+                        if let Some(c) = super::gemm::contraction(&kernel, &shape, *op, axes, &|k| self.shape_of(k))
+                            && !local
+                        {
+                            block = super::gemm::tile_block(&c, block, super::plan::DEFAULT_BLOCK_ELEMS / 4);
+                        }
                         self.stages.push(Stage {
                             kernel,
                             shape: shape.clone(),

@@ -12,7 +12,9 @@
 
 pub mod accumulate;
 pub mod buffers;
+mod einsum;
 pub mod expr;
+pub mod gemm;
 pub mod generate;
 pub mod geometry;
 pub mod hdf;
@@ -80,25 +82,33 @@ pub struct BlockResult {
     pub payload: Vec<u8>,
 }
 
-/// An opened input: an HDF5 dataset, or a generated array.
+/// An opened input: an HDF5 dataset (with the CF decoding its values get), or a
+/// generated array.
 pub enum Source {
-    Hdf(Box<hdf::Reader>),
+    Hdf(Box<hdf::Reader>, Option<hdf::cf::Cf>),
     Generated(crate::config::workload::Generate),
 }
 
 impl Source {
-    /// The HDF5 reader, for the paths that read stored bytes directly.
+    /// The HDF5 reader, for the paths that compute on stored values directly: none
+    /// when the values are CF-decoded (masked and scaled) first.
     pub fn hdf(&self) -> Option<&hdf::Reader> {
         match self {
-            Source::Hdf(r) => Some(r.as_ref()),
-            Source::Generated(_) => None,
+            Source::Hdf(r, None) => Some(r.as_ref()),
+            Source::Hdf(_, Some(_)) | Source::Generated(_) => None,
         }
     }
 
-    /// Read a region as f64 into `out` (row-major, the region's shape).
+    /// Read a region as f64 into `out` (row-major, the region's shape), decoded.
     pub fn read_into(&self, region: &[Range<usize>], out: &mut [f64]) -> hdf5::Result<()> {
         match self {
-            Source::Hdf(r) => r.read_into(region, out),
+            Source::Hdf(r, cf) => {
+                r.read_into(region, out)?;
+                if let Some(cf) = cf {
+                    cf.apply(out);
+                }
+                Ok(())
+            }
             Source::Generated(g) => {
                 generate::fill(g, region, out);
                 Ok(())
@@ -108,7 +118,10 @@ impl Source {
 
     /// Whether the input is as it was when opened (generated inputs always are).
     pub fn unchanged(&self) -> Result<(), String> {
-        self.hdf().map_or(Ok(()), hdf::Reader::unchanged)
+        match self {
+            Source::Hdf(r, _) => r.unchanged(),
+            Source::Generated(_) => Ok(()),
+        }
     }
 }
 
@@ -127,8 +140,8 @@ pub fn open_inputs(plan: &Plan) -> Result<Vec<Source>, ExecError> {
                 reason: e.to_string(),
             };
             let r = hdf::Reader::open(&inp.file, &inp.dataset).map_err(err)?;
-            tracing::debug!(input = %inp.name, direct = r.is_direct(), decode = r.decoder(), "opened input");
-            Ok(Source::Hdf(Box::new(r)))
+            tracing::debug!(input = %inp.name, direct = r.is_direct(), decode = r.decoder(), cf = inp.cf.is_some(), "opened input");
+            Ok(Source::Hdf(Box::new(r), inp.cf.clone()))
         })
         .collect()
 }
@@ -248,6 +261,21 @@ fn block_result(
                     reduce::Accumulator::new(&local, &shape)
                 })
                 .collect();
+            // A contraction: each tile of its two factors multiplied as matrices.
+            if let [c] = ids[..] {
+                let spec = &plan.consts[c as usize];
+                if let Some(con) = gemm::contraction(&st.kernel, &st.shape, spec.op, &spec.axes, &|k| leaf_shape(plan, k)) {
+                    let (rx, ry) = con.factor_regions(&region);
+                    let (x, nx) = eval_region(plan, datasets, consts, con.x, &rx)?;
+                    let (y, ny) = eval_region(plan, datasets, consts, con.y, &ry)?;
+                    let whole: Vec<Range<usize>> = shape.iter().map(|&n| 0..n).collect();
+                    accs[0].merge(&whole, vec![con.multiply(&region, x, y)]);
+                    return Ok(BlockResult {
+                        bytes_read: nx + ny,
+                        payload: accs_payload(accs),
+                    });
+                }
+            }
             // A plain input reduced as stored, in large chunks: each chunk is reduced
             // in its stored type straight from the mapped file or its decoded bytes,
             // with no f64 copy (the widening happens in the fold).
@@ -287,7 +315,7 @@ fn block_result(
                     }
                     return Ok(());
                 }
-                let (arr, n) = eval_region(plan, datasets, consts, st, abs)?;
+                let (arr, n) = eval_region(plan, datasets, consts, &st.kernel, abs)?;
                 bytes_read += n;
                 for (acc, &c) in accs.iter_mut().zip(ids) {
                     let spec = &plan.consts[c as usize];
@@ -307,7 +335,7 @@ fn block_result(
             // Every byte is overwritten: the pieces tile the block.
             let mut buf = buffers::PAYLOADS.take(shape.iter().product::<usize>() * width);
             for_each_piece(&region, &piece, |abs, rel| {
-                let (arr, n) = eval_region(plan, datasets, consts, st, abs)?;
+                let (arr, n) = eval_region(plan, datasets, consts, &st.kernel, abs)?;
                 bytes_read += n;
                 encode_piece(&arr, rel, &shape, dtype, &mut buf).map_err(|value| ExecError::Cast {
                     index: *output as usize,
@@ -457,20 +485,30 @@ fn for_each_piece(
     }
 }
 
-/// Evaluate a stage's kernel over `region` (in the stage's shape): the array of the
+/// The shape of a kernel leaf (an input, a const or a view of one).
+fn leaf_shape(plan: &Plan, k: &Kernel) -> Vec<usize> {
+    match k {
+        Kernel::Input(i) => plan.inputs[*i as usize].shape.clone(),
+        Kernel::Const(c) => plan.consts[*c as usize].shape.clone(),
+        Kernel::View(_, v) => v.shape(),
+        Kernel::Num(_) | Kernel::Map(..) => vec![],
+    }
+}
+
+/// Evaluate a kernel of a stage over `region` (in the stage's shape): the array of the
 /// region's shape and the input bytes read.
 fn eval_region(
     plan: &Plan,
     datasets: &[Source],
     consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
-    st: &plan::Stage,
+    kernel: &Kernel,
     region: &[Range<usize>],
 ) -> Result<(ArrayD<f64>, u64), ExecError> {
     let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
     let mut bytes_read = 0u64;
     let mut cache: Vec<(u32, ArrayD<f64>)> = Vec::new();
-    let reused = |i: u32| st.kernel.inputs().len() > 1 || count_leaf(&st.kernel, i) > 1;
-    let value = eval(&st.kernel, &mut |leaf| match leaf {
+    let reused = |i: u32| kernel.inputs().len() > 1 || count_leaf(kernel, i) > 1;
+    let value = eval(kernel, &mut |leaf| match leaf {
         Kernel::Input(i) => {
             if let Some((_, a)) = cache.iter().find(|(j, _)| j == i) {
                 return Ok(a.clone());

@@ -95,6 +95,9 @@ pub struct InputSpec {
     /// A generated input (no file).
     #[serde(default)]
     pub generate: Option<crate::config::workload::Generate>,
+    /// CF decoding applied to every value read (`hdf::cf`).
+    #[serde(default)]
+    pub cf: Option<hdf::cf::Cf>,
 }
 
 /// A reduction result.
@@ -231,8 +234,9 @@ impl Plan {
                     shape: g.shape.clone(),
                     dtype: Dtype::F64,
                     chunk: None,
+                    cf: None,
                 },
-                None => hdf::inspect(&inp.file, &inp.dataset).map_err(|reason| PlanError::Input {
+                None => hdf::inspect(&inp.file, &inp.dataset, inp.decode).map_err(|reason| PlanError::Input {
                     name: inp.name.clone(),
                     reason,
                 })?,
@@ -268,6 +272,7 @@ impl Plan {
                 block,
                 hdf5_chunk: info.chunk,
                 generate: inp.generate.clone(),
+                cf: info.cf,
             });
         }
         let names: HashMap<&str, u32> = inputs.iter().enumerate().map(|(i, s)| (s.name.as_str(), i as u32)).collect();
@@ -438,6 +443,7 @@ mod tests {
             block: block.to_vec(),
             hdf5_chunk: None,
             generate: None,
+            cf: None,
         }
     }
 

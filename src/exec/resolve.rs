@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::expr::{Ast, AxisArg, Item};
+use super::expr::{Ast, AxisArg, BinOp, Item};
 use super::geometry::{self, broadcast};
 use super::ops::{self, CONSTANTS, Kind, Op};
 use super::plan::{InputSpec, PlanError, ReduceOp};
@@ -105,13 +105,16 @@ pub(super) enum Node {
 }
 
 /// A resolved node with its shape and kind.
-type Resolved = (Node, Vec<usize>, Kind);
+pub(super) type Resolved = (Node, Vec<usize>, Kind);
 
 fn input_kind(spec: &InputSpec) -> Kind {
     use super::hdf::Dtype;
     use crate::config::workload::GenKind;
     if let Some(g) = &spec.generate {
         return if g.kind == GenKind::Arange { Kind::Index } else { Kind::Float };
+    }
+    if spec.cf.is_some() {
+        return Kind::Float; // CF-decoded: NaN for missing values, scaled
     }
     match spec.dtype {
         Dtype::F32 | Dtype::F64 => Kind::Float,
@@ -120,7 +123,7 @@ fn input_kind(spec: &InputSpec) -> Kind {
 }
 
 /// Apply `op` to resolved arguments: broadcast their shapes, check their kinds.
-fn map(op: Op, args: Vec<Resolved>, cx: &Ctx, at: (&str, usize)) -> Result<Resolved, PlanError> {
+pub(super) fn map(op: Op, args: Vec<Resolved>, cx: &Ctx, at: (&str, usize)) -> Result<Resolved, PlanError> {
     let kinds: Vec<Kind> = args.iter().map(|a| a.2).collect();
     let kind = ops::result_kind(op.get(), &kinds).map_err(|problem| PlanError::BadOperator {
         index: cx.index,
@@ -147,6 +150,15 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
     Ok(match ast {
         Ast::Num(v) => (Node::Num(*v), vec![], Kind::Float),
         Ast::Int(v) => (Node::Num(*v as f64), vec![], Kind::Index),
+        Ast::Str(s, pos) => {
+            return Err(PlanError::BadOperator {
+                index: cx.index,
+                op: s.clone(),
+                pos: *pos,
+                expr: cx.expr.into(),
+                problem: "is a string, which only einsum takes (its subscripts, first: einsum('ij,jk->ik', a, b))".into(),
+            });
+        }
         Ast::Name { name, pos } => match cx.names.get(name.as_str()) {
             Some(&i) => {
                 let spec = &cx.inputs[i as usize];
@@ -164,6 +176,9 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
         }
         Ast::Bin(op, a, b, pos) => {
             let (l, r) = (resolve(a, cx)?, resolve(b, cx)?);
+            if *op == BinOp::MatMul {
+                return super::einsum::matmul(l, r, cx, (op.symbol(), *pos));
+            }
             map(Op::of(op.op_name()), vec![l, r], cx, (op.symbol(), *pos))?
         }
         Ast::Index { base, items, pos } => {
@@ -219,6 +234,9 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                 Ok(())
             };
             if let Some(r) = view_call(func, args, axis.as_ref().map(|a| &a.0), kwargs, cx, &bad, &accepts)? {
+                return Ok(r);
+            }
+            if let Some(r) = super::einsum::call(func, args, kwargs, *pos, cx, &bad, &accepts)? {
                 return Ok(r);
             }
             if let Some(op) = Op::named(func) {
@@ -339,6 +357,7 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                     .map(|r| r.name)
                     .chain(ops::ELEMENTWISE.iter().map(|e| e.name))
                     .chain(VIEW_FUNCTIONS.iter().copied())
+                    .chain(super::einsum::CONTRACTIONS.iter().copied())
                     .chain(["norm"]);
                 let hint = did_you_mean(func, known)
                     .map(|s| format!(" (did you mean \"{s}\"?)"))
@@ -427,7 +446,7 @@ fn reduce_axes(axis: Option<&AxisArg>, shape: &[usize], func: &str, cx: &Ctx) ->
 pub(super) const VIEW_FUNCTIONS: &[&str] = &["transpose", "moveaxis", "squeeze", "expand_dims"];
 
 /// A view of a resolved node (views of views compose).
-fn viewed(node: Node, v: View, kind: Kind) -> Resolved {
+pub(super) fn viewed(node: Node, v: View, kind: Kind) -> Resolved {
     let shape = v.shape();
     match node {
         Node::View(inner, w) => (Node::View(inner, v.compose(&w)), shape, kind),
@@ -457,7 +476,7 @@ fn int_arg(a: &Ast) -> Option<i64> {
     }
 }
 
-type Bad<'a> = dyn Fn(String) -> PlanError + 'a;
+pub(super) type Bad<'a> = dyn Fn(String) -> PlanError + 'a;
 
 /// `transpose`, `moveaxis`, `squeeze`, `expand_dims` as views; `None` for other names.
 fn view_call(

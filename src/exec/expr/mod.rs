@@ -8,10 +8,10 @@
 //! bor    := band ('|' band)*
 //! band   := arith ('&' arith)*
 //! arith  := term (('+' | '-') term)*
-//! term   := unary (('*' | '/' | '//' | '%') unary)*
+//! term   := unary (('*' | '/' | '//' | '%' | '@') unary)*
 //! unary  := ('-' | '+' | '~') unary | power
 //! power  := atom ('**' unary)?
-//! atom   := NUMBER | NAME | NAME '(' args ')' | '(' expr ')'
+//! atom   := NUMBER | STRING | NAME | NAME '(' args ')' | '(' expr ')'
 //! args   := expr (',' 'axis' '=' axis)?
 //! axis   := INT | '-' INT | '(' INT (',' INT)* ','? ')' | 'None'
 //! ```
@@ -48,6 +48,8 @@ pub enum BinOp {
     Ne,
     And,
     Or,
+    /// `@`, numpy's matmul (a contraction, not an elementwise operation).
+    MatMul,
 }
 
 /// Each operator: its symbol and the registry operation it computes.
@@ -67,6 +69,7 @@ const OPERATORS: &[(BinOp, &str, &str)] = &[
     (BinOp::Ne, "!=", "not_equal"),
     (BinOp::And, "&", "logical_and"),
     (BinOp::Or, "|", "logical_or"),
+    (BinOp::MatMul, "@", "matmul"),
 ];
 
 impl BinOp {
@@ -122,6 +125,8 @@ pub enum AxisArg {
     Flag(bool),
     /// Numbers, one or a tuple, at least one written with a point (`range=(-5, 5.5)`).
     Nums(Vec<f64>),
+    /// A tuple of integer tuples (`axes=((1, 0), (0, 1))`).
+    Lists(Vec<Vec<i64>>),
 }
 
 /// Parsed expression. `pos` fields are 1-based columns, for error messages.
@@ -131,6 +136,8 @@ pub enum Ast {
     Num(f64),
     /// A number written as an integer (numpy: int).
     Int(i64),
+    /// A string literal (einsum's subscripts) at `pos`.
+    Str(String, usize),
     Name {
         name: String,
         pos: usize,
@@ -256,7 +263,7 @@ impl Parser<'_> {
     }
 
     fn term(&mut self) -> Result<Ast, SyntaxError> {
-        self.left_assoc(&["*", "/", "//", "%"], Self::unary)
+        self.left_assoc(&["*", "/", "//", "%", "@"], Self::unary)
     }
 
     fn unary(&mut self) -> Result<Ast, SyntaxError> {
@@ -433,6 +440,7 @@ impl Parser<'_> {
         match tok {
             Tok::Num(v) => Ok(Ast::Num(v)),
             Tok::Int(v) => Ok(Ast::Int(v)),
+            Tok::Str(s) => Ok(Ast::Str(s, pos)),
             Tok::Name(name) => {
                 if self.peek() == &Tok::LParen {
                     self.next();
@@ -553,6 +561,39 @@ impl Parser<'_> {
                 let flag = n == "True";
                 self.next();
                 Ok(AxisArg::Flag(flag))
+            }
+            Tok::LParen | Tok::LBracket if matches!(self.toks.get(self.i + 1).map(|t| &t.0), Some(Tok::LParen | Tok::LBracket)) => {
+                // A tuple of integer tuples: tensordot's axes=((1, 0), (0, 1)).
+                let close = if self.peek() == &Tok::LParen { Tok::RParen } else { Tok::RBracket };
+                self.next();
+                let mut lists = Vec::new();
+                loop {
+                    match self.axis_value()? {
+                        AxisArg::Axes(v) => lists.push(v),
+                        _ => return Err(self.error_here("expected a tuple of integers inside the tuple".into())),
+                    }
+                    match self.peek() {
+                        Tok::Comma => {
+                            self.next();
+                            if *self.peek() == close {
+                                self.next();
+                                break;
+                            }
+                        }
+                        t if *t == close => {
+                            self.next();
+                            break;
+                        }
+                        other => {
+                            return Err(self.error_here(format!(
+                                "expected ',' or {} in the tuple but found {}",
+                                close.describe(),
+                                other.describe()
+                            )));
+                        }
+                    }
+                }
+                Ok(AxisArg::Lists(lists))
             }
             Tok::LParen | Tok::LBracket => {
                 let close = if self.peek() == &Tok::LParen { Tok::RParen } else { Tok::RBracket };

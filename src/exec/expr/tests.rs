@@ -5,6 +5,7 @@ fn show(a: &Ast) -> String {
     match a {
         Ast::Num(v) => format!("{v:?}"),
         Ast::Int(v) => v.to_string(),
+        Ast::Str(s, _) => format!("{s:?}"),
         Ast::Name { name, .. } => name.clone(),
         Ast::Unary(op, x, _) => format!("({}{})", op.symbol(), show(x)),
         Ast::Bin(op, l, r, _) => format!("({} {} {})", show(l), op.symbol(), show(r)),
@@ -38,6 +39,9 @@ fn precedence_and_associativity_follow_python() {
         ("a - b - c", "((a - b) - c)"),
         ("1 + 2 * 3", "(1 + (2 * 3))"),
         ("a // b % c * d", "(((a // b) % c) * d)"),
+        ("a @ b * c + d", "(((a @ b) * c) + d)"),
+        ("-a @ b", "((-a) @ b)"),
+        ("einsum('ij,jk', a, \"x\")", "einsum(\"ij,jk\", a, \"x\")"),
         // Python binds & tighter than |, and both looser than arithmetic and
         // tighter than comparisons: t > 280 & u is t > (280 & u), as in numpy.
         ("a | b & c", "(a | (b & c))"),

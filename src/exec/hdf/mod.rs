@@ -3,12 +3,14 @@
 //! - [`reader`]: block reads (mapped bytes, drover's own decoding, the library).
 //! - [`index`]: a chunked dataset's chunk index, read once.
 //! - [`filters`]: filter pipelines drover decodes itself.
+//! - [`cf`]: CF decoding of inputs (fill values, packing).
 //! - [`fault`]: read faults on mapped inputs (a file truncated under a run) as errors.
 //! - [`output`]: creating and writing outputs, workers' direct chunk writes.
 //!
 //! The HDF5 library serializes all calls behind one lock; callers keep HDF5 work on
 //! their own threads (never on the async runtime's threads).
 
+pub mod cf;
 pub mod fault;
 pub mod filters;
 pub mod index;
@@ -101,6 +103,14 @@ pub enum InputError {
         filter_name(*id)
     )]
     Filter { path: PathBuf, dataset: String, id: u32 },
+    #[error(
+        "dataset \"{dataset}\" in \"{path}\": CF {source}; fix the attribute, or set decode = false on the input to read the stored values"
+    )]
+    Cf {
+        path: PathBuf,
+        dataset: String,
+        source: cf::BadAttribute,
+    },
 }
 
 /// What drover needs to know of an input dataset.
@@ -110,6 +120,8 @@ pub struct DatasetInfo {
     pub dtype: Dtype,
     /// HDF5 chunk shape, `None` when contiguous.
     pub chunk: Option<Vec<usize>>,
+    /// CF decoding to apply (none when asked not to, or without CF attributes).
+    pub cf: Option<cf::Cf>,
 }
 
 /// How a dataset's chunks are decoded (no filters, by drover, by the HDF5 library, or
@@ -138,8 +150,8 @@ fn list_datasets(group: &hdf5::Group, prefix: &str, out: &mut Vec<String>) {
     }
 }
 
-/// Open an input file and inspect one dataset.
-pub fn inspect(path: &Path, dataset: &str) -> Result<DatasetInfo, InputError> {
+/// Open an input file and inspect one dataset; `decode`: read its CF attributes.
+pub fn inspect(path: &Path, dataset: &str, decode: bool) -> Result<DatasetInfo, InputError> {
     if !path.exists() {
         return Err(InputError::NoFile(path.to_path_buf()));
     }
@@ -182,10 +194,20 @@ pub fn inspect(path: &Path, dataset: &str) -> Result<DatasetInfo, InputError> {
             id,
         });
     }
+    let cf = if decode {
+        cf::Cf::of(&ds, dtype).map_err(|source| InputError::Cf {
+            path: path.into(),
+            dataset: dataset.into(),
+            source,
+        })?
+    } else {
+        None
+    };
     Ok(DatasetInfo {
         shape: ds.shape(),
         dtype,
         chunk: ds.chunk(),
+        cf,
     })
 }
 
