@@ -27,6 +27,7 @@ mod plan_error;
 pub mod reduce;
 mod resolve;
 pub mod view;
+mod weighted;
 
 use std::ops::Range;
 use std::sync::Arc;

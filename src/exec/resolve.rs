@@ -302,6 +302,9 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                 if def.op.takes_ddof() {
                     allowed.push("ddof");
                 }
+                if !norm && super::weighted::WEIGHTED.contains(&def.op) {
+                    allowed.push("weights");
+                }
                 accepts(&allowed)?;
                 if args.len() != 1 {
                     return Err(bad(format!(
@@ -331,6 +334,18 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                     Some(AxisArg::Axes(v)) if v.len() == 1 && v[0] >= 0 => v[0] as f64,
                     Some(_) => return Err(bad("ddof= takes a non-negative integer (ddof=1: the sample variance)".into())),
                 };
+                if let Some(w) = kw("weights") {
+                    let AxisArg::Expr(w) = w else {
+                        return Err(bad("weights= takes an array expression".into()));
+                    };
+                    if ddof != 0.0 {
+                        return Err(bad(
+                            "takes ddof= or weights=, not both (a weighted variance is xarray's, without ddof)".into(),
+                        ));
+                    }
+                    let w = resolve(w, cx)?;
+                    return super::weighted::reduce(def.op, (n, s, kind), w, axes, keepdims).map_err(bad);
+                }
                 let shape = if keepdims {
                     s.iter().enumerate().map(|(d, &n)| if axes.contains(&d) { 1 } else { n }).collect()
                 } else {
@@ -404,8 +419,9 @@ fn unknown_name(name: &str, pos: usize, cx: &Ctx) -> PlanError {
 fn reduce_axes(axis: Option<&AxisArg>, shape: &[usize], func: &str, cx: &Ctx) -> Result<Vec<usize>, PlanError> {
     let rank = shape.len() as i64;
     let list = match axis {
+        None | Some(AxisArg::All) => return Ok((0..shape.len()).collect()),
         Some(AxisArg::Axes(list)) => list,
-        Some(AxisArg::Flag(_) | AxisArg::Nums(_)) => {
+        Some(_) => {
             return Err(PlanError::BadCall {
                 index: cx.index,
                 func: func.to_string(),
@@ -414,7 +430,6 @@ fn reduce_axes(axis: Option<&AxisArg>, shape: &[usize], func: &str, cx: &Ctx) ->
                 problem: "takes axis= as an integer, a tuple of integers, or None".into(),
             });
         }
-        _ => return Ok((0..shape.len()).collect()),
     };
     let mut out: Vec<usize> = Vec::new();
     for &a in list {

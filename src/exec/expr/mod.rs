@@ -127,6 +127,10 @@ pub enum AxisArg {
     Nums(Vec<f64>),
     /// A tuple of integer tuples (`axes=((1, 0), (0, 1))`).
     Lists(Vec<Vec<i64>>),
+    /// A string (`by="month"`).
+    Str(String),
+    /// An array expression (`weights=cos(deg2rad(lat))[:, None]`).
+    Expr(Box<Ast>),
 }
 
 /// Parsed expression. `pos` fields are 1-based columns, for error messages.
@@ -483,7 +487,14 @@ impl Parser<'_> {
                 }
                 self.next(); // '='
                 let apos = self.pos();
-                let value = self.axis_value()?;
+                let value = match self.peek().clone() {
+                    _ if kw == "weights" => AxisArg::Expr(Box::new(self.expr()?)),
+                    Tok::Str(s) => {
+                        self.next();
+                        AxisArg::Str(s)
+                    }
+                    _ => self.axis_value()?,
+                };
                 if kw == "axis" {
                     axis = Some((value, apos));
                 } else {
