@@ -16,7 +16,8 @@
 DROVER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DROVER_VENV="${DROVER_VENV:-$DROVER_ROOT/.venv}"
 DROVER_PY="$DROVER_VENV/bin/python"
-DROVER_BUILD_PACKAGES=(gcc g++ make pkg-config)
+# libopenblas-dev: the BLAS behind contractions (ndarray blas feature, exec::gemm)
+DROVER_BUILD_PACKAGES=(gcc g++ make pkg-config libopenblas-dev)
 # HDF5 is built from the source bundled in the hdf5-metno-src crate (HDF5 2.x, for
 # H5Dchunk_iter); its CMakeLists needs CMake 3.26, newer than Debian 12's 3.25.
 # .cargo/config.toml points the build at this one.

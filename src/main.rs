@@ -1,6 +1,7 @@
 use clap::Parser;
 
 fn main() {
+    drover::exec::gemm::single_threaded_blas();
     let cli = drover::cli::Cli::parse();
     let default = match &cli.command {
         drover::cli::Cmd::Server(_) => "info",

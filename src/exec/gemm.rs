@@ -16,10 +16,22 @@
 
 use std::ops::Range;
 
-use ndarray::{Array3, ArrayD, Axis, Ix3, IxDyn, linalg::general_mat_mul};
+use ndarray::{Array3, ArrayD, ArrayView3, ArrayViewD, Axis, Ix3, IxDyn, linalg::general_mat_mul};
 
 use super::ops::Op;
 use super::plan::{Kernel, ReduceOp};
+
+unsafe extern "C" {
+    /// OpenBLAS's thread count for the calls that follow (process-wide).
+    fn openblas_set_num_threads(n: std::ffi::c_int);
+}
+
+/// Make BLAS single-threaded: the parallelism is drover's (tasks on worker threads);
+/// OpenBLAS's own threads on top would oversubscribe the cores.
+pub fn single_threaded_blas() {
+    // SAFETY: a setter of an integer in OpenBLAS, called before any matrix product.
+    unsafe { openblas_set_num_threads(1) }
+}
 
 /// What a stage axis is to a contraction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,29 +116,29 @@ impl Contraction<'_> {
     }
 
     /// The block's partial sum (the kept axes, in stage order) from the factors
-    /// evaluated on [`Self::factor_regions`].
-    pub fn multiply(&self, region: &[Range<usize>], x: ArrayD<f64>, y: ArrayD<f64>) -> ArrayD<f64> {
+    /// evaluated on [`Self::factor_regions`], in any memory layout.
+    pub fn multiply(&self, region: &[Range<usize>], x: ArrayViewD<'_, f64>, y: ArrayViewD<'_, f64>) -> ArrayD<f64> {
         let (batch, m, n, k) = (self.axes(Role::Batch), self.axes(Role::M), self.axes(Role::N), self.axes(Role::K));
         let len = |axes: &[usize]| axes.iter().map(|&a| region[a].len()).product::<usize>();
         let (nb, nm, nn, nk) = (len(&batch), len(&m), len(&n), len(&k));
-        let stack = |a: ArrayD<f64>, order: Vec<usize>, rows: usize, cols: usize| -> Array3<f64> {
-            let a = a.permuted_axes(IxDyn(&order));
-            let a = if a.is_standard_layout() {
-                a
-            } else {
-                a.as_standard_layout().into_owned()
-            };
-            a.into_shape_with_order((nb, rows, cols))
-                .expect("a factor holds batch × rows × cols elements")
-                .into_dimensionality::<Ix3>()
-                .expect("rank 3")
-        };
+        // Each factor as a stack of matrices: seen through strides when each role has
+        // at most one axis longer than 1 (no copy: BLAS and matrixmultiply take
+        // strided matrices), copied into that order otherwise.
         let cat = |parts: &[&[usize]]| -> Vec<usize> { parts.iter().flat_map(|p| p.iter().copied()).collect() };
-        let xs = stack(x, cat(&[&batch, &m, &k, &n]), nm, nk);
-        let ys = stack(y, cat(&[&batch, &k, &n, &m]), nk, nn);
+        let xo = [Role::Batch, Role::M, Role::K];
+        let yo = [Role::Batch, Role::K, Role::N];
+        let (xs, ys);
+        let (xv, yv) = match (stack_view(x.clone(), &self.roles, xo), stack_view(y.clone(), &self.roles, yo)) {
+            (Some(a), Some(b)) => (a, b),
+            _ => {
+                xs = stack_copy(x, cat(&[&batch, &m, &k, &n]), (nb, nm, nk));
+                ys = stack_copy(y, cat(&[&batch, &k, &n, &m]), (nb, nk, nn));
+                (xs.view(), ys.view())
+            }
+        };
         let mut out = Array3::<f64>::zeros((nb, nm, nn));
         for b in 0..nb {
-            let (xb, yb) = (xs.index_axis(Axis(0), b), ys.index_axis(Axis(0), b));
+            let (xb, yb) = (xv.index_axis(Axis(0), b), yv.index_axis(Axis(0), b));
             let mut ob = out.index_axis_mut(Axis(0), b);
             if nm == 1 && nn == 1 {
                 // A dot product per batch element ('ij,ij->i').
@@ -144,6 +156,50 @@ impl Contraction<'_> {
         let perm: Vec<usize> = kept.iter().map(|a| order.iter().position(|b| b == a).expect("kept axis")).collect();
         out.permuted_axes(IxDyn(&perm)).as_standard_layout().into_owned()
     }
+}
+
+/// A factor (one axis per stage axis) as a 3-D view in the roles' `order`, without
+/// copying: axes of length 1 are dropped, each role keeps at most one axis (`None`
+/// when a role has several: their merge needs a copy), missing roles become length 1.
+fn stack_view<'a>(mut a: ArrayViewD<'a, f64>, roles: &[Role], order: [Role; 3]) -> Option<ArrayView3<'a, f64>> {
+    let mut left: Vec<Role> = roles.to_vec();
+    for d in (0..roles.len()).rev() {
+        if a.len_of(Axis(d)) == 1 {
+            a.index_axis_inplace(Axis(d), 0);
+            left.remove(d);
+        }
+    }
+    let mut perm = Vec::new();
+    let mut present = [false; 3];
+    for (slot, r) in order.iter().enumerate() {
+        let mut at = left.iter().enumerate().filter(|(_, l)| *l == r).map(|(i, _)| i);
+        if let Some(i) = at.next() {
+            perm.push(i);
+            present[slot] = true;
+        }
+        if at.next().is_some() {
+            return None;
+        }
+    }
+    if perm.len() != left.len() {
+        return None; // an axis of another role (the other factor's) longer than 1
+    }
+    let mut a = a.permuted_axes(IxDyn(&perm));
+    for (slot, &p) in present.iter().enumerate() {
+        if !p {
+            a.insert_axis_inplace(Axis(slot));
+        }
+    }
+    a.into_dimensionality::<Ix3>().ok()
+}
+
+/// A factor copied into `order` and reshaped to a stack of matrices.
+fn stack_copy(a: ArrayViewD<'_, f64>, order: Vec<usize>, shape: (usize, usize, usize)) -> Array3<f64> {
+    a.permuted_axes(IxDyn(&order))
+        .as_standard_layout()
+        .into_owned()
+        .into_shape_with_order(shape)
+        .expect("a factor holds batch × rows × cols elements")
 }
 
 /// Block shape of a contraction stage: starting from `block` (the inputs' blocks),
@@ -220,7 +276,11 @@ mod tests {
         assert_eq!(ry, vec![1..2, 2..7, 3..11]);
         let xt = Array::from_shape_fn((3, 1, 8), |(i, _, k)| a[[i + 1, k + 3]]).into_dyn();
         let yt = Array::from_shape_fn((1, 5, 8), |(_, j, k)| b[[k + 3, j + 2]]).into_dyn();
-        let got = c.multiply(&region, xt, yt);
+        let got = c.multiply(&region, xt.view(), yt.view());
+        // a transposed (strided) factor gives the same values
+        let yt_t = yt.view().reversed_axes().as_standard_layout().into_owned();
+        let yt_strided = yt_t.view().reversed_axes();
+        assert_eq!(c.multiply(&region, xt.view(), yt_strided), got);
         let want = Array2::from_shape_fn((3, 5), |(i, j)| (3..11).map(|k| a[[i + 1, k]] * b[[k, j + 2]]).sum::<f64>());
         assert_eq!(got.shape(), &[3, 5]);
         for (g, w) in got.iter().zip(want.iter()) {

@@ -39,6 +39,7 @@ use geometry::{block_region, operand_region};
 use kernel::{eval, materialize};
 use plan::{Kernel, Plan, StageKind};
 use reduce::partial_arity;
+use view::View;
 
 /// A task failed while executing.
 #[derive(Debug, thiserror::Error)]
@@ -267,10 +268,13 @@ fn block_result(
                 let spec = &plan.consts[c as usize];
                 if let Some(con) = gemm::contraction(&st.kernel, &st.shape, spec.op, &spec.axes, &|k| leaf_shape(plan, k)) {
                     let (rx, ry) = con.factor_regions(&region);
-                    let (x, nx) = eval_region(plan, datasets, consts, con.x, &rx)?;
-                    let (y, ny) = eval_region(plan, datasets, consts, con.y, &ry)?;
+                    let (x, vx, nx) = eval_factor(plan, datasets, consts, con.x, &rx)?;
+                    let (y, vy, ny) = eval_factor(plan, datasets, consts, con.y, &ry)?;
+                    let partial = con.multiply(&region, seen(&x, vx), seen(&y, vy));
+                    recycle(x);
+                    recycle(y);
                     let whole: Vec<Range<usize>> = shape.iter().map(|&n| 0..n).collect();
-                    accs[0].merge(&whole, vec![con.multiply(&region, x, y)]);
+                    accs[0].merge(&whole, vec![partial]);
                     return Ok(BlockResult {
                         bytes_read: nx + ny,
                         payload: accs_payload(accs),
@@ -494,6 +498,54 @@ fn leaf_shape(plan: &Plan, k: &Kernel) -> Vec<usize> {
         Kernel::View(_, v) => v.shape(),
         Kernel::Num(_) | Kernel::Map(..) => vec![],
     }
+}
+
+/// An array through its view, if any (no copy).
+fn seen<'a>(a: &'a ArrayD<f64>, v: Option<&View>) -> ndarray::ArrayViewD<'a, f64> {
+    match v {
+        Some(v) => v.apply_view(a.view()),
+        None => a.view(),
+    }
+}
+
+/// A factor of a contraction over `region`: a view of an input or const of the
+/// stage's rank is read as stored and returned with its view, to be seen through
+/// strides (a transposed operand is never copied); any other kernel is evaluated.
+fn eval_factor<'k>(
+    plan: &Plan,
+    datasets: &[Source],
+    consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
+    kernel: &'k Kernel,
+    region: &[Range<usize>],
+) -> Result<(ArrayD<f64>, Option<&'k View>, u64), ExecError> {
+    if let Kernel::View(leaf, v) = kernel
+        && v.dims.len() == region.len()
+    {
+        let src = v.source_region(&operand_region(region, &v.shape()));
+        match **leaf {
+            Kernel::Input(i) => {
+                let a = read_pooled(&datasets[i as usize], &src).map_err(|e| read_error(plan, i, &src, e))?;
+                let inp = &plan.inputs[i as usize];
+                let n = if inp.generate.is_none() {
+                    (a.len() * inp.dtype.size()) as u64
+                } else {
+                    0
+                };
+                return Ok((a, Some(v), n));
+            }
+            Kernel::Const(c) => {
+                let whole = consts(c).ok_or(ExecError::MissingConst(c))?;
+                let mut part = whole.view();
+                for (d, r) in src.iter().enumerate() {
+                    part.slice_axis_inplace(ndarray::Axis(d), ndarray::Slice::from(r.clone()));
+                }
+                return Ok((part.to_owned(), Some(v), 0));
+            }
+            _ => {}
+        }
+    }
+    let (a, n) = eval_region(plan, datasets, consts, kernel, region)?;
+    Ok((a, None, n))
 }
 
 /// Evaluate a kernel of a stage over `region` (in the stage's shape): the array of the

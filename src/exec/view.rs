@@ -160,6 +160,12 @@ impl View {
 
     /// The view's `region`, from the source values of [`View::source_region`] of it.
     pub fn apply(&self, src: ArrayViewD<'_, f64>) -> ArrayD<f64> {
+        self.apply_view(src).as_standard_layout().into_owned()
+    }
+
+    /// [`View::apply`] without the copy: the values seen through strides (a transpose
+    /// is a view with swapped strides), for consumers that take any layout.
+    pub fn apply_view<'a>(&self, src: ArrayViewD<'a, f64>) -> ArrayViewD<'a, f64> {
         let mut v = src;
         // Steps: the bounding region holds exactly the elements needed, first to last
         // for a positive step, last to first for a negative one (ndarray steps back
@@ -193,7 +199,7 @@ impl View {
                 v.insert_axis_inplace(Axis(d));
             }
         }
-        v.as_standard_layout().into_owned()
+        v
     }
 }
 
