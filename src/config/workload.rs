@@ -136,6 +136,8 @@ struct RawInput {
     seed: Option<u64>,
     /// CF decoding (`_FillValue`, `missing_value`, `scale_factor`, `add_offset`).
     decode: Option<toml::Value>,
+    /// The time coordinate dataset, when it is not found next to the variable.
+    time: Option<String>,
 }
 
 /// What a generated input holds (numpy's `ones`, `zeros`, `full`, `arange`, and
@@ -193,6 +195,9 @@ pub struct Input {
     /// default); `decode = false` reads the stored values.
     #[serde(default = "yes")]
     pub decode: bool,
+    /// The time coordinate dataset (`time = "/time"`), else found next to the variable.
+    #[serde(default)]
+    pub time: Option<String>,
 }
 
 fn yes() -> bool {
@@ -333,6 +338,14 @@ impl Workload {
                     )));
                 }
             };
+            if let (Some(t), Some(_)) = (&inp.time, &generate) {
+                return Err(bad(format!(
+                    "time = \"{t}\" is for inputs read from a file; a generated input has no time coordinate"
+                )));
+            }
+            if let Some(t) = inp.time.as_ref().filter(|t| !t.starts_with('/')) {
+                return Err(bad(format!("time = \"{t}\" is not a dataset path; use a path like \"/time\"")));
+            }
             inputs.push(Input {
                 name,
                 file,
@@ -340,6 +353,7 @@ impl Workload {
                 chunks,
                 generate,
                 decode,
+                time: inp.time,
             });
         }
         let mut lets = Vec::new();

@@ -21,10 +21,78 @@ pub struct Accumulator {
     /// One array per fold; var/std: mean, M2 and the count so far; arg: the best value
     /// and its index (+inf: none yet).
     parts: Vec<ArrayD<f64>>,
+    /// A grouped reduction (`by=`): one accumulator per group instead of `parts`.
+    grouped: Option<Box<Grouped>>,
+}
+
+/// The accumulators of a grouped reduction, one per group present, each over the
+/// steps of its group (in order: a step's position in its group is its rank).
+struct Grouped {
+    axis: usize,
+    /// Each step's group (over this accumulator's extent of the axis).
+    of_step: Vec<u32>,
+    /// Each step's position among the steps of its group.
+    ranks: Vec<usize>,
+    /// The reduction of one group (ungrouped, over `axis`).
+    sub: ConstSpec,
+    /// By group id; `None` for groups with no step here.
+    subs: Vec<Option<Accumulator>>,
+}
+
+impl Grouped {
+    /// The groups present in `steps`, ascending, with the rank of their first step
+    /// there and their step count.
+    fn present(&self, steps: &Range<usize>) -> Vec<(u32, usize, usize)> {
+        let mut seen: Vec<(u32, usize, usize)> = Vec::new();
+        for t in steps.clone() {
+            let g = self.of_step[t];
+            match seen.iter_mut().find(|s| s.0 == g) {
+                Some(s) => s.2 += 1,
+                None => seen.push((g, self.ranks[t], 1)),
+            }
+        }
+        seen.sort_unstable_by_key(|s| s.0);
+        seen
+    }
 }
 
 impl Accumulator {
     pub fn new(spec: &ConstSpec, stage_shape: &[usize]) -> Self {
+        if let Some(groups) = &spec.groups {
+            let axis = spec.axes[0];
+            assert_eq!(groups.of_step.len(), stage_shape[axis], "groups cover the reduced axis");
+            let sub = ConstSpec {
+                shape: kept(stage_shape, &spec.axes),
+                groups: None,
+                ..spec.clone()
+            };
+            let sizes = groups.sizes();
+            let subs = sizes
+                .iter()
+                .map(|&n| {
+                    (n > 0).then(|| {
+                        let mut s = stage_shape.to_vec();
+                        s[axis] = n;
+                        Accumulator::new(&sub, &s)
+                    })
+                })
+                .collect();
+            return Self {
+                op: spec.op,
+                axes: spec.axes.clone(),
+                stage: stage_shape.to_vec(),
+                total: 0.0,
+                ddof: spec.ddof,
+                parts: vec![],
+                grouped: Some(Box::new(Grouped {
+                    axis,
+                    of_step: groups.of_step.clone(),
+                    ranks: groups.ranks(),
+                    sub,
+                    subs,
+                })),
+            };
+        }
         let shape = IxDyn(&spec.shape);
         let total: usize = spec.axes.iter().map(|&a| stage_shape[a]).product();
         let parts = match spec.op.form() {
@@ -43,6 +111,41 @@ impl Accumulator {
             total: total as f64,
             ddof: spec.ddof,
             parts,
+            grouped: None,
+        }
+    }
+
+    /// Whether this is a grouped reduction: merge values with [`Self::merge_values`].
+    pub fn is_grouped(&self) -> bool {
+        self.grouped.is_some()
+    }
+
+    /// A grouped reduction: fold the values of `region` (relative to this accumulator's
+    /// stage) into the groups of its steps.
+    pub fn merge_values(&mut self, region: &[Range<usize>], values: &ArrayD<f64>) {
+        let g = self.grouped.as_mut().expect("a grouped reduction");
+        let axis = g.axis;
+        for (group, r0, count) in g.present(&region[axis]) {
+            let idx: Vec<usize> = region[axis]
+                .clone()
+                .filter(|&t| g.of_step[t] == group)
+                .map(|t| t - region[axis].start)
+                .collect();
+            let contiguous = idx.last().is_some_and(|&l| l + 1 - idx[0] == idx.len());
+            let part = if contiguous {
+                super::reduce::partial_for(
+                    &g.sub,
+                    &values.slice_axis(Axis(axis), ndarray::Slice::from(idx[0]..idx[0] + idx.len())),
+                )
+            } else {
+                super::reduce::partial_for(&g.sub, &values.select(Axis(axis), &idx))
+            };
+            let mut sub_region = region.to_vec();
+            sub_region[axis] = r0..r0 + count;
+            g.subs[group as usize]
+                .as_mut()
+                .expect("a group present here")
+                .merge(&sub_region, part);
         }
     }
 
@@ -62,6 +165,22 @@ impl Accumulator {
 
     /// Merge the partial of the block covering `region` (in the stage's shape).
     pub fn merge(&mut self, region: &[Range<usize>], parts: Vec<ArrayD<f64>>) {
+        if let Some(g) = self.grouped.as_mut() {
+            // One partial per group present in the block, ascending.
+            let present = g.present(&region[g.axis]);
+            let arity = parts.len() / present.len().max(1);
+            let mut parts = parts.into_iter();
+            for (group, r0, count) in present {
+                let mut sub_region = region.to_vec();
+                sub_region[g.axis] = r0..r0 + count;
+                let mine: Vec<ArrayD<f64>> = parts.by_ref().take(arity).collect();
+                g.subs[group as usize]
+                    .as_mut()
+                    .expect("a group present here")
+                    .merge(&sub_region, mine);
+            }
+            return;
+        }
         if self.op.form() == Form::Histogram {
             self.parts[0] += &parts[0];
             return;
@@ -141,6 +260,9 @@ impl Accumulator {
     /// nothing is merged. `false`: nothing done; use [`partial`] and
     /// [`Accumulator::merge`].
     pub fn fold_in<T: Elem>(&mut self, region: &[Range<usize>], values: &ndarray::ArrayViewD<'_, T>) -> bool {
+        if self.grouped.is_some() {
+            return false;
+        }
         let [fold] = self.op.folds() else { return false };
         if self.axes.first() != Some(&0) || self.axes.windows(2).any(|w| w[1] != w[0] + 1) {
             return false;
@@ -157,6 +279,9 @@ impl Accumulator {
 
     /// The merged state in the form of a [`partial`], for a block reduced in pieces.
     pub fn into_partial(self) -> Vec<ArrayD<f64>> {
+        if let Some(g) = self.grouped {
+            return g.subs.into_iter().flatten().flat_map(Accumulator::into_partial).collect();
+        }
         let mut parts = self.parts;
         if self.op.form() == (Form::Moments { skip_nan: false }) {
             parts.truncate(2);
@@ -167,6 +292,16 @@ impl Accumulator {
     /// The final array, or why numpy would have raised (an all-NaN slice of a
     /// nanarg reduction).
     pub fn finish(self) -> Result<ArrayD<f64>, String> {
+        if let Some(g) = self.grouped {
+            let done = g
+                .subs
+                .into_iter()
+                .flatten()
+                .map(Accumulator::finish)
+                .collect::<Result<Vec<_>, _>>()?;
+            let views: Vec<_> = done.iter().map(|a| a.view()).collect();
+            return ndarray::stack(Axis(g.axis), &views).map_err(|e| format!("stacking the groups: {e}"));
+        }
         let (total, ddof) = (self.total, self.ddof);
         let mut parts = self.parts.into_iter();
         let first = parts.next().expect("at least one array");

@@ -343,6 +343,7 @@ fn contract(ops: Vec<(Resolved, Vec<u8>)>, out: &[u8], cx: &Ctx, at: (&str, usiz
             ddof: 0.0,
             keepdims: false,
             hist: None,
+            groups: None,
         },
         out_shape,
         sum.result_kind(kind),

@@ -45,6 +45,7 @@ impl Lowering<'_> {
                 ddof,
                 keepdims,
                 hist,
+                groups,
             } => {
                 let kernel = self.lower(arg);
                 let shape = self.shape_of(&kernel);
@@ -58,6 +59,7 @@ impl Lowering<'_> {
                         let (mut block, local) = self.stage_block(&kernel, &shape);
                         if let Some(c) = super::gemm::contraction(&kernel, &shape, *op, axes, &|k| self.shape_of(k))
                             && !local
+                            && groups.is_none()
                         {
                             block = super::gemm::tile_block(&c, block, super::plan::DEFAULT_BLOCK_ELEMS / 4);
                         }
@@ -71,17 +73,19 @@ impl Lowering<'_> {
                         self.stages.len() - 1
                     }
                 };
-                let existing = self
-                    .consts
-                    .iter()
-                    .position(|c| c.stage == stage as u32 && c.op == *op && c.axes == *axes && c.ddof == *ddof && c.hist == *hist);
+                let existing = self.consts.iter().position(|c| {
+                    c.stage == stage as u32 && c.op == *op && c.axes == *axes && c.ddof == *ddof && c.hist == *hist && c.groups == *groups
+                });
                 let id = match existing {
                     Some(c) => c,
                     None => {
-                        let out_shape = match hist {
+                        let mut out_shape = match hist {
                             Some(h) => vec![h.bins],
                             None => geometry::kept(&shape, axes),
                         };
+                        if let Some(g) = groups {
+                            out_shape.insert(axes[0], g.len());
+                        }
                         self.consts.push(ConstSpec {
                             op: *op,
                             axes: axes.clone(),
@@ -89,6 +93,7 @@ impl Lowering<'_> {
                             stage: stage as u32,
                             ddof: *ddof,
                             hist: *hist,
+                            groups: groups.clone(),
                         });
                         self.const_shapes.push(out_shape);
                         let StageKind::Reduce { consts } = &mut self.stages[stage].kind else {

@@ -12,11 +12,13 @@
 
 pub mod accumulate;
 pub mod buffers;
+pub mod calendar;
 mod einsum;
 pub mod expr;
 pub mod gemm;
 pub mod generate;
 pub mod geometry;
+mod groupby;
 pub mod hdf;
 pub mod kernel;
 mod lex;
@@ -259,12 +261,16 @@ fn block_result(
                         stage: spec.stage,
                         ddof: spec.ddof,
                         hist: spec.hist,
+                        groups: spec.groups.as_ref().map(|g| g.slice(region[spec.axes[0]].clone())),
                     };
                     reduce::Accumulator::new(&local, &shape)
                 })
                 .collect();
+            let grouped = accs.iter().any(reduce::Accumulator::is_grouped);
             // A contraction: each tile of its two factors multiplied as matrices.
-            if let [c] = ids[..] {
+            if let [c] = ids[..]
+                && !grouped
+            {
                 let spec = &plan.consts[c as usize];
                 if let Some(con) = gemm::contraction(&st.kernel, &st.shape, spec.op, &spec.axes, &|k| leaf_shape(plan, k)) {
                     let (rx, ry) = con.factor_regions(&region);
@@ -285,6 +291,7 @@ fn block_result(
             // in its stored type straight from the mapped file or its decoded bytes,
             // with no f64 copy (the widening happens in the fold).
             if let Kernel::Input(i) = st.kernel
+                && !grouped
                 && plan.inputs[i as usize].shape == st.shape
                 && let Some(r) = datasets[i as usize].hdf()
                 && r.typed_cell_elems().is_some_and(|n| n >= PIECE_ELEMS / 16)
@@ -309,6 +316,7 @@ fn block_result(
             for_each_piece(&region, &piece, |abs, rel| {
                 // A plain input reduced as stored: reduce the mapped file in place.
                 if let Kernel::Input(i) = st.kernel
+                    && !grouped
                     && plan.inputs[i as usize].shape == st.shape
                     && let Some(r) = datasets[i as usize].hdf()
                     && let Some(view) = r.view(abs).map_err(|e| read_error(plan, i, abs, e))?
@@ -323,8 +331,11 @@ fn block_result(
                 let (arr, n) = eval_region(plan, datasets, consts, &st.kernel, abs)?;
                 bytes_read += n;
                 for (acc, &c) in accs.iter_mut().zip(ids) {
-                    let spec = &plan.consts[c as usize];
-                    acc.merge(rel, reduce::partial_for(spec, &arr));
+                    if acc.is_grouped() {
+                        acc.merge_values(rel, &arr);
+                    } else {
+                        acc.merge(rel, reduce::partial_for(&plan.consts[c as usize], &arr));
+                    }
                 }
                 recycle(arr);
                 Ok(())
@@ -741,7 +752,9 @@ pub fn decode_partials(plan: &Plan, stage: u32, block: u64, payload: &[u8]) -> O
         let spec = &plan.consts[c as usize];
         let lens: Vec<usize> = region.iter().map(|r| r.len()).collect();
         let shape = reduce::partial_shape(spec, &lens);
-        let parts = (0..partial_arity(spec.op))
+        // A grouped reduction sends one partial per group present in the block.
+        let groups = spec.groups.as_ref().map_or(1, |g| g.present(region[spec.axes[0]].clone()).len());
+        let parts = (0..partial_arity(spec.op) * groups)
             .map(|_| take_f64(payload, &mut off, &shape))
             .collect::<Option<Vec<_>>>()?;
         out.push((c, parts));

@@ -98,6 +98,9 @@ pub struct InputSpec {
     /// CF decoding applied to every value read (`hdf::cf`).
     #[serde(default)]
     pub cf: Option<hdf::cf::Cf>,
+    /// The time axis (planning only: grouped reductions carry their groups).
+    #[serde(skip)]
+    pub time: hdf::coords::TimeInfo,
 }
 
 /// A reduction result.
@@ -115,6 +118,10 @@ pub struct ConstSpec {
     /// The bins of a histogram.
     #[serde(default)]
     pub hist: Option<super::reduce::Histogram>,
+    /// Grouped along the one reduced axis (`by="month"`, ...): the result has the
+    /// groups in place of that axis.
+    #[serde(default)]
+    pub groups: Option<super::calendar::Groups>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -235,8 +242,9 @@ impl Plan {
                     dtype: Dtype::F64,
                     chunk: None,
                     cf: None,
+                    time: Default::default(),
                 },
-                None => hdf::inspect(&inp.file, &inp.dataset, inp.decode).map_err(|reason| PlanError::Input {
+                None => hdf::inspect(&inp.file, &inp.dataset, inp.decode, inp.time.as_deref()).map_err(|reason| PlanError::Input {
                     name: inp.name.clone(),
                     reason,
                 })?,
@@ -273,6 +281,7 @@ impl Plan {
                 hdf5_chunk: info.chunk,
                 generate: inp.generate.clone(),
                 cf: info.cf,
+                time: info.time,
             });
         }
         let names: HashMap<&str, u32> = inputs.iter().enumerate().map(|(i, s)| (s.name.as_str(), i as u32)).collect();
@@ -444,6 +453,7 @@ mod tests {
             hdf5_chunk: None,
             generate: None,
             cf: None,
+            time: Default::default(),
         }
     }
 

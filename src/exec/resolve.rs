@@ -101,6 +101,8 @@ pub(super) enum Node {
         /// Keep the reduced axes as length 1 (`keepdims=True`).
         keepdims: bool,
         hist: Option<Histogram>,
+        /// Grouped by time (`by=`): the groups replace the one reduced axis.
+        groups: Option<super::calendar::Groups>,
     },
 }
 
@@ -289,6 +291,7 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                         ddof: 0.0,
                         keepdims: false,
                         hist: Some(Histogram { bins, lo, hi }),
+                        groups: None,
                     },
                     vec![bins],
                     Kind::Index,
@@ -304,6 +307,9 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                 }
                 if !norm && super::weighted::WEIGHTED.contains(&def.op) {
                     allowed.push("weights");
+                }
+                if !norm && !def.op.single_axis() {
+                    allowed.push("by");
                 }
                 accepts(&allowed)?;
                 if args.len() != 1 {
@@ -346,11 +352,24 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                     let w = resolve(w, cx)?;
                     return super::weighted::reduce(def.op, (n, s, kind), w, axes, keepdims).map_err(bad);
                 }
-                let shape = if keepdims {
+                let groups = match kw("by") {
+                    None => None,
+                    Some(AxisArg::Str(by)) => {
+                        if keepdims || kw("weights").is_some() {
+                            return Err(bad("takes by= without keepdims= or weights=".into()));
+                        }
+                        Some(super::groupby::groups(by, &n, &s, &axes, cx).map_err(bad)?)
+                    }
+                    Some(_) => return Err(bad(format!("by= takes a string: {}", super::calendar::GROUPINGS))),
+                };
+                let mut shape = if keepdims {
                     s.iter().enumerate().map(|(d, &n)| if axes.contains(&d) { 1 } else { n }).collect()
                 } else {
                     geometry::kept(&s, &axes)
                 };
+                if let Some(g) = &groups {
+                    shape.insert(axes[0], g.len());
+                }
                 // norm: numpy.linalg.norm's 2-norm / Frobenius norm, sqrt(sum(x**2)).
                 let arg = if norm { Node::Map(Op::of("square"), vec![n]) } else { n };
                 let node = Node::Reduce {
@@ -360,6 +379,7 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                     ddof,
                     keepdims,
                     hist: None,
+                    groups,
                 };
                 if norm {
                     (Node::Map(Op::of("sqrt"), vec![node]), shape, Kind::Float)

@@ -45,6 +45,7 @@ pub(super) fn reduce(op: ReduceOp, x: Resolved, w: Resolved, axes: Vec<usize>, k
         ddof: 0.0,
         keepdims: keep,
         hist: None,
+        groups: None,
     };
     // The weights over the array's shape: of the non-NaN values for the nan-forms.
     let weights_of = |x: &Node| {
@@ -66,6 +67,7 @@ pub(super) fn reduce(op: ReduceOp, x: Resolved, w: Resolved, axes: Vec<usize>, k
                     ddof: 0.0,
                     keepdims: keep,
                     hist: None,
+                    groups: None,
                 },
             ],
         )
@@ -86,6 +88,7 @@ pub(super) fn reduce(op: ReduceOp, x: Resolved, w: Resolved, axes: Vec<usize>, k
                         ddof: 0.0,
                         keepdims,
                         hist: None,
+                        groups: None,
                     },
                 ],
             );

@@ -11,6 +11,7 @@
 //! their own threads (never on the async runtime's threads).
 
 pub mod cf;
+pub mod coords;
 pub mod fault;
 pub mod filters;
 pub mod index;
@@ -122,6 +123,8 @@ pub struct DatasetInfo {
     pub chunk: Option<Vec<usize>>,
     /// CF decoding to apply (none when asked not to, or without CF attributes).
     pub cf: Option<cf::Cf>,
+    /// The time axis, or why there is none.
+    pub time: coords::TimeInfo,
 }
 
 /// How a dataset's chunks are decoded (no filters, by drover, by the HDF5 library, or
@@ -151,7 +154,7 @@ fn list_datasets(group: &hdf5::Group, prefix: &str, out: &mut Vec<String>) {
 }
 
 /// Open an input file and inspect one dataset; `decode`: read its CF attributes.
-pub fn inspect(path: &Path, dataset: &str, decode: bool) -> Result<DatasetInfo, InputError> {
+pub fn inspect(path: &Path, dataset: &str, decode: bool, time: Option<&str>) -> Result<DatasetInfo, InputError> {
     if !path.exists() {
         return Err(InputError::NoFile(path.to_path_buf()));
     }
@@ -203,11 +206,14 @@ pub fn inspect(path: &Path, dataset: &str, decode: bool) -> Result<DatasetInfo, 
     } else {
         None
     };
+    let shape = ds.shape();
+    let time = coords::time_axis(&file, path, dataset, &shape, time);
     Ok(DatasetInfo {
-        shape: ds.shape(),
+        shape,
         dtype,
         chunk: ds.chunk(),
         cf,
+        time,
     })
 }
 

@@ -18,6 +18,7 @@ fn reduce_blockwise(op: ReduceOp, a: &ArrayD<f64>, axes: &[usize], block: &[usiz
         stage: 0,
         ddof: 0.0,
         hist: None,
+        groups: None,
     };
     let mut acc = Accumulator::new(&spec, a.shape());
     for i in 0..block_count(a.shape(), block) {
@@ -201,6 +202,62 @@ fn every_fold_reduction_blockwise_equals_a_direct_fold() {
                 .map(|(i, k)| a[[i, j, k]])
                 .collect();
             assert!(same(got[[j]], direct(op, &lane)), "{op:?} axes (0, 2) at [{j}]");
+        }
+    }
+}
+
+#[test]
+fn grouped_reductions_merge_blocks_and_pieces_into_their_groups() {
+    use crate::exec::calendar::{GroupBy, Groups};
+    // 10 steps in three groups, interleaved; blocks of 4 steps cut every group.
+    let of_step = vec![0u32, 1, 0, 2, 2, 1, 0, 1, 2, 0];
+    let groups = Groups {
+        by: GroupBy::Month,
+        of_step: of_step.clone(),
+        keys: vec![1, 2, 3],
+    };
+    let a = ArrayD::from_shape_fn(IxDyn(&[10, 3]), |ix| ((ix[0] * 7 + ix[1] * 3) % 11) as f64 - 4.0);
+    for op in [ReduceOp::Mean, ReduceOp::Var, ReduceOp::Max, ReduceOp::NanSum] {
+        let spec = ConstSpec {
+            op,
+            axes: vec![0],
+            shape: vec![3, 3],
+            stage: 0,
+            ddof: 0.0,
+            hist: None,
+            groups: Some(groups.clone()),
+        };
+        let mut acc = Accumulator::new(&spec, &[10, 3]);
+        for start in (0..10).step_by(4) {
+            let end = (start + 4).min(10);
+            let region = vec![start..end, 0..3];
+            // the worker: a block-local accumulator fed in two pieces
+            let local = ConstSpec {
+                groups: Some(groups.slice(start..end)),
+                shape: vec![end - start, 3],
+                ..spec.clone()
+            };
+            let mut block = Accumulator::new(&local, &[end - start, 3]);
+            let mid = (end - start) / 2;
+            for piece in [0..mid, mid..end - start] {
+                let values = a
+                    .slice(ndarray::s![start + piece.start..start + piece.end, ..])
+                    .to_owned()
+                    .into_dyn();
+                block.merge_values(&[piece, 0..3], &values);
+            }
+            acc.merge(&region, block.into_partial());
+        }
+        let got = acc.finish().unwrap();
+        assert_eq!(got.shape(), &[3, 3]);
+        for g in 0..3u32 {
+            let rows: Vec<usize> = (0..10).filter(|&t| of_step[t] == g).collect();
+            let sel = a.select(Axis(0), &rows);
+            let want = reduce_blockwise(op, &sel, &[0], sel.shape());
+            for j in 0..3 {
+                let (w, v) = (want[[j]], got[[g as usize, j]]);
+                assert!((w - v).abs() <= 1e-12 * w.abs().max(1.0), "{op:?} group {g} column {j}: {v} vs {w}");
+            }
         }
     }
 }
