@@ -26,6 +26,11 @@ impl Lowering<'_> {
                 .reduce(|a, b| broadcast(&a, &b).expect("checked in resolve"))
                 .unwrap_or_default(),
             Kernel::View(_, v) => v.shape(),
+            Kernel::Take(src, table, axis) => {
+                let mut s = self.shape_of(src);
+                s[*axis] = table.len();
+                s
+            }
         }
     }
 
@@ -38,6 +43,7 @@ impl Lowering<'_> {
                 let k = self.lower(arg);
                 self.push_view(k, v)
             }
+            Node::Take { src, table, axis } => Kernel::Take(Box::new(self.lower(src)), table.clone(), *axis),
             Node::Reduce {
                 op,
                 axes,
@@ -137,6 +143,8 @@ impl Lowering<'_> {
             Kernel::Input(_) | Kernel::Const(_) if view.is_identity() => k,
             Kernel::Input(_) | Kernel::Const(_) => Kernel::View(Box::new(k), view.clone()),
             Kernel::View(leaf, inner) => Kernel::View(leaf, view.compose(&inner)),
+            Kernel::Take(..) if view.is_identity() => k,
+            Kernel::Take(..) => Kernel::View(Box::new(k), view.clone()),
             Kernel::Map(op, args) => Kernel::Map(
                 op,
                 args.into_iter()

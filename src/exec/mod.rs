@@ -507,8 +507,43 @@ fn leaf_shape(plan: &Plan, k: &Kernel) -> Vec<usize> {
         Kernel::Input(i) => plan.inputs[*i as usize].shape.clone(),
         Kernel::Const(c) => plan.consts[*c as usize].shape.clone(),
         Kernel::View(_, v) => v.shape(),
+        Kernel::Take(src, table, axis) => {
+            let mut s = leaf_shape(plan, src);
+            s[*axis] = table.len();
+            s
+        }
         Kernel::Num(_) | Kernel::Map(..) => vec![],
     }
+}
+
+/// The block `region` (right-aligned) of `take(src, table, axis)`: the const (or a view
+/// of it) is whole in memory; its rows are picked by the table.
+fn take_region(
+    plan: &Plan,
+    consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
+    k: &Kernel,
+    region: &[Range<usize>],
+) -> Result<ArrayD<f64>, ExecError> {
+    let Kernel::Take(src, table, axis) = k else {
+        unreachable!("a take")
+    };
+    let whole = match &**src {
+        Kernel::Const(c) => (*consts(*c).ok_or(ExecError::MissingConst(*c))?).clone(),
+        Kernel::View(leaf, v) => match **leaf {
+            Kernel::Const(c) => v.apply(consts(c).ok_or(ExecError::MissingConst(c))?.view()),
+            _ => unreachable!("take picks rows of consts"),
+        },
+        _ => unreachable!("take picks rows of consts"),
+    };
+    let r = operand_region(region, &leaf_shape(plan, k));
+    let mut part = whole.view();
+    for (d, range) in r.iter().enumerate() {
+        if d != *axis {
+            part.slice_axis_inplace(ndarray::Axis(d), ndarray::Slice::from(range.clone()));
+        }
+    }
+    let rows: Vec<usize> = table[r[*axis].clone()].iter().map(|&g| g as usize).collect();
+    Ok(part.select(ndarray::Axis(*axis), &rows))
 }
 
 /// An array through its view, if any (no copy).
@@ -592,11 +627,13 @@ fn eval_region(
             let whole = consts(*c).ok_or(ExecError::MissingConst(*c))?;
             Ok(kernel::const_slice(&whole, region))
         }
+        Kernel::Take(..) => take_region(plan, consts, leaf, region),
         Kernel::View(leaf, v) => {
             // The source region this block of the view touches, read (or sliced) as
             // is, then strided, permuted and reshaped by the view.
             let src = v.source_region(&operand_region(region, &v.shape()));
             match **leaf {
+                Kernel::Take(..) => Ok(v.apply(take_region(plan, consts, leaf, &src)?.view())),
                 Kernel::Input(i) => {
                     let a = read_pooled(&datasets[i as usize], &src).map_err(|e| read_error(plan, i, &src, e))?;
                     if plan.inputs[i as usize].generate.is_none() {

@@ -40,8 +40,11 @@ pub enum Kernel {
     Num(f64),
     /// An elementwise operation of the registry over its arguments.
     Map(Op, Vec<Kernel>),
-    /// A view of an input or const leaf (only ever around `Input` or `Const`).
+    /// A view of an input or const leaf (only ever around `Input`, `Const` or `Take`).
     View(Box<Kernel>, View),
+    /// Rows of a const picked along `axis` by a table of indices (numpy's `take`;
+    /// `clim[groups(t2m, "month")]`): the const's axis becomes the table's length.
+    Take(Box<Kernel>, Vec<u32>, usize),
 }
 
 impl Kernel {
@@ -49,7 +52,7 @@ impl Kernel {
         f(self);
         match self {
             Kernel::Map(_, args) => args.iter().for_each(|a| a.visit(f)),
-            Kernel::View(leaf, _) => leaf.visit(f),
+            Kernel::View(leaf, _) | Kernel::Take(leaf, ..) => leaf.visit(f),
             _ => {}
         }
     }

@@ -104,6 +104,12 @@ pub(super) enum Node {
         /// Grouped by time (`by=`): the groups replace the one reduced axis.
         groups: Option<super::calendar::Groups>,
     },
+    /// Rows of a reduction result picked along `axis` by an index table.
+    Take {
+        src: Box<Node>,
+        table: Vec<u32>,
+        axis: usize,
+    },
 }
 
 /// A resolved node with its shape and kind.
@@ -239,6 +245,9 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                 return Ok(r);
             }
             if let Some(r) = super::einsum::call(func, args, kwargs, *pos, cx, &bad, &accepts)? {
+                return Ok(r);
+            }
+            if let Some(r) = super::groupby::call(func, args, axis.as_ref(), cx, &bad, &accepts)? {
                 return Ok(r);
             }
             if let Some(op) = Op::named(func) {
@@ -393,6 +402,7 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                     .chain(ops::ELEMENTWISE.iter().map(|e| e.name))
                     .chain(VIEW_FUNCTIONS.iter().copied())
                     .chain(super::einsum::CONTRACTIONS.iter().copied())
+                    .chain(["take", "groups"])
                     .chain(["norm"]);
                 let hint = did_you_mean(func, known)
                     .map(|s| format!(" (did you mean \"{s}\"?)"))

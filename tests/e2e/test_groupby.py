@@ -128,3 +128,48 @@ def test_undecodable_time_units_are_quoted(drover, tmp_path, rng, attrs, quoted)
     # without by=, the same file reduces fine: the time axis is only needed for groupings
     r = run(drover, tmp_path, {"t2m": {"file": "t2m.nc", "dataset": "/t2m"}}, [("nanmean(t2m, axis=0)", "/o")])
     assert r.rc == 0, r.describe()
+
+
+@pytest.mark.parametrize("calendar", ["standard", "noleap", "360_day"])
+def test_monthly_and_seasonal_anomalies_equal_xarray(drover, tmp_path, rng, calendar):
+    t = write(tmp_path / "t2m.nc", calendar, "2000-01-01", 3 * 365 + 20, "D", rng)
+    doc = {
+        "inputs": {"t2m": {"file": "t2m.nc", "dataset": "/t2m", "chunks": [29, 5, 4]}},
+        "let": {"clim": "nanmean(t2m, axis=0, by='month')", "sclim": "nanmean(t2m, axis=0, by='season')"},
+        "outputs": [
+            {"expr": "t2m - clim[groups(t2m, 'month')]", "file": "out.h5", "dataset": "/anom"},
+            {"expr": "t2m - take(sclim, groups(t2m, \"season\"), axis=0)", "file": "out.h5", "dataset": "/sanom"},
+            {"expr": "(t2m - clim[groups(t2m, 'month')])[10:500:7, 1:]", "file": "out.h5", "dataset": "/part"},
+            {"expr": "clim", "file": "out.h5", "dataset": "/clim"},
+        ],
+    }
+    (tmp_path / "w.toml").write_text(to_toml(doc))
+    r = run_drover(drover, ["run", tmp_path / "w.toml", "--workers", "2", "--json"])
+    assert r.rc == 0, r.describe()
+    clim = t.groupby("time.month").mean()
+    anom = (t.groupby("time.month") - clim).values
+    sanom = (t.groupby("time.season") - t.groupby("time.season").mean()).values
+    out = tmp_path / "out.h5"
+    np.testing.assert_allclose(read_h5(out, "/anom")[0], anom, rtol=1e-9, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(read_h5(out, "/sanom")[0], sanom, rtol=1e-9, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(read_h5(out, "/part")[0], anom[10:500:7, 1:], rtol=1e-9, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(read_h5(out, "/clim")[0], clim.values, rtol=1e-12, equal_nan=True)
+    assert np.nanmax(np.abs(read_h5(out, "/anom")[0])) < 60, "an anomaly, not the field"
+
+
+BAD_TAKE = [
+    ("t2m[t2m]", ["column 5", "integer-array indexing takes groups", "integer constants"]),
+    ("take(t2m, groups(t2m, 'month'), axis=0)", ["take()", "picks rows of a reduction result"]),
+    ("nanmean(t2m, axis=0, by='season')[groups(t2m, 'month')]", ["index 1 is out of bounds for axis 0 with size 1"]),
+    ("groups(t2m, 'month')", ["groups()", "is an index array"]),
+    ("take(nanmean(t2m, axis=0, by='month'), groups(t2m, 'month'))", ["take()", "axis= as one integer"]),
+    ("nanmean(t2m, axis=0, by='month')[groups(t2m)]", ["groups() takes an array and a grouping"]),
+]
+
+
+@pytest.mark.parametrize("expr,quoted", BAD_TAKE, ids=[b[0] for b in BAD_TAKE])
+def test_bad_index_arrays_are_refused_before_any_work(drover, tmp_path, rng, expr, quoted):
+    write(tmp_path / "t2m.nc", "standard", "2000-01-01", 40, "D", rng)
+    r = run(drover, tmp_path, {"t2m": {"file": "t2m.nc", "dataset": "/t2m"}}, [(expr, "/o")])
+    line = assert_refused(r, quoted, tmp_path / "out.h5")
+    assert expr in line

@@ -308,6 +308,21 @@ impl Parser<'_> {
                 Tok::LBracket => {
                     let pos = self.pos();
                     self.next();
+                    if matches!(self.peek(), Tok::Name(n) if n != "None") {
+                        // An array index (`clim[groups(t2m, "month")]`): numpy's integer-array
+                        // indexing along the first axis, i.e. take(base, index, axis=0).
+                        let ipos = self.pos();
+                        let index = self.expr()?;
+                        self.expect(Tok::RBracket, "']' (an array index is the only item)")?;
+                        e = Ast::Call {
+                            func: "take".into(),
+                            pos: ipos,
+                            args: vec![e, index],
+                            axis: Some((AxisArg::Axes(vec![0]), ipos)),
+                            kwargs: vec![],
+                        };
+                        continue;
+                    }
                     let items = self.index_items()?;
                     e = Ast::Index {
                         base: Box::new(e),
