@@ -44,6 +44,8 @@ pub enum WorkloadError {
     BadDtype { path: PathBuf, index: usize, dtype: String },
     #[error("{path}: [let] name \"{name}\" {hint}")]
     BadLetName { path: PathBuf, name: String, hint: &'static str },
+    #[error("{path}: outputs[{index}] {message}")]
+    BadOutput { path: PathBuf, index: usize, message: String },
     #[error("{path}: outputs[{index}] dataset \"{dataset}\" is not a dataset path; use a name like \"/result\" or \"/group/result\"")]
     BadDatasetPath { path: PathBuf, index: usize, dataset: String },
 }
@@ -179,6 +181,18 @@ struct RawOutput {
     file: PathBuf,
     dataset: String,
     dtype: Option<String>,
+    compression: Option<String>,
+    level: Option<i64>,
+    shuffle: Option<bool>,
+}
+
+/// A compressed output: gzip (HDF5's deflate filter, zlib streams) at `level`, after
+/// the shuffle filter when `shuffle`. Workers compress whole chunks; the writer
+/// stores them as they are (HDF5 direct chunk writes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compression {
+    pub level: u8,
+    pub shuffle: bool,
 }
 
 /// One named input, paths resolved.
@@ -213,6 +227,9 @@ pub struct Output {
     /// `None`: from the expression (bool for comparisons, i64 for counts and
     /// indices, f64 otherwise).
     pub dtype: Option<OutDtype>,
+    /// `compression = "gzip"` (with `level`, `shuffle`).
+    #[serde(default)]
+    pub compression: Option<Compression>,
 }
 
 /// A validated workload with absolute paths.
@@ -400,11 +417,45 @@ impl Workload {
                     dataset: out.dataset,
                 });
             }
+            let bad = |message: String| WorkloadError::BadOutput {
+                path: p.clone(),
+                index,
+                message,
+            };
+            let compression = match out.compression.as_deref() {
+                None => {
+                    if out.level.is_some() || out.shuffle.is_some() {
+                        return Err(bad(
+                            "has level or shuffle but no compression = \"gzip\"; those describe a compressed output".into(),
+                        ));
+                    }
+                    None
+                }
+                Some("gzip" | "zlib" | "deflate") => {
+                    let level = out.level.unwrap_or(4);
+                    if !(0..=9).contains(&level) {
+                        return Err(bad(format!(
+                            "level = {level} is not a gzip level; use 0 (store) to 9 (smallest), e.g. level = 4"
+                        )));
+                    }
+                    Some(Compression {
+                        level: level as u8,
+                        shuffle: out.shuffle.unwrap_or(true),
+                    })
+                }
+                Some(c @ ("zstd" | "lz4" | "blosc" | "szip")) => {
+                    return Err(bad(format!(
+                        "compression = \"{c}\" is not written yet; use compression = \"gzip\" (with level = 0..9 and shuffle = true), which every HDF5 and netCDF reader decodes"
+                    )));
+                }
+                Some(c) => return Err(bad(format!("compression = \"{c}\" is not a compression; use \"gzip\""))),
+            };
             outputs.push(Output {
                 expr: out.expr,
                 file: base.join(&out.file),
                 dataset: format!("/{ds}"),
                 dtype,
+                compression,
             });
         }
         Ok(Workload {

@@ -115,6 +115,25 @@ pub fn default_block(shape: &[usize], chunk: &[usize], target_elems: usize) -> V
     block
 }
 
+/// A chunk shape that tiles `block` (each length divides the block's, so blocks are
+/// made of whole chunks), cut down while it holds more than `max_bytes` and a length
+/// has a smaller divisor: the longest first, to its largest divisor at most half.
+pub fn tiling_chunk(block: &[usize], elem: usize, max_bytes: usize) -> Vec<usize> {
+    let mut chunk: Vec<usize> = block.iter().map(|&b| b.max(1)).collect();
+    while chunk.iter().product::<usize>() * elem > max_bytes {
+        let smaller = |d: usize| -> Option<usize> {
+            let b = block[d].max(1);
+            let below = |limit: usize| (1..=limit).rev().find(|&c| b % c == 0);
+            below(chunk[d] / 2).filter(|_| chunk[d] > 1)
+        };
+        let Some(d) = (0..chunk.len()).filter(|&d| smaller(d).is_some()).max_by_key(|&d| chunk[d]) else {
+            break;
+        };
+        chunk[d] = smaller(d).expect("checked");
+    }
+    chunk
+}
+
 /// The part of `region` (in a broadcast shape of rank `rank`) that an operand of
 /// `shape` needs: dimensions aligned from the right, broadcast (size-1) dimensions read
 /// whole.
@@ -130,6 +149,15 @@ pub fn operand_region(region: &[Range<usize>], shape: &[usize]) -> Vec<Range<usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiling_chunks_divide_the_block() {
+        let c = tiling_chunk(&[73, 181, 360], 4, 4 << 20);
+        assert!(c.iter().zip([73, 181, 360]).all(|(c, b)| b % c == 0), "{c:?}");
+        assert!(c.iter().product::<usize>() * 4 <= 4 << 20, "{c:?}");
+        assert_eq!(tiling_chunk(&[10, 20], 8, 1 << 20), vec![10, 20], "small blocks are one chunk");
+        assert_eq!(tiling_chunk(&[7919], 8, 8), vec![1], "a prime length can only become 1");
+    }
 
     #[test]
     fn indices_step_in_row_major_order_and_wrap() {

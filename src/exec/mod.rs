@@ -363,7 +363,15 @@ fn block_result(
                 recycle(arr);
                 Ok(())
             })?;
-            buf
+            // A compressed output: its chunks compressed here, in the worker's threads.
+            match (out.compression, &out.chunk) {
+                (Some(c), Some(chunk)) => {
+                    let z = hdf::compress_block(&region, &out.shape, chunk, width, c, &buf);
+                    buffers::PAYLOADS.give(buf);
+                    z
+                }
+                _ => buf,
+            }
         }
     };
     Ok(BlockResult { bytes_read, payload })

@@ -153,6 +153,9 @@ pub struct OutputSpec {
     pub dtype: OutDtype,
     pub chunk: Option<Vec<usize>>,
     pub expr: String,
+    /// gzip: chunks compressed by the workers (the chunk shape tiles the blocks).
+    #[serde(default)]
+    pub compression: Option<crate::config::workload::Compression>,
 }
 
 /// Everything needed to execute a workload.
@@ -348,6 +351,14 @@ impl Plan {
             } else {
                 low.output_chunk(&kernel, shape, &block, dtype.size())
             };
+            // A compressed output's chunks tile its blocks: each block is compressed
+            // chunk by chunk where it is computed. (A 0-d output has no chunks: stored
+            // plain.)
+            let compression = out.compression.filter(|_| chunk.is_some());
+            let chunk = match compression {
+                Some(_) => Some(super::geometry::tiling_chunk(&block, dtype.size(), 4 << 20)),
+                None => chunk,
+            };
             outputs.push(OutputSpec {
                 file: out.file.clone(),
                 dataset: out.dataset.clone(),
@@ -355,6 +366,7 @@ impl Plan {
                 dtype: *dtype,
                 chunk,
                 expr: out.expr.clone(),
+                compression,
             });
             low.stages.push(Stage {
                 kernel,
@@ -381,7 +393,19 @@ impl Plan {
             .map(|st| {
                 let block: u64 = st.block.iter().map(|&n| n as u64).product();
                 match &st.kind {
-                    StageKind::Write { output } => block * self.outputs[*output as usize].dtype.size() as u64,
+                    StageKind::Write { output } => {
+                        let out = &self.outputs[*output as usize];
+                        let raw = block * out.dtype.size() as u64;
+                        match (&out.compression, &out.chunk) {
+                            // zlib's worst case on incompressible data, the padding of
+                            // edge chunks and a length per chunk
+                            (Some(_), Some(c)) => {
+                                let chunk: u64 = c.iter().map(|&n| n as u64).product::<u64>() * out.dtype.size() as u64;
+                                raw + raw / 64 + 2 * chunk + 1024
+                            }
+                            _ => raw,
+                        }
+                    }
                     StageKind::Reduce { consts } => consts
                         .iter()
                         .map(|&c| {

@@ -161,7 +161,7 @@ impl Writer {
             let ds = if reopen {
                 f.dataset(&out.dataset)
             } else {
-                hdf::create_output(f, &out.dataset, &out.shape, out.chunk.as_deref(), out.dtype)
+                hdf::create_output(f, &out.dataset, &out.shape, out.chunk.as_deref(), out.dtype, out.compression)
             };
             match ds {
                 Ok(ds) => datasets.push(ds),
@@ -172,6 +172,7 @@ impl Writer {
             }
         }
         let dtypes: Vec<OutDtype> = plan.outputs.iter().map(|o| o.dtype).collect();
+        let compressed: Vec<Option<Vec<usize>>> = plan.outputs.iter().map(|o| o.compression.and(o.chunk.clone())).collect();
         let direct = plan
             .outputs
             .iter()
@@ -191,6 +192,7 @@ impl Writer {
                     files,
                     datasets,
                     dtypes,
+                    compressed,
                     journal: Some(journal),
                     errors: etx,
                     failed: false,
@@ -266,6 +268,8 @@ struct WriterThread {
     files: Vec<OutFile>,
     datasets: Vec<hdf5::Dataset>,
     dtypes: Vec<OutDtype>,
+    /// The chunk shape of each compressed output (its blocks come as compressed chunks).
+    compressed: Vec<Option<Vec<usize>>>,
     journal: Option<Journal>,
     errors: tokio::sync::mpsc::UnboundedSender<String>,
     failed: bool,
@@ -347,7 +351,11 @@ impl WriterThread {
                     task,
                 }) if !self.failed => {
                     let ds = &self.datasets[output as usize];
-                    match hdf::write_region(ds, &region, self.dtypes[output as usize], &bytes) {
+                    let written = match &self.compressed[output as usize] {
+                        Some(chunk) => hdf::write_chunks(ds, &region, chunk, &bytes),
+                        None => hdf::write_region(ds, &region, self.dtypes[output as usize], &bytes),
+                    };
+                    match written {
                         Ok(()) => pending.push(task),
                         Err(e) => self.report(format!("writing output {output}: {e}")),
                     }

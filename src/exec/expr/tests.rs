@@ -155,7 +155,9 @@ fn errors_carry_columns() {
     assert_eq!(parse("mean(x, axis=a)").unwrap_err().column, 14);
     assert_eq!(parse("mean(x, axis=1, axis=2)").unwrap_err().column, 17);
     assert_eq!(parse("x[1.5]").unwrap_err().column, 3);
-    assert_eq!(parse("x[a]").unwrap_err().column, 3);
+    // an array index parses (as take along axis 0); the resolver says what it takes
+    assert_eq!(show(&parse("x[a]").unwrap()), "take(x, a)");
+    assert_eq!(parse("x[a, 1]").unwrap_err().column, 4);
     assert_eq!(parse("x[1 2]").unwrap_err().column, 5);
     assert_eq!(parse("x.foo").unwrap_err().column, 3);
     assert_eq!(parse("x.").unwrap_err().column, 3);

@@ -93,6 +93,7 @@ pub fn create_output(
     shape: &[usize],
     chunk: Option<&[usize]>,
     dtype: OutDtype,
+    compression: Option<crate::config::workload::Compression>,
 ) -> hdf5::Result<hdf5::Dataset> {
     let builder = match dtype {
         OutDtype::F64 => file.new_dataset::<f64>(),
@@ -108,7 +109,19 @@ pub fn create_output(
         OutDtype::Bool => file.new_dataset::<bool>(),
     };
     let mut builder = builder.shape(shape.to_vec());
-    if let Some(c) = chunk
+    if let (Some(c), Some(z)) = (chunk, compression)
+        && !shape.is_empty()
+        && shape.iter().all(|&s| s > 0)
+    {
+        // Compressed chunks come whole from the workers ([`write_chunks`]); the
+        // filters are declared so readers decode them.
+        let mut filters = Vec::new();
+        if z.shuffle {
+            filters.push(hdf5::filters::Filter::shuffle());
+        }
+        filters.push(hdf5::filters::Filter::deflate(z.level));
+        builder = builder.chunk(c.to_vec()).set_filters(&filters);
+    } else if let Some(c) = chunk
         && !shape.is_empty()
         && shape.iter().all(|&s| s > 0)
     {
@@ -183,4 +196,109 @@ fn write_array<T: hdf5::H5Type>(ds: &hdf5::Dataset, region: &[Range<usize>], a: 
         return Ok(());
     }
     ds.as_writer().write_slice(a, hyperslab(region))
+}
+
+/// HDF5's byte shuffle: byte 0 of every element, then byte 1, ... (whole chunks hold
+/// whole elements).
+fn shuffle(src: &[u8], dst: &mut [u8], elem: usize) {
+    let n = src.len() / elem;
+    for (i, e) in src.chunks_exact(elem).enumerate() {
+        for (j, &b) in e.iter().enumerate() {
+            dst[j * n + i] = b;
+        }
+    }
+}
+
+/// A block of an output (its values, row-major, little-endian), compressed chunk by
+/// chunk as HDF5's shuffle and deflate filters store chunks: each chunk of the block
+/// (the chunks tile it) padded to its full shape at the dataset's edges, shuffled when
+/// asked, then a zlib stream. The payload: each chunk in row-major order over the
+/// block's chunks, as a little-endian u64 length and the bytes ([`write_chunks`]).
+pub fn compress_block(
+    region: &[Range<usize>],
+    shape: &[usize],
+    chunk: &[usize],
+    elem: usize,
+    c: crate::config::workload::Compression,
+    bytes: &[u8],
+) -> Vec<u8> {
+    thread_local! {
+        static DEFLATE: std::cell::RefCell<Option<(i32, libdeflater::Compressor)>> = const { std::cell::RefCell::new(None) };
+    }
+    let cbytes = chunk.iter().product::<usize>() * elem;
+    let mut plain = vec![0u8; cbytes];
+    let mut shuffled = vec![0u8; if c.shuffle { cbytes } else { 0 }];
+    let bshape: Vec<usize> = region.iter().map(|r| r.len()).collect();
+    let region_start: Vec<usize> = region.iter().map(|r| r.start).collect();
+    let mut out = Vec::with_capacity(bytes.len() / 2);
+    DEFLATE.with_borrow_mut(|slot| {
+        let level = i32::from(c.level);
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            let lvl = libdeflater::CompressionLvl::new(level).unwrap_or_default();
+            *slot = Some((level, libdeflater::Compressor::new(lvl)));
+        }
+        let deflate = &mut slot.as_mut().expect("set above").1;
+        let _ = for_each_cell(region, chunk, |idx, sub| {
+            let inside = idx.iter().zip(chunk).zip(shape).all(|((&i, &c), &n)| (i + 1) * c <= n);
+            if !inside {
+                plain.fill(0);
+            }
+            let chunk_start: Vec<usize> = idx.iter().zip(chunk).map(|(&i, &c)| i * c).collect();
+            for_each_row(sub, (&region_start, &bshape), (&chunk_start, chunk), |src, dst, run| {
+                plain[dst * elem..(dst + run) * elem].copy_from_slice(&bytes[src * elem..(src + run) * elem])
+            });
+            let input: &[u8] = if c.shuffle && elem > 1 {
+                shuffle(&plain, &mut shuffled, elem);
+                &shuffled
+            } else {
+                &plain
+            };
+            let at = out.len() + 8;
+            out.resize(at + deflate.zlib_compress_bound(input.len()), 0);
+            let n = deflate.zlib_compress(input, &mut out[at..]).expect("the bound holds the stream");
+            out.truncate(at + n);
+            out[at - 8..at].copy_from_slice(&(n as u64).to_le_bytes());
+            Ok(())
+        });
+    });
+    out
+}
+
+/// Store the chunks of a block compressed by [`compress_block`] as they are (HDF5
+/// direct chunk writes: the single writer never compresses).
+pub fn write_chunks(ds: &hdf5::Dataset, region: &[Range<usize>], chunk: &[usize], payload: &[u8]) -> hdf5::Result<()> {
+    let mut off = 0usize;
+    for_each_cell(region, chunk, |idx, _| {
+        let len = payload
+            .get(off..off + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+            .ok_or_else(|| hdf5::Error::from("a compressed block ends early"))?;
+        let data = payload
+            .get(off + 8..off + 8 + len)
+            .ok_or_else(|| hdf5::Error::from("a compressed chunk is cut short"))?;
+        off += 8 + len;
+        let offset: Vec<hdf5_sys::h5::hsize_t> = idx.iter().zip(chunk).map(|(&i, &c)| (i * c) as hdf5_sys::h5::hsize_t).collect();
+        // SAFETY: the dataset is open and chunked with this chunk shape; `offset` has
+        // one entry per dimension; `data` is a whole filtered chunk of `len` bytes.
+        let rc = hdf5::sync::sync(|| unsafe {
+            hdf5_sys::h5d::H5Dwrite_chunk(
+                ds.id(),
+                hdf5_sys::h5p::H5P_DEFAULT,
+                0,
+                offset.as_ptr(),
+                data.len(),
+                data.as_ptr().cast(),
+            )
+        });
+        if rc < 0 {
+            Err(hdf5::Error::from("H5Dwrite_chunk failed"))
+        } else {
+            Ok(())
+        }
+    })?;
+    if off == payload.len() {
+        Ok(())
+    } else {
+        Err(hdf5::Error::from("a compressed block has bytes past its chunks"))
+    }
 }
