@@ -11,7 +11,7 @@
 #   scripts/bench.sh --help                every option and case of scripts/bench.py
 #
 # Set-up (each step only when needed): the build dependencies (scripts/lib.sh), a benchmark
-# venv `.venv-bench` (dask[array,distributed], h5py, hdf5plugin, numpy, psutil;
+# venv `.venv-bench` (dask[array,distributed], h5py, hdf5plugin, numpy, psutil, xarray, h5netcdf;
 # separate from the test venv `.venv`), `cargo build --release` and, when
 # examples/decode_limit.rs exists, `cargo build --release --example decode_limit`
 # (both skipped with BENCH_SKIP_BUILD=1), the data in scratch/bench/ (kept when
@@ -31,11 +31,11 @@ cd "$DROVER_ROOT"
 
 BENCH_VENV="${BENCH_VENV:-$DROVER_ROOT/.venv-bench}"
 BENCH_PY="$BENCH_VENV/bin/python"
-BENCH_PACKAGES=("dask[array,distributed]" h5py hdf5plugin numpy psutil)
+BENCH_PACKAGES=("dask[array,distributed]" h5py hdf5plugin numpy psutil xarray h5netcdf)
 DROVER_BIN="${DROVER_BIN:-$DROVER_ROOT/target/release/drover}"
 
 ensure_bench_venv() {
-    ensure_python_env "$BENCH_VENV" "dask, dask.array, distributed, h5py, hdf5plugin, numpy, psutil" "${BENCH_PACKAGES[@]}"
+    ensure_python_env "$BENCH_VENV" "dask, dask.array, distributed, h5py, hdf5plugin, numpy, psutil, xarray, h5netcdf" "${BENCH_PACKAGES[@]}"
 }
 
 main() {

@@ -87,6 +87,7 @@ for _c in TINY_CHUNKED:
 # the expression-surface cases (surface.py)
 CONTENDERS["masked-mean"] = ["drover", "dask-threads", "dask.distributed"]
 CONTENDERS["matmul"] = ["drover", "dask-threads", "dask.distributed"]
+CONTENDERS["gzip-anomaly"] = ["drover", "drover-1w", "dask-threads", "dask.distributed"]
 
 CLASSIC_CASES = ["reduction", "anomaly", "tiny"]
 ALL_CASES = list(CONTENDERS)
@@ -95,7 +96,7 @@ CASE_GROUPS = {
     "classic": CLASSIC_CASES,
     "compressed": list(COMPRESSED),
     "tinychunks": list(TINY_CHUNKED),
-    "surface": ["masked-mean", "matmul"],
+    "surface": ["masked-mean", "matmul", "gzip-anomaly"],
 }
 QUICK_SKIPS = {"tiny-2m"}         # left out of a group under --quick (name it to run it)
 
@@ -126,20 +127,26 @@ def toml_str(p) -> str:
     return json.dumps(str(p))   # a JSON string is a valid TOML basic string
 
 
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return f"[{', '.join(_toml_value(x) for x in v)}]"
+    return toml_str(str(v))
+
+
 def write_workload(path: Path, inputs: dict, outputs: list) -> Path:
+    """A workload file: every key of each input and output spec, in order."""
     lines = []
     for name, spec in inputs.items():
         lines.append(f"[inputs.{name}]")
-        lines.append(f"file = {toml_str(spec['file'])}")
-        lines.append(f"dataset = {toml_str(spec['dataset'])}")
-        if spec.get("chunks"):
-            lines.append(f"chunks = [{', '.join(str(c) for c in spec['chunks'])}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in spec.items() if v is not None]
         lines.append("")
     for o in outputs:
         lines.append("[[outputs]]")
-        lines.append(f"expr = {toml_str(o['expr'])}")
-        lines.append(f"file = {toml_str(o['file'])}")
-        lines.append(f"dataset = {toml_str(o['dataset'])}")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in o.items() if v is not None]
         lines.append("")
     path.write_text("\n".join(lines))
     return path

@@ -148,11 +148,12 @@ class H5Source:
         return self._ds[key]
 
 
-def run_drover(drover: str, workload: Path, workers: int, timeout: float, env: dict | None = None) -> dict:
+def run_drover(drover: str, workload: Path, workers: int, timeout: float, env: dict | None = None,
+               extra: list[str] | None = None) -> dict:
     """The whole `drover run` command, wall-timed here; its JSON, and peak RSS. ENV: the
     environment (default: this process's)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        argv = [drover, "run", str(workload), "--workers", str(workers), "--json"]
+        argv = [drover, "run", str(workload), "--workers", str(workers), "--json"] + list(extra or [])
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
         sampler = TreeSampler(p.pid)

@@ -146,6 +146,10 @@ pub struct RunArgs {
     /// Workers (default: the number of cores for the embedded cluster; required with --site).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Threads per worker of the embedded cluster (default: the cores shared out among
+    /// the workers).
+    #[arg(long, conflicts_with_all = ["connect", "site"])]
+    pub threads: Option<usize>,
     /// Use the running server whose folder holds access.toml instead of an embedded cluster.
     #[arg(long, value_name = "DIR", conflicts_with = "site")]
     pub connect: Option<PathBuf>,

@@ -26,6 +26,9 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     if args.workers == Some(0) {
         return Err(input(anyhow!("--workers 0: the run needs at least one worker")));
     }
+    if args.threads == Some(0) {
+        return Err(input(anyhow!("--threads 0: a worker needs at least one thread")));
+    }
     let site = args.site.as_deref().map(load_site).transpose()?;
     if site.as_ref().is_some_and(|s| s.adapt.is_none()) && args.workers.is_none() {
         return Err(input(anyhow!(
@@ -46,7 +49,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
             })?
         }
         (None, Some(site)) => rt.block_on(on_site(workload, site, args.workers.unwrap_or(0) as u32, progress))?,
-        (None, None) => rt.block_on(embedded(workload, args.workers.unwrap_or_else(cores), progress))?,
+        (None, None) => rt.block_on(embedded(workload, args.workers.unwrap_or_else(cores), args.threads, progress))?,
     };
     summary.driver_peak_rss_bytes = crate::worker::peak_rss();
     print_summary(&summary, &decoded, args.json)
@@ -197,7 +200,7 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Opt
 
 /// The embedded local cluster: a server in this process and `n` worker processes over
 /// loopback QUIC, stopped at the end whatever happens.
-async fn embedded(workload: Workload, n: usize, progress: Option<String>) -> Result<Summary, Failure> {
+async fn embedded(workload: Workload, n: usize, threads: Option<usize>, progress: Option<String>) -> Result<Summary, Failure> {
     let dir = tempfile::Builder::new()
         .prefix("drover-")
         .tempdir()
@@ -214,7 +217,7 @@ async fn embedded(workload: Workload, n: usize, progress: Option<String>) -> Res
     };
     let handle = server::start(opts).await.map_err(runtime)?;
     let access = Access::load(&handle.access_path).map_err(runtime)?;
-    let threads = (cores() / n).max(1);
+    let threads = threads.unwrap_or((cores() / n).max(1));
     let exe = std::env::current_exe().context("locating the drover executable").map_err(runtime)?;
     let mut children: Vec<Child> = Vec::with_capacity(n);
     for _ in 0..n {
