@@ -681,3 +681,23 @@ def wait_for(
 
 def iter_lines(text: str) -> Iterable[str]:
     return (line for line in text.splitlines())
+
+
+# --------------------------------------------------------------------------
+# Test order
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "loads_netcdf4: the module loads netCDF4-python, whose wheel brings its own HDF5 library; "
+        "such modules run last (see pytest_collection_modifyitems)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules that load netCDF4-python run after the others. Its wheel loads a second
+    HDF5 library into this process; after that, h5py's HDF5 misbehaves for the rest of
+    the session (hdf5plugin's blosc filter fails at dataset creation, chunk queries
+    return -1), which broke test_filters when it ran after test_cf."""
+    items.sort(key=lambda item: item.get_closest_marker("loads_netcdf4") is not None)

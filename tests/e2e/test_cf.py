@@ -33,12 +33,15 @@ from typing import Any, Mapping
 import h5netcdf
 import h5py
 import iris_sample_data
-import netCDF4
 import numpy as np
 import pytest
 import xarray as xr
 
 from conftest import assert_close, assert_refused, oracle, read_h5, run_drover, to_toml
+
+# netCDF4-python (directly or as xarray's engine) loads its own HDF5: run last (conftest)
+pytestmark = pytest.mark.loads_netcdf4
+
 
 CF_ATTRS = ("_FillValue", "missing_value", "scale_factor", "add_offset")
 ENGINES = ("netcdf4", "h5netcdf")
@@ -437,6 +440,8 @@ def test_gzip_level_0_and_chunks_larger_than_the_dataset(drover, tmp_path, rng, 
 def test_missing_value_vector_written_by_netcdf4_python(drover, tmp_path, rng):
     """netCDF4-python writes the packed variable itself (a second writer besides xarray):
     _FillValue, a missing_value vector, scale_factor and add_offset in float64."""
+    import netCDF4  # here, not at import: it loads its own HDF5 (conftest orders this module last)
+
     raw = stored_int16(rng, (20, 9, 14))
     f = tmp_path / "nc4.nc"
     with netCDF4.Dataset(f, "w") as nc:
@@ -522,6 +527,8 @@ def test_float64_fill_that_float32_cannot_hold_masks_nothing(drover, tmp_path, r
     holds (-99.9, 1e20): xarray compares the stored float32 values with the float64
     fills and masks nothing, and netCDF4-python ignores such fills ("cannot be safely
     cast to variable data type"). drover must not mask the nearest float32 values."""
+    import netCDF4  # here, not at import: it loads its own HDF5 (conftest orders this module last)
+
     t = (20.0 + rng.standard_normal((12, 6, 7))).astype(np.float32)
     t[0, 0, :] = np.float32(-99.9)
     t[1, :, 0] = np.float32(1e20)

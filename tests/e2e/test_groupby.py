@@ -13,6 +13,10 @@ import xarray as xr
 
 from conftest import assert_refused, read_h5, run_drover, to_toml
 
+# netCDF4-python (directly or as xarray's engine) loads its own HDF5: run last (conftest)
+pytestmark = pytest.mark.loads_netcdf4
+
+
 
 def write(path, calendar: str, start: str, periods: int, freq: str, rng, *, name="t2m", group=None, extra=None):
     if calendar in ("standard", "proleptic_gregorian") and freq != "h":
