@@ -116,20 +116,17 @@ pub fn default_block(shape: &[usize], chunk: &[usize], target_elems: usize) -> V
 }
 
 /// A chunk shape that tiles `block` (each length divides the block's, so blocks are
-/// made of whole chunks), cut down while it holds more than `max_bytes` and a length
-/// has a smaller divisor: the longest first, to its largest divisor at most half.
+/// made of whole chunks), cut down while it holds more than `max_bytes`: the leading
+/// axis first (time, in CF order, so a chunk keeps whole fields), each cut to the
+/// largest divisor of the block's length at most half the current one, and the next
+/// axis only once the leading ones are 1.
 pub fn tiling_chunk(block: &[usize], elem: usize, max_bytes: usize) -> Vec<usize> {
     let mut chunk: Vec<usize> = block.iter().map(|&b| b.max(1)).collect();
-    while chunk.iter().product::<usize>() * elem > max_bytes {
-        let smaller = |d: usize| -> Option<usize> {
+    for d in 0..chunk.len() {
+        while chunk.iter().product::<usize>() * elem > max_bytes && chunk[d] > 1 {
             let b = block[d].max(1);
-            let below = |limit: usize| (1..=limit).rev().find(|&c| b % c == 0);
-            below(chunk[d] / 2).filter(|_| chunk[d] > 1)
-        };
-        let Some(d) = (0..chunk.len()).filter(|&d| smaller(d).is_some()).max_by_key(|&d| chunk[d]) else {
-            break;
-        };
-        chunk[d] = smaller(d).expect("checked");
+            chunk[d] = (1..=chunk[d] / 2).rev().find(|&c| b % c == 0).unwrap_or(1);
+        }
     }
     chunk
 }
@@ -157,6 +154,11 @@ mod tests {
         assert!(c.iter().product::<usize>() * 4 <= 4 << 20, "{c:?}");
         assert_eq!(tiling_chunk(&[10, 20], 8, 1 << 20), vec![10, 20], "small blocks are one chunk");
         assert_eq!(tiling_chunk(&[7919], 8, 8), vec![1], "a prime length can only become 1");
+        assert_eq!(
+            tiling_chunk(&[128, 181, 360], 4, 4 << 20),
+            vec![16, 181, 360],
+            "whole fields, time cut first"
+        );
     }
 
     #[test]
