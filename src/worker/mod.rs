@@ -299,7 +299,11 @@ async fn session(
     // connection once it has read it all. Otherwise (or if that close does not come),
     // close from here and flush the close before the process exits, so the server sees
     // us leave at once instead of waiting for an idle timeout.
-    let closed_by_server = !signalled && result.is_ok() && tokio::time::timeout(Duration::from_secs(1), conn.closed()).await.is_ok();
+    // The wait is generous: closing first would drop frames the server has not read yet
+    // (a late `Draining` hand-back among them, which the server would then count as
+    // lost tasks and retry), and a loaded login node can take over a second to get to
+    // them. A drained worker leaves at least 10 s before its walltime.
+    let closed_by_server = !signalled && result.is_ok() && tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.is_ok();
     if !closed_by_server {
         conn.close(quinn::VarInt::from_u32(0), b"worker exiting");
         let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.wait_idle()).await;
