@@ -372,19 +372,6 @@ impl Groups {
         }
         n
     }
-
-    /// The runs of equal groups in steps `range`: (group, first step, end step).
-    pub fn runs(&self, range: std::ops::Range<usize>) -> Vec<(u32, usize, usize)> {
-        let mut out: Vec<(u32, usize, usize)> = Vec::new();
-        for t in range {
-            let g = self.of_step[t];
-            match out.last_mut() {
-                Some(last) if last.0 == g && last.2 == t => last.2 = t + 1,
-                _ => out.push((g, t, t + 1)),
-            }
-        }
-        out
-    }
 }
 
 #[cfg(test)]
@@ -450,7 +437,6 @@ mod tests {
             s.keys.iter().map(|&k| GroupBy::Season.label(k)).collect::<Vec<_>>(),
             vec!["DJF", "MAM", "SON"]
         );
-        assert_eq!(g.runs(10..20), vec![(3, 10, 16), (4, 16, 20)]);
         assert_eq!(g.sizes().iter().sum::<usize>(), 120);
         assert_eq!(g.ranks()[16], 0);
     }

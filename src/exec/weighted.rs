@@ -55,21 +55,20 @@ pub(super) fn reduce(op: ReduceOp, x: Resolved, w: Resolved, axes: Vec<usize>, k
             call("where", vec![Node::Num(1.0), w.clone(), x.clone()])
         }
     };
+    // The sum of the weights (of the non-NaN values for the nan-forms).
+    let total_weight = |keep: bool| Node::Reduce {
+        op: ReduceOp::Sum,
+        axes: axes.clone(),
+        arg: Box::new(weights_of(&x)),
+        ddof: 0.0,
+        keepdims: keep,
+        hist: None,
+        groups: None,
+    };
     let mean = |keep: bool| {
         call(
             "divide",
-            vec![
-                sum(call("multiply", vec![w.clone(), x.clone()]), keep),
-                Node::Reduce {
-                    op: ReduceOp::Sum,
-                    axes: axes.clone(),
-                    arg: Box::new(weights_of(&x)),
-                    ddof: 0.0,
-                    keepdims: keep,
-                    hist: None,
-                    groups: None,
-                },
-            ],
+            vec![sum(call("multiply", vec![w.clone(), x.clone()]), keep), total_weight(keep)],
         )
     };
     let node = match op {
@@ -81,15 +80,7 @@ pub(super) fn reduce(op: ReduceOp, x: Resolved, w: Resolved, axes: Vec<usize>, k
                 "divide",
                 vec![
                     sum(call("multiply", vec![w.clone(), call("square", vec![dev])]), keepdims),
-                    Node::Reduce {
-                        op: ReduceOp::Sum,
-                        axes: axes.clone(),
-                        arg: Box::new(weights_of(&x)),
-                        ddof: 0.0,
-                        keepdims,
-                        hist: None,
-                        groups: None,
-                    },
+                    total_weight(keepdims),
                 ],
             );
             if matches!(op, ReduceOp::Std | ReduceOp::NanStd) {
