@@ -3,7 +3,7 @@
 //! stage gets its block shape and each output its HDF5 chunk shape.
 
 use super::geometry::{self, broadcast};
-use super::plan::{ConstSpec, InputSpec, Kernel, Stage, StageKind};
+use super::plan::{ConstSpec, Contract, InputSpec, Kernel, Stage, StageKind};
 use super::resolve::Node;
 use super::view::{Dim, View};
 
@@ -75,6 +75,7 @@ impl Lowering<'_> {
                             block,
                             kind: StageKind::Reduce { consts: vec![] },
                             local,
+                            contract: None,
                         });
                         self.stages.len() - 1
                     }
@@ -133,6 +134,42 @@ impl Lowering<'_> {
                 self.push_view(k, &v)
             }
         }
+    }
+
+    /// An output that is a contraction (`a @ b`, `einsum`, ...) whose summed axes fit
+    /// whole in tiles of the factors: the product kernel over the contraction's whole
+    /// space, the contraction, and the result's block. Each block of the result is then
+    /// computed and written by one task, with no partial sums, reduce stage or const.
+    /// `None` for anything else (the contraction then goes through a reduce stage).
+    pub(super) fn fused_contraction(&mut self, node: &Node) -> Option<(Kernel, Contract, Vec<usize>)> {
+        let Node::Reduce {
+            op,
+            axes,
+            arg,
+            keepdims: false,
+            hist: None,
+            groups: None,
+            ..
+        } = node
+        else {
+            return None;
+        };
+        let kernel = self.lower(arg);
+        let shape = self.shape_of(&kernel);
+        let (mut block, local) = self.stage_block(&kernel, &shape);
+        let c = super::gemm::contraction(&kernel, &shape, *op, axes, &|k| self.shape_of(k))?;
+        if local {
+            return None;
+        }
+        for &a in axes {
+            block[a] = shape[a];
+        }
+        let block = super::gemm::tile_block(&c, block, super::plan::DEFAULT_BLOCK_ELEMS / 4);
+        if axes.iter().any(|&a| block[a] < shape[a]) {
+            return None; // the summed axes are too long to stay whole: partial sums
+        }
+        let contract = Contract { shape, axes: axes.clone() };
+        Some((kernel, contract, geometry::kept(&block, axes)))
     }
 
     /// `view` of the result of `k`, pushed down to its leaves: a view of an

@@ -39,7 +39,7 @@ use ndarray::{ArrayD, IxDyn};
 use crate::config::workload::OutDtype;
 use geometry::{block_region, operand_region};
 use kernel::{eval, materialize};
-use plan::{Kernel, Plan, StageKind};
+use plan::{Kernel, Plan, ReduceOp, StageKind};
 use reduce::partial_arity;
 use view::View;
 
@@ -273,16 +273,11 @@ fn block_result(
             {
                 let spec = &plan.consts[c as usize];
                 if let Some(con) = gemm::contraction(&st.kernel, &st.shape, spec.op, &spec.axes, &|k| leaf_shape(plan, k)) {
-                    let (rx, ry) = con.factor_regions(&region);
-                    let (x, vx, nx) = eval_factor(plan, datasets, consts, con.x, &rx)?;
-                    let (y, vy, ny) = eval_factor(plan, datasets, consts, con.y, &ry)?;
-                    let partial = con.multiply(&region, seen(&x, vx), seen(&y, vy));
-                    recycle(x);
-                    recycle(y);
+                    let (partial, n) = contract_region(plan, datasets, consts, &con, &region)?;
                     let whole: Vec<Range<usize>> = shape.iter().map(|&n| 0..n).collect();
                     accs[0].merge(&whole, vec![partial]);
                     return Ok(BlockResult {
-                        bytes_read: nx + ny,
+                        bytes_read: n,
                         payload: accs_payload(accs),
                     });
                 }
@@ -348,21 +343,34 @@ fn block_result(
             let out = &plan.outputs[*output as usize];
             let dtype = out.dtype;
             let width = dtype.size();
+            let cast = |value| ExecError::Cast {
+                index: *output as usize,
+                file: out.file.display().to_string(),
+                dataset: out.dataset.clone(),
+                dtype: dtype.name(),
+                value,
+            };
             // Every byte is overwritten: the pieces tile the block.
             let mut buf = buffers::PAYLOADS.take(shape.iter().product::<usize>() * width);
-            for_each_piece(&region, &piece, |abs, rel| {
-                let (arr, n) = eval_region(plan, datasets, consts, &st.kernel, abs)?;
-                bytes_read += n;
-                encode_piece(&arr, rel, &shape, dtype, &mut buf).map_err(|value| ExecError::Cast {
-                    index: *output as usize,
-                    file: out.file.display().to_string(),
-                    dataset: out.dataset.clone(),
-                    dtype: dtype.name(),
-                    value,
-                })?;
-                recycle(arr);
-                Ok(())
-            })?;
+            match &st.contract {
+                // A contraction whole in the block: one matrix product per block.
+                Some(c) => {
+                    let full = c.full_region(&region);
+                    let con = gemm::contraction(&st.kernel, &c.shape, ReduceOp::Sum, &c.axes, &|k| leaf_shape(plan, k))
+                        .expect("planned as a contraction");
+                    let (arr, n) = contract_region(plan, datasets, consts, &con, &full)?;
+                    bytes_read += n;
+                    let whole: Vec<Range<usize>> = shape.iter().map(|&n| 0..n).collect();
+                    encode_piece(&arr, &whole, &shape, dtype, &mut buf).map_err(cast)?;
+                }
+                None => for_each_piece(&region, &piece, |abs, rel| {
+                    let (arr, n) = eval_region(plan, datasets, consts, &st.kernel, abs)?;
+                    bytes_read += n;
+                    encode_piece(&arr, rel, &shape, dtype, &mut buf).map_err(cast)?;
+                    recycle(arr);
+                    Ok(())
+                })?,
+            }
             // A compressed output: its chunks compressed here, in the worker's threads.
             match (out.compression, &out.chunk) {
                 (Some(c), Some(chunk)) => {
@@ -552,6 +560,25 @@ fn take_region(
     }
     let rows: Vec<usize> = table[r[*axis].clone()].iter().map(|&g| g as usize).collect();
     Ok(part.select(ndarray::Axis(*axis), &rows))
+}
+
+/// A contraction over `region` of its whole space, as matrix products of its factors'
+/// tiles: the sums over the region's extent of the summed axes (the kept axes, in
+/// order), and the input bytes read.
+fn contract_region(
+    plan: &Plan,
+    datasets: &[Source],
+    consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
+    con: &gemm::Contraction,
+    region: &[Range<usize>],
+) -> Result<(ArrayD<f64>, u64), ExecError> {
+    let (rx, ry) = con.factor_regions(region);
+    let (x, vx, nx) = eval_factor(plan, datasets, consts, con.x, &rx)?;
+    let (y, vy, ny) = eval_factor(plan, datasets, consts, con.y, &ry)?;
+    let product = con.multiply(region, seen(&x, vx), seen(&y, vy));
+    recycle(x);
+    recycle(y);
+    Ok((product, nx + ny))
 }
 
 /// An array through its view, if any (no copy).

@@ -143,6 +143,35 @@ pub struct Stage {
     pub kind: StageKind,
     /// Runs in the driver on whole arrays (the kernel reads no input).
     pub local: bool,
+    /// A write stage computing a contraction whole in each block (no partial sums).
+    #[serde(default)]
+    pub contract: Option<Contract>,
+}
+
+/// A contraction written straight from its blocks: the stage's `kernel` is the product
+/// of the two factors over `shape` (the contraction's whole space), summed along
+/// `axes`, which are whole in every block; the stage's own shape and block are those
+/// of the result (the other axes, in order).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contract {
+    pub shape: Vec<usize>,
+    pub axes: Vec<usize>,
+}
+
+impl Contract {
+    /// A block of the result as a region of the whole space: the summed axes whole.
+    pub fn full_region(&self, region: &[std::ops::Range<usize>]) -> Vec<std::ops::Range<usize>> {
+        let mut kept = region.iter();
+        (0..self.shape.len())
+            .map(|d| {
+                if self.axes.contains(&d) {
+                    0..self.shape[d]
+                } else {
+                    kept.next().expect("a kept axis per region axis").clone()
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -156,6 +185,39 @@ pub struct OutputSpec {
     /// gzip: chunks compressed by the workers (the chunk shape tiles the blocks).
     #[serde(default)]
     pub compression: Option<crate::config::workload::Compression>,
+}
+
+/// Outputs that are exactly a sum reduction used nowhere else (not by another output,
+/// not inside another reduction, not sharing its stage with another reduction): those
+/// that may be computed block by block as they are written
+/// ([`Lowering::fused_contraction`] decides whether they are contractions that can).
+fn sole_sums(inputs: &[InputSpec], resolved: &[(super::resolve::Node, Vec<usize>, OutDtype)]) -> Vec<usize> {
+    let mut low = Lowering {
+        inputs,
+        consts: vec![],
+        stages: vec![],
+        const_shapes: vec![],
+    };
+    let kernels: Vec<Kernel> = resolved.iter().map(|(node, ..)| low.lower(node)).collect();
+    let uses = |c: u32| {
+        let mut n = 0;
+        for k in kernels.iter().chain(low.stages.iter().map(|s| &s.kernel)) {
+            k.visit(&mut |k| n += usize::from(*k == Kernel::Const(c)));
+        }
+        n
+    };
+    kernels
+        .iter()
+        .enumerate()
+        .filter_map(|(i, k)| match k {
+            Kernel::Const(c) => {
+                let spec = &low.consts[*c as usize];
+                let alone = matches!(&low.stages[spec.stage as usize].kind, StageKind::Reduce { consts } if consts.len() == 1);
+                (spec.op == ReduceOp::Sum && alone && uses(*c) == 1).then_some(i)
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Everything needed to execute a workload.
@@ -336,6 +398,7 @@ impl Plan {
             lets: &lets,
         })?;
 
+        let fusable = sole_sums(&inputs, &resolved);
         let mut low = Lowering {
             inputs: &inputs,
             consts: vec![],
@@ -344,12 +407,27 @@ impl Plan {
         };
         let mut outputs = Vec::new();
         for (index, ((node, shape, dtype), out)) in resolved.iter().zip(&w.outputs).enumerate() {
-            let kernel = low.lower(node);
-            let (block, local) = low.stage_block(&kernel, shape);
-            let chunk = if local {
-                low.output_chunk(&kernel, shape, shape, dtype.size())
+            let fused = if fusable.contains(&index) {
+                low.fused_contraction(node)
             } else {
-                low.output_chunk(&kernel, shape, &block, dtype.size())
+                None
+            };
+            let (kernel, block, local, chunk, contract) = match fused {
+                // Chunks of the result are its blocks: each written whole by its task.
+                Some((kernel, contract, block)) => {
+                    let chunk = low.output_chunk(&kernel, shape, &block, dtype.size()).map(|_| block.clone());
+                    (kernel, block, false, chunk, Some(contract))
+                }
+                None => {
+                    let kernel = low.lower(node);
+                    let (block, local) = low.stage_block(&kernel, shape);
+                    let chunk = if local {
+                        low.output_chunk(&kernel, shape, shape, dtype.size())
+                    } else {
+                        low.output_chunk(&kernel, shape, &block, dtype.size())
+                    };
+                    (kernel, block, local, chunk, None)
+                }
             };
             // A compressed output's chunks tile its blocks: each block is compressed
             // chunk by chunk where it is computed. (A 0-d output has no chunks: stored
@@ -374,6 +452,7 @@ impl Plan {
                 block,
                 kind: StageKind::Write { output: index as u32 },
                 local,
+                contract,
             });
         }
         let Lowering { consts, stages, .. } = low;
@@ -512,6 +591,7 @@ mod tests {
                 block,
                 kind: StageKind::Write { output: index as u32 },
                 local,
+                contract: None,
             });
         }
         let stages = low.stages;
@@ -521,6 +601,78 @@ mod tests {
             stages,
             outputs: vec![],
         })
+    }
+
+    fn resolved(exprs: &[&str], inputs: &[InputSpec]) -> Vec<(super::super::resolve::Node, Vec<usize>, OutDtype)> {
+        let names: HashMap<&str, u32> = inputs.iter().enumerate().map(|(i, s)| (s.name.as_str(), i as u32)).collect();
+        let lets = crate::exec::resolve::Lets::new(&[]);
+        exprs
+            .iter()
+            .enumerate()
+            .map(|(index, e)| {
+                let cx = crate::exec::resolve::Ctx {
+                    index,
+                    expr: e,
+                    names: &names,
+                    inputs,
+                    lets: &lets,
+                };
+                let (node, shape, _) = resolve(&expr::parse(e).unwrap(), &cx).unwrap();
+                (node, shape, OutDtype::F64)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn contractions_used_once_are_written_from_their_blocks() {
+        let ins = || vec![spec("a", &[300, 400], &[100, 400]), spec("b", &[400, 200], &[400, 50])];
+        // Outputs that are only a sum are candidates (`fused_contraction` then takes the
+        // contractions among them): computed whole per block, written.
+        assert_eq!(
+            sole_sums(&ins(), &resolved(&["a @ b", "sum(a, axis=0)", "a + 1"], &ins())),
+            vec![0, 1]
+        );
+        let inputs = ins();
+        let mut low = Lowering {
+            inputs: &inputs,
+            consts: vec![],
+            stages: vec![],
+            const_shapes: vec![],
+        };
+        let r = resolved(&["a @ b"], &inputs);
+        let (_, contract, block) = low.fused_contraction(&r[0].0).expect("fused");
+        assert_eq!((contract.shape, contract.axes), (vec![300, 200, 400], vec![2]));
+        assert_eq!(block, vec![100, 50]);
+        assert!(low.stages.is_empty() && low.consts.is_empty(), "no reduce stage, no const");
+        // Used twice, inside another expression, or sharing its stage: a reduce stage.
+        assert!(sole_sums(&inputs, &resolved(&["a @ b", "(a @ b) * 2"], &inputs)).is_empty());
+        assert!(
+            sole_sums(
+                &inputs,
+                &resolved(
+                    &[
+                        "sum(a[:, :, None] * b[None, :, :], axis=1)",
+                        "mean(a[:, :, None] * b[None, :, :], axis=1)"
+                    ],
+                    &inputs
+                )
+            )
+            .is_empty()
+        );
+        // A summed axis too long to stay whole in a tile: partial sums.
+        let long = vec![
+            spec("x", &[4, 3_000_000], &[4, 1_000_000]),
+            spec("y", &[3_000_000, 4], &[1_000_000, 4]),
+        ];
+        let r = resolved(&["x @ y"], &long);
+        assert_eq!(sole_sums(&long, &r), vec![0]);
+        let mut low = Lowering {
+            inputs: &long,
+            consts: vec![],
+            stages: vec![],
+            const_shapes: vec![],
+        };
+        assert!(low.fused_contraction(&r[0].0).is_none());
     }
 
     #[test]

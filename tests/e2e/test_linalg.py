@@ -59,6 +59,12 @@ CASES = [
     "einsum('tij,ij->t', t, i)",         # an integer operand
     "einsum(' i j , j k -> i k ', a, b)",
     "sum(a[:, :, None] * b[None, :, :], axis=1)",   # the same contraction written elementwise
+    # Inside a larger expression: partial products over blocks that cut the contracted
+    # axis, summed like any reduction (an output that is only a contraction is computed
+    # whole per block and written, with no partial sums).
+    "(a @ b) * 2",
+    "1 + einsum('ij,ij->i', a, c)",
+    "tensordot(s, t[:9, :, :8], axes=((1, 2), (2, 0))) - 1",
 ]
 
 
@@ -78,11 +84,26 @@ def test_a_larger_matmul_in_tiles_with_nan(drover, tmp_path, rng):
         "a": Input("big.h5", "/a", a, chunks=[256, 300], h5={"chunks": (64, 100)}),
         "b": Input("big.h5", "/b", b, chunks=[300, 256]),
     }
-    cases = [Case("a @ b", "/ab"), Case("einsum('ij,jk->ik', a, b[:, :5])", "/ab5")]
+    cases = [Case("a @ b", "/ab"), Case("einsum('ij,jk->ik', a, b[:, :5])", "/ab5"), Case("(a @ b) + 0", "/ab0")]
     _, result, values = run_workload(drover, tmp_path, inputs, cases)
-    ab = values["/ab"]
-    assert np.isnan(ab[3]).all() and not np.isnan(ab[4]).any(), "a NaN in row 3 of a spoils row 3 only"
+    for name in ("/ab", "/ab0"):
+        ab = values[name]
+        assert np.isnan(ab[3]).all() and not np.isnan(ab[4]).any(), f"{name}: a NaN in row 3 of a spoils row 3 only"
     assert result["tasks_total"] >= 3 * 3 * 3, result["tasks_total"]
+
+
+def test_a_product_alone_is_written_from_its_blocks(drover, tmp_path, rng):
+    """`a @ b` as a whole output: one task per block of the result, no partial sums and
+    no reduce stage (no finalize task); the same product inside an expression is summed
+    from partial products. Both equal numpy."""
+    inputs = {
+        "a": Input("m.h5", "/a", rng.normal(size=(300, 200)), chunks=[100, 200]),
+        "b": Input("m.h5", "/b", rng.normal(size=(200, 120)), chunks=[200, 40]),
+    }
+    _, alone, _ = run_workload(drover, tmp_path / "alone", inputs, [Case("a @ b", "/ab")])
+    assert alone["tasks_total"] == 3 * 3, alone["tasks_total"]
+    _, inside, _ = run_workload(drover, tmp_path / "inside", inputs, [Case("(a @ b) * 1", "/ab")])
+    assert inside["tasks_total"] > 3 * 3, inside["tasks_total"]
 
 
 BAD = [
