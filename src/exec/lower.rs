@@ -4,6 +4,7 @@
 
 use super::geometry::{self, broadcast};
 use super::plan::{ConstSpec, Contract, InputSpec, Kernel, Stage, StageKind};
+use super::reshape::Reshape;
 use super::resolve::Node;
 use super::view::{Dim, View};
 
@@ -26,6 +27,7 @@ impl Lowering<'_> {
                 .reduce(|a, b| broadcast(&a, &b).expect("checked in resolve"))
                 .unwrap_or_default(),
             Kernel::View(_, v) => v.shape(),
+            Kernel::Reshape(_, r) => r.to.clone(),
             Kernel::Take(src, table, axis) => {
                 let mut s = self.shape_of(src);
                 s[*axis] = table.len();
@@ -44,6 +46,7 @@ impl Lowering<'_> {
                 self.push_view(k, v)
             }
             Node::Take { src, table, axis } => Kernel::Take(Box::new(self.lower(src)), table.clone(), *axis),
+            Node::Reshape(arg, r) => Kernel::Reshape(Box::new(self.lower(arg)), r.clone()),
             Node::Reduce {
                 op,
                 axes,
@@ -180,8 +183,8 @@ impl Lowering<'_> {
             Kernel::Input(_) | Kernel::Const(_) if view.is_identity() => k,
             Kernel::Input(_) | Kernel::Const(_) => Kernel::View(Box::new(k), view.clone()),
             Kernel::View(leaf, inner) => Kernel::View(leaf, view.compose(&inner)),
-            Kernel::Take(..) if view.is_identity() => k,
-            Kernel::Take(..) => Kernel::View(Box::new(k), view.clone()),
+            Kernel::Take(..) | Kernel::Reshape(..) if view.is_identity() => k,
+            Kernel::Take(..) | Kernel::Reshape(..) => Kernel::View(Box::new(k), view.clone()),
             Kernel::Map(op, args) => Kernel::Map(
                 op,
                 args.into_iter()
@@ -244,8 +247,8 @@ impl Lowering<'_> {
         if kernel.inputs().is_empty() {
             return (shape.iter().map(|&s| s.max(1)).collect(), true);
         }
-        let block = self
-            .spanning_inputs(kernel, shape)
+        let spans = self.spanning_inputs(kernel, shape);
+        let mut block: Vec<usize> = spans
             .iter()
             .zip(shape)
             .map(|(span, &n)| match span {
@@ -256,7 +259,81 @@ impl Lowering<'_> {
                 None => n.max(1),
             })
             .collect();
+        let spanned: Vec<bool> = spans.iter().map(Option::is_some).collect();
+        self.reshape_blocks(kernel, shape, &mut block, &spanned);
         (block, false)
+    }
+
+    /// Along the dimensions no input spans: the blocks of the reshapes that span them
+    /// (each reshape's blocks follow its operand's, [`Reshape::block`]), through a view
+    /// of the reshape where there is one.
+    fn reshape_blocks(&self, k: &Kernel, shape: &[usize], block: &mut [usize], spanned: &[bool]) {
+        let (r, arg, view) = match k {
+            Kernel::Map(_, args) => {
+                args.iter().for_each(|a| self.reshape_blocks(a, shape, block, spanned));
+                return;
+            }
+            Kernel::Reshape(arg, r) => (r, arg, None),
+            Kernel::View(leaf, v) => match &**leaf {
+                Kernel::Reshape(arg, r) => (r, arg, Some(v)),
+                _ => return,
+            },
+            _ => return,
+        };
+        let own = r.block(&self.stage_block(arg, &r.from).0);
+        // Per dimension of the leaf: (its reshape axis, the view's step).
+        let dims: Vec<Option<(usize, i64)>> = match view {
+            None => (0..own.len()).map(|a| Some((a, 1))).collect(),
+            Some(v) => v
+                .dims
+                .iter()
+                .map(|d| match d {
+                    Dim::Src { axis, step, .. } => Some((*axis, *step)),
+                    Dim::New => None,
+                })
+                .collect(),
+        };
+        let (ri, rr) = (dims.len(), shape.len());
+        for j in 0..rr {
+            if !spanned[j]
+                && j + ri >= rr
+                && shape[j] > 1
+                && let Some((axis, step)) = dims[j + ri - rr]
+            {
+                block[j] = block[j].min((own[axis] / step.unsigned_abs() as usize).max(1));
+            }
+        }
+    }
+
+    /// A reshape in `k` that cannot be computed in bounded blocks, and why: its
+    /// blocks would be too large, or would read far more of the operand than they hold.
+    pub(super) fn reshape_problem(&self, k: &Kernel) -> Option<(Reshape, String)> {
+        let mut found = None;
+        k.visit(&mut |k| {
+            if let (None, Kernel::Reshape(arg, r)) = (&found, k) {
+                let (inner, local) = self.stage_block(arg, &r.from);
+                if local {
+                    return; // computed whole, in the driver
+                }
+                let b = r.block(&inner);
+                let elems: usize = b.iter().product();
+                let read = r.read_per_block(&b);
+                let limit = 4 * super::plan::DEFAULT_BLOCK_ELEMS;
+                if elems > limit || read > limit.max(8 * elems) {
+                    found = Some((
+                        r.clone(),
+                        format!(
+                            "cannot be cut into bounded blocks: a block of {} elements of the result would read {read} elements of the operand \
+                             (blocks of the operand {}); split or merge axes so that each block of the operand maps to whole rows of the result, \
+                             or give the input chunks= that align with the new shape",
+                            elems,
+                            geometry::fmt_shape(&inner)
+                        ),
+                    ));
+                }
+            }
+        });
+        found
     }
 
     /// HDF5 chunk shape for an output written block by block: the input's HDF5 chunk

@@ -27,6 +27,7 @@ pub mod ops;
 pub mod plan;
 mod plan_error;
 pub mod reduce;
+pub mod reshape;
 mod resolve;
 pub mod view;
 mod weighted;
@@ -412,6 +413,16 @@ struct Pieces {
 /// chunks, not one each).
 fn piece_shape(plan: &Plan, st: &plan::Stage, shape: &[usize]) -> Pieces {
     let r = shape.len();
+    // A reshape reads the operand box of the region it is given: cut into pieces, a
+    // block would read boxes that overlap. Its blocks are sized for it: one piece.
+    let mut reshaped = false;
+    st.kernel.visit(&mut |k| reshaped |= matches!(k, Kernel::Reshape(..)));
+    if reshaped {
+        return Pieces {
+            piece: shape.iter().map(|&n| n.max(1)).collect(),
+            align: vec![0; r],
+        };
+    }
     let ins = st.kernel.inputs();
     let align: Vec<usize> = (0..r)
         .map(|j| {
@@ -523,6 +534,7 @@ fn leaf_shape(plan: &Plan, k: &Kernel) -> Vec<usize> {
         Kernel::Input(i) => plan.inputs[*i as usize].shape.clone(),
         Kernel::Const(c) => plan.consts[*c as usize].shape.clone(),
         Kernel::View(_, v) => v.shape(),
+        Kernel::Reshape(_, r) => r.to.clone(),
         Kernel::Take(src, table, axis) => {
             let mut s = leaf_shape(plan, src);
             s[*axis] = table.len();
@@ -663,12 +675,22 @@ fn eval_region(
             Ok(kernel::const_slice(&whole, region))
         }
         Kernel::Take(..) => take_region(plan, consts, leaf, region),
+        Kernel::Reshape(..) => {
+            let (a, n) = reshape_region(plan, datasets, consts, leaf, &operand_region(region, &leaf_shape(plan, leaf)))?;
+            bytes_read += n;
+            Ok(a)
+        }
         Kernel::View(leaf, v) => {
             // The source region this block of the view touches, read (or sliced) as
             // is, then strided, permuted and reshaped by the view.
             let src = v.source_region(&operand_region(region, &v.shape()));
             match **leaf {
                 Kernel::Take(..) => Ok(v.apply(take_region(plan, consts, leaf, &src)?.view())),
+                Kernel::Reshape(..) => {
+                    let (a, n) = reshape_region(plan, datasets, consts, leaf, &src)?;
+                    bytes_read += n;
+                    Ok(v.apply(a.view()))
+                }
                 Kernel::Input(i) => {
                     let a = read_pooled(&datasets[i as usize], &src).map_err(|e| read_error(plan, i, &src, e))?;
                     if plan.inputs[i as usize].generate.is_none() {
@@ -690,6 +712,19 @@ fn eval_region(
         _ => unreachable!("eval only asks for leaves"),
     })?;
     Ok((materialize(value, &shape), bytes_read))
+}
+
+/// `region` of a reshape: its operand evaluated over the box the region needs, picked.
+fn reshape_region(
+    plan: &Plan,
+    datasets: &[Source],
+    consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
+    k: &Kernel,
+    region: &[Range<usize>],
+) -> Result<(ArrayD<f64>, u64), ExecError> {
+    let Kernel::Reshape(arg, r) = k else { unreachable!("a reshape") };
+    let (a, n) = eval_region(plan, datasets, consts, arg, &r.source_region(region))?;
+    Ok((r.pick(a, region), n))
 }
 
 fn count_leaf(k: &Kernel, input: u32) -> usize {

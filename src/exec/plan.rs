@@ -45,6 +45,9 @@ pub enum Kernel {
     /// Rows of a const picked along `axis` by a table of indices (numpy's `take`;
     /// `clim[groups(t2m, "month")]`): the const's axis becomes the table's length.
     Take(Box<Kernel>, Vec<u32>, usize),
+    /// numpy's reshape of any kernel: a leaf to the kernels around it, evaluated over
+    /// the box of its operand that a region needs ([`super::reshape`]).
+    Reshape(Box<Kernel>, super::reshape::Reshape),
 }
 
 impl Kernel {
@@ -52,7 +55,7 @@ impl Kernel {
         f(self);
         match self {
             Kernel::Map(_, args) => args.iter().for_each(|a| a.visit(f)),
-            Kernel::View(leaf, _) | Kernel::Take(leaf, ..) => leaf.visit(f),
+            Kernel::View(leaf, _) | Kernel::Take(leaf, ..) | Kernel::Reshape(leaf, _) => leaf.visit(f),
             _ => {}
         }
     }
@@ -412,6 +415,7 @@ impl Plan {
             } else {
                 None
             };
+            let stages_before = low.stages.len();
             let (kernel, block, local, chunk, contract) = match fused {
                 // Chunks of the result are its blocks: each written whole by its task.
                 Some((kernel, contract, block)) => {
@@ -429,6 +433,17 @@ impl Plan {
                     (kernel, block, local, chunk, None)
                 }
             };
+            for k in std::iter::once(&kernel).chain(low.stages[stages_before..].iter().map(|s| &s.kernel)) {
+                if let Some((r, problem)) = low.reshape_problem(k) {
+                    return Err(PlanError::Reshape {
+                        index,
+                        expr: out.expr.clone(),
+                        from: r.from,
+                        to: r.to,
+                        problem,
+                    });
+                }
+            }
             // A compressed output's chunks tile its blocks: each block is compressed
             // chunk by chunk where it is computed. (A 0-d output has no chunks: stored
             // plain.)

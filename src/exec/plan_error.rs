@@ -92,6 +92,18 @@ pub enum PlanError {
         func: String,
         expr: String,
     },
+    #[error(
+        "outputs[{index}]: reshape of shape {} into {} in \"{expr}\" {problem}",
+        fmt_shape(from),
+        fmt_shape(to)
+    )]
+    Reshape {
+        index: usize,
+        expr: String,
+        from: Vec<usize>,
+        to: Vec<usize>,
+        problem: String,
+    },
     #[error("outputs[{a}] and outputs[{b}] both write dataset \"{dataset}\" in \"{}\"; give each output its own file or dataset", file.display())]
     DuplicateOutput {
         a: usize,

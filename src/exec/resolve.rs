@@ -104,6 +104,8 @@ pub(super) enum Node {
         /// Grouped by time (`by=`): the groups replace the one reduced axis.
         groups: Option<super::calendar::Groups>,
     },
+    /// numpy's reshape of the node's result.
+    Reshape(Box<Node>, super::reshape::Reshape),
     /// Rows of a reduction result picked along `axis` by an index table.
     Take {
         src: Box<Node>,
@@ -243,6 +245,9 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
             };
             if let Some(r) = view_call(func, args, axis.as_ref().map(|a| &a.0), kwargs, cx, &bad, &accepts)? {
                 return Ok(r);
+            }
+            if func == "reshape" {
+                return reshape_call(args, kwargs, cx, &bad, &accepts);
             }
             if let Some(r) = super::einsum::call(func, args, kwargs, *pos, cx, &bad, &accepts)? {
                 return Ok(r);
@@ -402,7 +407,7 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                     .chain(ops::ELEMENTWISE.iter().map(|e| e.name))
                     .chain(VIEW_FUNCTIONS.iter().copied())
                     .chain(super::einsum::CONTRACTIONS.iter().copied())
-                    .chain(["take", "groups"])
+                    .chain(["take", "groups", "reshape"])
                     .chain(["norm"]);
                 let hint = did_you_mean(func, known)
                     .map(|s| format!(" (did you mean \"{s}\"?)"))
@@ -522,6 +527,66 @@ fn int_arg(a: &Ast) -> Option<i64> {
 }
 
 pub(super) type Bad<'a> = dyn Fn(String) -> PlanError + 'a;
+
+/// `reshape(x, (d0, d1, ...))`, `reshape(x, shape=(...))`, `x.reshape(d0, d1, ...)`:
+/// numpy's C-order reshape, with at most one `-1` inferred.
+fn reshape_call(
+    args: &[Ast],
+    kwargs: &[(String, AxisArg, usize)],
+    cx: &Ctx,
+    bad: &Bad,
+    accepts: &dyn Fn(&[&str]) -> Result<(), PlanError>,
+) -> Result<Resolved, PlanError> {
+    accepts(&["shape", "newshape"])?;
+    let usage = "takes the array and the new shape (reshape(x, (3, 4)), reshape(x, shape=(3, -1)) or x.reshape(3, 4))";
+    let Some(first) = args.first() else {
+        return Err(bad(usage.into()));
+    };
+    let dims: Vec<i64> = match (kwargs.first(), &args[1..]) {
+        (Some((_, AxisArg::Axes(v), _)), []) if kwargs.len() == 1 => v.clone(),
+        (None, rest) if !rest.is_empty() => rest
+            .iter()
+            .map(int_arg)
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad(usage.into()))?,
+        _ => return Err(bad(usage.into())),
+    };
+    let (node, shape, kind) = resolve(first, cx)?;
+    let size: usize = shape.iter().product();
+    let written = format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
+    if dims.iter().filter(|&&d| d == -1).count() > 1 {
+        return Err(bad(format!("can only specify one unknown dimension (-1) in {written}")));
+    }
+    if let Some(d) = dims.iter().find(|&&d| d < -1) {
+        return Err(bad(format!("negative dimension {d} in {written}; only -1 (inferred) is allowed")));
+    }
+    let known: usize = dims.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
+    let to: Vec<usize> = dims
+        .iter()
+        .map(|&d| {
+            if d >= 0 {
+                Ok(d as usize)
+            } else if known > 0 && size % known == 0 {
+                Ok(size / known)
+            } else {
+                Err(())
+            }
+        })
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|to: &Vec<usize>| to.iter().product::<usize>() == size)
+        .ok_or_else(|| {
+            bad(format!(
+                "cannot reshape an array of size {size} (shape {}) into shape {written}",
+                geometry::fmt_shape(&shape)
+            ))
+        })?;
+    let r = super::reshape::Reshape {
+        from: shape,
+        to: to.clone(),
+    };
+    Ok((Node::Reshape(Box::new(node), r), to, kind))
+}
 
 /// `transpose`, `moveaxis`, `squeeze`, `expand_dims` as views; `None` for other names.
 fn view_call(

@@ -519,7 +519,13 @@ impl Parser<'_> {
                 if axis.is_some() || !kwargs.is_empty() {
                     return Err(self.error_here("positional argument after a keyword argument".into()));
                 }
-                args.push(self.expr()?);
+                if func == "reshape" && args.len() == 1 && matches!(self.peek(), Tok::LParen | Tok::LBracket) {
+                    // The new shape as a tuple, as numpy writes it: reshape(x, (3, 4)).
+                    let spos = self.pos();
+                    kwargs.push(("shape".into(), self.axis_value()?, spos));
+                } else {
+                    args.push(self.expr()?);
+                }
             }
             match self.peek() {
                 Tok::Comma => {

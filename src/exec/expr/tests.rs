@@ -85,6 +85,21 @@ fn indexing_methods_and_attributes() {
         panic!()
     };
     assert_eq!(kwargs, vec![("axes".to_string(), AxisArg::Axes(vec![2, 0, 1]), 14)]);
+    // reshape's shape as a positional tuple (numpy's spelling), kept as shape=.
+    for (src, col) in [("reshape(x, (3, -1))", 12), ("reshape(x, [3, 4])", 12)] {
+        let Ast::Call { args, kwargs, .. } = parse(src).unwrap() else {
+            panic!()
+        };
+        assert_eq!(args.len(), 1, "{src}");
+        assert_eq!(kwargs[0].0, "shape", "{src}");
+        assert_eq!(kwargs[0].2, col, "{src}");
+    }
+    let Ast::Call { func, args, .. } = parse("x.reshape(3, 4)").unwrap() else {
+        panic!()
+    };
+    assert_eq!((func.as_str(), args.len()), ("reshape", 3));
+    let e = parse("reshape(x, (3, 4.5, )").unwrap_err();
+    assert_eq!(e.column, 22, "{e}");
 }
 
 #[test]
