@@ -22,6 +22,64 @@ pub fn eval<E>(k: &Kernel, leaf: &mut impl FnMut(&Kernel) -> Result<ArrayD<f64>,
     })
 }
 
+/// Evaluate several kernels over one block, each sub-expression in `shared` (found
+/// in more than one place) computed once and reused.
+pub fn eval_shared<'k, E>(
+    kernels: &[&'k Kernel],
+    shared: &[&'k Kernel],
+    leaf: &mut impl FnMut(&Kernel) -> Result<ArrayD<f64>, E>,
+) -> Result<Vec<Value>, E> {
+    let mut memo: Vec<Option<Value>> = vec![None; shared.len()];
+    kernels.iter().map(|k| eval_memo(k, shared, &mut memo, leaf)).collect()
+}
+
+fn eval_memo<E>(
+    k: &Kernel,
+    shared: &[&Kernel],
+    memo: &mut [Option<Value>],
+    leaf: &mut impl FnMut(&Kernel) -> Result<ArrayD<f64>, E>,
+) -> Result<Value, E> {
+    let slot = shared.iter().position(|s| *s == k);
+    if let Some(v) = slot.and_then(|i| memo[i].clone()) {
+        return Ok(v);
+    }
+    let v = match k {
+        Kernel::Map(op, args) => {
+            let values = args
+                .iter()
+                .map(|a| eval_memo(a, shared, memo, leaf))
+                .collect::<Result<Vec<_>, E>>()?;
+            apply(*op, values)
+        }
+        other => eval(other, leaf)?,
+    };
+    if let Some(i) = slot {
+        memo[i] = Some(v.clone());
+    }
+    Ok(v)
+}
+
+/// The elementwise sub-expressions found more than once in `kernels` (in one of them
+/// or across several): those [`eval_shared`] computes once.
+pub fn repeated<'k>(kernels: &[&'k Kernel]) -> Vec<&'k Kernel> {
+    let mut seen: Vec<&Kernel> = Vec::new();
+    let mut twice: Vec<&Kernel> = Vec::new();
+    for k in kernels {
+        k.visit(&mut |n| {
+            if matches!(n, Kernel::Map(..)) {
+                if seen.contains(&n) {
+                    if !twice.contains(&n) {
+                        twice.push(n);
+                    }
+                } else {
+                    seen.push(n);
+                }
+            }
+        });
+    }
+    twice
+}
+
 /// Materialize a value over a block shape (broadcasting scalars and smaller arrays).
 pub fn materialize(v: Value, shape: &[usize]) -> ArrayD<f64> {
     match v {

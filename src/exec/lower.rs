@@ -79,6 +79,7 @@ impl Lowering<'_> {
                             kind: StageKind::Reduce { consts: vec![] },
                             local,
                             contract: None,
+                            also: vec![],
                         });
                         self.stages.len() - 1
                     }
@@ -367,4 +368,67 @@ impl Lowering<'_> {
         }
         Some(chunk)
     }
+}
+
+/// Write stages of the same shape and block that share a sub-expression (a `[let]`
+/// used by several outputs, or one repeated in their texts) merged into one stage
+/// writing all of them: each block then computes the shared part once and reads its
+/// inputs once. A stage merges into the later one (whose consts are all finalized
+/// before it); the stages after a removed one move down, and consts follow them.
+pub(super) fn merge_shared_writes(stages: &mut Vec<Stage>, consts: &mut [ConstSpec]) {
+    let mergeable = |s: &Stage| matches!(s.kind, StageKind::Write { .. }) && !s.local && s.contract.is_none();
+    let mut removed = vec![false; stages.len()];
+    for i in 0..stages.len() {
+        if !mergeable(&stages[i]) {
+            continue;
+        }
+        let Some(j) = (i + 1..stages.len()).find(|&j| {
+            !removed[j]
+                && mergeable(&stages[j])
+                && stages[j].shape == stages[i].shape
+                && stages[j].block == stages[i].block
+                && shares_work(&stages[i], &stages[j])
+        }) else {
+            continue;
+        };
+        let StageKind::Write { output } = stages[i].kind else {
+            unreachable!("a write stage")
+        };
+        let kernel = std::mem::replace(&mut stages[i].kernel, Kernel::Num(0.0));
+        let also = std::mem::take(&mut stages[i].also);
+        stages[j].also.push((output, kernel));
+        stages[j].also.extend(also);
+        removed[i] = true;
+    }
+    let mut new_index = Vec::with_capacity(stages.len());
+    let mut n = 0u32;
+    for &r in &removed {
+        new_index.push(n);
+        n += u32::from(!r);
+    }
+    for c in consts.iter_mut() {
+        c.stage = new_index[c.stage as usize];
+    }
+    let mut k = 0;
+    stages.retain(|_| {
+        k += 1;
+        !removed[k - 1]
+    });
+}
+
+/// Whether two stages' kernels have an elementwise sub-expression in common.
+fn shares_work(a: &Stage, b: &Stage) -> bool {
+    let mut maps: Vec<&Kernel> = Vec::new();
+    for k in a.kernels() {
+        k.visit(&mut |k| {
+            if matches!(k, Kernel::Map(..)) {
+                maps.push(k);
+            }
+        });
+    }
+    let mut found = false;
+    for k in b.kernels() {
+        k.visit(&mut |k| found |= matches!(k, Kernel::Map(..)) && maps.contains(&k));
+    }
+    found
 }

@@ -31,6 +31,7 @@ pub mod reshape;
 mod resolve;
 pub mod view;
 mod weighted;
+pub mod write;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -39,8 +40,8 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::config::workload::OutDtype;
 use geometry::{block_region, operand_region};
-use kernel::{eval, materialize};
-use plan::{Kernel, Plan, ReduceOp, StageKind};
+use kernel::materialize;
+use plan::{Kernel, Plan, StageKind};
 use reduce::partial_arity;
 use view::View;
 
@@ -338,49 +339,10 @@ fn block_result(
             })?;
             accs_payload(accs)
         }
-        StageKind::Write { output } => {
-            // Each piece is encoded straight into its place in the payload: the block
-            // exists once, as the bytes that are sent.
-            let out = &plan.outputs[*output as usize];
-            let dtype = out.dtype;
-            let width = dtype.size();
-            let cast = |value| ExecError::Cast {
-                index: *output as usize,
-                file: out.file.display().to_string(),
-                dataset: out.dataset.clone(),
-                dtype: dtype.name(),
-                value,
-            };
-            // Every byte is overwritten: the pieces tile the block.
-            let mut buf = buffers::PAYLOADS.take(shape.iter().product::<usize>() * width);
-            match &st.contract {
-                // A contraction whole in the block: one matrix product per block.
-                Some(c) => {
-                    let full = c.full_region(&region);
-                    let con = gemm::contraction(&st.kernel, &c.shape, ReduceOp::Sum, &c.axes, &|k| leaf_shape(plan, k))
-                        .expect("planned as a contraction");
-                    let (arr, n) = contract_region(plan, datasets, consts, &con, &full)?;
-                    bytes_read += n;
-                    let whole: Vec<Range<usize>> = shape.iter().map(|&n| 0..n).collect();
-                    encode_piece(&arr, &whole, &shape, dtype, &mut buf).map_err(cast)?;
-                }
-                None => for_each_piece(&region, &piece, |abs, rel| {
-                    let (arr, n) = eval_region(plan, datasets, consts, &st.kernel, abs)?;
-                    bytes_read += n;
-                    encode_piece(&arr, rel, &shape, dtype, &mut buf).map_err(cast)?;
-                    recycle(arr);
-                    Ok(())
-                })?,
-            }
-            // A compressed output: its chunks compressed here, in the worker's threads.
-            match (out.compression, &out.chunk) {
-                (Some(c), Some(chunk)) => {
-                    let z = hdf::compress_block(&region, &out.shape, chunk, width, c, &buf);
-                    buffers::PAYLOADS.give(buf);
-                    z
-                }
-                _ => buf,
-            }
+        StageKind::Write { .. } => {
+            let (payload, n) = write::block(plan, datasets, consts, st, &region, &piece)?;
+            bytes_read += n;
+            payload
         }
     };
     Ok(BlockResult { bytes_read, payload })
@@ -416,14 +378,16 @@ fn piece_shape(plan: &Plan, st: &plan::Stage, shape: &[usize]) -> Pieces {
     // A reshape reads the operand box of the region it is given: cut into pieces, a
     // block would read boxes that overlap. Its blocks are sized for it: one piece.
     let mut reshaped = false;
-    st.kernel.visit(&mut |k| reshaped |= matches!(k, Kernel::Reshape(..)));
+    for k in st.kernels() {
+        k.visit(&mut |k| reshaped |= matches!(k, Kernel::Reshape(..)));
+    }
     if reshaped {
         return Pieces {
             piece: shape.iter().map(|&n| n.max(1)).collect(),
             align: vec![0; r],
         };
     }
-    let ins = st.kernel.inputs();
+    let ins: Vec<u32> = st.kernels().flat_map(Kernel::inputs).collect();
     let align: Vec<usize> = (0..r)
         .map(|j| {
             for &i in &ins {
@@ -650,11 +614,33 @@ fn eval_region(
     kernel: &Kernel,
     region: &[Range<usize>],
 ) -> Result<(ArrayD<f64>, u64), ExecError> {
+    let (mut values, n) = eval_regions(plan, datasets, consts, &[kernel], region)?;
+    Ok((values.pop().expect("one kernel"), n))
+}
+
+/// Evaluate kernels over one `region`: each input read once, and each sub-expression
+/// found more than once (within a kernel or across them) computed once.
+fn eval_regions(
+    plan: &Plan,
+    datasets: &[Source],
+    consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
+    kernels: &[&Kernel],
+    region: &[Range<usize>],
+) -> Result<(Vec<ArrayD<f64>>, u64), ExecError> {
     let shape: Vec<usize> = region.iter().map(|r| r.len()).collect();
     let mut bytes_read = 0u64;
     let mut cache: Vec<(u32, ArrayD<f64>)> = Vec::new();
-    let reused = |i: u32| kernel.inputs().len() > 1 || count_leaf(kernel, i) > 1;
-    let value = eval(kernel, &mut |leaf| match leaf {
+    let mut inputs: Vec<u32> = Vec::new();
+    for k in kernels {
+        for i in k.inputs() {
+            if !inputs.contains(&i) {
+                inputs.push(i);
+            }
+        }
+    }
+    let reused = |i: u32| inputs.len() > 1 || kernels.iter().map(|k| count_leaf(k, i)).sum::<usize>() > 1;
+    let shared = kernel::repeated(kernels);
+    let values = kernel::eval_shared(kernels, &shared, &mut |leaf| match leaf {
         Kernel::Input(i) => {
             if let Some((_, a)) = cache.iter().find(|(j, _)| j == i) {
                 return Ok(a.clone());
@@ -711,7 +697,7 @@ fn eval_region(
         }
         _ => unreachable!("eval only asks for leaves"),
     })?;
-    Ok((materialize(value, &shape), bytes_read))
+    Ok((values.into_iter().map(|v| materialize(v, &shape)).collect(), bytes_read))
 }
 
 /// `region` of a reshape: its operand evaluated over the box the region needs, picked.

@@ -44,6 +44,7 @@ impl Kind {
 }
 
 /// A value during evaluation: numbers stay scalars until they meet an array.
+#[derive(Clone)]
 pub enum Value {
     Scalar(f64),
     Array(ArrayD<f64>),

@@ -51,7 +51,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub fn visit(&self, f: &mut impl FnMut(&Kernel)) {
+    pub fn visit<'a>(&'a self, f: &mut impl FnMut(&'a Kernel)) {
         f(self);
         match self {
             Kernel::Map(_, args) => args.iter().for_each(|a| a.visit(f)),
@@ -149,6 +149,39 @@ pub struct Stage {
     /// A write stage computing a contraction whole in each block (no partial sums).
     #[serde(default)]
     pub contract: Option<Contract>,
+    /// Further outputs a write stage writes, with their kernels (same shape and
+    /// block): evaluated together, so the sub-expressions they share are computed
+    /// once per block and the inputs read once (`lower::merge_shared_writes`).
+    #[serde(default)]
+    pub also: Vec<(u32, Kernel)>,
+}
+
+impl Stage {
+    /// Every kernel the stage evaluates: its own, then those of `also`.
+    pub fn kernels(&self) -> impl Iterator<Item = &Kernel> {
+        std::iter::once(&self.kernel).chain(self.also.iter().map(|(_, k)| k))
+    }
+
+    /// The outputs a write stage writes, in the order of [`Stage::kernels`].
+    pub fn outputs(&self) -> Vec<u32> {
+        match self.kind {
+            StageKind::Write { output } => std::iter::once(output).chain(self.also.iter().map(|(o, _)| *o)).collect(),
+            StageKind::Reduce { .. } => vec![],
+        }
+    }
+
+    /// Consts read by any of the stage's kernels.
+    pub fn consts(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = Vec::new();
+        for k in self.kernels() {
+            for c in k.consts() {
+                if !v.contains(&c) {
+                    v.push(c);
+                }
+            }
+        }
+        v
+    }
 }
 
 /// A contraction written straight from its blocks: the stage's `kernel` is the product
@@ -468,9 +501,13 @@ impl Plan {
                 kind: StageKind::Write { output: index as u32 },
                 local,
                 contract,
+                also: vec![],
             });
         }
-        let Lowering { consts, stages, .. } = low;
+        let Lowering {
+            mut consts, mut stages, ..
+        } = low;
+        super::lower::merge_shared_writes(&mut stages, &mut consts);
         Ok(Plan {
             inputs,
             consts,
@@ -487,19 +524,24 @@ impl Plan {
             .map(|st| {
                 let block: u64 = st.block.iter().map(|&n| n as u64).product();
                 match &st.kind {
-                    StageKind::Write { output } => {
-                        let out = &self.outputs[*output as usize];
-                        let raw = block * out.dtype.size() as u64;
-                        match (&out.compression, &out.chunk) {
-                            // zlib's worst case on incompressible data, the padding of
-                            // edge chunks and a length per chunk
-                            (Some(_), Some(c)) => {
-                                let chunk: u64 = c.iter().map(|&n| n as u64).product::<u64>() * out.dtype.size() as u64;
-                                raw + raw / 64 + 2 * chunk + 1024
+                    // Each output's block (and its length, for several).
+                    StageKind::Write { .. } => st
+                        .outputs()
+                        .iter()
+                        .map(|&o| {
+                            let out = &self.outputs[o as usize];
+                            let raw = block * out.dtype.size() as u64;
+                            8 + match (&out.compression, &out.chunk) {
+                                // zlib's worst case on incompressible data, the padding of
+                                // edge chunks and a length per chunk
+                                (Some(_), Some(c)) => {
+                                    let chunk: u64 = c.iter().map(|&n| n as u64).product::<u64>() * out.dtype.size() as u64;
+                                    raw + raw / 64 + 2 * chunk + 1024
+                                }
+                                _ => raw,
                             }
-                            _ => raw,
-                        }
-                    }
+                        })
+                        .sum(),
                     StageKind::Reduce { consts } => consts
                         .iter()
                         .map(|&c| {
@@ -525,7 +567,6 @@ impl Plan {
         };
         for stage in &self.stages {
             let deps: Vec<TaskId> = stage
-                .kernel
                 .consts()
                 .iter()
                 .map(|&c| map.finalize[self.consts[c as usize].stage as usize].expect("const stages come first"))
@@ -607,6 +648,7 @@ mod tests {
                 kind: StageKind::Write { output: index as u32 },
                 local,
                 contract: None,
+                also: vec![],
             });
         }
         let stages = low.stages;

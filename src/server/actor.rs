@@ -582,7 +582,7 @@ impl Actor {
                     .enumerate()
                     .map(|(i, c)| (i as u32, Accumulator::new(c, &p.plan.stages[c.stage as usize].shape)))
                     .collect();
-                let stage_consts = p.plan.stages.iter().map(|s| s.kernel.consts()).collect();
+                let stage_consts = p.plan.stages.iter().map(|s| s.consts()).collect();
                 // Results of an interrupted run: replay its partials, skip its blocks.
                 let mut acc: HashMap<u32, Accumulator> = acc;
                 let mut done: Vec<TaskId> = Vec::new();
@@ -855,11 +855,11 @@ impl Actor {
                     self.fail_job(msg);
                 }
             },
-            StageKind::Write { output } if written => {
+            StageKind::Write { .. } if written => {
                 let offered = job
                     .writer
                     .as_ref()
-                    .is_some_and(|w| w.direct.get(*output as usize).is_some_and(Option::is_some));
+                    .is_some_and(|w| st.outputs().iter().all(|&o| w.direct.get(o as usize).is_some_and(Option::is_some)));
                 if !offered {
                     let msg = format!(
                         "protocol error: {} reported written by the worker, which it may not",
@@ -872,18 +872,30 @@ impl Actor {
                     w.written(task);
                 }
             }
-            StageKind::Write { output } => {
-                let out = &job.plan.outputs[*output as usize];
+            StageKind::Write { .. } => {
                 let region = block_region(&st.shape, &st.block, block);
-                let expect = region.iter().map(|r| r.len()).product::<usize>() * out.dtype.size();
-                // A compressed block is checked chunk by chunk by the writer.
-                if out.compression.is_none() && payload.len() != expect {
-                    let msg = format!("protocol error: block of {} bytes where {expect} were expected", payload.len());
+                let Some(ranges) = exec::write::split(st, &payload) else {
+                    let msg = format!(
+                        "protocol error: malformed block of several outputs for {}",
+                        self.describe_task(task)
+                    );
                     self.fail_job(msg);
                     return;
+                };
+                let mut parts = Vec::with_capacity(ranges.len());
+                for (output, range) in ranges {
+                    let out = &job.plan.outputs[output as usize];
+                    let expect = region.iter().map(|r| r.len()).product::<usize>() * out.dtype.size();
+                    // A compressed block is checked chunk by chunk by the writer.
+                    if out.compression.is_none() && range.len() != expect {
+                        let msg = format!("protocol error: block of {} bytes where {expect} were expected", range.len());
+                        self.fail_job(msg);
+                        return;
+                    }
+                    parts.push((output, payload.slice(range)));
                 }
                 if let Some(w) = &job.writer {
-                    w.write(*output, region, payload, task);
+                    w.write(parts, region, task);
                 }
             }
         }

@@ -22,10 +22,10 @@ use crate::exec::hdf;
 use crate::exec::plan::Plan;
 
 enum Cmd {
+    /// One task's block of each output it computes.
     Write {
-        output: u32,
+        parts: Vec<(u32, Bytes)>,
         region: Vec<Range<usize>>,
-        bytes: Bytes,
         task: u32,
     },
     Partial {
@@ -62,10 +62,7 @@ fn direct_output(plan: &Plan, output: u32, ds: &hdf5::Dataset, temp: &Path) -> O
     }
     let out = &plan.outputs[output as usize];
     let chunk = ds.chunk()?;
-    let st = plan
-        .stages
-        .iter()
-        .find(|st| matches!(st.kind, crate::exec::plan::StageKind::Write { output: o } if o == output))?;
+    let st = plan.stages.iter().find(|st| st.outputs().contains(&output))?;
     let whole_chunks = st
         .block
         .iter()
@@ -214,13 +211,9 @@ impl Writer {
         }
     }
 
-    pub fn write(&self, output: u32, region: Vec<Range<usize>>, bytes: Bytes, task: u32) {
-        self.send(Cmd::Write {
-            output,
-            region,
-            bytes,
-            task,
-        });
+    /// Write a block of each of these outputs (one task's), then record the task.
+    pub fn write(&self, parts: Vec<(u32, Bytes)>, region: Vec<Range<usize>>, task: u32) {
+        self.send(Cmd::Write { parts, region, task });
     }
 
     /// Record a reduction partial in the journal.
@@ -344,20 +337,23 @@ impl WriterThread {
             };
             match cmd {
                 None => {}
-                Some(Cmd::Write {
-                    output,
-                    region,
-                    bytes,
-                    task,
-                }) if !self.failed => {
-                    let ds = &self.datasets[output as usize];
-                    let written = match &self.compressed[output as usize] {
-                        Some(chunk) => hdf::write_chunks(ds, &region, chunk, &bytes),
-                        None => hdf::write_region(ds, &region, self.dtypes[output as usize], &bytes),
-                    };
-                    match written {
-                        Ok(()) => pending.push(task),
-                        Err(e) => self.report(format!("writing output {output}: {e}")),
+                Some(Cmd::Write { parts, region, task }) if !self.failed => {
+                    let mut ok = true;
+                    for (output, bytes) in parts {
+                        let ds = &self.datasets[output as usize];
+                        let written = match &self.compressed[output as usize] {
+                            Some(chunk) => hdf::write_chunks(ds, &region, chunk, &bytes),
+                            None => hdf::write_region(ds, &region, self.dtypes[output as usize], &bytes),
+                        };
+                        if let Err(e) = written {
+                            self.report(format!("writing output {output}: {e}"));
+                            ok = false;
+                            break;
+                        }
+                    }
+                    // Recorded only once every output of the task holds its block.
+                    if ok {
+                        pending.push(task);
                     }
                 }
                 Some(Cmd::Write { .. }) => {}

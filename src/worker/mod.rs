@@ -496,20 +496,29 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
 /// ([`JobCtx::sinks`]); `false`: the block is to be sent to the server.
 fn write_direct(ctx: &JobCtx, stage: u32, block: u64, payload: &[u8]) -> bool {
     let st = &ctx.plan.stages[stage as usize];
-    let exec::plan::StageKind::Write { output } = st.kind else {
+    if !matches!(st.kind, exec::plan::StageKind::Write { .. }) {
+        return false;
+    }
+    // Every output of the stage must be writable here (the task is recorded whole).
+    let Some(parts) = exec::write::split(st, payload) else {
         return false;
     };
-    let Some(Some(sink)) = ctx.sinks.get(output as usize) else {
+    let sinks: Option<Vec<_>> = parts
+        .iter()
+        .map(|(o, _)| ctx.sinks.get(*o as usize).and_then(Option::as_ref))
+        .collect();
+    let Some(sinks) = sinks else {
         return false;
     };
     let region = exec::geometry::block_region(&st.shape, &st.block, block);
-    match sink.write_block(&region, payload) {
-        Ok(()) => true,
-        Err(e) => {
+    for (sink, (_, range)) in sinks.iter().zip(&parts) {
+        if let Err(e) = sink.write_block(&region, &payload[range.clone()]) {
+            // Blocks written so far are rewritten by the server: same bytes, same place.
             tracing::warn!(error = %e, "cannot write the block into the output file; sending it to the server");
-            false
+            return false;
         }
     }
+    true
 }
 
 /// This process's peak resident memory (VmHWM), in bytes. Unlike getrusage's

@@ -43,6 +43,27 @@ def test_intermediates_are_shared_and_equal_numpy(drover, tmp_path, rng):
     assert r.json()["tasks_total"] == 41 + 41 + 40 + 40 + 1, r.json()
 
 
+def test_an_elementwise_intermediate_is_computed_once(drover, tmp_path, rng):
+    """An elementwise `[let]` used by three outputs of the same shape: one write stage
+    computes it once per block and writes all three (x is read once: a copy per output
+    would read it three times, and add 40 tasks each)."""
+    w, x = workload(
+        tmp_path,
+        {"y": "sin(x) * 2 + x"},
+        [("y + 1", "/p"), ("y * y", "/q"), ("where(y > 0, y, 0)", "/r"), ("cos(x) * 2 + x", "/s")],
+        rng,
+    )
+    r = run_drover(drover, ["run", w, "--workers", "2", "--json"])
+    assert r.rc == 0, r.describe()
+    y = np.sin(x) * 2 + x
+    for ds, want in (("/p", y + 1), ("/q", y * y), ("/r", np.where(y > 0, y, 0)), ("/s", np.cos(x) * 2 + x)):
+        got, _ = read_h5(tmp_path / "out.h5", ds)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=ds)
+    # /p, /q, /r: one stage of 40 blocks; /s shares nothing with them: its own 40.
+    assert r.json()["tasks_total"] == 40 + 40, r.json()
+    assert r.json()["bytes_read"] == 2 * x.nbytes, r.json()
+
+
 BAD = [
     ({"a": "b + 1", "b": "a * 2"}, "a", ["[let] a:", "a -> b -> a", "cycle"]),
     ({"a": "a + 1"}, "a", ["[let] a:", "a -> a"]),
