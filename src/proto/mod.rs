@@ -14,7 +14,7 @@ use crate::config::workload::Workload;
 use crate::exec::plan::Plan;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest header accepted (a plan for a big workload is a few KiB).
 pub const MAX_HEADER: u32 = 64 << 20;
@@ -119,6 +119,9 @@ pub enum ServerMsg {
     Shutdown {
         reason: String,
     },
+    /// The server has seen the worker's first `Draining`: it assigns nothing more, so
+    /// once its running tasks are reported the worker may leave without losing any.
+    Drained,
     // To clients:
     Accepted {
         job: u64,

@@ -174,6 +174,8 @@ struct WorkerEntry {
     tx: Tx,
     job_sent: Option<u64>,
     consts_sent: HashSet<u32>,
+    /// The worker said it is draining and was told `Drained`.
+    drain_acked: bool,
 }
 
 struct Job {
@@ -347,6 +349,7 @@ impl Actor {
                         tx,
                         job_sent: None,
                         consts_sent: HashSet::new(),
+                        drain_acked: false,
                     },
                 );
                 let _ = reply.send(id);
@@ -522,13 +525,24 @@ impl Actor {
                 self.tune_prefetch();
             }
             PeerMsg::Draining { released } => {
-                tracing::info!(worker = %id, released = released.len(), "worker draining before its walltime");
+                // The first `Draining` starts the drain and is acknowledged; later ones
+                // hand back tasks that were on their way before the worker knew.
                 let _ = self.core.drain(id);
                 let tasks: Vec<TaskId> = released.iter().filter(|(j, _)| self.is_current(*j)).map(|(_, t)| *t).collect();
                 self.core.release(now, id, &tasks);
-                self.drained_workers += 1;
-                if let Slot::Running(job) = &mut self.slot {
-                    job.workers_drained += 1;
+                let first = self.workers.get_mut(&id).is_some_and(|w| {
+                    let first = !std::mem::replace(&mut w.drain_acked, true);
+                    if first {
+                        send(&w.tx, ServerMsg::Drained);
+                    }
+                    first
+                });
+                tracing::info!(worker = %id, released = released.len(), first, "worker draining before its walltime");
+                if first {
+                    self.drained_workers += 1;
+                    if let Slot::Running(job) = &mut self.slot {
+                        job.workers_drained += 1;
+                    }
                 }
             }
             PeerMsg::TaskError { job, task, message } => {

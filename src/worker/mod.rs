@@ -312,8 +312,12 @@ async fn session(
 }
 
 /// Before the batch job's end, by a margin of at least 10 s and 3 times the longest
-/// task seen (at most half the walltime): hand back queued tasks, finish the running
-/// ones, and return so the worker leaves cleanly.
+/// task seen (at most half the walltime): hand back queued tasks and tell the server.
+/// The server answers `Drained` once it will assign nothing more; `read_loop` then
+/// returns and the session ends like a `Shutdown`, finishing the running tasks and
+/// reporting them. Leaving any earlier would drop an `Assign` already on its way, which
+/// the server would count as lost and run again. Without an answer the worker still
+/// leaves a few seconds before the walltime.
 async fn drain_before_walltime(shared: &Shared, out: &mpsc::UnboundedSender<Out>, walltime: Option<(std::time::Instant, Duration)>) {
     let Some((end, total)) = walltime else {
         return std::future::pending().await;
@@ -333,15 +337,9 @@ async fn drain_before_walltime(shared: &Shared, out: &mpsc::UnboundedSender<Out>
     };
     tracing::info!(released = released.len(), "draining before the walltime");
     let _ = out.send(Out::Draining { released });
-    loop {
-        {
-            let q = shared.queue.lock().expect("queue lock");
-            if q.running == 0 && q.tasks.is_empty() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last_call = end.checked_sub(Duration::from_secs(3)).unwrap_or(end);
+    tokio::time::sleep_until(last_call.into()).await;
+    tracing::warn!("no answer to draining from the server; leaving before the walltime");
 }
 
 async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::UnboundedSender<Out>) -> Result<(), WorkerError> {
@@ -399,6 +397,10 @@ async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::Un
             }
             ServerMsg::Shutdown { reason } => {
                 tracing::info!(%reason, "server asked to stop");
+                return Ok(());
+            }
+            ServerMsg::Drained => {
+                tracing::info!("server saw the drain; finishing running tasks");
                 return Ok(());
             }
             other => tracing::debug!(?other, "unexpected message"),

@@ -102,6 +102,65 @@ def test_a_worker_killed_mid_run_is_replaced_by_the_others(drover, tmp_path):
         np.testing.assert_allclose(f["s"][...], oracle(tmp_path), rtol=1e-9)
 
 
+def test_workers_draining_before_their_walltime_lose_nothing(drover, tmp_path):
+    """Two workers with a 20 s walltime drain 10 s in, while tasks stream to them, and a
+    third carries on: they hand back what they hold, leave before their walltime, and no
+    task runs twice (a task on its way to a draining worker is handed back too)."""
+    rows = rows_for(drover, tmp_path, 22.0)
+    w = make_slow(tmp_path, rows)
+    mark = new_mark()
+    env = child_env(mark)
+    srv = tmp_path / "srv"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def spawn(name: str, args: list) -> subprocess.Popen:
+        return subprocess.Popen([str(drover), *map(str, args)], env=env, stdout=open(logs / f"{name}.out", "w"),
+                                stderr=open(logs / f"{name}.err", "w"), start_new_session=True)
+
+    server = spawn("server", ["server", "start", "--dir", srv])
+    procs = [server]
+    try:
+        deadline = time.monotonic() + 30
+        while not (srv / "access.toml").exists():
+            assert server.poll() is None and time.monotonic() < deadline, (logs / "server.err").read_text()
+            time.sleep(0.05)
+        access = srv / "access.toml"
+        started = time.monotonic()
+        draining = [spawn(f"drain{i}", ["worker", "--access", access, "--threads", 1, "--walltime", 20]) for i in range(2)]
+        steady = spawn("steady", ["worker", "--access", access, "--threads", 2])
+        procs += [*draining, steady]
+        run = subprocess.Popen([str(drover), "run", str(w), "--connect", str(srv), "--json"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        procs.append(run)
+        left: dict[int, float] = {}
+        while run.poll() is None and time.monotonic() - started < 300:
+            for i, p in enumerate(draining):
+                if i not in left and p.poll() is not None:
+                    left[i] = time.monotonic() - started
+            time.sleep(0.1)
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err[-3000:]
+        summary = json.loads(out)
+        assert summary["seconds"] > 11, f"the run must outlast the drain at 10 s (calibration off?): {summary}"
+        for i, p in enumerate(draining):
+            assert p.wait(timeout=30) == 0, (logs / f"drain{i}.err").read_text()[-3000:]
+        assert sorted(left) == [0, 1] and max(left.values()) < 19, f"the draining workers left at {left} s, walltime 20 s"
+        assert steady.poll() is None, "the worker without a walltime left"
+        assert summary["workers_drained"] == 2, summary
+        assert summary["tasks_retried"] == 0, summary
+        assert summary["workers_lost"] == 0, summary
+        with h5py.File(tmp_path / "slow.h5") as f:
+            np.testing.assert_allclose(f["s"][...], oracle(tmp_path), rtol=1e-9)
+        stop = run_drover(drover, ["server", "stop", "--dir", srv])
+        assert stop.rc == 0, stop.describe()
+        assert server.wait(timeout=30) == 0
+    finally:
+        for p in procs:
+            kill_group(p)
+        kill_marked(mark)
+
+
 def test_a_killed_run_leaves_no_output_and_resumes(drover, tmp_path):
     rows = rows_for(drover, tmp_path, 10.0)
     w = make_slow(tmp_path, rows)
