@@ -23,6 +23,7 @@ pub mod hdf;
 pub mod kernel;
 mod lex;
 mod lower;
+mod meta;
 pub mod ops;
 pub mod plan;
 mod plan_error;

@@ -107,6 +107,12 @@ pub struct InputSpec {
     /// The time axis (planning only: grouped reductions carry their groups).
     #[serde(skip)]
     pub time: hdf::coords::TimeInfo,
+    /// Each axis's dimension (planning only: outputs' coordinates).
+    #[serde(skip)]
+    pub dims: Vec<hdf::dims::InputDim>,
+    /// Attributes outputs derived from this input carry (planning only).
+    #[serde(skip)]
+    pub attrs: hdf::dims::VarAttrs,
 }
 
 /// A reduction result.
@@ -221,6 +227,9 @@ pub struct OutputSpec {
     /// gzip: chunks compressed by the workers (the chunk shape tiles the blocks).
     #[serde(default)]
     pub compression: Option<crate::config::workload::Compression>,
+    /// Named dimensions, coordinates and attributes (the writer's; not sent).
+    #[serde(skip)]
+    pub labels: hdf::dims::Labels,
 }
 
 /// Outputs that are exactly a sum reduction used nowhere else (not by another output,
@@ -347,6 +356,8 @@ impl Plan {
                     chunk: None,
                     cf: None,
                     time: Default::default(),
+                    dims: Default::default(),
+                    attrs: Default::default(),
                 },
                 None => hdf::inspect(&inp.file, &inp.dataset, inp.decode, inp.time.as_deref()).map_err(|reason| PlanError::Input {
                     name: inp.name.clone(),
@@ -386,6 +397,8 @@ impl Plan {
                 generate: inp.generate.clone(),
                 cf: info.cf,
                 time: info.time,
+                dims: info.dims,
+                attrs: info.attrs,
             });
         }
         let names: HashMap<&str, u32> = inputs.iter().enumerate().map(|(i, s)| (s.name.as_str(), i as u32)).collect();
@@ -493,6 +506,7 @@ impl Plan {
                 chunk,
                 expr: out.expr.clone(),
                 compression,
+                labels: super::meta::labels(node, shape, &inputs),
             });
             low.stages.push(Stage {
                 kernel,
@@ -616,6 +630,8 @@ mod tests {
             generate: None,
             cf: None,
             time: Default::default(),
+            dims: Default::default(),
+            attrs: Default::default(),
         }
     }
 

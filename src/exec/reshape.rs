@@ -97,6 +97,20 @@ impl Reshape {
         out
     }
 
+    /// For each axis of the result, the operand axis it is (same length, alone in its
+    /// group), if any: those keep their coordinates.
+    pub fn same_axes(&self) -> Vec<Option<usize>> {
+        let mut out = vec![None; self.to.len()];
+        for g in self.groups() {
+            let src: Vec<usize> = g.src.clone().filter(|&a| self.from[a] != 1).collect();
+            let dst: Vec<usize> = g.dst.clone().filter(|&a| self.to[a] != 1).collect();
+            if let ([s], [d]) = (&src[..], &dst[..]) {
+                out[*d] = Some(*s);
+            }
+        }
+        out
+    }
+
     /// For a region of the result: the box of the operand to read and, per group,
     /// the flat indices to pick from it.
     fn locate(&self, region: &[Range<usize>]) -> (Vec<Range<usize>>, Vec<Picks>) {

@@ -168,6 +168,24 @@ impl Writer {
                 }
             }
         }
+        if !reopen {
+            // Named dimensions, coordinates and attributes, per file, before any block.
+            let labelled = files.iter().try_for_each(|f| {
+                let of_file: Vec<(&hdf5::Dataset, &str, &hdf::dims::Labels, bool)> = plan
+                    .outputs
+                    .iter()
+                    .zip(&datasets)
+                    .filter(|(o, _)| o.file == f.final_path)
+                    .map(|(o, ds)| (ds, o.dataset.as_str(), &o.labels, matches!(o.dtype, OutDtype::F32 | OutDtype::F64)))
+                    .collect();
+                let file = f.file.as_ref().expect("opened above");
+                hdf::dims::write_labels(file, &of_file)
+                    .map_err(|e| format!("cannot label the outputs in \"{}\": {e}", f.final_path.display()))
+            });
+            if let Err(msg) = labelled {
+                return Err(fail(&mut files, &mut datasets, msg));
+            }
+        }
         let dtypes: Vec<OutDtype> = plan.outputs.iter().map(|o| o.dtype).collect();
         let compressed: Vec<Option<Vec<usize>>> = plan.outputs.iter().map(|o| o.compression.and(o.chunk.clone())).collect();
         let direct = plan

@@ -54,6 +54,7 @@ CASES = [
     "x.T",
     "transpose(t)",
     "transpose(u, axes=(2, 0, 3, 1))",
+    "transpose(u, (3, 1, 0, 2))",         # the axes as numpy takes them positionally
     "transpose(t - mean(t, axis=0))",     # a transposed anomaly
     "t.T - mean(t, axis=2).T[None, :, :]",
     "moveaxis(u, 0, -1)",

@@ -519,10 +519,18 @@ impl Parser<'_> {
                 if axis.is_some() || !kwargs.is_empty() {
                     return Err(self.error_here("positional argument after a keyword argument".into()));
                 }
-                if func == "reshape" && args.len() == 1 && matches!(self.peek(), Tok::LParen | Tok::LBracket) {
-                    // The new shape as a tuple, as numpy writes it: reshape(x, (3, 4)).
+                let tuple_kw = match func.as_str() {
+                    "reshape" => Some("shape"),
+                    "transpose" => Some("axes"),
+                    _ => None,
+                };
+                if let Some(name) = tuple_kw
+                    && args.len() == 1
+                    && matches!(self.peek(), Tok::LParen | Tok::LBracket)
+                {
+                    // A tuple as numpy writes it: reshape(x, (3, 4)), transpose(x, (1, 0)).
                     let spos = self.pos();
-                    kwargs.push(("shape".into(), self.axis_value()?, spos));
+                    kwargs.push((name.into(), self.axis_value()?, spos));
                 } else {
                     args.push(self.expr()?);
                 }

@@ -22,7 +22,7 @@ pub struct TimeInfo {
     pub why_not: String,
 }
 
-fn attr_string(ds: &hdf5::Dataset, name: &str) -> Option<String> {
+pub(super) fn attr_string(ds: &hdf5::Dataset, name: &str) -> Option<String> {
     if !ds.attr_names().ok()?.iter().any(|n| n == name) {
         return None;
     }

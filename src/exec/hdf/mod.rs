@@ -12,6 +12,7 @@
 
 pub mod cf;
 pub mod coords;
+pub mod dims;
 pub mod fault;
 pub mod filters;
 pub mod index;
@@ -125,6 +126,8 @@ pub struct DatasetInfo {
     pub cf: Option<cf::Cf>,
     /// The time axis, or why there is none.
     pub time: coords::TimeInfo,
+    pub dims: Vec<dims::InputDim>,
+    pub attrs: dims::VarAttrs,
 }
 
 /// How a dataset's chunks are decoded (no filters, by drover, by the HDF5 library, or
@@ -213,6 +216,8 @@ pub fn inspect(path: &Path, dataset: &str, decode: bool, time: Option<&str>) -> 
         dtype,
         chunk: ds.chunk(),
         cf,
+        dims: dims::input_dims(&ds, dataset, &time),
+        attrs: dims::var_attrs(&ds),
         time,
     })
 }

@@ -109,6 +109,12 @@ pub fn create_output(
         OutDtype::Bool => file.new_dataset::<bool>(),
     };
     let mut builder = builder.shape(shape.to_vec());
+    // Unwritten elements of float outputs read as NaN (their `_FillValue`).
+    match dtype {
+        OutDtype::F64 => builder = builder.fill_value(f64::NAN),
+        OutDtype::F32 => builder = builder.fill_value(f32::NAN),
+        _ => {}
+    }
     if let (Some(c), Some(z)) = (chunk, compression)
         && !shape.is_empty()
         && shape.iter().all(|&s| s > 0)
