@@ -148,6 +148,52 @@ pub fn axis_name(inputs: &[InputSpec], a: &AxisFrom) -> Option<String> {
     }
 }
 
+/// A weighted mean as `weighted.rs` builds it, `sum(w * x) / sum(weights)` over the
+/// same axes, as the plain mean of x it stands for.
+fn weighted_mean(op: &str, args: &[Node]) -> Option<Node> {
+    let [num, den] = args else { return None };
+    let (
+        Node::Reduce {
+            op: top,
+            axes,
+            arg,
+            keepdims,
+            groups: None,
+            ..
+        },
+        Node::Reduce {
+            op: ReduceOp::Sum,
+            axes: axes2,
+            arg: warg,
+            keepdims: keep2,
+            groups: None,
+            ..
+        },
+    ) = (num, den)
+    else {
+        return None;
+    };
+    let Node::Map(mul, factors) = arg.as_ref() else { return None };
+    let Node::Map(wh, _) = warg.as_ref() else { return None };
+    let [_, x] = &factors[..] else { return None };
+    let plain = matches!(top, ReduceOp::Sum | ReduceOp::NanSum);
+    (op == "divide" && plain && mul.name() == "multiply" && wh.name() == "where" && axes == axes2 && keepdims == keep2).then(|| {
+        Node::Reduce {
+            op: if *top == ReduceOp::NanSum {
+                ReduceOp::NanMean
+            } else {
+                ReduceOp::Mean
+            },
+            axes: axes.clone(),
+            arg: Box::new(x.clone()),
+            ddof: 0.0,
+            keepdims: *keepdims,
+            hist: None,
+            groups: None,
+        }
+    })
+}
+
 fn walk(node: &Node, inputs: &[InputSpec]) -> Walk {
     match node {
         Node::Input(i) => {
@@ -177,6 +223,11 @@ fn walk(node: &Node, inputs: &[InputSpec]) -> Walk {
             keeps_units: true,
             methods: vec![],
         },
+        Node::Map(op, args) if weighted_mean(op.name(), args).is_some() => {
+            // sum(w * x) / sum(w): a weighted mean of x (`weighted.rs`), in x's units.
+            let mean = weighted_mean(op.name(), args).expect("matched");
+            walk(&mean, inputs)
+        }
         Node::Map(op, args) => {
             let walks: Vec<Walk> = args.iter().map(|a| walk(a, inputs)).collect();
             let rank = walks.iter().map(|w| w.shape.len()).max().unwrap_or(0);

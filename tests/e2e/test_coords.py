@@ -83,6 +83,8 @@ CASES = [
      CARRY, "area: mean lat: lon: minimum"),
     ("swapped", "transpose(t2m, (2, 0, 1))[:, 5:9]", lambda t: t.transpose("lon", "time", "lat").isel(time=slice(5, 9)),
      CARRY, None),
+    ("area", "nanmean(t2m, axis=(1, 2), weights=cos(deg2rad(lat))[:, None])",
+     lambda t: t.weighted(np.cos(np.deg2rad(t["lat"]))).mean(("lat", "lon")), CARRY, "area: mean lat: lon: mean"),
     ("var", "nanvar(t2m, axis=0)", lambda t: t.var("time"), {}, "area: mean time: variance"),
     ("warm", "t2m > 290", lambda t: t > 290, {}, None),
 ]
@@ -95,7 +97,8 @@ def test_outputs_open_in_xarray_with_its_coordinates(drover, tmp_path, rng, cale
     methods, and `_FillValue` NaN."""
     t = write_t2m(tmp_path / "t2m.nc", calendar, rng)
     doc = {
-        "inputs": {"t2m": {"file": "t2m.nc", "dataset": "/t2m", "chunks": [100, 4, 5]}},
+        "inputs": {"t2m": {"file": "t2m.nc", "dataset": "/t2m", "chunks": [100, 4, 5]},
+                   "lat": {"file": "t2m.nc", "dataset": "/lat"}},
         "let": {"clim": "nanmean(t2m, axis=0, by='month')"},
         "outputs": [{"expr": e, "file": f"{n}.nc", "dataset": f"/{n}"} for n, e, *_ in CASES],
     }
