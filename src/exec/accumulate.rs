@@ -7,7 +7,7 @@ use ndarray::{ArrayD, Axis, Dimension, IxDyn, Zip};
 
 use super::geometry::kept;
 use super::plan::ConstSpec;
-use super::reduce::{Elem, Form, ReduceOp, arg_better, fold_rows, with_fold};
+use super::reduce::{Elem, Fold, Form, ReduceOp, arg_better, fold_rows, fold_rows_by, nan_sum_count_rows, with_fold};
 
 /// Merges partials of one const as they arrive, then finalizes it.
 pub struct Accumulator {
@@ -256,24 +256,52 @@ impl Accumulator {
 
     /// Fold the values of `region` (block-relative) straight into the accumulator,
     /// when they are row-major, the reduced axes lead, the accumulated part is
-    /// contiguous, and the reduction is one fold: no partial array is made and
+    /// contiguous, and the reduction is made of folds: no partial array is made and
     /// nothing is merged. `false`: nothing done; use [`partial`] and
     /// [`Accumulator::merge`].
     pub fn fold_in<T: Elem>(&mut self, region: &[Range<usize>], values: &ndarray::ArrayViewD<'_, T>) -> bool {
+        self.fold_in_by(region, values, None::<fn(T) -> f64>)
+    }
+
+    /// [`Accumulator::fold_in`] of values seen through `conv` (CF decoding) when given.
+    pub fn fold_in_by<T: Elem>(
+        &mut self,
+        region: &[Range<usize>],
+        values: &ndarray::ArrayViewD<'_, T>,
+        conv: Option<impl Fn(T) -> f64 + Copy>,
+    ) -> bool {
         if self.grouped.is_some() {
             return false;
         }
-        let [fold] = self.op.folds() else { return false };
-        if self.axes.first() != Some(&0) || self.axes.windows(2).any(|w| w[1] != w[0] + 1) {
+        let Form::Folds(folds) = self.op.form() else { return false };
+        if folds.is_empty() || self.axes.first() != Some(&0) || self.axes.windows(2).any(|w| w[1] != w[0] + 1) {
             return false;
         }
         let Some(data) = values.as_slice() else { return false };
         let mut views = Self::views(&mut self.parts, &kept(region, &self.axes));
-        let Some(acc) = views[0].as_slice_mut() else { return false };
-        if acc.is_empty() || data.len() % acc.len() != 0 {
+        if views.len() < folds.len() {
             return false;
         }
-        with_fold!(*fold, |_i, step, _m| fold_rows(acc, data, step));
+        let mut accs = Vec::with_capacity(folds.len());
+        for v in views.iter_mut().take(folds.len()) {
+            match v.as_slice_mut() {
+                Some(a) if !a.is_empty() && data.len() % a.len() == 0 => accs.push(a),
+                _ => return false,
+            }
+        }
+        if let ([Fold::NanSum, Fold::Valid], [sum, count]) = (folds, &mut accs[..]) {
+            match conv {
+                None => nan_sum_count_rows(sum, count, data, T::f64),
+                Some(conv) => nan_sum_count_rows(sum, count, data, conv),
+            }
+            return true;
+        }
+        for (acc, &fold) in accs.into_iter().zip(folds) {
+            match conv {
+                None => with_fold!(fold, |_i, step, _m| fold_rows(acc, data, step)),
+                Some(conv) => with_fold!(fold, |_i, step, _m| fold_rows_by(acc, data, conv, step)),
+            }
+        }
         true
     }
 

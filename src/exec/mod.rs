@@ -106,6 +106,15 @@ impl Source {
         }
     }
 
+    /// The HDF5 reader and the CF decoding its stored values get, for the folds over
+    /// stored values (which decode each value as they fold it).
+    pub fn typed(&self) -> Option<(&hdf::Reader, Option<&hdf::cf::Cf>)> {
+        match self {
+            Source::Hdf(r, cf) => Some((r.as_ref(), cf.as_ref())),
+            Source::Generated(_) => None,
+        }
+    }
+
     /// Read a region as f64 into `out` (row-major, the region's shape), decoded.
     pub fn read_into(&self, region: &[Range<usize>], out: &mut [f64]) -> hdf5::Result<()> {
         match self {
@@ -288,20 +297,30 @@ fn block_result(
             // A plain input reduced as stored, in large chunks: each chunk is reduced
             // in its stored type straight from the mapped file or its decoded bytes,
             // with no f64 copy (the widening happens in the fold).
+            // A CF-decoded input too: each value is decoded as it is folded.
             if let Kernel::Input(i) = st.kernel
                 && !grouped
                 && plan.inputs[i as usize].shape == st.shape
-                && let Some(r) = datasets[i as usize].hdf()
+                && let Some((r, cf)) = datasets[i as usize].typed()
+                && cf.is_none_or(|c| c.decoder().is_some())
                 && r.typed_cell_elems().is_some_and(|n| n >= PIECE_ELEMS / 16)
             {
+                let dec = cf.and_then(hdf::cf::Cf::decoder);
                 r.for_each_typed_cell(&region, |sub, values| {
                     let rel: Vec<Range<usize>> = sub.iter().zip(&region).map(|(s, b)| s.start - b.start..s.end - b.start).collect();
                     bytes_read += (sub.iter().map(|r| r.len()).product::<usize>() * plan.inputs[i as usize].dtype.size()) as u64;
                     for (acc, &c) in accs.iter_mut().zip(ids) {
                         let spec = &plan.consts[c as usize];
-                        if !crate::with_typed!(&values, v => acc.fold_in(&rel, v)) {
-                            acc.merge(&rel, crate::with_typed!(&values, v => reduce::partial_typed_for(spec, v)));
+                        let folded =
+                            crate::with_typed!(&values, v => acc.fold_in_by(&rel, v, dec.map(|d| move |x| d(reduce::Elem::f64(x)))));
+                        if folded {
+                            continue;
                         }
+                        let partial = match dec {
+                            None => crate::with_typed!(&values, v => reduce::partial_typed_for(spec, v)),
+                            Some(d) => reduce::partial_for(spec, &crate::with_typed!(&values, v => v.mapv(|x| d(reduce::Elem::f64(x))))),
+                        };
+                        acc.merge(&rel, partial);
                     }
                     Ok(())
                 })

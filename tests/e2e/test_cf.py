@@ -314,6 +314,39 @@ def test_packed_int16_written_by_xarray(drover, tmp_path, rng, compression):
     tasks_at_least(res, 8 * 3 * 3)
 
 
+@pytest.mark.parametrize("fills", ["fill_value", "fill_and_missing_value"])
+def test_packed_int16_in_large_chunks_decoded_as_folded(drover, tmp_path, rng, fills):
+    """HDF5 chunks of 48,000 values and drover's default blocks: reductions of the
+    input itself fold the stored int16 values, decoding each as it is folded (one fill
+    value), or decode regions first (two fill values); both equal xarray's decode."""
+    t = temperatures(rng, (40, 60, 80))
+    enc = {"dtype": "int16", "scale_factor": 0.01, "add_offset": 280.0, "_FillValue": -32767, "chunksizes": (10, 60, 80),
+           "zlib": True, "complevel": 1}
+    f = tmp_path / "t2m.nc"
+    ds = t2m_dataset(t)
+    ds.to_netcdf(f, engine="netcdf4", encoding={"t2m": enc})
+    if fills == "fill_and_missing_value":
+        # cells stored as -32000 are missing too (xarray masks both)
+        with h5py.File(f, "a") as h:
+            v = h["t2m"][...]
+            v[5, 20:30, 30:40] = -32000
+            h["t2m"][...] = v
+            h["t2m"].attrs["missing_value"] = np.int16(-32000)
+    stored, attrs = read_stored(f, "/t2m")
+    outputs, lets = cf_outputs(0)
+    outputs.update({"/min": "min(x, axis=0)", "/sum": "sum(x, axis=0)", "/nanmin": "nanmin(x, axis=0)"})
+    r, got = run_cf(
+        drover, tmp_path,
+        {"x": {"file": "t2m.nc", "dataset": "/t2m"}, "r": {"file": "t2m.nc", "dataset": "/t2m", "decode": False}},
+        outputs, lets,
+    )
+    dec = check_cf_run(got, stored, attrs, outputs, lets, f"int16 in large chunks ({fills})")
+    check_against_xarray(got, f, "t2m", 0, dec, f"int16 in large chunks ({fills})")
+    assert_decoding_matters(got, dec, stored)
+    if fills == "fill_and_missing_value":
+        assert np.isnan(got["/mean"][20:30, 30:40]).all() and not np.isnan(got["/nanmean"][20:30, 30:40]).any()
+
+
 def test_packed_variable_in_a_netcdf_group(drover, tmp_path, rng):
     """/forecast/surface/t2m (float32 scale_factor and add_offset: xarray decodes to
     float32) next to a different /t2m at the root."""

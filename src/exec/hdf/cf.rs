@@ -109,6 +109,29 @@ impl Cf {
             .collect()
     }
 
+    /// One stored value (converted to f64 exactly) decoded as [`Cf::apply`] decodes
+    /// it, for folds over stored values; `None` with several fill values.
+    pub fn decoder(&self) -> Option<impl Fn(f64) -> f64 + Copy> {
+        let fills = self.fill_values();
+        if fills.len() > 1 {
+            return None;
+        }
+        let fill = fills.first().copied().unwrap_or(f64::NAN);
+        let scale = self.scale_factor.unwrap_or(1.0);
+        let offset = self.add_offset.unwrap_or(0.0);
+        // As `apply`: values pass untouched only when nothing at all is decoded.
+        let scaled = self.scale_factor.is_some() || self.add_offset.is_some() || !fills.is_empty();
+        Some(move |v: f64| {
+            if v == fill {
+                f64::NAN
+            } else if scaled {
+                v * scale + offset
+            } else {
+                v
+            }
+        })
+    }
+
     /// Decode stored values (converted to f64 exactly) in place.
     pub fn apply(&self, values: &mut [f64]) {
         let fills = self.fill_values();
@@ -164,6 +187,41 @@ mod tests {
         cf.apply(&mut v);
         assert!(v[0].is_nan() && v[1].is_nan() && v[4].is_nan());
         assert_eq!(&v[2..4], &[280.0, 281.0]);
+    }
+
+    #[test]
+    fn one_value_decodes_as_a_region_does() {
+        let cfs = [
+            Cf {
+                fill_value: Some(-32767.0),
+                missing_values: vec![],
+                scale_factor: Some(0.01f32 as f64),
+                add_offset: Some(273.15f32 as f64),
+            },
+            Cf {
+                fill_value: None,
+                missing_values: vec![7.0],
+                scale_factor: None,
+                add_offset: None,
+            },
+        ];
+        let stored = [-32767.0, -1.0, 0.0, 7.0, 12345.0, -0.0];
+        for cf in cfs {
+            let dec = cf.decoder().expect("one fill value");
+            let mut region = stored.to_vec();
+            cf.apply(&mut region);
+            for (s, r) in stored.iter().zip(&region) {
+                let d = dec(*s);
+                assert!(d.to_bits() == r.to_bits(), "{s} -> {d}, apply gives {r}");
+            }
+        }
+        let two = Cf {
+            fill_value: Some(1.0),
+            missing_values: vec![2.0],
+            scale_factor: None,
+            add_offset: None,
+        };
+        assert!(two.decoder().is_none(), "several fill values: regions decode");
     }
 
     #[test]

@@ -579,6 +579,12 @@ fn sum_run<T: Elem>(r: &[T], pre: impl Fn(f64) -> f64) -> f64 {
 /// Fold rows of `data` (each as long as `acc`) into `acc` in order, four rows per
 /// pass (the accumulator row is loaded and stored a quarter as often).
 pub fn fold_rows<T: Elem>(acc: &mut [f64], data: &[T], f: impl Fn(f64, f64) -> f64) {
+    fold_rows_by(acc, data, T::f64, f)
+}
+
+/// [`fold_rows`] of values seen through `conv` (CF decoding, say) as they are folded.
+#[inline(always)]
+pub fn fold_rows_by<T: Copy>(acc: &mut [f64], data: &[T], conv: impl Fn(T) -> f64, f: impl Fn(f64, f64) -> f64) {
     let inner = acc.len();
     let quads = data.chunks_exact(4 * inner);
     let rest = quads.remainder();
@@ -587,11 +593,25 @@ pub fn fold_rows<T: Elem>(acc: &mut [f64], data: &[T], f: impl Fn(f64, f64) -> f
         let (r1, q) = q.split_at(inner);
         let (r2, r3) = q.split_at(inner);
         for i in 0..inner {
-            acc[i] = f(f(f(f(acc[i], r0[i].f64()), r1[i].f64()), r2[i].f64()), r3[i].f64());
+            acc[i] = f(f(f(f(acc[i], conv(r0[i])), conv(r1[i])), conv(r2[i])), conv(r3[i]));
         }
     }
     for row in rest.chunks_exact(inner) {
-        acc.iter_mut().zip(row).for_each(|(a, &x)| *a = f(*a, x.f64()));
+        acc.iter_mut().zip(row).for_each(|(a, &x)| *a = f(*a, conv(x)));
+    }
+}
+
+/// The NaN-skipping sum and the count of non-NaN values of rows, in one pass (a
+/// nanmean's two folds, [`fold_rows`] each, without reading and decoding twice).
+pub fn nan_sum_count_rows<T: Copy>(sum: &mut [f64], count: &mut [f64], data: &[T], conv: impl Fn(T) -> f64) {
+    for row in data.chunks_exact(sum.len()) {
+        for ((s, c), &x) in sum.iter_mut().zip(count.iter_mut()).zip(row) {
+            let v = conv(x);
+            if !v.is_nan() {
+                *s += v;
+                *c += 1.0;
+            }
+        }
     }
 }
 
