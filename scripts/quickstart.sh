@@ -58,7 +58,7 @@ mv "$QS/result.json.tmp" "$QS/result.json"
 "$DROVER_PY" scripts/quickstart_summary.py "$QS"
 
 log "real data: a monthly climatology and anomaly of OSTIA sea surface temperature (iris-sample-data)"
-rm -f "$QS/real.h5"
+rm -f "$QS/real.nc"
 "$DROVER_ROOT/target/release/drover" run "$("$DROVER_PY" scripts/quickstart_real.py prepare "$QS")" "$@"
 "$DROVER_PY" scripts/quickstart_real.py show "$QS"
 printf '\nfiles: %s\n' "$QS" >&2
