@@ -16,6 +16,13 @@ ensure_build_deps
 ensure_venv
 cargo_release_build
 
+# `drover` on the PATH the way Rust tools are: a link in cargo's bin folder (on the
+# PATH of new shells wherever rustup set Rust up).
+BIN_DIR="${CARGO_HOME:-$HOME/.cargo}/bin"
+mkdir -p "$BIN_DIR"
+ln -sf "$DROVER_ROOT/target/release/drover" "$BIN_DIR/drover"
+log "drover is $DROVER_ROOT/target/release/drover, linked as $BIN_DIR/drover (run \`drover --help\` in a new shell)"
+
 QS="$DROVER_ROOT/scratch/quickstart"
 mkdir -p "$QS"
 

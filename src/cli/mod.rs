@@ -241,11 +241,13 @@ fn runtime_builder() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(runtime)
 }
 
-fn load_access(dir: &Path) -> Result<Access, Failure> {
+/// The access file of the server in `dir`, named on the command line by `flag`
+/// (`--connect` for `run`, `--dir` elsewhere).
+fn load_access(dir: &Path, flag: &str) -> Result<Access, Failure> {
     let path = server::access_path(dir);
     if !path.exists() {
         return Err(input(anyhow!(
-            "no access file at \"{}\"; start a server with `drover server start --dir {}` or pass the right --dir",
+            "no access file at \"{}\"; start a server with `drover server start --dir {}` or pass the right {flag}",
             path.display(),
             dir.display()
         )));

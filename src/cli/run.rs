@@ -42,7 +42,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     let progress = (!args.json && std::io::stdout().is_terminal()).then(|| progress_message(&decoded));
     let mut summary = match (&args.connect, site) {
         (Some(dir), _) => {
-            let access = load_access(dir)?;
+            let access = load_access(dir, "--connect")?;
             rt.block_on(async {
                 let session = Session::open(&access).await.map_err(runtime)?;
                 run_session(session, workload, progress).await
@@ -119,12 +119,13 @@ fn print_summary(summary: &Summary, inputs: &[InputReport], json: bool) -> Resul
         println!("{v}");
     } else {
         println!(
-            "drover: {} output(s) in {:.2} s ({} tasks, {:.1} MB read, {} workers)",
+            "drover: {} output(s) in {:.2} s ({} tasks, {:.1} MB read, {} worker{})",
             summary.outputs.len(),
             summary.seconds,
             summary.tasks_total,
             summary.bytes_read as f64 / 1e6,
-            summary.workers
+            summary.workers,
+            if summary.workers == 1 { "" } else { "s" }
         );
         for o in &summary.outputs {
             println!("  {}:{}  {} {}  = {}", o.file, o.dataset, fmt_shape(&o.shape), o.dtype, o.expr);
@@ -138,14 +139,27 @@ fn print_summary(summary: &Summary, inputs: &[InputReport], json: bool) -> Resul
     Ok(())
 }
 
+/// A rate rounded to three significant digits (`9.66`, `123`, `45600`).
+fn three_digits(v: f64) -> String {
+    if !v.is_finite() || v <= 0.0 {
+        return "0".into();
+    }
+    let digits = v.log10().floor() as i32;
+    let decimals = (2 - digits).max(0) as usize;
+    let scale = 10f64.powi(digits - 2);
+    let rounded = if digits > 2 { (v / scale).round() * scale } else { v };
+    format!("{rounded:.decimals$}")
+}
+
 async fn run_session(session: Session, workload: Workload, progress: Option<String>) -> Result<Summary, Failure> {
     let bar = progress.map(|message| {
         let b = indicatif::ProgressBar::new(0);
         b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks ({per_sec}, eta {eta}) {msg}",
-            )
-            .expect("valid template"),
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks ({rate}, eta {eta}) {msg}")
+                .expect("valid template")
+                .with_key("rate", |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{} tasks/s", three_digits(s.per_sec()));
+                }),
         );
         b.set_message(message);
         b
@@ -272,4 +286,19 @@ async fn embedded(workload: Workload, n: usize, threads: Option<usize>, progress
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::three_digits;
+
+    #[test]
+    fn rates_keep_three_significant_digits() {
+        assert_eq!(three_digits(9.6566), "9.66");
+        assert_eq!(three_digits(123.456), "123");
+        assert_eq!(three_digits(45612.0), "45600");
+        assert_eq!(three_digits(0.012345), "0.0123");
+        assert_eq!(three_digits(0.0), "0");
+        assert_eq!(three_digits(f64::NAN), "0");
+    }
 }

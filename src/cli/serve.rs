@@ -69,7 +69,7 @@ pub fn start(dir: &Path, bind: SocketAddr, advertise: Vec<String>, site: Option<
 }
 
 pub fn stop(dir: &Path) -> Result<(), Failure> {
-    let access = load_access(dir)?;
+    let access = load_access(dir, "--dir")?;
     runtime_builder()?.block_on(async {
         let s = Session::open(&access).await.map_err(runtime)?;
         s.stop().await.map_err(runtime)
@@ -79,7 +79,7 @@ pub fn stop(dir: &Path) -> Result<(), Failure> {
 }
 
 pub fn scale(dir: &Path, workers: u32) -> Result<(), Failure> {
-    let access = load_access(dir)?;
+    let access = load_access(dir, "--dir")?;
     runtime_builder()?.block_on(async {
         let s = Session::open(&access).await.map_err(runtime)?;
         s.scale(workers).await.map_err(client_failure)
@@ -92,7 +92,7 @@ pub fn adapt(dir: &Path, min: u32, max: u32) -> Result<(), Failure> {
     if min > max || max == 0 {
         return Err(input(anyhow!("--min {min} --max {max}: the pool needs min <= max and max >= 1")));
     }
-    let access = load_access(dir)?;
+    let access = load_access(dir, "--dir")?;
     runtime_builder()?.block_on(async {
         let s = Session::open(&access).await.map_err(runtime)?;
         s.adapt(min, max).await.map_err(client_failure)
@@ -102,7 +102,7 @@ pub fn adapt(dir: &Path, min: u32, max: u32) -> Result<(), Failure> {
 }
 
 pub fn status(dir: &Path, json: bool) -> Result<(), Failure> {
-    let access = load_access(dir)?;
+    let access = load_access(dir, "--dir")?;
     let status = runtime_builder()?
         .block_on(async { Session::open(&access).await?.status().await })
         .map_err(runtime)?;
@@ -147,7 +147,7 @@ pub fn status(dir: &Path, json: bool) -> Result<(), Failure> {
     }
     match (status.running_job, status.progress) {
         (Some(j), Some((d, t))) => println!("job {j}: {d}/{t} tasks"),
-        _ => println!("no job running"),
+        _ => println!("no workload running"),
     }
     println!(
         "tasks done: {}, retried: {}, workers lost: {}",

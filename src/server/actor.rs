@@ -400,7 +400,7 @@ impl Actor {
                         {
                             w.abandon();
                         }
-                        self.fail_job("the server was stopped; run the same workload again to resume".into());
+                        self.fail_job("stopped before the end; what was done is kept: run the same workload again to resume".into());
                     }
                     for (_, c) in self.queue.drain(..) {
                         send(

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import run_drover, snapshot, to_toml, write_h5
+from conftest import assert_refused, run_drover, snapshot, to_toml, write_h5
 
 # strings that must appear in stderr; a tuple means "any one of these"
 Quote = str | tuple[str, ...]
@@ -275,3 +275,20 @@ def test_error_is_one_line_with_hint_not_a_backtrace(drover, tmp_path):
     assert lines and any(l.startswith("error: ") for l in lines), run.describe()
     assert "Error {" not in run.stderr, run.describe()
     assert "stack backtrace" not in run.stderr.lower(), run.describe()
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["run", "{w}", "--connect", "{d}"], "--connect"),
+    (["status", "--dir", "{d}"], "--dir"),
+])
+def test_a_missing_server_folder_names_the_flag_that_was_given(drover, tmp_path, args, flag):
+    """The hint names the option of the command used (run takes --connect)."""
+    write_h5(tmp_path / "x.h5", {"x": np.arange(4.0)})
+    w = tmp_path / "w.toml"
+    w.write_text(to_toml({"inputs": {"x": {"file": "x.h5", "dataset": "/x"}},
+                          "outputs": [{"expr": "x", "file": "out.h5", "dataset": "/x"}]}))
+    d = tmp_path / "no-such-server"
+    run = run_drover(drover, [a.format(w=w, d=d) for a in args])
+    line = assert_refused(run, [str(d / "access.toml"), f"pass the right {flag}"], tmp_path / "out.h5")
+    other = "--dir" if flag == "--connect" else "--connect"
+    assert f"right {other}" not in line, line
