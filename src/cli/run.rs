@@ -215,9 +215,15 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Opt
 /// The embedded local cluster: a server in this process and `n` worker processes over
 /// loopback QUIC, stopped at the end whatever happens.
 async fn embedded(workload: Workload, n: usize, threads: Option<usize>, progress: Option<String>) -> Result<Summary, Failure> {
+    sweep_stale_folders(&std::env::temp_dir());
     let dir = tempfile::Builder::new()
         .prefix("drover-")
         .tempdir()
+        .context("creating the server folder")
+        .map_err(runtime)?;
+    // Whose folder this is: a run killed with SIGKILL cannot remove it; the next
+    // run does (`sweep_stale_folders`).
+    std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())
         .context("creating the server folder")
         .map_err(runtime)?;
     let opts = ServerOptions {
@@ -235,7 +241,21 @@ async fn embedded(workload: Workload, n: usize, threads: Option<usize>, progress
     let exe = std::env::current_exe().context("locating the drover executable").map_err(runtime)?;
     let mut children: Vec<Child> = Vec::with_capacity(n);
     for _ in 0..n {
-        let child = Command::new(&exe)
+        let mut cmd = Command::new(&exe);
+        let parent = std::process::id();
+        // SAFETY: only async-signal-safe calls (prctl, getppid) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // The worker gets SIGTERM when this process dies, however it dies
+                // (SIGKILL included), instead of waiting out its death timeout.
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)?;
+                if nix::unistd::getppid().as_raw() as u32 != parent {
+                    return Err(std::io::Error::other("drover run exited before its worker started"));
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("worker")
             .arg("--access")
             .arg(&handle.access_path)
@@ -288,9 +308,60 @@ async fn embedded(workload: Workload, n: usize, threads: Option<usize>, progress
     result
 }
 
+/// The file in an embedded run's private folder naming the process it belongs to.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Remove the private folders (`drover-*` in `tmp`) of embedded runs whose process is
+/// gone (killed with SIGKILL, or the machine lost power): each names its owner in
+/// `OWNER_FILE`. Folders without one, or of live processes, are left alone.
+fn sweep_stale_folders(tmp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        if !e.file_name().to_string_lossy().starts_with("drover-") || !path.is_dir() {
+            continue;
+        }
+        let Some(pid) = std::fs::read_to_string(path.join(OWNER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if gone {
+            tracing::info!(folder = %path.display(), pid, "removing the folder of a run that was killed");
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::three_digits;
+
+    #[test]
+    fn folders_of_dead_runs_are_swept_and_others_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mk = |name: &str, owner: Option<String>| {
+            let d = tmp.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            if let Some(o) = owner {
+                std::fs::write(d.join(super::OWNER_FILE), o).unwrap();
+            }
+            d
+        };
+        // a pid that cannot be alive: above the kernel's pid_max
+        let dead = mk("drover-dead", Some("2147483000".into()));
+        let live = mk("drover-live", Some(std::process::id().to_string()));
+        let unowned = mk("drover-unowned", None);
+        let other = mk("other-dead", Some("2147483000".into()));
+        super::sweep_stale_folders(tmp.path());
+        assert!(!dead.exists(), "a dead run's folder is removed");
+        assert!(live.exists() && unowned.exists() && other.exists());
+    }
 
     #[test]
     fn rates_keep_three_significant_digits() {

@@ -277,6 +277,48 @@ def test_a_signalled_run_stops_its_workers_and_removes_its_files(drover, tmp_pat
     assert journal.exists(), "the journal stays for a resume"
 
 
+def test_a_run_killed_with_sigkill_takes_its_workers_along_and_the_next_run_sweeps_its_folder(drover, tmp_path):
+    """SIGKILL on `drover run` (nothing can run in it): its embedded workers get SIGTERM
+    from the kernel as their parent dies (not after their death timeout of 10 s), and
+    the private folder it could not remove is removed by the next run."""
+    rows = rows_for(drover, tmp_path, 10.0)
+    w = make_slow(tmp_path, rows)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    killed_at = []
+
+    def kill(proc):
+        assert len(children_of(proc.pid)) == 2, "two embedded workers"
+        killed_at.append(time.monotonic())
+        os.kill(proc.pid, signal.SIGKILL)
+
+    mark = new_mark()
+    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "2"], env=child_env(mark, {"TMPDIR": str(tmp)}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_journal_records(w.parent / ".slow.h5.drover-journal", proc)
+        workers = children_of(proc.pid)
+        kill(proc)
+        proc.wait(timeout=10)
+        survivors = wait_marked_gone(mark, 4.0)
+        gone_after = time.monotonic() - killed_at[0]
+    finally:
+        kill_group(proc)
+        kill_marked(mark)
+    assert survivors == [], f"workers {workers} still alive {gone_after:.1f} s after their parent was killed"
+    left = [p.name for p in tmp.iterdir()]
+    assert len(left) == 1 and left[0].startswith("drover-"), f"the killed run's folder: {left}"
+    # the next run (any workload) removes it, and its own
+    x = tmp_path / "next"
+    x.mkdir()
+    with h5py.File(x / "x.h5", "w") as f:
+        f["x"] = np.arange(10.0)
+    (x / "w.toml").write_text('[inputs.x]\nfile = "x.h5"\ndataset = "/x"\n[[outputs]]\nexpr = "sum(x)"\nfile = "o.h5"\ndataset = "/s"\n')
+    r = run_drover(drover, ["run", x / "w.toml"], env={"TMPDIR": str(tmp)})
+    assert r.rc == 0, r.describe()
+    assert list(tmp.iterdir()) == [], f"left in TMPDIR after the next run: {list(tmp.iterdir())}"
+
+
 @pytest.mark.parametrize("compression", [None, "gzip"], ids=["mapped", "gzip"])
 def test_an_input_truncated_during_a_run_fails_it_with_a_clear_error(drover, tmp_path, compression):
     """Someone truncates (or rewrites) an input while a run reads it: the run stops with
