@@ -16,6 +16,10 @@ use crate::exec::plan::Plan;
 /// Bumped on any incompatible change of the messages below.
 pub const PROTOCOL_VERSION: u32 = 3;
 
+/// The reason the server closes every connection with when it stops (workers still
+/// joining then leave quietly).
+pub const STOPPED_REASON: &[u8] = b"server stopped";
+
 /// Largest header accepted (a plan for a big workload is a few KiB).
 pub const MAX_HEADER: u32 = 64 << 20;
 /// Largest payload accepted.

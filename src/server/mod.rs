@@ -156,13 +156,14 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         // Peers still connected get a close; a short wait sends it without sitting out
         // the draining period. Connections already closed have nothing left to send.
         let open = peers.any_open();
-        endpoint.close(quinn::VarInt::from_u32(0), b"server stopped");
+        endpoint.close(quinn::VarInt::from_u32(0), crate::proto::STOPPED_REASON);
         if open {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(20), endpoint.wait_idle()).await;
         }
         let _ = std::fs::remove_file(&path);
     });
-    tracing::info!(%addr, access = %access_path.display(), "server listening");
+    // `drover server start` says so on stdout; the log has it for debugging only.
+    tracing::debug!(%addr, access = %access_path.display(), "server listening");
     Ok(ServerHandle {
         access_path,
         addr,

@@ -235,11 +235,20 @@ async fn session(
     let id = match proto::read_frame::<_, ServerMsg>(&mut recv).await {
         Ok((ServerMsg::Welcome { id }, _)) => id,
         Ok((ServerMsg::Rejected { reason }, _)) => return Err(WorkerError::Rejected(reason)),
-        Ok((ServerMsg::Shutdown { reason }, _)) => return Err(WorkerError::Rejected(format!("the server refused new workers: {reason}"))),
+        // The server is stopping (an embedded run that just finished, `server stop`):
+        // nothing to join and nothing wrong, so the worker leaves quietly.
+        Ok((ServerMsg::Shutdown { reason }, _)) => {
+            tracing::info!(%reason, "the server is stopping; leaving without joining");
+            return Ok(());
+        }
         Ok((other, _)) => return Err(WorkerError::Lost(format!("unexpected first message {other:?}"))),
         Err(e) => {
             // A rejection closes the connection; report its reason if that is what happened.
             if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
+                if &c.reason[..] == proto::STOPPED_REASON {
+                    tracing::info!("the server stopped before this worker joined; leaving");
+                    return Ok(());
+                }
                 return Err(WorkerError::Rejected(String::from_utf8_lossy(&c.reason).into_owned()));
             }
             return Err(lost(e));

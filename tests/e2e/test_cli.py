@@ -1,0 +1,54 @@
+"""What a person meets on the command line (issue 17): logs without colour codes when
+they go to a file, each event said once, and the human summary's wording."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import h5py
+import numpy as np
+
+from conftest import child_env, kill_group, kill_marked, new_mark, run_drover
+
+
+def test_server_logs_into_a_file_have_no_colour_and_say_listening_once(drover, tmp_path):
+    mark = new_mark()
+    srv = tmp_path / "srv"
+    out, err = tmp_path / "server.out", tmp_path / "server.err"
+    with open(out, "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen([str(drover), "server", "start", "--dir", str(srv)], env=child_env(mark),
+                                stdout=o, stderr=e, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (srv / "access.toml").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+        stop = run_drover(drover, ["server", "stop", "--dir", srv])
+        assert stop.rc == 0, stop.describe()
+        assert proc.wait(timeout=30) == 0
+    finally:
+        kill_group(proc)
+        kill_marked(mark)
+    text = out.read_text() + err.read_text()
+    assert "\x1b[" not in text, f"colour codes in a log file: {text[:500]!r}"
+    assert text.count("listening") == 1, text
+    assert "INFO" in err.read_text(), "the server logs at info by default"
+
+
+def test_a_finished_run_says_worker_counts_right_and_no_error(drover, tmp_path):
+    """"1 worker" in the singular; a worker still joining when a quick run has already
+    finished leaves quietly instead of printing an error under a successful run."""
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["x"] = np.arange(10.0)
+    (tmp_path / "w.toml").write_text('[inputs.x]\nfile = "x.h5"\ndataset = "/x"\n'
+                                     '[[outputs]]\nexpr = "sum(x)"\nfile = "o.h5"\ndataset = "/s"\n')
+    for n in (1, 2, 4):
+        r = run_drover(drover, ["run", tmp_path / "w.toml", "--workers", str(n)])
+        assert r.rc == 0, r.describe()
+        m = re.search(r"MB read, (\d+) (workers?)\)", r.stdout)
+        assert m, r.stdout
+        assert m.group(2) == ("worker" if m.group(1) == "1" else "workers"), r.stdout
+        assert "error" not in r.stderr, f"a successful run printed: {r.stderr}"
+        assert "\x1b[" not in r.stdout + r.stderr
