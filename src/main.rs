@@ -3,6 +3,15 @@ use clap::Parser;
 fn main() {
     drover::exec::gemm::single_threaded_blas();
     let cli = drover::cli::Cli::parse();
+    // Commands that print and end (`drover sites | head`) stop quietly on a closed pipe,
+    // as Unix tools do; the long-lived ones keep Rust's default (an error, handled).
+    if !matches!(
+        &cli.command,
+        drover::cli::Cmd::Server(_) | drover::cli::Cmd::Worker { .. } | drover::cli::Cmd::Run { .. }
+    ) {
+        // SAFETY: setting a signal's disposition to the default before any thread starts.
+        let _ = unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
+    }
     let default = match &cli.command {
         drover::cli::Cmd::Server(_) => "info",
         _ => "warn",

@@ -58,7 +58,7 @@ pub fn sites() -> Result<(), Failure> {
             .map_or("-".into(), |m| format!("{:.0} GiB", m.0 as f64 / (1u64 << 30) as f64));
         let wall = s.walltime.map_or("-".into(), |w| w.hms());
         let first = text.lines().next().unwrap_or("").trim_start_matches('#').trim();
-        let note: String = first.chars().take(60).collect();
+        let note = shorten_at_words(first, note_width());
         println!(
             "{name:<12} {:<9} {:>6} {mem:>10} {:>9} {wall:>9}  {note}",
             s.scheduler.name(),
@@ -71,4 +71,46 @@ pub fn sites() -> Result<(), Failure> {
         drover_home().display()
     );
     Ok(())
+}
+
+/// Room for the description column of `drover sites`: the terminal's width (`COLUMNS`,
+/// else 120) less the columns before it.
+fn note_width() -> usize {
+    let cols = std::env::var("COLUMNS").ok().and_then(|c| c.parse::<usize>().ok()).unwrap_or(120);
+    cols.saturating_sub(64).max(24)
+}
+
+/// `text` cut to at most `width` characters at a word boundary, with "..." when cut.
+fn shorten_at_words(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    for word in text.split_whitespace() {
+        let len = out.chars().count() + usize::from(!out.is_empty()) + word.chars().count();
+        if len + 3 > width {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out.push_str("...");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shorten_at_words;
+
+    #[test]
+    fn descriptions_are_shortened_between_words() {
+        let t = "Workers as plain processes on this machine (the embedded local cluster)";
+        assert_eq!(shorten_at_words(t, 100), t);
+        let s = shorten_at_words(t, 40);
+        assert_eq!(s, "Workers as plain processes on this...");
+        assert!(s.chars().count() <= 40);
+        assert!(t.starts_with(s.trim_end_matches("...")));
+    }
 }

@@ -7,6 +7,8 @@ import re
 import subprocess
 import time
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 
@@ -52,3 +54,24 @@ def test_a_finished_run_says_worker_counts_right_and_no_error(drover, tmp_path):
         assert m.group(2) == ("worker" if m.group(1) == "1" else "workers"), r.stdout
         assert "error" not in r.stderr, f"a successful run printed: {r.stderr}"
         assert "\x1b[" not in r.stdout + r.stderr
+
+
+def test_sites_shortens_descriptions_between_words(drover):
+    """`drover sites` fits its descriptions to COLUMNS without cutting a word."""
+    root = Path(__file__).resolve().parents[2]
+    r = run_drover(drover, ["sites"], env={"COLUMNS": "100"})
+    assert r.rc == 0, r.describe()
+    rows = [l for l in r.stdout.splitlines()[1:] if l.strip() and not l.startswith("Use one")]
+    assert len(rows) >= 6, r.stdout
+    shortened = 0
+    for row in rows:
+        name, note = row.split()[0], row[62:]
+        full = (root / "site-configs" / f"{name}.toml").read_text().splitlines()[0].lstrip("#").strip()
+        assert len(row) <= 100, row
+        if note.endswith("...") and note != full:
+            shortened += 1
+            kept = note[:-3]
+            assert full.startswith(kept) and full[len(kept)] == " ", f"{name}: {note!r} cuts {full!r}"
+        else:
+            assert note == full, (note, full)
+    assert shortened, "some descriptions are longer than 38 columns"
