@@ -13,7 +13,11 @@ use crate::server;
 /// Print exactly what would be submitted on stdout (paths, never the token); how it is
 /// submitted goes to stderr.
 pub fn job_script(site: &str, workers: Option<u32>, dir: &Path) -> Result<(), Failure> {
+    let name = site;
     let site = load_site(site)?;
+    for p in site.placeholders() {
+        eprintln!("warning: site {name}: {p} is a placeholder; set your own value in a copy of the site file before submitting");
+    }
     let sys = system_for(&site).map_err(input)?;
     let wpj = site.workers_per_job();
     let jobs = workers.unwrap_or(wpj).div_ceil(wpj).max(1);
@@ -34,9 +38,9 @@ pub fn job_script(site: &str, workers: Option<u32>, dir: &Path) -> Result<(), Fa
         submit.argv.join(" ")
     };
     if site.array {
-        eprintln!("# one array job of {jobs} elements, {wpj} worker(s) each; submitted with: {how}");
+        eprintln!("# one array job of {jobs} elements, {wpj} worker(s) each; when a server submits it, it saves it first and runs: {how}");
     } else {
-        eprintln!("# {jobs} job(s) like this, {wpj} worker(s) each; submitted with: {how}");
+        eprintln!("# {jobs} job(s) like this, {wpj} worker(s) each; when a server submits it, it saves it first and runs: {how}");
     }
     print!("{}", rendered.main);
     for (suffix, text) in rendered.extra {

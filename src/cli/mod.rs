@@ -259,6 +259,18 @@ fn load_site(name: &str) -> Result<Site, Failure> {
     Site::resolve(name).map_err(input)
 }
 
+/// A site to submit jobs with: one with placeholders left (`account = "mXXXX"`) is
+/// refused before anything is submitted.
+fn load_site_to_submit(name: &str) -> Result<Site, Failure> {
+    let site = load_site(name)?;
+    match site.placeholders().first() {
+        None => Ok(site),
+        Some(p) => Err(input(anyhow!(
+            "site {name}: {p} is a placeholder; copy the site file (drover sites lists them), set your own value and pass --site FILE"
+        ))),
+    }
+}
+
 /// Addresses workers of a site should dial: the site's interface, else this host's name.
 fn site_advertise(site: &Site) -> Result<Vec<String>, Failure> {
     match &site.interface {

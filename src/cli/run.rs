@@ -8,7 +8,7 @@ use anyhow::{Context, anyhow};
 use tokio::process::{Child, Command};
 
 use super::{
-    Failure, RunArgs, client_failure, cores, drover_home, input, interrupted, load_access, load_site, runtime, runtime_builder,
+    Failure, RunArgs, client_failure, cores, drover_home, input, interrupted, load_access, load_site_to_submit, runtime, runtime_builder,
     site_advertise,
 };
 use crate::config::site::Site;
@@ -29,7 +29,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     if args.threads == Some(0) {
         return Err(input(anyhow!("--threads 0: a worker needs at least one thread")));
     }
-    let site = args.site.as_deref().map(load_site).transpose()?;
+    let site = args.site.as_deref().map(load_site_to_submit).transpose()?;
     if site.as_ref().is_some_and(|s| s.adapt.is_none()) && args.workers.is_none() {
         return Err(input(anyhow!(
             "--site needs --workers N (how many workers to get from the batch system), or `adapt = {{ min, max }}` in the site file"

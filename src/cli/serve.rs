@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
-use super::{Failure, client_failure, hostname, input, load_access, load_site, runtime, runtime_builder, site_advertise};
+use super::{Failure, client_failure, hostname, input, load_access, load_site_to_submit, runtime, runtime_builder, site_advertise};
 use crate::core::CoreConfig;
 use crate::server::client::Session;
 use crate::server::{self, ServerOptions};
 use crate::transport::Access;
 
 pub fn start(dir: &Path, bind: SocketAddr, advertise: Vec<String>, site: Option<String>, workers: u32) -> Result<(), Failure> {
-    let site = site.as_deref().map(load_site).transpose()?;
+    let site = site.as_deref().map(load_site_to_submit).transpose()?;
     if workers > 0 && site.is_none() {
         return Err(input(anyhow!(
             "--workers {workers} needs --site: without a batch site, start workers with `drover worker --access`"

@@ -318,6 +318,30 @@ pub const BUNDLED: &[(&str, &str)] = &[
 ];
 
 impl Site {
+    /// Values left as placeholders in a bundled site (`account = "mXXXX"`): `key =
+    /// "value"` for each, to be set before anything is submitted.
+    pub fn placeholders(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        let mut check = |key: &str, v: &str| {
+            if v.contains("XXXX") {
+                found.push(format!("{key} = \"{v}\""));
+            }
+        };
+        for (key, v) in [("account", &self.account), ("queue", &self.queue), ("interface", &self.interface)] {
+            if let Some(v) = v {
+                check(key, v);
+            }
+        }
+        for (key, list) in [
+            ("prologue", &self.prologue),
+            ("job_extra_directives", &self.job_extra_directives),
+            ("submit_extra_args", &self.submit_extra_args),
+        ] {
+            list.iter().for_each(|v| check(key, v));
+        }
+        found
+    }
+
     /// A bundled site by name, or a site file by path.
     pub fn resolve(name_or_path: &str) -> Result<Site, SiteError> {
         let as_path = Path::new(name_or_path);

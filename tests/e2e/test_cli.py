@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from conftest import child_env, kill_group, kill_marked, new_mark, run_drover
+from conftest import assert_refused, child_env, kill_group, kill_marked, new_mark, run_drover
 
 
 def test_server_logs_into_a_file_have_no_colour_and_say_listening_once(drover, tmp_path):
@@ -75,3 +75,22 @@ def test_sites_shortens_descriptions_between_words(drover):
         else:
             assert note == full, (note, full)
     assert shortened, "some descriptions are longer than 38 columns"
+
+
+def test_a_bundled_site_with_a_placeholder_warns_and_is_refused_for_submission(drover, tmp_path):
+    """perlmutter's `account = "mXXXX"`: job-script renders it with a warning naming the
+    key; run and server start refuse it (exit 2) before anything is submitted."""
+    r = run_drover(drover, ["job-script", "--site", "perlmutter", "--dir", tmp_path / "srv"])
+    assert r.rc == 0, r.describe()
+    warnings = [l for l in r.stderr.splitlines() if l.startswith("warning: ")]
+    assert len(warnings) == 1 and 'account = "mXXXX"' in warnings[0], r.stderr
+    assert "saves it first" in r.stderr, r.stderr
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["x"] = np.arange(10.0)
+    (tmp_path / "w.toml").write_text('[inputs.x]\nfile = "x.h5"\ndataset = "/x"\n'
+                                     '[[outputs]]\nexpr = "sum(x)"\nfile = "o.h5"\ndataset = "/s"\n')
+    for args in (["run", tmp_path / "w.toml", "--site", "perlmutter", "--workers", "2"],
+                 ["server", "start", "--site", "perlmutter", "--dir", tmp_path / "srv"]):
+        run = run_drover(drover, args)
+        assert_refused(run, ['site perlmutter: account = "mXXXX" is a placeholder', "--site FILE"], tmp_path / "o.h5")
+    assert not (tmp_path / "srv" / "access.toml").exists()
