@@ -38,6 +38,10 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     // Validate everything (files, datasets, expressions, outputs) before starting anything.
     let plan = Plan::build(&workload).map_err(input)?;
     let decoded = decoded_inputs(&plan);
+    // Output files there before the run, which a successful run replaces.
+    let mut existing: Vec<std::path::PathBuf> = plan.outputs.iter().map(|o| o.file.clone()).filter(|f| f.exists()).collect();
+    existing.sort();
+    existing.dedup();
     let rt = runtime_builder()?;
     let progress = (!args.json && std::io::stdout().is_terminal()).then(|| progress_message(&decoded));
     let mut summary = match (&args.connect, site) {
@@ -52,7 +56,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         (None, None) => rt.block_on(embedded(workload, args.workers.unwrap_or_else(cores), args.threads, progress))?,
     };
     summary.driver_peak_rss_bytes = crate::worker::peak_rss();
-    print_summary(&summary, &decoded, args.json)
+    print_summary(&summary, &decoded, &existing, args.json)
 }
 
 /// What the run says of each input's CF decoding.
@@ -81,7 +85,7 @@ fn progress_message(inputs: &[InputReport]) -> String {
     }
 }
 
-fn print_summary(summary: &Summary, inputs: &[InputReport], json: bool) -> Result<(), Failure> {
+fn print_summary(summary: &Summary, inputs: &[InputReport], replaced: &[std::path::PathBuf], json: bool) -> Result<(), Failure> {
     if json {
         let inputs: Vec<serde_json::Value> = inputs
             .iter()
@@ -115,28 +119,48 @@ fn print_summary(summary: &Summary, inputs: &[InputReport], json: bool) -> Resul
             "driver_peak_rss_bytes": summary.driver_peak_rss_bytes,
             "worker_peak_rss_bytes": summary.worker_peak_rss_bytes,
             "workers_peak_rss_bytes": summary.workers_peak_rss_bytes,
+            "replaced": replaced,
         });
         println!("{v}");
     } else {
-        println!(
-            "drover: {} output(s) in {:.2} s ({} tasks, {:.1} MB read, {} worker{})",
-            summary.outputs.len(),
-            summary.seconds,
-            summary.tasks_total,
-            summary.bytes_read as f64 / 1e6,
-            summary.workers,
-            if summary.workers == 1 { "" } else { "s" }
-        );
-        for o in &summary.outputs {
-            println!("  {}:{}  {} {}  = {}", o.file, o.dataset, fmt_shape(&o.shape), o.dtype, o.expr);
-        }
-        for i in inputs {
-            if let Some(cf) = &i.cf {
-                println!("  input {}: CF-decoded ({})", i.name, cf.attributes().join(", "));
-            }
-        }
+        print!("{}", human_summary(summary, inputs, replaced));
     }
     Ok(())
+}
+
+/// The summary a person reads: outputs, what was resumed or replaced, decoded inputs.
+fn human_summary(summary: &Summary, inputs: &[InputReport], replaced: &[std::path::PathBuf]) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "drover: {} output(s) in {:.2} s ({} tasks, {:.1} MB read, {} worker{})",
+        summary.outputs.len(),
+        summary.seconds,
+        summary.tasks_total,
+        summary.bytes_read as f64 / 1e6,
+        summary.workers,
+        if summary.workers == 1 { "" } else { "s" }
+    );
+    for o in &summary.outputs {
+        let _ = writeln!(t, "  {}:{}  {} {}  = {}", o.file, o.dataset, fmt_shape(&o.shape), o.dtype, o.expr);
+    }
+    if summary.tasks_resumed > 0 {
+        let _ = writeln!(
+            t,
+            "  resumed: {} of {} tasks were done by an earlier, interrupted run (kept in its journal)",
+            summary.tasks_resumed, summary.tasks_total
+        );
+    }
+    for f in replaced {
+        let _ = writeln!(t, "  replaced {}", f.display());
+    }
+    for i in inputs {
+        if let Some(cf) = &i.cf {
+            let _ = writeln!(t, "  input {}: CF-decoded ({})", i.name, cf.attributes().join(", "));
+        }
+    }
+    t
 }
 
 /// A rate rounded to three significant digits (`9.66`, `123`, `45600`).
@@ -341,6 +365,33 @@ fn sweep_stale_folders(tmp: &std::path::Path) {
 #[cfg(test)]
 mod tests {
     use super::three_digits;
+
+    #[test]
+    fn the_human_summary_says_what_was_resumed_and_replaced() {
+        let s = crate::proto::Summary {
+            tasks_total: 80,
+            tasks_resumed: 30,
+            workers: 1,
+            ..Default::default()
+        };
+        let t = super::human_summary(&s, &[], &[std::path::PathBuf::from("/data/out.h5")]);
+        assert!(t.contains("(80 tasks, 0.0 MB read, 1 worker)"), "{t}");
+        assert!(t.contains("resumed: 30 of 80 tasks"), "{t}");
+        assert!(t.contains("replaced /data/out.h5"), "{t}");
+        let fresh = super::human_summary(
+            &crate::proto::Summary {
+                tasks_total: 80,
+                workers: 2,
+                ..Default::default()
+            },
+            &[],
+            &[],
+        );
+        assert!(
+            !fresh.contains("resumed") && !fresh.contains("replaced") && fresh.contains("2 workers)"),
+            "{fresh}"
+        );
+    }
 
     #[test]
     fn folders_of_dead_runs_are_swept_and_others_kept() {

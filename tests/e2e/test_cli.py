@@ -94,3 +94,18 @@ def test_a_bundled_site_with_a_placeholder_warns_and_is_refused_for_submission(d
         run = run_drover(drover, args)
         assert_refused(run, ['site perlmutter: account = "mXXXX" is a placeholder', "--site FILE"], tmp_path / "o.h5")
     assert not (tmp_path / "srv" / "access.toml").exists()
+
+
+def test_a_run_that_replaces_an_output_file_says_so(drover, tmp_path):
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["x"] = np.arange(10.0)
+    (tmp_path / "w.toml").write_text('[inputs.x]\nfile = "x.h5"\ndataset = "/x"\n'
+                                     '[[outputs]]\nexpr = "sum(x)"\nfile = "o.h5"\ndataset = "/s"\n'
+                                     '[[outputs]]\nexpr = "x * 2"\nfile = "o.h5"\ndataset = "/d"\n')
+    first = run_drover(drover, ["run", tmp_path / "w.toml"])
+    assert first.rc == 0 and "replaced" not in first.stdout, first.describe()
+    again = run_drover(drover, ["run", tmp_path / "w.toml"])
+    assert again.rc == 0, again.describe()
+    assert again.stdout.count(f"replaced {tmp_path / 'o.h5'}") == 1, again.stdout
+    j = run_drover(drover, ["run", tmp_path / "w.toml", "--json"])
+    assert j.json()["replaced"] == [str(tmp_path / "o.h5")], j.stdout
