@@ -14,6 +14,9 @@ fn main() {
     }
     let default = match &cli.command {
         drover::cli::Cmd::Server(_) => "info",
+        // Workers of an embedded run: their parent reports what goes wrong (and stops
+        // them when it ends, when one may still be dialling a server that is gone).
+        drover::cli::Cmd::Worker { .. } if std::env::var_os(drover::cli::EMBEDDED_WORKER).is_some() => "error",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DROVER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

@@ -241,6 +241,10 @@ fn runtime_builder() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(runtime)
 }
 
+/// Set in the environment of the workers an embedded run starts (their logs default to
+/// errors only: the run reports what goes wrong).
+pub const EMBEDDED_WORKER: &str = "DROVER_EMBEDDED_WORKER";
+
 /// The access file of the server in `dir`, named on the command line by `flag`
 /// (`--connect` for `run`, `--dir` elsewhere).
 fn load_access(dir: &Path, flag: &str) -> Result<Access, Failure> {

@@ -299,6 +299,7 @@ async fn embedded(workload: Workload, n: usize, threads: Option<usize>, progress
             });
         }
         let child = cmd
+            .env(super::EMBEDDED_WORKER, "1")
             .arg("worker")
             .arg("--access")
             .arg(&handle.access_path)

@@ -288,6 +288,16 @@ async fn session(
         _ = signals.term.recv() => { signalled = true; Ok(()) }
         _ = signals.int.recv() => { signalled = true; Ok(()) }
     };
+    // A server that stopped on purpose (its run finished, `server stop`) closed the
+    // connection saying so: that is an end, not a server to dial again.
+    let result = match result {
+        Err(WorkerError::Lost(_)) if matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(c)) if &c.reason[..] == proto::STOPPED_REASON) =>
+        {
+            tracing::info!("the server stopped; leaving");
+            Ok(())
+        }
+        r => r,
+    };
     {
         let mut q = shared.queue.lock().expect("queue lock");
         q.stop = true;
