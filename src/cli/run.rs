@@ -333,22 +333,20 @@ async fn embedded(workload: Workload, n: usize, threads: Option<usize>, progress
             },
         }
     };
-    handle.stop().await;
-    // Registered workers leave as soon as the server closes their connections. One
-    // still connecting (or retrying) when the server stopped would keep trying for its
-    // death timeout: after a short grace, SIGTERM ends it cleanly.
-    let grace = tokio::time::Instant::now() + Duration::from_millis(200);
+    // The workers go first, while the server and its folder are still there: one still
+    // starting or connecting would otherwise find them gone and say so. SIGTERM ends a
+    // worker cleanly (the run is over: nothing of it is running).
     for c in children.iter_mut() {
-        if tokio::time::timeout_at(grace, c.wait()).await.is_ok() {
-            continue;
-        }
-        if let Some(pid) = c.id() {
+        if let (Ok(None), Some(pid)) = (c.try_wait(), c.id()) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
         }
+    }
+    for c in children.iter_mut() {
         if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
             let _ = c.kill().await;
         }
     }
+    handle.stop().await;
     result
 }
 
