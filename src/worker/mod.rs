@@ -245,7 +245,7 @@ async fn session(
         Err(e) => {
             // A rejection closes the connection; report its reason if that is what happened.
             if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
-                if &c.reason[..] == proto::STOPPED_REASON {
+                if stopped_on_purpose(&conn) {
                     tracing::info!("the server stopped before this worker joined; leaving");
                     return Ok(());
                 }
@@ -291,8 +291,7 @@ async fn session(
     // A server that stopped on purpose (its run finished, `server stop`) closed the
     // connection saying so: that is an end, not a server to dial again.
     let result = match result {
-        Err(WorkerError::Lost(_)) if matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(c)) if &c.reason[..] == proto::STOPPED_REASON) =>
-        {
+        Err(WorkerError::Lost(_)) if stopped_on_purpose(&conn) => {
             tracing::info!("the server stopped; leaving");
             Ok(())
         }
@@ -328,6 +327,11 @@ async fn session(
         let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.wait_idle()).await;
     }
     result
+}
+
+/// Whether the server closed the connection because it stopped on purpose.
+fn stopped_on_purpose(conn: &quinn::Connection) -> bool {
+    matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(c)) if &c.reason[..] == proto::STOPPED_REASON)
 }
 
 /// Before the batch job's end, by a margin of at least 10 s and 3 times the longest

@@ -15,6 +15,16 @@ import numpy as np
 from conftest import assert_refused, child_env, kill_group, kill_marked, new_mark, run_drover
 
 
+def tiny_workload(tmp_path: Path, extra: str = "") -> Path:
+    """tmp_path/w.toml: sum(x) of ten numbers into o.h5 (and `extra` outputs)."""
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f["x"] = np.arange(10.0)
+    w = tmp_path / "w.toml"
+    w.write_text('[inputs.x]\nfile = "x.h5"\ndataset = "/x"\n'
+                 '[[outputs]]\nexpr = "sum(x)"\nfile = "o.h5"\ndataset = "/s"\n' + extra)
+    return w
+
+
 def test_server_logs_into_a_file_have_no_colour_and_say_listening_once(drover, tmp_path):
     mark = new_mark()
     srv = tmp_path / "srv"
@@ -42,10 +52,7 @@ def test_server_logs_into_a_file_have_no_colour_and_say_listening_once(drover, t
 def test_a_finished_run_says_worker_counts_right_and_no_error(drover, tmp_path):
     """"1 worker" in the singular; a worker still joining when a quick run has already
     finished leaves quietly instead of printing an error under a successful run."""
-    with h5py.File(tmp_path / "x.h5", "w") as f:
-        f["x"] = np.arange(10.0)
-    (tmp_path / "w.toml").write_text('[inputs.x]\nfile = "x.h5"\ndataset = "/x"\n'
-                                     '[[outputs]]\nexpr = "sum(x)"\nfile = "o.h5"\ndataset = "/s"\n')
+    tiny_workload(tmp_path)
     for n in (1, 2, 4):
         r = run_drover(drover, ["run", tmp_path / "w.toml", "--workers", str(n)])
         assert r.rc == 0, r.describe()
@@ -85,10 +92,7 @@ def test_a_bundled_site_with_a_placeholder_warns_and_is_refused_for_submission(d
     warnings = [l for l in r.stderr.splitlines() if l.startswith("warning: ")]
     assert len(warnings) == 1 and 'account = "mXXXX"' in warnings[0], r.stderr
     assert "saves it first" in r.stderr, r.stderr
-    with h5py.File(tmp_path / "x.h5", "w") as f:
-        f["x"] = np.arange(10.0)
-    (tmp_path / "w.toml").write_text('[inputs.x]\nfile = "x.h5"\ndataset = "/x"\n'
-                                     '[[outputs]]\nexpr = "sum(x)"\nfile = "o.h5"\ndataset = "/s"\n')
+    tiny_workload(tmp_path)
     for args in (["run", tmp_path / "w.toml", "--site", "perlmutter", "--workers", "2"],
                  ["server", "start", "--site", "perlmutter", "--dir", tmp_path / "srv"]):
         run = run_drover(drover, args)
@@ -97,11 +101,7 @@ def test_a_bundled_site_with_a_placeholder_warns_and_is_refused_for_submission(d
 
 
 def test_a_run_that_replaces_an_output_file_says_so(drover, tmp_path):
-    with h5py.File(tmp_path / "x.h5", "w") as f:
-        f["x"] = np.arange(10.0)
-    (tmp_path / "w.toml").write_text('[inputs.x]\nfile = "x.h5"\ndataset = "/x"\n'
-                                     '[[outputs]]\nexpr = "sum(x)"\nfile = "o.h5"\ndataset = "/s"\n'
-                                     '[[outputs]]\nexpr = "x * 2"\nfile = "o.h5"\ndataset = "/d"\n')
+    tiny_workload(tmp_path, '[[outputs]]\nexpr = "x * 2"\nfile = "o.h5"\ndataset = "/d"\n')
     first = run_drover(drover, ["run", tmp_path / "w.toml"])
     assert first.rc == 0 and "replaced" not in first.stdout, first.describe()
     again = run_drover(drover, ["run", tmp_path / "w.toml"])

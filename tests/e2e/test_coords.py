@@ -46,6 +46,14 @@ def write_t2m(path: Path, calendar: str, rng) -> xr.DataArray:
         return ds["t2m"].load()
 
 
+def run_doc(drover, tmp_path: Path, doc: dict, *args: str):
+    """Write `doc` as tmp_path/w.toml and run it; it must succeed."""
+    (tmp_path / "w.toml").write_text(to_toml(doc))
+    r = run_drover(drover, ["run", tmp_path / "w.toml", *args])
+    assert r.rc == 0, r.describe()
+    return r
+
+
 def opened(path: Path, engine: str) -> xr.Dataset:
     with xr.open_dataset(path, engine=engine) as ds:
         return ds.load()
@@ -102,9 +110,7 @@ def test_outputs_open_in_xarray_with_its_coordinates(drover, tmp_path, rng, cale
         "let": {"clim": "nanmean(t2m, axis=0, by='month')"},
         "outputs": [{"expr": e, "file": f"{n}.nc", "dataset": f"/{n}"} for n, e, *_ in CASES],
     }
-    (tmp_path / "w.toml").write_text(to_toml(doc))
-    r = run_drover(drover, ["run", tmp_path / "w.toml", "--workers", "2", "--json"])
-    assert r.rc == 0, r.describe()
+    run_doc(drover, tmp_path, doc, "--workers", "2", "--json")
     for engine in ENGINES:
         for name, expr, compute, carried, methods in CASES:
             ds = opened(tmp_path / f"{name}.nc", engine)
@@ -140,9 +146,7 @@ def test_outputs_of_one_file_share_their_dimensions(drover, tmp_path, rng):
             {"expr": "t2m[::7]", "file": "other.nc", "dataset": "/weekly"},
         ],
     }
-    (tmp_path / "w.toml").write_text(to_toml(doc))
-    r = run_drover(drover, ["run", tmp_path / "w.toml", "--json"])
-    assert r.rc == 0, r.describe()
+    run_doc(drover, tmp_path, doc, "--json")
     for engine in ENGINES:
         ds = opened(tmp_path / "out.nc", engine)
         assert dict(ds.sizes) == {"time": t.sizes["time"], "lat": 6, "lon": 8, "month": 12, "time_2": 100, "lat_2": 5}
@@ -175,9 +179,7 @@ def test_inputs_without_dimensions_and_unknown_axes_get_plain_dimensions(drover,
             {"expr": "x[1:3]", "file": "out.nc", "dataset": "/s"},
         ],
     }
-    (tmp_path / "w.toml").write_text(to_toml(doc))
-    r = run_drover(drover, ["run", tmp_path / "w.toml", "--json"])
-    assert r.rc == 0, r.describe()
+    run_doc(drover, tmp_path, doc, "--json")
     for engine in ENGINES:
         ds = opened(tmp_path / "out.nc", engine)
         assert ds["m"].dims == ("dim_1",) and ds["m"].attrs["units"] == "m" and ds["m"].attrs["cell_methods"] == "dim_0: mean"
@@ -208,9 +210,7 @@ def test_real_file_climatology_and_anomaly_open_with_xarrays_coordinates(drover,
             {"expr": "t - clim[groups(t, 'month')]", "file": "anom.nc", "dataset": "/t"},
         ],
     }
-    (tmp_path / "w.toml").write_text(to_toml(doc))
-    r = run_drover(drover, ["run", tmp_path / "w.toml", "--workers", "2", "--json"])
-    assert r.rc == 0, r.describe()
+    run_doc(drover, tmp_path, doc, "--workers", "2", "--json")
     want = {
         "mean": t64.mean("time"),
         "clim": t64.groupby("time.month").mean(),

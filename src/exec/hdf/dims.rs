@@ -293,10 +293,10 @@ fn write_numbers(file: &hdf5::File, name: &str, src: &hdf5::Dataset, pick: &Pick
     macro_rules! picked {
         ($t:ty) => {{
             let all = src.read_raw::<$t>().map_err(|e| h5err("coordinate values", e))?;
-            if pick.len() > 0 && pick.at(pick.len() - 1).max(pick.at(0)) >= all.len() {
+            // A coordinate shorter than the axis it names: none written.
+            let Some(v) = (0..pick.len()).map(|i| all.get(pick.at(i)).copied()).collect::<Option<Vec<$t>>>() else {
                 return Ok(None);
-            }
-            let v: Vec<$t> = (0..pick.len()).map(|i| all[pick.at(i)]).collect();
+            };
             file.new_dataset_builder()
                 .with_data(&v)
                 .create(name)
@@ -381,9 +381,8 @@ pub fn write_labels(file: &hdf5::File, outputs: &[(&hdf5::Dataset, &str, &Labels
     let mut made: Vec<(String, DimSpec, hdf5::Dataset)> = Vec::new();
     for (ds, _, labels, float) in outputs {
         for (axis, dim) in labels.dims.iter().enumerate() {
-            let existing = made.iter().find(|(_, d, _)| d == dim).map(|(n, ..)| n.clone());
-            let name = match existing {
-                Some(n) => n,
+            let at = match made.iter().position(|(_, d, _)| d == dim) {
+                Some(at) => at,
                 None => {
                     let mut name = dim.name.clone();
                     let mut k = 1;
@@ -392,11 +391,11 @@ pub fn write_labels(file: &hdf5::File, outputs: &[(&hdf5::Dataset, &str, &Labels
                         name = format!("{}_{k}", dim.name);
                     }
                     let scale = create_scale(file, &name, dim)?;
-                    made.push((name.clone(), dim.clone(), scale));
-                    name
+                    made.push((name, dim.clone(), scale));
+                    made.len() - 1
                 }
             };
-            let scale = &made.iter().find(|(n, ..)| *n == name).expect("made above").2;
+            let (name, _, scale) = &made[at];
             // SAFETY: valid dataset ids; `axis` is an axis of `ds`.
             let rc = hdf5::sync::sync(|| unsafe { H5DSattach_scale(ds.id(), scale.id(), axis as c_uint) });
             if rc < 0 {
