@@ -254,6 +254,9 @@ pub enum GroupBy {
     Year,
     DayOfYear,
     Hour,
+    /// Not a calendar grouping: consecutive segments of equal length (a scan's
+    /// carries, [`Groups::segments`]).
+    Segment,
 }
 
 pub const GROUPINGS: &str = "\"month\", \"season\", \"year\", \"dayofyear\", \"hour\"";
@@ -277,6 +280,7 @@ impl GroupBy {
             GroupBy::Year => "year",
             GroupBy::DayOfYear => "dayofyear",
             GroupBy::Hour => "hour",
+            GroupBy::Segment => "segment",
         }
     }
 
@@ -287,6 +291,7 @@ impl GroupBy {
             GroupBy::Year => d.year,
             GroupBy::DayOfYear => d.dayofyear as i64,
             GroupBy::Hour => d.hour as i64,
+            GroupBy::Segment => unreachable!("segments are made by Groups::segments"),
             // DJF, JJA, MAM, SON: alphabetical
             GroupBy::Season => match d.month {
                 12 | 1 | 2 => 0,
@@ -324,6 +329,16 @@ impl Groups {
             .map(|d| keys.binary_search(&by.key(d)).expect("every key is present") as u32)
             .collect();
         Groups { by, of_step, keys }
+    }
+
+    /// Steps `0..n` in segments of `seg` (the last one shorter).
+    pub fn segments(n: usize, seg: usize) -> Groups {
+        let count = n.div_ceil(seg.max(1));
+        Groups {
+            by: GroupBy::Segment,
+            of_step: (0..n).map(|i| (i / seg.max(1)) as u32).collect(),
+            keys: (0..count as i64).collect(),
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -14,7 +14,9 @@ use super::plan::Kernel;
 pub fn eval<E>(k: &Kernel, leaf: &mut impl FnMut(&Kernel) -> Result<ArrayD<f64>, E>) -> Result<Value, E> {
     Ok(match k {
         Kernel::Num(v) => Value::Scalar(*v),
-        Kernel::Input(_) | Kernel::Const(_) | Kernel::View(..) | Kernel::Take(..) | Kernel::Reshape(..) => Value::Array(leaf(k)?),
+        Kernel::Input(_) | Kernel::Const(_) | Kernel::View(..) | Kernel::Take(..) | Kernel::Reshape(..) | Kernel::Along(..) => {
+            Value::Array(leaf(k)?)
+        }
         Kernel::Map(op, args) => {
             let values = args.iter().map(|a| eval(a, leaf)).collect::<Result<Vec<_>, E>>()?;
             apply(*op, values)

@@ -2,6 +2,8 @@
 //! consts (identical reductions shared), views are pushed down to the leaves, and each
 //! stage gets its block shape and each output its HDF5 chunk shape.
 
+use super::along::AlongOp;
+use super::calendar::Groups;
 use super::geometry::{self, broadcast};
 use super::plan::{ConstSpec, Contract, InputSpec, Kernel, Stage, StageKind};
 use super::reshape::Reshape;
@@ -28,6 +30,7 @@ impl Lowering<'_> {
                 .unwrap_or_default(),
             Kernel::View(_, v) => v.shape(),
             Kernel::Reshape(_, r) => r.to.clone(),
+            Kernel::Along(_, a) => a.to.clone(),
             Kernel::Take(src, table, axis) => {
                 let mut s = self.shape_of(src);
                 s[*axis] = table.len();
@@ -47,6 +50,34 @@ impl Lowering<'_> {
             }
             Node::Take { src, table, axis } => Kernel::Take(Box::new(self.lower(src)), table.clone(), *axis),
             Node::Reshape(arg, r) => Kernel::Reshape(Box::new(self.lower(arg)), r.clone()),
+            Node::Along(arg, along) => {
+                let kernel = self.lower(arg);
+                let mut along = (**along).clone();
+                if let AlongOp::Scan { op, .. } = along.op {
+                    // A scan over several blocks starts each block from the totals of
+                    // the segments (the operand's blocks) before it: a grouped
+                    // reduction by segment, computed in parallel like any other.
+                    let ax = along.axis();
+                    let (own, local) = self.stage_block(&kernel, &along.from);
+                    if !local && own[ax] < along.from[ax] {
+                        let carry = Node::Reduce {
+                            op: op.carry_op(),
+                            axes: vec![ax],
+                            arg: arg.clone(),
+                            ddof: 0.0,
+                            keepdims: false,
+                            hist: None,
+                            groups: Some(Groups::segments(along.from[ax], own[ax])),
+                        };
+                        let Kernel::Const(c) = self.lower(&carry) else {
+                            unreachable!("a reduction without keepdims lowers to its const")
+                        };
+                        along.op = AlongOp::Scan { op, seg: own[ax] };
+                        along.carry = Some(c);
+                    }
+                }
+                Kernel::Along(Box::new(kernel), Box::new(along))
+            }
             Node::Reduce {
                 op,
                 axes,
@@ -184,8 +215,8 @@ impl Lowering<'_> {
             Kernel::Input(_) | Kernel::Const(_) if view.is_identity() => k,
             Kernel::Input(_) | Kernel::Const(_) => Kernel::View(Box::new(k), view.clone()),
             Kernel::View(leaf, inner) => Kernel::View(leaf, view.compose(&inner)),
-            Kernel::Take(..) | Kernel::Reshape(..) if view.is_identity() => k,
-            Kernel::Take(..) | Kernel::Reshape(..) => Kernel::View(Box::new(k), view.clone()),
+            Kernel::Take(..) | Kernel::Reshape(..) | Kernel::Along(..) if view.is_identity() => k,
+            Kernel::Take(..) | Kernel::Reshape(..) | Kernel::Along(..) => Kernel::View(Box::new(k), view.clone()),
             Kernel::Map(op, args) => Kernel::Map(
                 op,
                 args.into_iter()
@@ -203,7 +234,8 @@ impl Lowering<'_> {
     pub(super) fn spanning_inputs(&self, kernel: &Kernel, shape: &[usize]) -> Vec<Option<(u32, usize, i64)>> {
         let r = shape.len();
         let mut out = vec![None; r];
-        kernel.visit(&mut |k| {
+        // Inputs inside an operation along axes span its operand, not the stage.
+        visit_outside_along(kernel, &mut |k| {
             // Per view dimension: (source axis, step, length), or None for a new axis.
             type Dims = Vec<Option<(usize, i64, usize)>>;
             let (i, dims): (u32, Dims) = match k {
@@ -261,27 +293,30 @@ impl Lowering<'_> {
             })
             .collect();
         let spanned: Vec<bool> = spans.iter().map(Option::is_some).collect();
-        self.reshape_blocks(kernel, shape, &mut block, &spanned);
+        self.leaf_blocks(kernel, shape, &mut block, &spanned);
         (block, false)
     }
 
-    /// Along the dimensions no input spans: the blocks of the reshapes that span them
-    /// (each reshape's blocks follow its operand's, [`Reshape::block`]), through a view
-    /// of the reshape where there is one.
-    fn reshape_blocks(&self, k: &Kernel, shape: &[usize], block: &mut [usize], spanned: &[bool]) {
-        let (r, arg, view) = match k {
+    /// Along the dimensions no input spans: the blocks of the reshapes and operations
+    /// along axes that span them (each follows its operand's blocks, [`Reshape::block`],
+    /// [`super::along::Along::block`]), through a view of them where there is one. An
+    /// operation over whole lanes (median, sort) bounds the block along every
+    /// dimension it spans.
+    fn leaf_blocks(&self, k: &Kernel, shape: &[usize], block: &mut [usize], spanned: &[bool]) {
+        let (leaf, view) = match k {
             Kernel::Map(_, args) => {
-                args.iter().for_each(|a| self.reshape_blocks(a, shape, block, spanned));
+                args.iter().for_each(|a| self.leaf_blocks(a, shape, block, spanned));
                 return;
             }
-            Kernel::Reshape(arg, r) => (r, arg, None),
-            Kernel::View(leaf, v) => match &**leaf {
-                Kernel::Reshape(arg, r) => (r, arg, Some(v)),
-                _ => return,
-            },
+            Kernel::View(leaf, v) if matches!(**leaf, Kernel::Reshape(..) | Kernel::Along(..)) => (&**leaf, Some(v)),
+            Kernel::Reshape(..) | Kernel::Along(..) => (k, None),
             _ => return,
         };
-        let own = r.block(&self.stage_block(arg, &r.from).0);
+        let (own, always, leaf_shape) = match leaf {
+            Kernel::Reshape(arg, r) => (r.block(&self.stage_block(arg, &r.from).0), false, r.to.clone()),
+            Kernel::Along(arg, a) => (a.block(&self.stage_block(arg, &a.from).0), a.whole_axes(), a.to.clone()),
+            _ => unreachable!("matched above"),
+        };
         // Per dimension of the leaf: (its reshape axis, the view's step).
         let dims: Vec<Option<(usize, i64)>> = match view {
             None => (0..own.len()).map(|a| Some((a, 1))).collect(),
@@ -295,10 +330,12 @@ impl Lowering<'_> {
                 .collect(),
         };
         let (ri, rr) = (dims.len(), shape.len());
+        let seen = view.map_or(leaf_shape, |v| v.shape());
         for j in 0..rr {
-            if !spanned[j]
+            if (always || !spanned[j])
                 && j + ri >= rr
                 && shape[j] > 1
+                && seen[j + ri - rr] == shape[j]
                 && let Some((axis, step)) = dims[j + ri - rr]
             {
                 block[j] = block[j].min((own[axis] / step.unsigned_abs() as usize).max(1));
@@ -367,6 +404,16 @@ impl Lowering<'_> {
             chunk[d] = chunk[d].div_ceil(2);
         }
         Some(chunk)
+    }
+}
+
+/// Visit `k` and its sub-kernels, except those inside an operation along axes.
+fn visit_outside_along<'a>(k: &'a Kernel, f: &mut impl FnMut(&'a Kernel)) {
+    f(k);
+    match k {
+        Kernel::Map(_, args) => args.iter().for_each(|a| visit_outside_along(a, f)),
+        Kernel::View(leaf, _) | Kernel::Take(leaf, ..) | Kernel::Reshape(leaf, _) => visit_outside_along(leaf, f),
+        _ => {}
     }
 }
 

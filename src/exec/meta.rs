@@ -347,6 +347,56 @@ fn walk(node: &Node, inputs: &[InputSpec]) -> Walk {
                 ..w
             }
         }
+        Node::Along(arg, along) => {
+            use super::along::{AlongOp, Scan};
+            let w = walk(arg, inputs);
+            let mut axes: Vec<AxisFrom> = (0..along.to.len())
+                .map(|j| along.operand_dim(j).map_or(AxisFrom::Unknown, |d| w.axes[d].clone()))
+                .collect();
+            // A window is labelled by its last step (xarray's rolling and diff do the
+            // same); sorted values have no coordinate.
+            let shift = match along.op {
+                AlongOp::Rolling { window, .. } => Some(window - 1),
+                AlongOp::Diff { n, .. } => Some(n),
+                _ => None,
+            };
+            if let Some(s) = shift {
+                let a = along.axis();
+                axes[a] = match &axes[a] {
+                    AxisFrom::Input { input, axis, pick } => AxisFrom::Input {
+                        input: *input,
+                        axis: *axis,
+                        pick: pick.then_range(s, 1, along.to[a]),
+                    },
+                    _ => AxisFrom::Unknown,
+                };
+            }
+            if along.op == AlongOp::Sort {
+                axes[along.axis()] = AxisFrom::Unknown;
+            }
+            // Products change units; everything else here keeps them.
+            let keeps = !matches!(
+                along.op,
+                AlongOp::Scan {
+                    op: Scan::Prod | Scan::NanProd,
+                    ..
+                }
+            );
+            let mut methods = w.methods;
+            if let AlongOp::Quantile { median: true, .. } = along.op {
+                let names: Vec<String> = along.axes.iter().filter_map(|&a| axis_name(inputs, &w.axes[a])).collect();
+                if !names.is_empty() {
+                    methods.push((names, "median"));
+                }
+            }
+            Walk {
+                shape: along.to.clone(),
+                axes,
+                vars: w.vars,
+                keeps_units: w.keeps_units && keeps,
+                methods,
+            }
+        }
         Node::Take { src, table, axis } => {
             let mut w = walk(src, inputs);
             w.shape[*axis] = table.len();

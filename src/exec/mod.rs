@@ -11,6 +11,7 @@
 //! - [`hdf`]: HDF5 inspection, block reads, output writes.
 
 pub mod accumulate;
+pub mod along;
 pub mod buffers;
 pub mod calendar;
 mod einsum;
@@ -399,7 +400,7 @@ fn piece_shape(plan: &Plan, st: &plan::Stage, shape: &[usize]) -> Pieces {
     // block would read boxes that overlap. Its blocks are sized for it: one piece.
     let mut reshaped = false;
     for k in st.kernels() {
-        k.visit(&mut |k| reshaped |= matches!(k, Kernel::Reshape(..)));
+        k.visit(&mut |k| reshaped |= matches!(k, Kernel::Reshape(..) | Kernel::Along(..)));
     }
     if reshaped {
         return Pieces {
@@ -519,6 +520,7 @@ fn leaf_shape(plan: &Plan, k: &Kernel) -> Vec<usize> {
         Kernel::Const(c) => plan.consts[*c as usize].shape.clone(),
         Kernel::View(_, v) => v.shape(),
         Kernel::Reshape(_, r) => r.to.clone(),
+        Kernel::Along(_, a) => a.to.clone(),
         Kernel::Take(src, table, axis) => {
             let mut s = leaf_shape(plan, src);
             s[*axis] = table.len();
@@ -686,6 +688,11 @@ fn eval_regions(
             bytes_read += n;
             Ok(a)
         }
+        Kernel::Along(..) => {
+            let (a, n) = along_region(plan, datasets, consts, leaf, &operand_region(region, &leaf_shape(plan, leaf)))?;
+            bytes_read += n;
+            Ok(a)
+        }
         Kernel::View(leaf, v) => {
             // The source region this block of the view touches, read (or sliced) as
             // is, then strided, permuted and reshaped by the view.
@@ -694,6 +701,11 @@ fn eval_regions(
                 Kernel::Take(..) => Ok(v.apply(take_region(plan, consts, leaf, &src)?.view())),
                 Kernel::Reshape(..) => {
                     let (a, n) = reshape_region(plan, datasets, consts, leaf, &src)?;
+                    bytes_read += n;
+                    Ok(v.apply(a.view()))
+                }
+                Kernel::Along(..) => {
+                    let (a, n) = along_region(plan, datasets, consts, leaf, &src)?;
                     bytes_read += n;
                     Ok(v.apply(a.view()))
                 }
@@ -731,6 +743,23 @@ fn reshape_region(
     let Kernel::Reshape(arg, r) = k else { unreachable!("a reshape") };
     let (a, n) = eval_region(plan, datasets, consts, arg, &r.source_region(region))?;
     Ok((r.pick(a, region), n))
+}
+
+/// `region` of an operation along axes: its operand evaluated over the region it
+/// needs (whole lanes, a halo, the start of a scan's segment), then computed.
+fn along_region(
+    plan: &Plan,
+    datasets: &[Source],
+    consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
+    k: &Kernel,
+    region: &[Range<usize>],
+) -> Result<(ArrayD<f64>, u64), ExecError> {
+    let Kernel::Along(arg, along) = k else {
+        unreachable!("an operation along axes")
+    };
+    let (a, n) = eval_region(plan, datasets, consts, arg, &along.source_region(region))?;
+    let carry = along.carry.map(|c| consts(c).ok_or(ExecError::MissingConst(c))).transpose()?;
+    Ok((along.compute(a, region, carry.as_deref()), n))
 }
 
 fn count_leaf(k: &Kernel, input: u32) -> usize {

@@ -48,6 +48,9 @@ pub enum Kernel {
     /// numpy's reshape of any kernel: a leaf to the kernels around it, evaluated over
     /// the box of its operand that a region needs ([`super::reshape`]).
     Reshape(Box<Kernel>, super::reshape::Reshape),
+    /// An operation along axes of any kernel ([`super::along`]): a leaf to the kernels
+    /// around it, evaluated over the region of its operand that a region needs.
+    Along(Box<Kernel>, Box<super::along::Along>),
 }
 
 impl Kernel {
@@ -55,7 +58,7 @@ impl Kernel {
         f(self);
         match self {
             Kernel::Map(_, args) => args.iter().for_each(|a| a.visit(f)),
-            Kernel::View(leaf, _) | Kernel::Take(leaf, ..) | Kernel::Reshape(leaf, _) => leaf.visit(f),
+            Kernel::View(leaf, _) | Kernel::Take(leaf, ..) | Kernel::Reshape(leaf, _) | Kernel::Along(leaf, _) => leaf.visit(f),
             _ => {}
         }
     }
@@ -73,13 +76,19 @@ impl Kernel {
         v
     }
 
+    /// Const indices in order of first appearance (a scan's carry included).
     pub fn consts(&self) -> Vec<u32> {
         let mut v = Vec::new();
         self.visit(&mut |k| {
-            if let Kernel::Const(i) = k
-                && !v.contains(i)
+            let c = match k {
+                Kernel::Const(i) => Some(*i),
+                Kernel::Along(_, a) => a.carry,
+                _ => None,
+            };
+            if let Some(i) = c
+                && !v.contains(&i)
             {
-                v.push(*i);
+                v.push(i);
             }
         });
         v

@@ -122,6 +122,7 @@ fn function_list() -> String {
         .iter()
         .map(|r| r.name)
         .chain(super::ops::ELEMENTWISE.iter().map(|e| e.name))
+        .chain(super::along::names())
         .collect();
     names.sort_unstable();
     names.join(", ")

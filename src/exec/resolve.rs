@@ -106,6 +106,8 @@ pub(super) enum Node {
     },
     /// numpy's reshape of the node's result.
     Reshape(Box<Node>, super::reshape::Reshape),
+    /// An operation along axes (order statistics, sort, scans, windows).
+    Along(Box<Node>, Box<super::along::Along>),
     /// Rows of a reduction result picked along `axis` by an index table.
     Take {
         src: Box<Node>,
@@ -253,6 +255,9 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                 return Ok(r);
             }
             if let Some(r) = super::groupby::call(func, args, axis.as_ref(), cx, &bad, &accepts)? {
+                return Ok(r);
+            }
+            if let Some(r) = super::along::call(func, args, axis.as_ref(), kwargs, cx, &bad, &accepts)? {
                 return Ok(r);
             }
             if let Some(op) = Op::named(func) {
@@ -408,6 +413,7 @@ pub(super) fn resolve(ast: &Ast, cx: &Ctx) -> Result<Resolved, PlanError> {
                     .chain(VIEW_FUNCTIONS.iter().copied())
                     .chain(super::einsum::CONTRACTIONS.iter().copied())
                     .chain(["take", "groups", "reshape"])
+                    .chain(super::along::names())
                     .chain(["norm"]);
                 let hint = did_you_mean(func, known)
                     .map(|s| format!(" (did you mean \"{s}\"?)"))
@@ -451,7 +457,7 @@ fn unknown_name(name: &str, pos: usize, cx: &Ctx) -> PlanError {
 }
 
 /// The reduced axes of an `axis=` argument over an array of `shape`, ascending.
-fn reduce_axes(axis: Option<&AxisArg>, shape: &[usize], func: &str, cx: &Ctx) -> Result<Vec<usize>, PlanError> {
+pub(super) fn reduce_axes(axis: Option<&AxisArg>, shape: &[usize], func: &str, cx: &Ctx) -> Result<Vec<usize>, PlanError> {
     let rank = shape.len() as i64;
     let list = match axis {
         None | Some(AxisArg::All) => return Ok((0..shape.len()).collect()),

@@ -504,6 +504,9 @@ impl Parser<'_> {
                 let apos = self.pos();
                 let value = match self.peek().clone() {
                     _ if kw == "weights" => AxisArg::Expr(Box::new(self.expr()?)),
+                    // q=0.9 is a number (no result axis), q=(0.1, 0.9) a tuple.
+                    Tok::LParen | Tok::LBracket if kw == "q" => self.axis_value()?,
+                    _ if kw == "q" => AxisArg::Expr(Box::new(self.expr()?)),
                     Tok::Str(s) => {
                         self.next();
                         AxisArg::Str(s)
@@ -522,6 +525,7 @@ impl Parser<'_> {
                 let tuple_kw = match func.as_str() {
                     "reshape" => Some("shape"),
                     "transpose" => Some("axes"),
+                    "quantile" | "nanquantile" | "percentile" | "nanpercentile" => Some("q"),
                     _ => None,
                 };
                 if let Some(name) = tuple_kw
