@@ -32,6 +32,9 @@ pub fn worker_command(exe: &Path, access: &Path, site: &Site) -> String {
     if let Some(w) = site.walltime {
         cmd.push_str(&format!(" --walltime {}", w.seconds()));
     }
+    if let Some(m) = site.memory_per_worker() {
+        cmd.push_str(&format!(" --memory-per-worker {m}"));
+    }
     cmd
 }
 

@@ -8,6 +8,7 @@
 //! - [`work`]: `drover worker`.
 
 mod batch;
+mod explain;
 mod run;
 mod serve;
 mod work;
@@ -18,7 +19,7 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::site::Site;
+use crate::config::site::{Bytes, Site};
 use crate::server::{self, client::ClientError};
 use crate::transport::Access;
 
@@ -96,6 +97,10 @@ pub enum Cmd {
         /// by drover's job scripts) or from now: the worker drains before it ends.
         #[arg(long)]
         walltime: Option<u64>,
+        /// Memory this worker may use ("4 GiB", "500MB", bytes): it runs no more
+        /// tasks at once than fit (job scripts pass the site's memory / processes).
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        memory_per_worker: Option<Size>,
     },
 }
 
@@ -160,6 +165,33 @@ pub struct RunArgs {
     /// Print one JSON object with the results at the end.
     #[arg(long)]
     pub json: bool,
+    /// Memory each worker may use ("4 GiB", "500MB", bytes): the plan's tasks are
+    /// sized to fit it, and a plan that cannot fit is refused before any work.
+    /// Default: the site's memory / processes, or for the embedded cluster three
+    /// quarters of this machine's memory shared among the workers.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_per_worker: Option<Size>,
+    /// Print the plan (stages, tasks, bytes read and written, memory per task against
+    /// the bound) and exit without running it.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+/// A size argument as given, and its bytes.
+#[derive(Clone, Debug)]
+pub struct Size {
+    pub bytes: Bytes,
+    pub text: String,
+}
+
+/// A size argument: "4 GiB", "500MB", "2T", or bytes.
+fn parse_size(s: &str) -> Result<Size, String> {
+    Bytes::parse(s)
+        .map(|bytes| Size {
+            bytes,
+            text: s.to_string(),
+        })
+        .map_err(|why| format!("{why} (a size like \"4 GiB\", \"500MB\" or a number of bytes)"))
 }
 
 /// `~/.drover`: the default home of server folders and logs.
@@ -314,6 +346,14 @@ pub fn main(cli: Cli) -> Result<(), Failure> {
             processes,
             death_timeout,
             walltime,
-        } => work::worker(&access, threads, processes, death_timeout, walltime),
+            memory_per_worker,
+        } => work::worker(
+            &access,
+            threads,
+            processes,
+            death_timeout,
+            walltime,
+            memory_per_worker.map(|s| s.bytes),
+        ),
     }
 }

@@ -12,7 +12,7 @@ use super::{
     site_advertise,
 };
 use crate::config::site::Site;
-use crate::config::workload::Workload;
+use crate::config::workload::{MemoryBound, Workload};
 use crate::core::CoreConfig;
 use crate::exec::geometry::fmt_shape;
 use crate::exec::plan::Plan;
@@ -22,7 +22,7 @@ use crate::server::{self, ServerOptions};
 use crate::transport::Access;
 
 pub fn run(args: RunArgs) -> Result<(), Failure> {
-    let workload = Workload::load(&args.workload).map_err(input)?;
+    let mut workload = Workload::load(&args.workload).map_err(input)?;
     if args.workers == Some(0) {
         return Err(input(anyhow!("--workers 0: the run needs at least one worker")));
     }
@@ -35,8 +35,19 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
             "--site needs --workers N (how many workers to get from the batch system), or `adapt = {{ min, max }}` in the site file"
         )));
     }
-    // Validate everything (files, datasets, expressions, outputs) before starting anything.
+    let workers = args.workers.unwrap_or_else(cores);
+    let threads = args.threads.unwrap_or((cores() / workers).max(1));
+    workload.memory = memory_bound(&args, site.as_ref(), workers, threads);
+    // Validate everything (files, datasets, expressions, outputs) and size the tasks
+    // to the memory bound before starting anything.
     let plan = Plan::build(&workload).map_err(input)?;
+    if args.explain {
+        print!(
+            "{}",
+            super::explain::explain(&plan, workload.memory.as_ref(), threads as u32, args.json)
+        );
+        return Ok(());
+    }
     let decoded = decoded_inputs(&plan);
     // Output files there before the run, which a successful run replaces.
     let mut existing: Vec<std::path::PathBuf> = plan.outputs.iter().map(|o| o.file.clone()).filter(|f| f.exists()).collect();
@@ -53,10 +64,48 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
             })?
         }
         (None, Some(site)) => rt.block_on(on_site(workload, site, args.workers.unwrap_or(0) as u32, progress))?,
-        (None, None) => rt.block_on(embedded(workload, args.workers.unwrap_or_else(cores), args.threads, progress))?,
+        (None, None) => rt.block_on(embedded(workload, workers, threads, progress))?,
     };
     summary.driver_peak_rss_bytes = crate::worker::peak_rss();
     print_summary(&summary, &decoded, &existing, args.json)
+}
+
+/// The memory each worker may use, which the plan is sized against: the flag, else
+/// the site's memory per worker process, else (embedded) three quarters of this
+/// machine's memory shared among the workers. A server reached with --connect sizes
+/// nothing without the flag: its workers' memory is not known here.
+fn memory_bound(args: &RunArgs, site: Option<&Site>, workers: usize, threads: usize) -> Option<MemoryBound> {
+    let site_threads = site.map(Site::threads_per_worker);
+    match (&args.memory_per_worker, site) {
+        (Some(b), _) => Some(MemoryBound {
+            bytes: b.bytes.0,
+            threads: site_threads.unwrap_or(if args.connect.is_some() { cores() as u32 } else { threads as u32 }),
+            source: format!("--memory-per-worker {}", b.text),
+        }),
+        (None, Some(s)) => s.memory_per_worker().map(|m| MemoryBound {
+            bytes: m,
+            threads: s.threads_per_worker(),
+            source: format!(
+                "the site's memory {} / {} process{}; set --memory-per-worker to change it",
+                s.memory.map(|m| m.to_string()).unwrap_or_default(),
+                s.processes,
+                if s.processes == 1 { "" } else { "es" }
+            ),
+        }),
+        (None, None) if args.connect.is_some() => None,
+        (None, None) => {
+            let total = crate::worker::total_memory();
+            (total > 0).then(|| MemoryBound {
+                bytes: total / 4 * 3 / workers.max(1) as u64,
+                threads: threads as u32,
+                source: format!(
+                    "3/4 of this machine's {} shared by {workers} worker{}; set --memory-per-worker to change it",
+                    crate::exec::memory::mib(total),
+                    if workers == 1 { "" } else { "s" }
+                ),
+            })
+        }
+    }
 }
 
 /// What the run says of each input's CF decoding.
@@ -257,7 +306,7 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Opt
 
 /// The embedded local cluster: a server in this process and `n` worker processes over
 /// loopback QUIC, stopped at the end whatever happens.
-async fn embedded(workload: Workload, n: usize, threads: Option<usize>, progress: Option<String>) -> Result<Summary, Failure> {
+async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option<String>) -> Result<Summary, Failure> {
     sweep_stale_folders(&std::env::temp_dir());
     let dir = tempfile::Builder::new()
         .prefix("drover-")
@@ -280,7 +329,7 @@ async fn embedded(workload: Workload, n: usize, threads: Option<usize>, progress
     };
     let handle = server::start(opts).await.map_err(runtime)?;
     let access = Access::load(&handle.access_path).map_err(runtime)?;
-    let threads = threads.unwrap_or((cores() / n).max(1));
+    let memory = workload.memory.as_ref().map(|m| m.bytes.to_string());
     let exe = std::env::current_exe().context("locating the drover executable").map_err(runtime)?;
     let mut children: Vec<Child> = Vec::with_capacity(n);
     for _ in 0..n {
@@ -304,6 +353,7 @@ async fn embedded(workload: Workload, n: usize, threads: Option<usize>, progress
             .arg("--access")
             .arg(&handle.access_path)
             .args(["--threads", &threads.to_string(), "--death-timeout", "10"])
+            .args(memory.iter().flat_map(|m| ["--memory-per-worker", m.as_str()]))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)

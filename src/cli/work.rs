@@ -7,9 +7,17 @@ use anyhow::anyhow;
 use tokio::process::Command;
 
 use super::{Failure, cores, input, runtime, runtime_builder};
+use crate::config::site::Bytes;
 use crate::worker::{self, WorkerOptions};
 
-pub fn worker(access: &Path, threads: Option<usize>, processes: u32, death_timeout: u64, walltime: Option<u64>) -> Result<(), Failure> {
+pub fn worker(
+    access: &Path,
+    threads: Option<usize>,
+    processes: u32,
+    death_timeout: u64,
+    walltime: Option<u64>,
+    memory: Option<Bytes>,
+) -> Result<(), Failure> {
     if threads == Some(0) {
         return Err(input(anyhow!("--threads 0: a worker needs at least one thread")));
     }
@@ -24,13 +32,14 @@ pub fn worker(access: &Path, threads: Option<usize>, processes: u32, death_timeo
     let threads = threads.unwrap_or_else(|| (cores() / processes as usize).max(1));
     let rt = runtime_builder()?;
     if processes > 1 {
-        return rt.block_on(node_agent(access, threads, processes, death_timeout, walltime));
+        return rt.block_on(node_agent(access, threads, processes, death_timeout, walltime, memory));
     }
     let opts = WorkerOptions {
         threads,
         heartbeat: Duration::from_secs(5),
         death_timeout: Duration::from_secs(death_timeout),
         walltime: walltime.map(job_end),
+        memory: memory.map(|b| b.0),
     };
     rt.block_on(worker::run(access, opts)).map_err(|e| Failure {
         input: e.is_input(),
@@ -56,7 +65,14 @@ fn job_end(walltime: u64) -> (std::time::Instant, Duration) {
 }
 
 /// Start `processes` single workers on this node, pass SIGTERM/SIGINT on, wait for all.
-async fn node_agent(access: &Path, threads: usize, processes: u32, death_timeout: u64, walltime: Option<u64>) -> Result<(), Failure> {
+async fn node_agent(
+    access: &Path,
+    threads: usize,
+    processes: u32,
+    death_timeout: u64,
+    walltime: Option<u64>,
+    memory: Option<Bytes>,
+) -> Result<(), Failure> {
     let exe = std::env::current_exe().map_err(runtime)?;
     let mut children = Vec::new();
     for _ in 0..processes {
@@ -66,6 +82,11 @@ async fn node_agent(access: &Path, threads: usize, processes: u32, death_timeout
             .arg(access)
             .args(["--threads", &threads.to_string(), "--death-timeout", &death_timeout.to_string()])
             .args(walltime.map(|w| vec!["--walltime".to_string(), w.to_string()]).unwrap_or_default())
+            .args(
+                memory
+                    .map(|m| vec!["--memory-per-worker".to_string(), m.0.to_string()])
+                    .unwrap_or_default(),
+            )
             .kill_on_drop(true)
             .spawn()
             .map_err(runtime)?;

@@ -553,6 +553,11 @@ impl Site {
         })
     }
 
+    /// Each worker process's share of the job's `memory`, in bytes.
+    pub fn memory_per_worker(&self) -> Option<u64> {
+        self.memory.map(|m| m.0 / u64::from(self.processes.max(1)))
+    }
+
     /// Worker threads per worker process.
     pub fn threads_per_worker(&self) -> u32 {
         (self.cores / self.processes).max(1)

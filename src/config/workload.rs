@@ -184,6 +184,7 @@ struct RawOutput {
     compression: Option<String>,
     level: Option<i64>,
     shuffle: Option<bool>,
+    chunks: Option<Vec<i64>>,
 }
 
 /// A compressed output: gzip (HDF5's deflate filter, zlib streams) at `level`, after
@@ -230,6 +231,10 @@ pub struct Output {
     /// `compression = "gzip"` (with `level`, `shuffle`).
     #[serde(default)]
     pub compression: Option<Compression>,
+    /// `chunks = [...]`: the output's HDF5 chunk shape, whatever the inputs' (a
+    /// rechunk when the expression is an input).
+    #[serde(default)]
+    pub chunks: Option<Vec<usize>>,
 }
 
 /// A validated workload with absolute paths.
@@ -242,6 +247,19 @@ pub struct Workload {
     /// Named intermediates (`[let]`): name and expression.
     #[serde(default)]
     pub lets: Vec<(String, String)>,
+    /// The memory each worker may use, which the plan is sized against (set by the
+    /// command that runs the workload, not by the file).
+    #[serde(default)]
+    pub memory: Option<MemoryBound>,
+}
+
+/// A bound on each worker's memory and the task threads that share it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryBound {
+    pub bytes: u64,
+    pub threads: u32,
+    /// Where the bound came from, for messages ("--memory-per-worker 2 GiB").
+    pub source: String,
 }
 
 /// Names that would shadow functions or keywords in expressions.
@@ -450,12 +468,22 @@ impl Workload {
                 }
                 Some(c) => return Err(bad(format!("compression = \"{c}\" is not a compression; use \"gzip\""))),
             };
+            let chunks = match out.chunks {
+                None => None,
+                Some(c) if !c.is_empty() && c.iter().all(|&n| n >= 1) => Some(c.iter().map(|&n| n as usize).collect()),
+                Some(c) => {
+                    return Err(bad(format!(
+                        "chunks = {c:?} is not a chunk shape; give a positive length per dimension of the output, e.g. chunks = [365, 10, 10]"
+                    )));
+                }
+            };
             outputs.push(Output {
                 expr: out.expr,
                 file: base.join(&out.file),
                 dataset: format!("/{ds}"),
                 dtype,
                 compression,
+                chunks,
             });
         }
         Ok(Workload {
@@ -463,6 +491,7 @@ impl Workload {
             inputs,
             outputs,
             lets,
+            memory: None,
         })
     }
 }

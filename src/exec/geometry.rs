@@ -131,6 +131,27 @@ pub fn tiling_chunk(block: &[usize], elem: usize, max_bytes: usize) -> Vec<usize
     chunk
 }
 
+/// A block of whole `chunk`s of an array of `shape`, of about `target` elements at
+/// most (one chunk if a chunk is larger): chunks added along the last dimension first,
+/// then the next while the block stays whole rows of chunks.
+pub fn chunk_multiple_block(chunk: &[usize], shape: &[usize], target: usize) -> Vec<usize> {
+    let mut b: Vec<usize> = chunk.iter().map(|&c| c.max(1)).collect();
+    for d in (0..b.len()).rev() {
+        let elems: usize = b.iter().product();
+        let room = target / elems.max(1);
+        if room < 2 {
+            break;
+        }
+        let most = shape[d].div_ceil(b[d]).max(1);
+        let m = room.min(most);
+        b[d] *= m;
+        if m < most {
+            break;
+        }
+    }
+    b.iter().zip(shape).map(|(&b, &n)| b.min(n.max(1))).collect()
+}
+
 /// The part of `region` (in a broadcast shape of rank `rank`) that an operand of
 /// `shape` needs: dimensions aligned from the right, broadcast (size-1) dimensions read
 /// whole.

@@ -15,6 +15,8 @@ pub(super) struct Lowering<'a> {
     pub(super) consts: Vec<ConstSpec>,
     pub(super) stages: Vec<Stage>,
     pub(super) const_shapes: Vec<Vec<usize>>,
+    /// Elements a block aims at (the default, or less under a memory bound).
+    pub(super) target: usize,
 }
 
 impl Lowering<'_> {
@@ -101,7 +103,7 @@ impl Lowering<'_> {
                             && !local
                             && groups.is_none()
                         {
-                            block = super::gemm::tile_block(&c, block, super::plan::DEFAULT_BLOCK_ELEMS / 4);
+                            block = super::gemm::tile_block(&c, block, self.target / 4);
                         }
                         self.stages.push(Stage {
                             kernel,
@@ -199,7 +201,7 @@ impl Lowering<'_> {
         for &a in axes {
             block[a] = shape[a];
         }
-        let block = super::gemm::tile_block(&c, block, super::plan::DEFAULT_BLOCK_ELEMS / 4);
+        let block = super::gemm::tile_block(&c, block, self.target / 4);
         if axes.iter().any(|&a| block[a] < shape[a]) {
             return None; // the summed axes are too long to stay whole: partial sums
         }
@@ -314,7 +316,11 @@ impl Lowering<'_> {
         };
         let (own, always, leaf_shape) = match leaf {
             Kernel::Reshape(arg, r) => (r.block(&self.stage_block(arg, &r.from).0), false, r.to.clone()),
-            Kernel::Along(arg, a) => (a.block(&self.stage_block(arg, &a.from).0), a.whole_axes(), a.to.clone()),
+            Kernel::Along(arg, a) => (
+                a.block(&self.stage_block(arg, &a.from).0, self.target),
+                a.whole_axes(),
+                a.to.clone(),
+            ),
             _ => unreachable!("matched above"),
         };
         // Per dimension of the leaf: (its reshape axis, the view's step).

@@ -24,6 +24,7 @@ pub mod hdf;
 pub mod kernel;
 mod lex;
 mod lower;
+pub mod memory;
 mod meta;
 pub mod ops;
 pub mod plan;

@@ -29,6 +29,8 @@ use crate::core::{Graph, GraphBuilder, TaskId, TaskKind};
 
 /// Default block size target: 64 MiB of f64 values.
 pub const DEFAULT_BLOCK_ELEMS: usize = 8 << 20;
+/// The smallest block target a memory bound may shrink blocks to (64 Ki elements).
+pub const MIN_BLOCK_ELEMS: usize = 64 << 10;
 
 pub use super::reduce::ReduceOp;
 
@@ -251,6 +253,7 @@ fn sole_sums(inputs: &[InputSpec], resolved: &[(super::resolve::Node, Vec<usize>
         consts: vec![],
         stages: vec![],
         const_shapes: vec![],
+        target: DEFAULT_BLOCK_ELEMS,
     };
     let kernels: Vec<Kernel> = resolved.iter().map(|(node, ..)| low.lower(node)).collect();
     let uses = |c: u32| {
@@ -355,7 +358,34 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 impl Plan {
     /// Inspect inputs, parse and check expressions, and lower them into stages.
+    /// Inspect the inputs, resolve and lower the outputs: the plan of a workload. Under
+    /// a memory bound ([`Workload::memory`]) blocks are made smaller until the plan's
+    /// tasks fit it ([`super::memory`]), and a plan that cannot fit is refused.
     pub fn build(w: &Workload) -> Result<Plan, PlanError> {
+        let Some(bound) = &w.memory else {
+            return Plan::build_at(w, DEFAULT_BLOCK_ELEMS);
+        };
+        let mut target = DEFAULT_BLOCK_ELEMS;
+        let mut last: Option<u64> = None;
+        loop {
+            let plan = Plan::build_at(w, target)?;
+            let fp = super::memory::footprint(&plan, bound.threads);
+            if fp.total() <= bound.bytes {
+                return Ok(plan);
+            }
+            // Smaller blocks until they stop helping (blocks the workload fixed with
+            // chunks=, lanes an operation needs whole) or get tiny.
+            if target <= MIN_BLOCK_ELEMS || last.is_some_and(|l| fp.total() >= l) {
+                return Err(PlanError::Memory {
+                    problem: fp.refusal(&plan, bound),
+                });
+            }
+            last = Some(fp.total());
+            target /= 2;
+        }
+    }
+
+    fn build_at(w: &Workload, target: usize) -> Result<Plan, PlanError> {
         let mut inputs = Vec::new();
         for inp in &w.inputs {
             let info = match &inp.generate {
@@ -392,7 +422,7 @@ impl Plan {
                             .map(|(i, &s)| if i == 0 { 1 } else { s.max(1) })
                             .collect()
                     });
-                    default_block(&info.shape, &chunk, DEFAULT_BLOCK_ELEMS)
+                    default_block(&info.shape, &chunk, target)
                 }
             };
             inputs.push(InputSpec {
@@ -462,6 +492,7 @@ impl Plan {
             consts: vec![],
             stages: vec![],
             const_shapes: vec![],
+            target,
         };
         let mut outputs = Vec::new();
         for (index, ((node, shape, dtype), out)) in resolved.iter().zip(&w.outputs).enumerate() {
@@ -499,13 +530,34 @@ impl Plan {
                     });
                 }
             }
+            // Chunks the workload asks for: blocks are whole multiples of them, so that
+            // each block is written as whole chunks.
+            let (block, chunk) = match &out.chunks {
+                None => (block, chunk),
+                Some(c) if c.len() != shape.len() || shape.is_empty() => {
+                    return Err(PlanError::OutputChunks {
+                        index,
+                        chunks: c.clone(),
+                        shape: shape.clone(),
+                    });
+                }
+                Some(c) => {
+                    let c: Vec<usize> = c.iter().zip(shape).map(|(&c, &n)| c.min(n.max(1))).collect();
+                    let block = if local || contract.is_some() {
+                        block
+                    } else {
+                        super::geometry::chunk_multiple_block(&c, shape, target)
+                    };
+                    (block, Some(c))
+                }
+            };
             // A compressed output's chunks tile its blocks: each block is compressed
             // chunk by chunk where it is computed. (A 0-d output has no chunks: stored
             // plain.)
             let compression = out.compression.filter(|_| chunk.is_some());
             let chunk = match compression {
-                Some(_) => Some(super::geometry::tiling_chunk(&block, dtype.size(), 4 << 20)),
-                None => chunk,
+                Some(_) if out.chunks.is_none() => Some(super::geometry::tiling_chunk(&block, dtype.size(), 4 << 20)),
+                _ => chunk,
             };
             outputs.push(OutputSpec {
                 file: out.file.clone(),
@@ -651,6 +703,7 @@ mod tests {
             consts: vec![],
             stages: vec![],
             const_shapes: vec![],
+            target: DEFAULT_BLOCK_ELEMS,
         };
         for (index, e) in exprs.iter().enumerate() {
             let ast = expr::parse(e).map_err(|source| PlanError::Syntax { index, source })?;
@@ -720,6 +773,7 @@ mod tests {
             consts: vec![],
             stages: vec![],
             const_shapes: vec![],
+            target: DEFAULT_BLOCK_ELEMS,
         };
         let r = resolved(&["a @ b"], &inputs);
         let (_, contract, block) = low.fused_contraction(&r[0].0).expect("fused");
@@ -753,6 +807,7 @@ mod tests {
             consts: vec![],
             stages: vec![],
             const_shapes: vec![],
+            target: DEFAULT_BLOCK_ELEMS,
         };
         assert!(low.fused_contraction(&r[0].0).is_none());
     }

@@ -111,6 +111,18 @@ pub enum PlanError {
         file: PathBuf,
         dataset: String,
     },
+    #[error("{problem}")]
+    Memory { problem: String },
+    #[error(
+        "outputs[{index}]: chunks = {chunks:?} does not fit the output's shape {}; give one chunk length per dimension{}",
+        fmt_shape(shape),
+        if shape.is_empty() { " (a 0-d output has no chunks: leave chunks out)" } else { "" }
+    )]
+    OutputChunks {
+        index: usize,
+        chunks: Vec<usize>,
+        shape: Vec<usize>,
+    },
     #[error("outputs[{index}] file \"{}\" is the input file of [inputs.{input}]; write the output to another file", file.display())]
     OverwritesInput { index: usize, file: PathBuf, input: String },
     #[error("outputs[{index}]: cannot write \"{}\": {reason}", file.display())]

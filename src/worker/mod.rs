@@ -48,6 +48,8 @@ pub struct WorkerOptions {
     pub walltime: Option<(std::time::Instant, Duration)>,
     /// How long to keep trying to reach a lost (or not yet reachable) server.
     pub death_timeout: Duration,
+    /// `--memory-per-worker`: the worker runs no more tasks at once than fit it.
+    pub memory: Option<u64>,
 }
 
 struct JobCtx {
@@ -78,6 +80,9 @@ const LARGE_RESULT: usize = 1 << 20;
 
 struct Shared {
     threads: usize,
+    /// Tasks that may run at once: `threads`, or fewer under a memory bound.
+    limit: std::sync::atomic::AtomicUsize,
+    memory: Option<u64>,
     queue: Mutex<Queue>,
     ready: Condvar,
     jobs: RwLock<HashMap<u64, Arc<JobCtx>>>,
@@ -139,7 +144,7 @@ fn batch_job_from(get: impl Fn(&str) -> Option<String>) -> Option<String> {
     get("DROVER_LOCAL_JOB")
 }
 
-fn total_memory() -> u64 {
+pub fn total_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
@@ -262,6 +267,8 @@ async fn session(
 
     let shared = Arc::new(Shared {
         threads: opts.threads.max(1),
+        limit: std::sync::atomic::AtomicUsize::new(opts.threads.max(1)),
+        memory: opts.memory,
         queue: Mutex::new(Queue::default()),
         ready: Condvar::new(),
         jobs: RwLock::new(HashMap::new()),
@@ -383,6 +390,11 @@ async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::Un
                         sink
                     })
                     .collect();
+                if let Some(bound) = shared.memory {
+                    shared
+                        .limit
+                        .store(tasks_within(&plan, shared.threads, bound), std::sync::atomic::Ordering::Relaxed);
+                }
                 let ctx = JobCtx {
                     plan,
                     sinks,
@@ -431,6 +443,33 @@ async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::Un
     }
 }
 
+/// How many of `threads` tasks of `plan` may run at once within `bound` bytes (at
+/// least one: a plan that does not fit was refused by its planner, which knew the
+/// run's bound; this one is the worker's own).
+fn tasks_within(plan: &Plan, threads: usize, bound: u64) -> usize {
+    let fp = exec::memory::footprint(plan, threads as u32);
+    let fixed = fp.base + fp.inputs + fp.consts;
+    let per = fp.per_thread().max(1);
+    let n = (bound.saturating_sub(fixed) / per) as usize;
+    if n < threads {
+        tracing::info!(
+            tasks = n.max(1),
+            threads,
+            bound = %exec::memory::mib(bound),
+            per_task = %exec::memory::mib(per),
+            "running fewer tasks at once to stay within --memory-per-worker"
+        );
+    }
+    if n == 0 {
+        tracing::warn!(
+            needs = %exec::memory::mib(fixed + per),
+            bound = %exec::memory::mib(bound),
+            "one task of this job needs more than --memory-per-worker; running one at a time"
+        );
+    }
+    n.clamp(1, threads)
+}
+
 fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
     loop {
         let (job, t) = {
@@ -440,6 +479,7 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
                     return;
                 }
                 if q.unsent_large < shared.threads
+                    && q.running < shared.limit.load(std::sync::atomic::Ordering::Relaxed)
                     && let Some(item) = q.tasks.pop_front()
                 {
                     q.running += 1;
@@ -511,6 +551,8 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
         q.running -= 1;
         q.unsent_large += usize::from(large);
         drop(q);
+        // A thread held back by the memory bound may start now.
+        shared.ready.notify_one();
         if out.send(msg).is_err() {
             return;
         }

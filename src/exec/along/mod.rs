@@ -151,9 +151,9 @@ impl Along {
 
     /// The result's block, given the operand's: each result dimension follows its
     /// operand dimension; whole lanes (order statistics, sort) are held within
-    /// the default block size by shrinking the other dimensions' blocks (down to one
+    /// `target` elements by shrinking the other dimensions' blocks (down to one
     /// lane; [`Along::problem`] refuses lanes over [`MAX_ELEMS`]).
-    pub fn block(&self, own: &[usize]) -> Vec<usize> {
+    pub fn block(&self, own: &[usize], target: usize) -> Vec<usize> {
         let mut b: Vec<usize> = (0..self.to.len())
             .map(|j| match self.operand_dim(j) {
                 Some(d) => own[d].clamp(1, self.to[j].max(1)),
@@ -170,7 +170,7 @@ impl Along {
                     .filter(|&j| self.operand_dim(j).is_some_and(|d| !self.axes.contains(&d)))
                     .map(|j| b[j])
                     .product();
-                if cells.saturating_mul(lane) <= super::plan::DEFAULT_BLOCK_ELEMS {
+                if cells.saturating_mul(lane) <= target {
                     break;
                 }
                 // Halve the longest block among the kept dimensions.
