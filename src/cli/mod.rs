@@ -186,12 +186,10 @@ pub struct Size {
 
 /// A size argument: "4 GiB", "500MB", "2T", or bytes.
 fn parse_size(s: &str) -> Result<Size, String> {
-    Bytes::parse(s)
-        .map(|bytes| Size {
-            bytes,
-            text: s.to_string(),
-        })
-        .map_err(|why| format!("{why} (a size like \"4 GiB\", \"500MB\" or a number of bytes)"))
+    Bytes::parse(s).map(|bytes| Size {
+        bytes,
+        text: s.to_string(),
+    })
 }
 
 /// `~/.drover`: the default home of server folders and logs.

@@ -69,9 +69,18 @@ impl Footprint {
             .worst()
             .map(|s| format!("tasks of {} hold {} each", describe_stage(plan, s.stage), mib(s.task + s.result)))
             .unwrap_or_else(|| "no task".into());
+        // Output chunks set in the workload bound how small its blocks can be.
+        let chunked = self.worst().and_then(|s| match plan.stages[s.stage].kind {
+            StageKind::Write { output } if plan.outputs[output as usize].chunk.is_some() => Some(output),
+            _ => None,
+        });
+        let chunks = match chunked {
+            Some(o) => format!("smaller chunks= on the inputs or on outputs[{o}]"),
+            None => "smaller chunks= on the inputs".into(),
+        };
         format!(
             "the plan needs {} per worker, more than the bound of {} ({}): {what} x {} thread{}, consts held whole {}, input buffers {}, \
-             base {}; give a larger --memory-per-worker, fewer --threads, smaller chunks= on the inputs, or reduce to a smaller result",
+             base {}; give a larger --memory-per-worker, fewer --threads, {chunks}, or reduce to a smaller result",
             mib(self.total()),
             mib(bound.bytes),
             bound.source,
