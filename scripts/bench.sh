@@ -31,11 +31,11 @@ cd "$DROVER_ROOT"
 
 BENCH_VENV="${BENCH_VENV:-$DROVER_ROOT/.venv-bench}"
 BENCH_PY="$BENCH_VENV/bin/python"
-BENCH_PACKAGES=("dask[array,distributed]" h5py hdf5plugin numpy psutil xarray h5netcdf)
+BENCH_PACKAGES=("dask[array,distributed]" h5py hdf5plugin numpy psutil xarray h5netcdf cubed zarr)
 DROVER_BIN="${DROVER_BIN:-$DROVER_ROOT/target/release/drover}"
 
 ensure_bench_venv() {
-    ensure_python_env "$BENCH_VENV" "dask, dask.array, distributed, h5py, hdf5plugin, numpy, psutil, xarray, h5netcdf" "${BENCH_PACKAGES[@]}"
+    ensure_python_env "$BENCH_VENV" "dask, dask.array, distributed, h5py, hdf5plugin, numpy, psutil, xarray, h5netcdf, cubed, zarr" "${BENCH_PACKAGES[@]}"
 }
 
 main() {

@@ -59,7 +59,7 @@ import numpy as np
 
 from .common import (ALL_CASES, BENCH_DIR, CASE_GROUPS, COMPRESSED, HDF5_CHUNK, OUT_DIR, QUICK_SKIPS, ROOT, SIZES,
                      TINY_CHUNKED, TINY_TASK, GiB, log, rm)
-from . import surface
+from . import movement, surface
 from .data import ensure_big, ensure_compressed, ensure_tiny, ensure_tiny_chunked
 from .memory import drover_memory
 from .report import analyse, stats
@@ -190,6 +190,8 @@ def make_data(args) -> None:
             ensure_tiny_chunked(TINY_CHUNKED[case])
         elif surface.is_surface(case):
             surface.ensure_data(case, size)
+        elif movement.is_movement(case):
+            movement.ensure_data("quick" if args.quick else "full")
 
 
 def main(argv=None) -> int:

@@ -88,6 +88,9 @@ for _c in TINY_CHUNKED:
 CONTENDERS["masked-mean"] = ["drover", "dask-threads", "dask.distributed"]
 CONTENDERS["matmul"] = ["drover", "dask-threads", "dask.distributed"]
 CONTENDERS["gzip-anomaly"] = ["drover", "drover-1w", "dask-threads", "dask.distributed"]
+# the data-movement cases (movement.py)
+CONTENDERS["rechunk"] = ["drover", "dask-threads", "dask.distributed", "cubed"]
+CONTENDERS["median-time"] = ["drover", "dask-threads", "dask.distributed"]
 
 CLASSIC_CASES = ["reduction", "anomaly", "tiny"]
 ALL_CASES = list(CONTENDERS)
@@ -97,6 +100,7 @@ CASE_GROUPS = {
     "compressed": list(COMPRESSED),
     "tinychunks": list(TINY_CHUNKED),
     "surface": ["masked-mean", "matmul", "gzip-anomaly"],
+    "movement": ["rechunk", "median-time"],
 }
 QUICK_SKIPS = {"tiny-2m"}         # left out of a group under --quick (name it to run it)
 

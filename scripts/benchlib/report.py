@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 
 from .classic import tiny_chunks
-from . import surface
+from . import movement, surface
 from .common import (CHECK_RTOL, COMPRESSED, GiB, MiB, TARGET_DASK_OVER_DROVER, TARGET_DROVER_OVER_LIMIT,
                      TARGET_TINY_RATE, TINY_CHUNKED, TINY_TASK, mib, verdict)
 
@@ -120,7 +120,7 @@ def analyse(bench, results: dict) -> tuple[list[str], list[dict], dict]:
     """The printed table, the target verdicts, and a per-case summary for the JSON."""
     lines: list[str] = []
     targets: list[dict] = []
-    summary: dict = {"compressed": {}, "tiny_chunks": {}, "surface": {}}
+    summary: dict = {"compressed": {}, "tiny_chunks": {}, "surface": {}, "movement": {}}
     a = bench.args
     cases = results["cases"]
     _table(bench, cases, lines)
@@ -168,6 +168,9 @@ def analyse(bench, results: dict) -> tuple[list[str], list[dict], dict]:
     for case in cases:
         if surface.is_surface(case) and "stats" in cases[case]:
             summary["surface"][case] = surface.summary(case, med, ratio_line)
+    for case in cases:
+        if movement.is_movement(case) and "stats" in cases[case]:
+            summary["movement"][case] = movement.summary(case, cases[case], med, ratio_line)
     for case in [c for c in cases if (c == "tiny" or c in TINY_CHUNKED) and "stats" in cases[c]]:
         rates = {who: _chunks_of(bench, case, who, cases[case]) / st["median"]
                  for who, st in cases[case]["stats"].items()}
@@ -244,6 +247,11 @@ def _memory(bench, cases: dict, lines: list[str], ratio_line, a) -> None:
         blk = ""
     lines.append(f"peak memory (RSS, MiB; {blk}{bench.threads} thread(s) per worker, {a.workers} workers):")
     for case, res in cases.items():
+        if movement.is_movement(case):
+            peaks = {w: movement.peak_of(res, w) for w in res.get("stats", {})}
+            lines.append(f"  {case:<10} peak memory, all processes of each contender (MiB): "
+                         + ", ".join(f"{w} {mib(b)}" for w, b in peaks.items() if b))
+            continue
         mem = res.get("drover_memory")
         if not mem:
             continue

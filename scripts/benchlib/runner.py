@@ -8,7 +8,7 @@ import logging
 import os
 import time
 
-from . import classic, newcases, surface
+from . import classic, movement, newcases, surface
 from .common import CONTENDERS, HDF5_CHUNK, OUT_DIR, SIZES, BenchError, jsonable, log, rm, default_block
 from .contenders import H5Source, load_plugins, plugin_path, run_drover
 from .data import big_path, chunk_index, tiny_path
@@ -129,15 +129,20 @@ class Bench:
         surface (expression-surface cases)."""
         if surface.is_surface(case):
             return surface
+        if movement.is_movement(case):
+            return movement
         return newcases if newcases.is_new(case) else classic
 
     def cleanup(self, case: str, who: str) -> None:
+        if movement.is_movement(case):
+            movement.cleanup(self, case, who)
+            return
         for p in (self.out_path(case, who), self.out_path(case, "raw")):
             rm(p)
 
     def contenders(self, case: str) -> tuple[list[str], list[str]]:
         names = list(CONTENDERS[case])
-        notes = []
+        notes = list(movement.NOTES.get(case, []))
         if self.args.no_distributed:
             names = [n for n in names if n != "dask.distributed"]
         if "decode-limit" in names and self.decode_limit is None:
@@ -150,7 +155,7 @@ class Bench:
 
     def run_case(self, case: str) -> dict:
         names, notes = self.contenders(case)
-        new = newcases.is_new(case) or surface.is_surface(case)
+        new = newcases.is_new(case) or surface.is_surface(case) or movement.is_movement(case)
         res: dict = {"contenders": names, "notes": notes, "warmup": {}, "contender_errors": {}}
         for n in notes:
             log(f"{case}: {n}")
