@@ -562,7 +562,18 @@ impl Actor {
         if !matches!(self.slot, Slot::Idle) {
             return;
         }
-        let Some((workload, client)) = self.queue.pop_front() else { return };
+        let Some((mut workload, client)) = self.queue.pop_front() else { return };
+        // A client that knew no bound (--connect): this server's site gives its workers'.
+        if workload.memory.is_none()
+            && let Some(s) = &self.site
+            && let Some(bytes) = s.runner.site().memory_per_worker()
+        {
+            workload.memory = Some(crate::config::workload::MemoryBound {
+                bytes,
+                threads: s.runner.site().threads_per_worker(),
+                source: "the server's site: memory / processes".into(),
+            });
+        }
         let id = self.next_job;
         self.next_job += 1;
         self.slot = Slot::Preparing { id, client };

@@ -200,6 +200,12 @@ def make_workload(dirpath: Path, rng: np.random.Generator) -> tuple[Path, dict[s
         '[[outputs]]\nexpr = "histogram(t, bins=8, range=(240, 320))"\nfile = "out.h5"\ndataset = "/hist"\n'
         '[[outputs]]\nexpr = "argmax(t, axis=0)"\nfile = "out.h5"\ndataset = "/argmax"\n'
         '[[outputs]]\nexpr = "sum(t > 290, axis=0)"\nfile = "out.h5"\ndataset = "/hot"\n'
+        # the data-movement operations of issue 12: across the blocks of time
+        '[[outputs]]\nexpr = "median(t, axis=0)"\nfile = "out.h5"\ndataset = "/median"\n'
+        '[[outputs]]\nexpr = "percentile(t, (10, 90), axis=1)"\nfile = "out.h5"\ndataset = "/p1090"\n'
+        '[[outputs]]\nexpr = "cumsum(t, axis=0)"\nfile = "out.h5"\ndataset = "/cumsum"\n'
+        '[[outputs]]\nexpr = "rolling_mean(t, window=5, axis=0)"\nfile = "out.h5"\ndataset = "/rolling"\n'
+        '[[outputs]]\nexpr = "t"\nfile = "ts.h5"\ndataset = "/t"\nchunks = [40, 2, 2]\n'
     )
     with np.errstate(invalid="ignore"):
         masked = np.nanmean(np.where(x > 280, x, np.nan), axis=0)
@@ -213,13 +219,23 @@ def make_workload(dirpath: Path, rng: np.random.Generator) -> tuple[Path, dict[s
         "/hist": np.histogram(x, bins=8, range=(240, 320))[0],
         "/argmax": np.argmax(x, axis=0),
         "/hot": np.sum(x > 290, axis=0),
+        "/median": np.median(x, axis=0),
+        "/p1090": np.percentile(x, (10, 90), axis=1),
+        "/cumsum": np.cumsum(x, axis=0),
+        "/rolling": np.lib.stride_tricks.sliding_window_view(x, 5, axis=0).mean(axis=-1),
+        "ts.h5:/t": x,   # rechunked to time series (its chunks checked too)
     }
     return dirpath / "w.toml", want
 
 
 def check_outputs(path: Path, want: dict[str, np.ndarray]) -> None:
+    for name in [n for n in want if ":" in n]:   # "file:dataset": another output file
+        other, ds = name.split(":")
+        with h5py.File(path.parent / other, "r") as g:
+            assert g[ds].chunks == (40, 2, 2), f"{name}: chunks {g[ds].chunks}"
+            np.testing.assert_array_equal(g[ds][()], want[name], err_msg=name)
     with h5py.File(path, "r") as f:
-        for name, expected in want.items():
+        for name, expected in ((n, e) for n, e in want.items() if ":" not in n):
             got = f[name][()]
             if np.issubdtype(np.asarray(expected).dtype, np.integer):
                 assert got.dtype == np.int64, f"{name}: dtype {got.dtype}"

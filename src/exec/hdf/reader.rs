@@ -462,7 +462,8 @@ impl Mapped {
                     return Ok(Cell::Library);
                 };
                 let bytes = self.stored(loc.addr, loc.size)?;
-                self.touch(loc.addr, bytes.len());
+                let origin: Vec<usize> = idx.iter().zip(&self.cell).map(|(&i, &c)| i * c).collect();
+                self.touch_part(loc.addr, &origin, sub);
                 Ok(Cell::Plain(bytes))
             }
             Store::Filtered { index, pipeline, cache } => {
@@ -586,11 +587,18 @@ impl Mapped {
 
     /// [`Mapped::touch`] for the span that `sub` covers in a contiguous dataset at `off`.
     fn touch_contiguous(&self, off: u64, sub: &[Range<usize>]) {
+        self.touch_part(off, &vec![0; sub.len()], sub);
+    }
+
+    /// [`Mapped::touch`] for the span that `sub` (absolute coordinates) covers in the
+    /// cell at `off` whose first element is at `origin`: a read of a few rows of a
+    /// large chunk maps those rows, not the whole chunk.
+    fn touch_part(&self, off: u64, origin: &[usize], sub: &[Range<usize>]) {
         let (mut first, mut last) = (0usize, 0usize);
         for (d, r) in sub.iter().enumerate() {
             let stride: usize = self.cell[d + 1..].iter().product();
-            first += r.start * stride;
-            last += (r.end - 1) * stride;
+            first += (r.start - origin[d]) * stride;
+            last += (r.end - 1 - origin[d]) * stride;
         }
         let size = self.dtype.size() as u64;
         self.touch(off + first as u64 * size, ((last - first + 1) as u64 * size) as usize);
