@@ -347,6 +347,21 @@ impl Lowering<'_> {
                 block[j] = block[j].min((own[axis] / step.unsigned_abs() as usize).max(1));
             }
         }
+        // Whole lanes broadcast along dimensions they do not have (the median in
+        // `t - median(t, axis=0)`): a block cut along those would compute the same lanes
+        // again for each cut, so it takes them whole while it stays within the target.
+        if always {
+            for j in 0..rr {
+                let has = j + ri >= rr && seen[j + ri - rr] == shape[j] && dims[j + ri - rr].is_some();
+                if has || shape[j] <= 1 || block[j] >= shape[j] {
+                    continue;
+                }
+                let others: usize = block.iter().enumerate().filter(|&(d, _)| d != j).map(|(_, &b)| b).product();
+                if others.saturating_mul(shape[j]) <= self.target {
+                    block[j] = shape[j];
+                }
+            }
+        }
     }
 
     /// A reshape in `k` that cannot be computed in bounded blocks, and why: its

@@ -562,7 +562,9 @@ impl Actor {
         if !matches!(self.slot, Slot::Idle) {
             return;
         }
-        let Some((mut workload, client)) = self.queue.pop_front() else { return };
+        let Some((mut workload, client)) = self.queue.pop_front() else {
+            return;
+        };
         // A client that knew no bound (--connect): this server's site gives its workers'.
         if workload.memory.is_none()
             && let Some(s) = &self.site

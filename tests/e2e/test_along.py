@@ -127,6 +127,16 @@ def test_a_scan_carries_block_totals_instead_of_reading_the_prefix(drover, tmp_p
     assert result["bytes_read"] <= 2 * x.nbytes, (result["bytes_read"], x.nbytes)
 
 
+def test_an_anomaly_from_the_median_computes_each_lane_once(drover, tmp_path, rng):
+    """`t - nanmedian(t, axis=0)`: blocks take the time axis whole, so each lane's
+    median is computed once and the input is read twice (the lanes, then t), not once
+    per time block."""
+    t = rng.normal(size=(120, 40, 30))
+    inputs = {"t": Input("t.h5", "/t", t, chunks=[10, 40, 30], h5={"chunks": (10, 40, 30)})}
+    _, result, _ = run_workload(drover, tmp_path, inputs, [Case("t - nanmedian(t, axis=0)", "/a")])
+    assert result["bytes_read"] <= 2 * t.nbytes, (result["bytes_read"], t.nbytes)
+
+
 def test_windows_are_labelled_by_their_last_step(drover, tmp_path, rng):
     """xarray's rolling (center=False) and diff label a window by its last step."""
     import xarray as xr
