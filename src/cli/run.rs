@@ -142,6 +142,9 @@ fn progress_message(inputs: &[InputReport]) -> String {
 }
 
 fn print_summary(summary: &Summary, inputs: &[InputReport], replaced: &[std::path::PathBuf], json: bool) -> Result<(), Failure> {
+    for line in fp_warnings(summary) {
+        eprintln!("{line}");
+    }
     if json {
         let inputs: Vec<serde_json::Value> = inputs
             .iter()
@@ -159,7 +162,14 @@ fn print_summary(summary: &Summary, inputs: &[InputReport], replaced: &[std::pat
         let outputs: Vec<serde_json::Value> = summary
             .outputs
             .iter()
-            .map(|o| serde_json::json!({"file": o.file, "dataset": o.dataset, "shape": o.shape, "dtype": o.dtype, "expr": o.expr}))
+            .enumerate()
+            .map(|(i, o)| {
+                let [div, invalid, overflow] = summary.fp_events.get(i).copied().unwrap_or_default();
+                serde_json::json!({
+                    "file": o.file, "dataset": o.dataset, "shape": o.shape, "dtype": o.dtype, "expr": o.expr,
+                    "fp_events": {"divide_by_zero": div, "invalid": invalid, "overflow": overflow},
+                })
+            })
             .collect();
         let v = serde_json::json!({
             "tasks_total": summary.tasks_total,
@@ -182,6 +192,39 @@ fn print_summary(summary: &Summary, inputs: &[InputReport], replaced: &[std::pat
         print!("{}", human_summary(summary, inputs, replaced));
     }
     Ok(())
+}
+
+/// One warning line per output whose elementwise operations divided by zero, made
+/// NaN from numbers, or overflowed, as numpy warns of them.
+fn fp_warnings(summary: &Summary) -> Vec<String> {
+    let count = |n: u64, one: &str, many: &str| {
+        let n_text = match n {
+            0..10_000 => n.to_string(),
+            10_000..1_000_000 => format!("{:.1}K", n as f64 / 1e3),
+            1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
+            _ => format!("{:.1}G", n as f64 / 1e9),
+        };
+        format!("{n_text} {}", if n == 1 { one } else { many })
+    };
+    summary
+        .outputs
+        .iter()
+        .zip(&summary.fp_events)
+        .enumerate()
+        .filter(|(_, (_, e))| e.iter().any(|&n| n > 0))
+        .map(|(i, (o, &[div, invalid, overflow]))| {
+            let parts: Vec<String> = [
+                (div, "division by zero (inf produced)", "divisions by zero (inf produced)"),
+                (invalid, "invalid value (NaN produced)", "invalid values (NaN produced)"),
+                (overflow, "overflow (inf produced)", "overflows (inf produced)"),
+            ]
+            .into_iter()
+            .filter(|(n, ..)| *n > 0)
+            .map(|(n, one, many)| count(n, one, many))
+            .collect();
+            format!("warning: outputs[{i}] (\"{}\"): {}", o.expr, parts.join(", "))
+        })
+        .collect()
 }
 
 /// The summary a person reads: outputs, what was resumed or replaced, decoded inputs.

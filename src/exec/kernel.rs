@@ -7,7 +7,6 @@ use ndarray::{ArrayD, ArrayViewD, Axis, IxDyn};
 
 use super::geometry::operand_region;
 pub use super::ops::Value;
-use super::ops::apply;
 use super::plan::Kernel;
 
 /// Evaluate a kernel; `leaf` produces the block of an input or const leaf.
@@ -19,7 +18,7 @@ pub fn eval<E>(k: &Kernel, leaf: &mut impl FnMut(&Kernel) -> Result<ArrayD<f64>,
         }
         Kernel::Map(op, args) => {
             let values = args.iter().map(|a| eval(a, leaf)).collect::<Result<Vec<_>, E>>()?;
-            apply(*op, values)
+            super::fpe::apply_counted(*op, values)
         }
     })
 }
@@ -51,7 +50,7 @@ fn eval_memo<E>(
                 .iter()
                 .map(|a| eval_memo(a, shared, memo, leaf))
                 .collect::<Result<Vec<_>, E>>()?;
-            apply(*op, values)
+            super::fpe::apply_counted(*op, values)
         }
         other => eval(other, leaf)?,
     };

@@ -16,6 +16,7 @@ pub mod buffers;
 pub mod calendar;
 mod einsum;
 pub mod expr;
+pub mod fpe;
 pub mod gemm;
 pub mod generate;
 pub mod geometry;
@@ -89,6 +90,8 @@ pub enum ExecError {
 pub struct BlockResult {
     pub bytes_read: u64,
     pub payload: Vec<u8>,
+    /// Floating-point events of its elementwise operations ([`fpe`]).
+    pub fp: fpe::Events,
 }
 
 /// An opened input: an HDF5 dataset (with the CF decoding its values get), or a
@@ -232,8 +235,13 @@ pub fn execute_block(
     // reads or zero pages after a read fault: checked before and after the block, so
     // such a block fails saying what changed, whatever the read itself reported.
     inputs_unchanged(plan, datasets)?;
-    let result = block_result(plan, datasets, consts, stage, block);
+    fpe::take();
+    let mut result = block_result(plan, datasets, consts, stage, block);
+    let events = fpe::take();
     inputs_unchanged(plan, datasets)?;
+    if let Ok(r) = &mut result {
+        r.fp = events;
+    }
     result
 }
 
@@ -291,6 +299,7 @@ fn block_result(
                     let whole: Vec<Range<usize>> = shape.iter().map(|&n| 0..n).collect();
                     accs[0].merge(&whole, vec![partial]);
                     return Ok(BlockResult {
+                        fp: [0; 3],
                         bytes_read: n,
                         payload: accs_payload(accs),
                     });
@@ -328,6 +337,7 @@ fn block_result(
                 })
                 .map_err(|e| read_error(plan, i, &region, e))?;
                 return Ok(BlockResult {
+                    fp: [0; 3],
                     bytes_read,
                     payload: accs_payload(accs),
                 });
@@ -367,7 +377,11 @@ fn block_result(
             payload
         }
     };
-    Ok(BlockResult { bytes_read, payload })
+    Ok(BlockResult {
+        bytes_read,
+        payload,
+        fp: [0; 3],
+    })
 }
 
 /// The partials of a block's accumulators, as sent.

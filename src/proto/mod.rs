@@ -14,7 +14,7 @@ use crate::config::workload::Workload;
 use crate::exec::plan::Plan;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The reason the server closes every connection with when it stops (workers still
 /// joining then leave quietly).
@@ -71,6 +71,9 @@ pub struct TaskResult {
     /// The block was written into the output file by the worker ([`DirectOutput`]);
     /// no payload follows.
     pub written: bool,
+    /// Floating-point events of the block: divisions by zero, invalid values,
+    /// overflows (`exec::fpe`).
+    pub fp: [u64; 3],
 }
 
 /// An output the workers that see the same file may write blocks into themselves:
@@ -207,6 +210,9 @@ pub struct Summary {
     pub workers_drained: u64,
     /// Tasks whose results were recovered from an interrupted run's journal.
     pub tasks_resumed: u64,
+    /// Per output: floating-point events of the stages it was computed by (divisions
+    /// by zero, invalid values, overflows), as numpy would warn of them.
+    pub fp_events: Vec<[u64; 3]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -356,6 +362,7 @@ mod tests {
                 len: 16,
                 micros: 5,
                 written: false,
+                fp: [1, 0, 2],
             }],
             peak_rss: 1,
         };

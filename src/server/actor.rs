@@ -124,6 +124,30 @@ impl SitePool {
     }
 }
 
+/// The floating-point events of the stages output `o` is computed by: the stage that
+/// writes it and, through the consts it reads, every reduction before it.
+fn output_events(plan: &Plan, per_stage: &[[u64; 3]], o: u32) -> [u64; 3] {
+    let mut todo: Vec<usize> = plan
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.outputs().contains(&o))
+        .map(|(i, _)| i)
+        .collect();
+    let mut seen = vec![false; plan.stages.len()];
+    let mut sum = [0u64; 3];
+    while let Some(s) = todo.pop() {
+        if std::mem::replace(&mut seen[s], true) {
+            continue;
+        }
+        for (a, b) in sum.iter_mut().zip(per_stage.get(s).copied().unwrap_or_default()) {
+            *a += b;
+        }
+        todo.extend(plan.stages[s].consts().into_iter().map(|c| plan.consts[c as usize].stage as usize));
+    }
+    sum
+}
+
 /// How often the batch system is asked for job states.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -198,6 +222,8 @@ struct Job {
     worker_peaks: HashMap<WorkerId, u64>,
     /// Tasks recovered from the journal of an interrupted run.
     tasks_resumed: u64,
+    /// Floating-point events per stage (`exec::fpe`).
+    fp: Vec<[u64; 3]>,
 }
 
 enum Slot {
@@ -517,7 +543,7 @@ impl Actor {
                         None => took,
                     });
                     if self.core.task_done(now, id, r.task) == Accept::Accepted {
-                        self.absorb(r.task, r.bytes_read, seg, r.written);
+                        self.absorb(r.task, r.bytes_read, seg, r.written, r.fp);
                     } else {
                         tracing::debug!(worker = %id, task = r.task, "stale result discarded");
                     }
@@ -610,6 +636,7 @@ impl Actor {
                     .map(|(i, c)| (i as u32, Accumulator::new(c, &p.plan.stages[c.stage as usize].shape)))
                     .collect();
                 let stage_consts = p.plan.stages.iter().map(|s| s.consts()).collect();
+                let n_stages = p.plan.stages.len();
                 // Results of an interrupted run: replay its partials, skip its blocks.
                 let mut acc: HashMap<u32, Accumulator> = acc;
                 let mut done: Vec<TaskId> = Vec::new();
@@ -663,6 +690,7 @@ impl Actor {
                     workers_drained: 0,
                     worker_peaks: HashMap::new(),
                     tasks_resumed: done.len() as u64,
+                    fp: vec![[0; 3]; n_stages],
                 }));
                 if let Err(e) = self.core.submit_resumed(p.graph, &done) {
                     self.fail_job(format!("internal: {e}"));
@@ -847,7 +875,7 @@ impl Actor {
                 self.core.local_done(task);
             }
             LocalOutcome::Block(Ok(r)) => {
-                self.absorb(task, r.bytes_read, Bytes::from(r.payload), false);
+                self.absorb(task, r.bytes_read, Bytes::from(r.payload), false, r.fp);
                 self.core.local_done(task);
             }
             LocalOutcome::Block(Err(message)) => self.core.local_failed(task, message),
@@ -855,12 +883,15 @@ impl Actor {
     }
 
     /// Merge an accepted block result into the job.
-    fn absorb(&mut self, task: TaskId, bytes_read: u64, payload: Bytes, written: bool) {
+    fn absorb(&mut self, task: TaskId, bytes_read: u64, payload: Bytes, written: bool, fp: [u64; 3]) {
         let Slot::Running(job) = &mut self.slot else { return };
         job.bytes_read += bytes_read;
         let TaskRef::Block { stage, block } = job.map.locate(task) else {
             return;
         };
+        if let Some(s) = job.fp.get_mut(stage as usize) {
+            s.iter_mut().zip(fp).for_each(|(a, b)| *a += b);
+        }
         let st = &job.plan.stages[stage as usize];
         match &st.kind {
             StageKind::Reduce { .. } => match exec::decode_partials(&job.plan, stage, block, &payload) {
@@ -984,6 +1015,9 @@ impl Actor {
             },
             workers_drained: job.workers_drained,
             tasks_resumed: job.tasks_resumed,
+            fp_events: (0..job.plan.outputs.len() as u32)
+                .map(|o| output_events(&job.plan, &job.fp, o))
+                .collect(),
         };
         send(
             &job.client,

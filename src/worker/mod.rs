@@ -521,6 +521,7 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
                         len: payload.len() as u64,
                         micros: started.elapsed().as_micros() as u64,
                         written,
+                        fp: r.fp,
                     },
                     payload,
                 }
