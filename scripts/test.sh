@@ -48,6 +48,33 @@ stage_batch() {
 
 DEFAULT_STAGES=(cargo_test e2e batch)
 
+# What the tests may leave in /tmp: nothing. The private folders of embedded runs
+# (/tmp/drover-XXXXXX; the testbed's own /tmp/drover-testbed excepted) and pytest's
+# base folder, whose retention keeps no test's files.
+tmp_snapshot() {
+    find /tmp -maxdepth 1 -mindepth 1 -name 'drover-*' ! -name drover-testbed -printf '%f\n' 2>/dev/null | sort
+}
+
+tmp_kib() {
+    du -sk "/tmp/pytest-of-$(id -un)" 2>/dev/null | cut -f1 || true
+}
+
+# check_tmp_clean BEFORE_LIST BEFORE_KIB: fails naming what the stages left behind.
+check_tmp_clean() {
+    local new grown
+    new=$(comm -13 <(printf '%s\n' "$1" | sed '/^$/d') <(tmp_snapshot))
+    grown=$(( $(tmp_kib || echo 0) - ${2:-0} ))
+    if [ -n "$new" ]; then
+        printf 'left behind in /tmp: %s\n' "$(echo "$new" | tr '\n' ' ')" >&2
+        return 1
+    fi
+    if [ "${grown:-0}" -gt 20480 ]; then
+        printf 'pytest left %d KiB more in /tmp/pytest-of-%s\n' "$grown" "$(id -un)" >&2
+        return 1
+    fi
+    printf 'nothing new left in /tmp\n' >&2
+}
+
 # ---------------------------------------------------------------- driver
 
 RESULTS=()   # "PASS|FAIL name seconds detail"
@@ -106,12 +133,16 @@ main() {
         printf 'test.sh: set-up FAILED, no test stage ran\n' >&2
         return 1
     fi
+    local tmp_before tmp_before_kib
+    tmp_before=$(tmp_snapshot)
+    tmp_before_kib=$(tmp_kib)
     for s in "${stages[@]}"; do
         run_step "$s" "stage_$s"
     done
+    run_step tmp_clean check_tmp_clean "$tmp_before" "${tmp_before_kib:-0}"
     print_summary
     if [ "${#FAILED[@]}" -gt 0 ]; then
-        printf 'test.sh: FAILED stages: %s (of %d)\n' "${FAILED[*]}" "${#stages[@]}" >&2
+        printf 'test.sh: FAILED stages: %s (of %d, and the /tmp check)\n' "${FAILED[*]}" "${#stages[@]}" >&2
         return 1
     fi
     printf 'test.sh: all %d test stages OK\n' "${#stages[@]}" >&2

@@ -171,3 +171,42 @@ def test_a_killed_rechunk_resumes_from_its_temporary_file(drover, big, tmp_path)
         for i in range(0, SHAPE[1], 90):
             np.testing.assert_array_equal(f["t"][:, i : i + 90], t[:, i : i + 90])
     assert not journal.exists() and not list(tmp_path.glob(".ts.h5.drover-tmp*"))
+
+
+def test_a_worker_with_its_own_bound_runs_fewer_tasks_at_once(drover, big, tmp_path):
+    """A server without a bound plans 64 MiB blocks; a worker of 2 threads told
+    --memory-per-worker 300MB runs one task at a time, says so, and stays within it."""
+    import time
+
+    d, t = big
+    w = workload(d, [{"expr": "t * 2", "file": str(tmp_path / "o.h5"), "dataset": "o"}], name="own.toml")
+    mark = new_mark()
+    env = child_env(mark)
+    srv, logs = tmp_path / "srv", tmp_path / "logs"
+    logs.mkdir()
+
+    def spawn(name: str, args: list) -> subprocess.Popen:
+        return subprocess.Popen([str(drover), *map(str, args)], env={**env, "DROVER_LOG": "info"},
+                                stdout=open(logs / f"{name}.out", "w"), stderr=open(logs / f"{name}.err", "w"),
+                                start_new_session=True)
+
+    procs = [spawn("server", ["server", "start", "--dir", srv])]
+    try:
+        deadline = time.monotonic() + 30
+        while not (srv / "access.toml").exists():
+            assert procs[0].poll() is None and time.monotonic() < deadline, (logs / "server.err").read_text()
+            time.sleep(0.05)
+        procs.append(spawn("worker", ["worker", "--access", srv / "access.toml", "--threads", 2,
+                                      "--memory-per-worker", "300MB"]))
+        r = run_drover(drover, ["run", str(w), "--connect", str(srv), "--json"], timeout=300)
+        assert r.rc == 0, r.describe()
+        assert_within(r.json(), 300_000_000, 1)
+        log = (logs / "worker.err").read_text()
+        assert "running fewer tasks at once to stay within --memory-per-worker" in log and "tasks=1" in log, log[-3000:]
+        with h5py.File(tmp_path / "o.h5") as f:
+            np.testing.assert_array_equal(f["o"][::50], t[::50] * 2)
+        assert run_drover(drover, ["server", "stop", "--dir", srv]).rc == 0
+    finally:
+        for p in procs:
+            kill_group(p)
+        kill_marked(mark)
