@@ -263,28 +263,6 @@ fn stage_memory(plan: &Plan, s: usize) -> StageMemory {
     }
 }
 
-/// The shape of a kernel's value.
-fn shape_of(plan: &Plan, k: &Kernel) -> Vec<usize> {
-    match k {
-        Kernel::Input(i) => plan.inputs[*i as usize].shape.clone(),
-        Kernel::Const(c) => plan.consts[*c as usize].shape.clone(),
-        Kernel::Num(_) => vec![],
-        Kernel::View(_, v) => v.shape(),
-        Kernel::Reshape(_, r) => r.to.clone(),
-        Kernel::Along(_, a) => a.to.clone(),
-        Kernel::Take(src, table, axis) => {
-            let mut s = shape_of(plan, src);
-            s[*axis] = table.len();
-            s
-        }
-        Kernel::Map(_, args) => args
-            .iter()
-            .map(|a| shape_of(plan, a))
-            .reduce(|a, b| geometry::broadcast(&a, &b).unwrap_or(a))
-            .unwrap_or_default(),
-    }
-}
-
 /// The region of the stage's kernel space a block `r` of the stage covers: itself, or
 /// for a contraction written whole, the block with the summed axes whole.
 fn space(st: &super::plan::Stage, r: &[Range<usize>]) -> Vec<Range<usize>> {
@@ -304,7 +282,7 @@ fn seen(region: &[Range<usize>], shape: &[usize]) -> Vec<Range<usize>> {
 /// `leaves_only`: only its leaves (a contraction multiplies tiles without making the
 /// elementwise product).
 fn eval_bytes(plan: &Plan, k: &Kernel, region: &[Range<usize>], leaves_only: bool) -> u64 {
-    let own = seen(region, &shape_of(plan, k));
+    let own = seen(region, &plan.kernel_shape(k));
     let here = region_elems(&own) * 8;
     match k {
         Kernel::Num(_) => 0,
@@ -335,7 +313,7 @@ fn eval_bytes(plan: &Plan, k: &Kernel, region: &[Range<usize>], leaves_only: boo
 
 /// Bytes of input (as stored) kernel `k` reads for `region` of the stage.
 fn read_bytes(plan: &Plan, k: &Kernel, region: &[Range<usize>]) -> u64 {
-    let own = seen(region, &shape_of(plan, k));
+    let own = seen(region, &plan.kernel_shape(k));
     let stored = |i: u32, r: &[Range<usize>]| {
         let inp = &plan.inputs[i as usize];
         if inp.generate.is_some() {

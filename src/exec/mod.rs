@@ -528,20 +528,12 @@ fn for_each_piece(
     }
 }
 
-/// The shape of a kernel leaf (an input, a const or a view of one).
+/// The shape of a kernel leaf (an input, a const or a view of one); none for an
+/// elementwise node.
 fn leaf_shape(plan: &Plan, k: &Kernel) -> Vec<usize> {
     match k {
-        Kernel::Input(i) => plan.inputs[*i as usize].shape.clone(),
-        Kernel::Const(c) => plan.consts[*c as usize].shape.clone(),
-        Kernel::View(_, v) => v.shape(),
-        Kernel::Reshape(_, r) => r.to.clone(),
-        Kernel::Along(_, a) => a.to.clone(),
-        Kernel::Take(src, table, axis) => {
-            let mut s = leaf_shape(plan, src);
-            s[*axis] = table.len();
-            s
-        }
-        Kernel::Num(_) | Kernel::Map(..) => vec![],
+        Kernel::Map(..) => vec![],
+        _ => plan.kernel_shape(k),
     }
 }
 

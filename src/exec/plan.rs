@@ -591,6 +591,28 @@ impl Plan {
         })
     }
 
+    /// The shape of a kernel's value (an elementwise node's: its arguments' broadcast).
+    pub fn kernel_shape(&self, k: &Kernel) -> Vec<usize> {
+        match k {
+            Kernel::Input(i) => self.inputs[*i as usize].shape.clone(),
+            Kernel::Const(c) => self.consts[*c as usize].shape.clone(),
+            Kernel::Num(_) => vec![],
+            Kernel::View(_, v) => v.shape(),
+            Kernel::Reshape(_, r) => r.to.clone(),
+            Kernel::Along(_, a) => a.to.clone(),
+            Kernel::Take(src, table, axis) => {
+                let mut s = self.kernel_shape(src);
+                s[*axis] = table.len();
+                s
+            }
+            Kernel::Map(_, args) => args
+                .iter()
+                .map(|a| self.kernel_shape(a))
+                .reduce(|a, b| super::geometry::broadcast(&a, &b).unwrap_or(a))
+                .unwrap_or_default(),
+        }
+    }
+
     /// The largest payload one task can send: a whole output block, or a block's
     /// partial reductions.
     pub fn largest_result_bytes(&self) -> u64 {
