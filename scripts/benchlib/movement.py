@@ -91,19 +91,6 @@ def workload(bench, case: str):
     return write_workload(BENCH_DIR / f"{case}-{bench.tag}.toml", inputs, outputs)
 
 
-def index_dataset(case: str) -> str:
-    return "t"
-
-
-def block_of(bench, case: str):
-    return out_chunks(bench) if case == "rechunk" else (steps(bench),) + TS_CHUNK
-
-
-def memory_bounds(bench, case: str) -> tuple[int, int]:
-    # drover's own bound is what --explain reports; here: a generous sanity line
-    return 64 * MiB, 64 * MiB
-
-
 # ---- contenders in a child process (dask threads, Cubed): timed inside, memory sampled outside
 
 def child_main(argv: list[str]) -> None:

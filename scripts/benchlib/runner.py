@@ -163,7 +163,8 @@ class Bench:
             mod = self._mod(case)
             self.case_info[case] = chunk_index(mod.data_path(self, case), getattr(mod, "index_dataset", lambda _c: "t")(case))
             res["data"] = self.case_info[case]
-            res["drover_block"] = list(self._mod(case).block_of(self, case))
+            if hasattr(mod, "block_of"):   # the movement cases' blocks are the plan's (--explain)
+                res["drover_block"] = list(mod.block_of(self, case))
         hwm_reset = reset_hwm(self.dask_pids) if self.dask_pids else False
         if self.dask_pids and not hwm_reset:
             res["dask_memory_note"] = "could not reset VmHWM of dask workers: peaks are since their start"

@@ -690,13 +690,8 @@ fn eval_regions(
             Ok(kernel::const_slice(&whole, region))
         }
         Kernel::Take(..) => take_region(plan, consts, leaf, region),
-        Kernel::Reshape(..) => {
-            let (a, n) = reshape_region(plan, datasets, consts, leaf, &operand_region(region, &leaf_shape(plan, leaf)))?;
-            bytes_read += n;
-            Ok(a)
-        }
-        Kernel::Along(..) => {
-            let (a, n) = along_region(plan, datasets, consts, leaf, &operand_region(region, &leaf_shape(plan, leaf)))?;
+        Kernel::Reshape(..) | Kernel::Along(..) => {
+            let (a, n) = derived_region(plan, datasets, consts, leaf, &operand_region(region, &leaf_shape(plan, leaf)))?;
             bytes_read += n;
             Ok(a)
         }
@@ -706,13 +701,8 @@ fn eval_regions(
             let src = v.source_region(&operand_region(region, &v.shape()));
             match **leaf {
                 Kernel::Take(..) => Ok(v.apply(take_region(plan, consts, leaf, &src)?.view())),
-                Kernel::Reshape(..) => {
-                    let (a, n) = reshape_region(plan, datasets, consts, leaf, &src)?;
-                    bytes_read += n;
-                    Ok(v.apply(a.view()))
-                }
-                Kernel::Along(..) => {
-                    let (a, n) = along_region(plan, datasets, consts, leaf, &src)?;
+                Kernel::Reshape(..) | Kernel::Along(..) => {
+                    let (a, n) = derived_region(plan, datasets, consts, leaf, &src)?;
                     bytes_read += n;
                     Ok(v.apply(a.view()))
                 }
@@ -739,34 +729,28 @@ fn eval_regions(
     Ok((values.into_iter().map(|v| materialize(v, &shape)).collect(), bytes_read))
 }
 
-/// `region` of a reshape: its operand evaluated over the box the region needs, picked.
-fn reshape_region(
+/// `region` of a leaf computed from another region of its operand: a reshape (the
+/// box of its operand the region needs, picked) or an operation along axes (whole
+/// lanes, a halo, the start of a scan's segment; computed with its carry).
+fn derived_region(
     plan: &Plan,
     datasets: &[Source],
     consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
     k: &Kernel,
     region: &[Range<usize>],
 ) -> Result<(ArrayD<f64>, u64), ExecError> {
-    let Kernel::Reshape(arg, r) = k else { unreachable!("a reshape") };
-    let (a, n) = eval_region(plan, datasets, consts, arg, &r.source_region(region))?;
-    Ok((r.pick(a, region), n))
-}
-
-/// `region` of an operation along axes: its operand evaluated over the region it
-/// needs (whole lanes, a halo, the start of a scan's segment), then computed.
-fn along_region(
-    plan: &Plan,
-    datasets: &[Source],
-    consts: &dyn Fn(u32) -> Option<Arc<ArrayD<f64>>>,
-    k: &Kernel,
-    region: &[Range<usize>],
-) -> Result<(ArrayD<f64>, u64), ExecError> {
-    let Kernel::Along(arg, along) = k else {
-        unreachable!("an operation along axes")
-    };
-    let (a, n) = eval_region(plan, datasets, consts, arg, &along.source_region(region))?;
-    let carry = along.carry.map(|c| consts(c).ok_or(ExecError::MissingConst(c))).transpose()?;
-    Ok((along.compute(a, region, carry.as_deref()), n))
+    match k {
+        Kernel::Reshape(arg, r) => {
+            let (a, n) = eval_region(plan, datasets, consts, arg, &r.source_region(region))?;
+            Ok((r.pick(a, region), n))
+        }
+        Kernel::Along(arg, along) => {
+            let (a, n) = eval_region(plan, datasets, consts, arg, &along.source_region(region))?;
+            let carry = along.carry.map(|c| consts(c).ok_or(ExecError::MissingConst(c))).transpose()?;
+            Ok((along.compute(a, region, carry.as_deref()), n))
+        }
+        _ => unreachable!("a reshape or an operation along axes"),
+    }
 }
 
 fn count_leaf(k: &Kernel, input: u32) -> usize {

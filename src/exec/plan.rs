@@ -356,19 +356,107 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Each input inspected (shape, type, chunks, CF decoding, time, dimensions) with its
+/// blocks: `chunks=` as given, else whole HDF5 chunks near `target` elements.
+fn inspect_inputs(w: &Workload, target: usize) -> Result<Vec<InputSpec>, PlanError> {
+    let mut inputs = Vec::new();
+    for inp in &w.inputs {
+        let info = match &inp.generate {
+            Some(g) => hdf::DatasetInfo {
+                shape: g.shape.clone(),
+                dtype: Dtype::F64,
+                chunk: None,
+                cf: None,
+                time: Default::default(),
+                dims: Default::default(),
+                attrs: Default::default(),
+            },
+            None => hdf::inspect(&inp.file, &inp.dataset, inp.decode, inp.time.as_deref()).map_err(|reason| PlanError::Input {
+                name: inp.name.clone(),
+                reason,
+            })?,
+        };
+        let block = match &inp.chunks {
+            Some(c) if c.len() != info.shape.len() => {
+                return Err(PlanError::ChunkRank {
+                    name: inp.name.clone(),
+                    chunks: c.clone(),
+                    dataset: inp.dataset.clone(),
+                    shape: info.shape,
+                });
+            }
+            Some(c) => c.iter().zip(&info.shape).map(|(&b, &s)| b.min(s.max(1))).collect(),
+            None => auto_block(&info.shape, info.chunk.as_deref(), target),
+        };
+        inputs.push(InputSpec {
+            name: inp.name.clone(),
+            file: inp.file.clone(),
+            dataset: inp.dataset.clone(),
+            shape: info.shape,
+            dtype: info.dtype,
+            block,
+            hdf5_chunk: info.chunk,
+            generate: inp.generate.clone(),
+            cf: info.cf,
+            time: info.time,
+            dims: info.dims,
+            attrs: info.attrs,
+        });
+    }
+    Ok(inputs)
+}
+
+/// A block of whole HDF5 chunks (rows of the leading dimension when contiguous) of
+/// about `target` elements.
+fn auto_block(shape: &[usize], chunk: Option<&[usize]>, target: usize) -> Vec<usize> {
+    let chunk = chunk.map_or_else(
+        || shape.iter().enumerate().map(|(i, &s)| if i == 0 { 1 } else { s.max(1) }).collect(),
+        <[usize]>::to_vec,
+    );
+    default_block(shape, &chunk, target)
+}
+
+/// Output targets checked before any computation: distinct, not an input, writable.
+fn check_outputs(w: &Workload) -> Result<(), PlanError> {
+    for (i, out) in w.outputs.iter().enumerate() {
+        for (j, prev) in w.outputs[..i].iter().enumerate() {
+            if prev.dataset == out.dataset && same_file(&prev.file, &out.file) {
+                return Err(PlanError::DuplicateOutput {
+                    a: j,
+                    b: i,
+                    file: out.file.clone(),
+                    dataset: out.dataset.clone(),
+                });
+            }
+        }
+        if let Some(inp) = w.inputs.iter().find(|inp| same_file(&inp.file, &out.file)) {
+            return Err(PlanError::OverwritesInput {
+                index: i,
+                file: out.file.clone(),
+                input: inp.name.clone(),
+            });
+        }
+        check_writable(i, &out.file)?;
+    }
+
+    Ok(())
+}
+
 impl Plan {
-    /// Inspect inputs, parse and check expressions, and lower them into stages.
     /// Inspect the inputs, resolve and lower the outputs: the plan of a workload. Under
     /// a memory bound ([`Workload::memory`]) blocks are made smaller until the plan's
-    /// tasks fit it ([`super::memory`]), and a plan that cannot fit is refused.
+    /// tasks fit it ([`super::memory`]), and a plan that cannot fit is refused. Inputs
+    /// are inspected and outputs checked once, whatever the number of tries.
     pub fn build(w: &Workload) -> Result<Plan, PlanError> {
+        let mut inputs = inspect_inputs(w, DEFAULT_BLOCK_ELEMS)?;
+        check_outputs(w)?;
         let Some(bound) = &w.memory else {
-            return Plan::build_at(w, DEFAULT_BLOCK_ELEMS);
+            return Plan::lower_all(w, inputs, DEFAULT_BLOCK_ELEMS);
         };
         let mut target = DEFAULT_BLOCK_ELEMS;
         let mut last: Option<u64> = None;
         loop {
-            let plan = Plan::build_at(w, target)?;
+            let plan = Plan::lower_all(w, inputs.clone(), target)?;
             let fp = super::memory::footprint(&plan, bound.threads);
             if fp.total() <= bound.bytes {
                 return Ok(plan);
@@ -382,87 +470,17 @@ impl Plan {
             }
             last = Some(fp.total());
             target /= 2;
+            for (inp, spec) in w.inputs.iter().zip(&mut inputs) {
+                if inp.chunks.is_none() {
+                    spec.block = auto_block(&spec.shape, spec.hdf5_chunk.as_deref(), target);
+                }
+            }
         }
     }
 
-    fn build_at(w: &Workload, target: usize) -> Result<Plan, PlanError> {
-        let mut inputs = Vec::new();
-        for inp in &w.inputs {
-            let info = match &inp.generate {
-                Some(g) => hdf::DatasetInfo {
-                    shape: g.shape.clone(),
-                    dtype: Dtype::F64,
-                    chunk: None,
-                    cf: None,
-                    time: Default::default(),
-                    dims: Default::default(),
-                    attrs: Default::default(),
-                },
-                None => hdf::inspect(&inp.file, &inp.dataset, inp.decode, inp.time.as_deref()).map_err(|reason| PlanError::Input {
-                    name: inp.name.clone(),
-                    reason,
-                })?,
-            };
-            let block = match &inp.chunks {
-                Some(c) if c.len() != info.shape.len() => {
-                    return Err(PlanError::ChunkRank {
-                        name: inp.name.clone(),
-                        chunks: c.clone(),
-                        dataset: inp.dataset.clone(),
-                        shape: info.shape,
-                    });
-                }
-                Some(c) => c.iter().zip(&info.shape).map(|(&b, &s)| b.min(s.max(1))).collect(),
-                None => {
-                    let chunk = info.chunk.clone().unwrap_or_else(|| {
-                        // Contiguous: rows of the leading dimension.
-                        info.shape
-                            .iter()
-                            .enumerate()
-                            .map(|(i, &s)| if i == 0 { 1 } else { s.max(1) })
-                            .collect()
-                    });
-                    default_block(&info.shape, &chunk, target)
-                }
-            };
-            inputs.push(InputSpec {
-                name: inp.name.clone(),
-                file: inp.file.clone(),
-                dataset: inp.dataset.clone(),
-                shape: info.shape,
-                dtype: info.dtype,
-                block,
-                hdf5_chunk: info.chunk,
-                generate: inp.generate.clone(),
-                cf: info.cf,
-                time: info.time,
-                dims: info.dims,
-                attrs: info.attrs,
-            });
-        }
+    /// Resolve and lower the outputs over `inputs`, blocks aiming at `target` elements.
+    fn lower_all(w: &Workload, inputs: Vec<InputSpec>, target: usize) -> Result<Plan, PlanError> {
         let names: HashMap<&str, u32> = inputs.iter().enumerate().map(|(i, s)| (s.name.as_str(), i as u32)).collect();
-
-        // Output targets before any computation.
-        for (i, out) in w.outputs.iter().enumerate() {
-            for (j, prev) in w.outputs[..i].iter().enumerate() {
-                if prev.dataset == out.dataset && same_file(&prev.file, &out.file) {
-                    return Err(PlanError::DuplicateOutput {
-                        a: j,
-                        b: i,
-                        file: out.file.clone(),
-                        dataset: out.dataset.clone(),
-                    });
-                }
-            }
-            if let Some(inp) = w.inputs.iter().find(|inp| same_file(&inp.file, &out.file)) {
-                return Err(PlanError::OverwritesInput {
-                    index: i,
-                    file: out.file.clone(),
-                    input: inp.name.clone(),
-                });
-            }
-            check_writable(i, &out.file)?;
-        }
 
         let lets = super::resolve::Lets::new(&w.lets);
         let mut resolved = Vec::new();

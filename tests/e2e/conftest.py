@@ -679,6 +679,22 @@ def wait_for(
         time.sleep(interval)
 
 
+def spawn_logged(drover: Path, args: Sequence[Any], logs: Path, name: str, env: Mapping[str, str]) -> subprocess.Popen:
+    """drover ARGS in a session of its own, its output in logs/NAME.out and NAME.err
+    (the caller kills its group: kill_group)."""
+    with open(logs / f"{name}.out", "w") as out, open(logs / f"{name}.err", "w") as err:
+        return subprocess.Popen([str(drover), *map(str, args)], env=dict(env), stdout=out, stderr=err,
+                                start_new_session=True)
+
+
+def wait_for_access(server: subprocess.Popen, srv: Path, logs: Path, name: str = "server") -> Path:
+    """The access file of `drover server start --dir SRV` once it exists."""
+    access = srv / "access.toml"
+    wait_for(access.exists, 30.0, f"{access}",
+             fail_fast=lambda: (logs / f"{name}.err").read_text() if server.poll() is not None else None)
+    return access
+
+
 def iter_lines(text: str) -> Iterable[str]:
     return (line for line in text.splitlines())
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from conftest import ORACLE_FUNCS, Case, Input, assert_refused, read_h5, run_drover, run_workload, to_toml, write_h5
+from conftest import ORACLE_FUNCS, Case, Input, assert_refused, oracle_natural, run_drover, run_workload, to_toml, write_h5
 
 
 def _rolling(method: str):
@@ -105,8 +105,6 @@ def test_order_statistics_sort_and_differences_equal_numpy_bit_for_bit(drover, t
     run, result, values = run_workload(drover, tmp_path, inputs, cases)
     assert result["tasks_total"] > 5 * len(cases), "the operands must cross many blocks"
     arrays = {n: inp.data for n, inp in inputs.items()}
-    from conftest import oracle_natural
-
     for c in cases:
         want = oracle_natural(c.expr, arrays)
         np.testing.assert_array_equal(values[c.dataset], want.astype(values[c.dataset].dtype), err_msg=c.expr)

@@ -5,7 +5,6 @@ that resumes after a kill, and --explain."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import assert_refused, child_env, kill_group, kill_marked, new_mark, run_drover, to_toml, wait_marked_gone
+from conftest import (assert_refused, child_env, kill_group, kill_marked, new_mark, run_drover, spawn_logged, to_toml,
+                      wait_for_access, wait_marked_gone)
 from test_resilience import wait_for_journal_records
 
 MiB = 1 << 20
@@ -176,28 +176,17 @@ def test_a_killed_rechunk_resumes_from_its_temporary_file(drover, big, tmp_path)
 def test_a_worker_with_its_own_bound_runs_fewer_tasks_at_once(drover, big, tmp_path):
     """A server without a bound plans 64 MiB blocks; a worker of 2 threads told
     --memory-per-worker 300MB runs one task at a time, says so, and stays within it."""
-    import time
-
     d, t = big
     w = workload(d, [{"expr": "t * 2", "file": str(tmp_path / "o.h5"), "dataset": "o"}], name="own.toml")
     mark = new_mark()
-    env = child_env(mark)
+    env = {**child_env(mark), "DROVER_LOG": "info"}
     srv, logs = tmp_path / "srv", tmp_path / "logs"
     logs.mkdir()
-
-    def spawn(name: str, args: list) -> subprocess.Popen:
-        return subprocess.Popen([str(drover), *map(str, args)], env={**env, "DROVER_LOG": "info"},
-                                stdout=open(logs / f"{name}.out", "w"), stderr=open(logs / f"{name}.err", "w"),
-                                start_new_session=True)
-
-    procs = [spawn("server", ["server", "start", "--dir", srv])]
+    procs = [spawn_logged(drover, ["server", "start", "--dir", srv], logs, "server", env)]
     try:
-        deadline = time.monotonic() + 30
-        while not (srv / "access.toml").exists():
-            assert procs[0].poll() is None and time.monotonic() < deadline, (logs / "server.err").read_text()
-            time.sleep(0.05)
-        procs.append(spawn("worker", ["worker", "--access", srv / "access.toml", "--threads", 2,
-                                      "--memory-per-worker", "300MB"]))
+        access = wait_for_access(procs[0], srv, logs)
+        procs.append(spawn_logged(drover, ["worker", "--access", access, "--threads", 2, "--memory-per-worker", "300MB"],
+                                  logs, "worker", env))
         r = run_drover(drover, ["run", str(w), "--connect", str(srv), "--json"], timeout=300)
         assert r.rc == 0, r.describe()
         assert_within(r.json(), 300_000_000, 1)

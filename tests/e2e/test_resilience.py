@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import child_env, kill_group, kill_marked, new_mark, run_drover, wait_marked_gone
+from conftest import child_env, kill_group, kill_marked, new_mark, run_drover, spawn_logged, wait_for_access, wait_marked_gone
 
 # Much compute from little data: (rows, 1) x (1, cols) broadcast, reduced per row.
 EXPR = "sum(sin(a * b) ** 2 + cos(a + b) * exp(-a * b), axis=1)"
@@ -115,17 +115,12 @@ def test_workers_draining_before_their_walltime_lose_nothing(drover, tmp_path):
     logs.mkdir()
 
     def spawn(name: str, args: list) -> subprocess.Popen:
-        return subprocess.Popen([str(drover), *map(str, args)], env=env, stdout=open(logs / f"{name}.out", "w"),
-                                stderr=open(logs / f"{name}.err", "w"), start_new_session=True)
+        return spawn_logged(drover, args, logs, name, env)
 
     server = spawn("server", ["server", "start", "--dir", srv])
     procs = [server]
     try:
-        deadline = time.monotonic() + 30
-        while not (srv / "access.toml").exists():
-            assert server.poll() is None and time.monotonic() < deadline, (logs / "server.err").read_text()
-            time.sleep(0.05)
-        access = srv / "access.toml"
+        access = wait_for_access(server, srv, logs)
         started = time.monotonic()
         draining = [spawn(f"drain{i}", ["worker", "--access", access, "--threads", 1, "--walltime", 20]) for i in range(2)]
         steady = spawn("steady", ["worker", "--access", access, "--threads", 2])

@@ -58,16 +58,12 @@ impl Along {
                 let ax = self.axis();
                 let start = region[ax].start;
                 let src_start = if *seg == 0 { 0 } else { start / seg * seg };
-                let ident = match op {
-                    Scan::Sum | Scan::NanSum => 0.0,
-                    Scan::Prod | Scan::NanProd => 1.0,
-                };
-                let step = |acc: f64, x: f64| match op {
-                    Scan::Sum => acc + x,
-                    Scan::Prod => acc * x,
-                    Scan::NanSum => acc + if x.is_nan() { 0.0 } else { x },
-                    Scan::NanProd => acc * if x.is_nan() { 1.0 } else { x },
-                };
+                // Sums add, products multiply; the nan forms take NaN as the identity.
+                let adds = matches!(op, Scan::Sum | Scan::NanSum);
+                let ident = if adds { 0.0 } else { 1.0 };
+                let combine = |acc: f64, x: f64| if adds { acc + x } else { acc * x };
+                let skips = matches!(op, Scan::NanSum | Scan::NanProd);
+                let step = |acc: f64, x: f64| combine(acc, if skips && x.is_nan() { ident } else { x });
                 let lane_shape: Vec<usize> = shape.iter().enumerate().filter(|&(d, _)| d != ax).map(|(_, &n)| n).collect();
                 // Each lane starts from the totals of the segments before its source.
                 let mut init = ArrayD::from_elem(IxDyn(&lane_shape), ident);
@@ -78,10 +74,7 @@ impl Along {
                         part.slice_axis_inplace(Axis(d), Slice::from(r));
                     }
                     Zip::from(&mut init).and(part.lanes(Axis(ax))).for_each(|i, totals| {
-                        *i = totals.iter().fold(ident, |acc, &t| match op {
-                            Scan::Sum | Scan::NanSum => acc + t,
-                            Scan::Prod | Scan::NanProd => acc * t,
-                        });
+                        *i = totals.iter().fold(ident, |acc, &t| combine(acc, t));
                     });
                 }
                 let skip = start - src_start;

@@ -165,19 +165,17 @@ impl Along {
         }
         if self.whole_axes() {
             let lane = self.lane_len();
+            // The result dimensions that follow a kept (not operated) operand axis.
+            let kept: Vec<usize> = (0..b.len())
+                .filter(|&j| self.operand_dim(j).is_some_and(|d| !self.axes.contains(&d)))
+                .collect();
             loop {
-                let cells: usize = (0..b.len())
-                    .filter(|&j| self.operand_dim(j).is_some_and(|d| !self.axes.contains(&d)))
-                    .map(|j| b[j])
-                    .product();
+                let cells: usize = kept.iter().map(|&j| b[j]).product();
                 if cells.saturating_mul(lane) <= target {
                     break;
                 }
                 // Halve the longest block among the kept dimensions.
-                let Some(j) = (0..b.len())
-                    .filter(|&j| self.operand_dim(j).is_some_and(|d| !self.axes.contains(&d)) && b[j] > 1)
-                    .max_by_key(|&j| b[j])
-                else {
+                let Some(&j) = kept.iter().filter(|&&j| b[j] > 1).max_by_key(|&&j| b[j]) else {
                     break;
                 };
                 b[j] = b[j].div_ceil(2);
