@@ -191,7 +191,10 @@ def make_data(args) -> None:
         elif surface.is_surface(case):
             surface.ensure_data(case, size)
         elif movement.is_movement(case):
-            movement.ensure_data("quick" if args.quick else "full")
+            if case.endswith("-gzip"):
+                movement.ensure_gzip("quick" if args.quick else "full")
+            else:
+                movement.ensure_data("quick" if args.quick else "full")
 
 
 def main(argv=None) -> int:

@@ -91,6 +91,8 @@ CONTENDERS["gzip-anomaly"] = ["drover", "drover-1w", "dask-threads", "dask.distr
 # the data-movement cases (movement.py)
 CONTENDERS["rechunk"] = ["drover", "dask-threads", "dask.distributed", "cubed"]
 CONTENDERS["median-time"] = ["drover", "dask-threads", "dask.distributed"]
+CONTENDERS["rechunk-gzip"] = ["drover", "dask-threads", "dask.distributed", "cubed"]
+CONTENDERS["median-time-gzip"] = ["drover", "dask-threads", "dask.distributed"]
 
 CLASSIC_CASES = ["reduction", "anomaly", "tiny"]
 ALL_CASES = list(CONTENDERS)
@@ -100,7 +102,7 @@ CASE_GROUPS = {
     "compressed": list(COMPRESSED),
     "tinychunks": list(TINY_CHUNKED),
     "surface": ["masked-mean", "matmul", "gzip-anomaly"],
-    "movement": ["rechunk", "median-time"],
+    "movement": ["rechunk", "median-time", "rechunk-gzip", "median-time-gzip"],
 }
 QUICK_SKIPS = {"tiny-2m"}         # left out of a group under --quick (name it to run it)
 

@@ -1,5 +1,8 @@
 """Data-movement cases (issue 12): a float64 field (2048, 256, 512) = 2 GiB stored one
-time step per HDF5 chunk (--quick: 256 steps, 256 MiB), uncompressed.
+time step per HDF5 chunk (--quick: 256 steps, 256 MiB), uncompressed; the `-gzip` cases
+read the same values compressed (gzip level 4 + shuffle, same chunks), which drover
+reads through a staging copy (each chunk decoded once) where dask and Cubed decode
+each chunk per task that needs part of it.
 
 - rechunk: time-step chunks to time-series chunks (T, 16, 16), written to HDF5. drover:
   `expr = "t"` with `chunks = [T, 16, 16]`; dask: `x.rechunk((T, 16, 16))` stored into an
@@ -37,8 +40,9 @@ from .memory import TreeSampler
 GRID = (256, 512)
 STEPS = {"full": 2048, "quick": 256}
 TS_CHUNK = (16, 16)            # time-series chunks: (T, 16, 16)
-CASES = ["rechunk", "median-time"]
-NOTES = {"median-time": ["cubed left out: Cubed 0.27 has no median or quantile"]}
+CASES = ["rechunk", "median-time", "rechunk-gzip", "median-time-gzip"]
+NO_MEDIAN = "cubed left out: Cubed 0.27 has no median or quantile"
+NOTES = {"median-time": [NO_MEDIAN], "median-time-gzip": [NO_MEDIAN]}
 
 
 def is_movement(case: str) -> bool:
@@ -46,7 +50,12 @@ def is_movement(case: str) -> bool:
 
 
 def data_path(bench, case: str | None = None) -> Path:
-    return BENCH_DIR / f"steps-{STEPS[bench.tag]}.h5"
+    gz = "-gzip" if case and case.endswith("-gzip") else ""
+    return BENCH_DIR / f"steps-{STEPS[bench.tag]}{gz}.h5"
+
+
+def base_case(case: str) -> str:
+    return case.removesuffix("-gzip")
 
 
 def ensure_data(size_tag: str) -> Path:
@@ -73,6 +82,31 @@ def ensure_data(size_tag: str) -> Path:
     return path
 
 
+def ensure_gzip(size_tag: str) -> Path:
+    """The same values as `ensure_data`'s, gzip (level 4) + shuffle in the same chunks."""
+    plain = ensure_data(size_tag)
+    path = plain.with_name(plain.stem + "-gzip.h5")
+    with h5py.File(plain, "r") as f:
+        spec = f["t"].attrs["bench_spec"] + " gzip4+shuffle"
+    try:
+        with h5py.File(path, "r") as f:
+            if f["t"].attrs.get("bench_spec") == spec:
+                return path
+    except (OSError, KeyError):
+        pass
+    log(f"making {path.name}: {plain.name} with gzip level 4 + shuffle")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with h5py.File(plain, "r") as f, h5py.File(tmp, "w") as g:
+        s = f["t"]
+        d = g.create_dataset("t", shape=s.shape, dtype=s.dtype, chunks=s.chunks, compression="gzip",
+                             compression_opts=4, shuffle=True)
+        for i in range(0, s.shape[0], 64):
+            d[i:i + 64] = s[i:i + 64]
+        d.attrs["bench_spec"] = spec
+    os.replace(tmp, path)
+    return path
+
+
 def steps(bench) -> int:
     return STEPS[bench.tag]
 
@@ -82,9 +116,9 @@ def out_chunks(bench) -> tuple[int, int, int]:
 
 
 def workload(bench, case: str):
-    p = data_path(bench)
+    p = data_path(bench, case)
     inputs = {"t": {"file": p.name, "dataset": "/t"}}
-    if case == "rechunk":
+    if base_case(case) == "rechunk":
         outputs = [{"expr": "t", "file": f"out/{case}-drover.h5", "dataset": "/t", "chunks": list(out_chunks(bench))}]
     else:
         outputs = [{"expr": "nanmedian(t, axis=0)", "file": f"out/{case}-drover.h5", "dataset": "/m"}]
@@ -96,7 +130,7 @@ def workload(bench, case: str):
 def child_main(argv: list[str]) -> None:
     """`python -m benchlib.movement CASE WHO SRC OUT STEPS WORKERS`: one contender, prints
     {"seconds": ...} (timed after the imports)."""
-    case, who, src, out, t, workers = argv[0], argv[1], argv[2], argv[3], int(argv[4]), int(argv[5])
+    case, who, src, out, t, workers = base_case(argv[0]), argv[1], argv[2], argv[3], int(argv[4]), int(argv[5])
     chunks = (t,) + TS_CHUNK
     if who == "dask-threads":
         import dask
@@ -131,9 +165,9 @@ def _child(bench, case: str, who: str) -> dict:
     out = bench.out_path(case, who)
     if who == "cubed":
         out = out.with_suffix(".zarr")
-    elif case == "median-time":
+    elif base_case(case) == "median-time":
         out = out.with_suffix(".npy")
-    argv = [sys.executable, "-m", "benchlib.movement", case, who, str(data_path(bench)), str(out),
+    argv = [sys.executable, "-m", "benchlib.movement", case, who, str(data_path(bench, case)), str(out),
             str(steps(bench)), str(bench.args.workers)]
     wall0 = time.perf_counter()
     p = subprocess.Popen(argv, cwd=str(Path(__file__).resolve().parent.parent), stdout=subprocess.PIPE,
@@ -164,10 +198,10 @@ def run_one(bench, case: str, who: str) -> dict:
     import dask.array as da
     from distributed import Lock
 
-    src = data_path(bench)
+    src = data_path(bench, case)
     t0 = time.perf_counter()
     x = da.from_array(H5Source(str(src), "t"), chunks=(1,) + GRID)
-    if case == "rechunk":
+    if base_case(case) == "rechunk":
         out = bench.out_path(case, who)
         chunks = out_chunks(bench)
         with h5py.File(out, "w") as g:
@@ -187,9 +221,9 @@ def _median_reference(path: Path) -> np.ndarray:
 
 
 def check(bench, case: str, warm: dict) -> dict:
-    src = data_path(bench)
+    src = data_path(bench, case)
     checks = {}
-    if case == "median-time":
+    if base_case(case) == "median-time":
         ref = _median_reference(src)
         for who, r in warm.items():
             if who == "drover":

@@ -47,6 +47,15 @@ pub fn explain(plan: &Plan, bound: Option<&MemoryBound>, threads: u32, json: boo
             fmt_shape(&st.block)
         );
     }
+    for (o, i) in staging(plan) {
+        let _ = writeln!(
+            out,
+            "staging: input \"{}\" is compressed and its chunks would be decoded by many tasks: copied once, uncompressed, to {} ({} on disk, removed at the end)",
+            plan.inputs[i as usize].name,
+            crate::exec::staging::temp_name(&o.file).display(),
+            mib(crate::exec::staging::staged_bytes(plan, i)),
+        );
+    }
     let _ = write!(
         out,
         "memory per worker: base {} + input buffers {} + consts {} + {} thread{} x {} = {}",
@@ -73,6 +82,11 @@ pub fn explain(plan: &Plan, bound: Option<&MemoryBound>, threads: u32, json: boo
     out
 }
 
+/// The plan's staging copies: each output that is one, and the input it copies.
+fn staging(plan: &Plan) -> impl Iterator<Item = (&crate::exec::plan::OutputSpec, u32)> {
+    plan.outputs.iter().filter_map(|o| Some((o, o.staging?)))
+}
+
 fn to_json(plan: &Plan, fp: &Footprint, bound: Option<&MemoryBound>) -> serde_json::Value {
     let stages: Vec<serde_json::Value> = fp
         .stages
@@ -89,8 +103,18 @@ fn to_json(plan: &Plan, fp: &Footprint, bound: Option<&MemoryBound>) -> serde_js
             })
         })
         .collect();
+    let staged: Vec<serde_json::Value> = staging(plan)
+        .map(|(o, i)| {
+            serde_json::json!({
+                "input": plan.inputs[i as usize].name,
+                "file": crate::exec::staging::temp_name(&o.file),
+                "bytes": o.shape.iter().map(|&n| n as u64).product::<u64>() * o.dtype.size() as u64,
+            })
+        })
+        .collect();
     serde_json::json!({
         "stages": stages,
+        "staging": staged,
         "memory": {
             "base_bytes": fp.base,
             "input_buffer_bytes": fp.inputs,

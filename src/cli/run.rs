@@ -50,7 +50,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     }
     let decoded = decoded_inputs(&plan);
     // Output files there before the run, which a successful run replaces.
-    let mut existing: Vec<std::path::PathBuf> = plan.outputs.iter().map(|o| o.file.clone()).filter(|f| f.exists()).collect();
+    let mut existing: Vec<std::path::PathBuf> = plan.user_outputs().iter().map(|o| o.file.clone()).filter(|f| f.exists()).collect();
     existing.sort();
     existing.dedup();
     let rt = runtime_builder()?;
@@ -119,6 +119,7 @@ struct InputReport {
 fn decoded_inputs(plan: &Plan) -> Vec<InputReport> {
     plan.inputs
         .iter()
+        .filter(|i| i.staged.is_none())
         .map(|i| InputReport {
             name: i.name.clone(),
             cf: i.cf.clone(),

@@ -105,7 +105,10 @@ pub fn describe_stage(plan: &Plan, stage: usize) -> String {
     match &st.kind {
         StageKind::Write { output } => {
             let o = &plan.outputs[*output as usize];
-            format!("outputs[{output}] (\"{}\")", o.expr)
+            match o.staging {
+                Some(i) => format!("a staging copy of input \"{}\" (uncompressed)", plan.inputs[i as usize].name),
+                None => format!("outputs[{output}] (\"{}\")", o.expr),
+            }
         }
         StageKind::Reduce { consts } => {
             let ops: Vec<String> = consts
@@ -313,27 +316,32 @@ fn eval_bytes(plan: &Plan, k: &Kernel, region: &[Range<usize>], leaves_only: boo
 
 /// Bytes of input (as stored) kernel `k` reads for `region` of the stage.
 fn read_bytes(plan: &Plan, k: &Kernel, region: &[Range<usize>]) -> u64 {
-    let own = seen(region, &plan.kernel_shape(k));
-    let stored = |i: u32, r: &[Range<usize>]| {
+    let mut n = 0;
+    input_regions(plan, k, region, &mut |i, r| {
         let inp = &plan.inputs[i as usize];
-        if inp.generate.is_some() {
-            0
-        } else {
-            region_elems(r) * inp.dtype.size() as u64
+        if inp.generate.is_none() {
+            n += region_elems(r) * inp.dtype.size() as u64;
         }
-    };
+    });
+    n
+}
+
+/// Call `f` with each input leaf of kernel `k` and the region of it that `region` of
+/// the stage reads.
+pub fn input_regions(plan: &Plan, k: &Kernel, region: &[Range<usize>], f: &mut dyn FnMut(u32, &[Range<usize>])) {
+    let own = seen(region, &plan.kernel_shape(k));
     match k {
-        Kernel::Input(i) => stored(*i, &own),
-        Kernel::Map(_, args) => args.iter().map(|a| read_bytes(plan, a, &own)).sum(),
+        Kernel::Input(i) => f(*i, &own),
+        Kernel::Map(_, args) => args.iter().for_each(|a| input_regions(plan, a, &own, f)),
         Kernel::View(leaf, v) => {
             let src = v.source_region(&own);
             match &**leaf {
-                Kernel::Input(i) => stored(*i, &src),
-                other => read_bytes(plan, other, &src),
+                Kernel::Input(i) => f(*i, &src),
+                other => input_regions(plan, other, &src, f),
             }
         }
-        Kernel::Reshape(arg, r) => read_bytes(plan, arg, &r.source_region(&own)),
-        Kernel::Along(arg, a) => read_bytes(plan, arg, &a.source_region(&own)),
-        Kernel::Num(_) | Kernel::Const(_) | Kernel::Take(..) => 0,
+        Kernel::Reshape(arg, r) => input_regions(plan, arg, &r.source_region(&own), f),
+        Kernel::Along(arg, a) => input_regions(plan, arg, &a.source_region(&own), f),
+        Kernel::Num(_) | Kernel::Const(_) | Kernel::Take(..) => {}
     }
 }

@@ -70,6 +70,9 @@ pub enum AxisFrom {
     Input { input: u32, axis: usize, pick: Pick },
     /// The groups of a grouped reduction (their keys), these of them.
     Groups { by: GroupBy, keys: Vec<i64>, pick: Pick },
+    /// A new axis with a coordinate of its own: the quantiles of a tuple `q`
+    /// (`quantile`, fractions in [0, 1] as xarray's `quantile` labels them).
+    Values { name: &'static str, values: Vec<f64> },
     /// Nothing known (a reshape's new axis, a broadcast literal, a kept axis).
     Unknown,
 }
@@ -139,7 +142,7 @@ fn method(op: ReduceOp) -> (Option<&'static str>, bool) {
 pub fn axis_name(inputs: &[InputSpec], a: &AxisFrom) -> Option<String> {
     match a {
         AxisFrom::Input { input, axis, .. } => inputs[*input as usize].dims.get(*axis).map(|d| d.name.clone()),
-        AxisFrom::Groups { .. } | AxisFrom::Unknown => None,
+        AxisFrom::Groups { .. } | AxisFrom::Values { .. } | AxisFrom::Unknown => None,
     }
 }
 
@@ -276,6 +279,10 @@ fn walk(node: &Node, inputs: &[InputSpec]) -> Walk {
                             keys: keys.clone(),
                             pick: pick.then_range(*start, *step, *len),
                         },
+                        AxisFrom::Values { name, values } => AxisFrom::Values {
+                            name,
+                            values: (0..*len).map(|i| values[(*start as i64 + i as i64 * *step) as usize]).collect(),
+                        },
                         AxisFrom::Unknown => AxisFrom::Unknown,
                     },
                     Dim::New => AxisFrom::Unknown,
@@ -374,6 +381,12 @@ fn walk(node: &Node, inputs: &[InputSpec]) -> Walk {
             if along.op == AlongOp::Sort {
                 axes[along.axis()] = AxisFrom::Unknown;
             }
+            if let AlongOp::Quantile { q, tuple: true, .. } = &along.op {
+                axes[0] = AxisFrom::Values {
+                    name: "quantile",
+                    values: q.clone(),
+                };
+            }
             // Products change units; everything else here keeps them.
             let keeps = !matches!(
                 along.op,
@@ -410,6 +423,10 @@ fn walk(node: &Node, inputs: &[InputSpec]) -> Walk {
                     by: *by,
                     keys: keys.clone(),
                     pick: pick.then_list(table),
+                },
+                AxisFrom::Values { name, values } => AxisFrom::Values {
+                    name,
+                    values: table.iter().map(|&i| values[i as usize]).collect(),
                 },
                 AxisFrom::Unknown => AxisFrom::Unknown,
             };
@@ -474,6 +491,11 @@ pub fn labels(node: &Node, shape: &[usize], inputs: &[InputSpec]) -> Labels {
                     keys: keys.clone(),
                     pick: pick.clone(),
                 },
+            },
+            AxisFrom::Values { name, values } => DimSpec {
+                name: name.to_string(),
+                len,
+                coord: Coord::Values(values.clone()),
             },
             AxisFrom::Unknown => DimSpec {
                 name: format!("dim_{k}"),

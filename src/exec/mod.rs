@@ -33,6 +33,7 @@ mod plan_error;
 pub mod reduce;
 pub mod reshape;
 mod resolve;
+pub mod staging;
 pub mod view;
 mod weighted;
 pub mod write;
@@ -94,11 +95,29 @@ pub struct BlockResult {
     pub fp: fpe::Events,
 }
 
-/// An opened input: an HDF5 dataset (with the CF decoding its values get), or a
-/// generated array.
+/// An opened input: an HDF5 dataset (with the CF decoding its values get), a staging
+/// copy opened at its first read, or a generated array.
 pub enum Source {
     Hdf(Box<hdf::Reader>, Option<hdf::cf::Cf>),
+    Staged(Box<Staged>),
     Generated(crate::config::workload::Generate),
+}
+
+/// A staging copy ([`staging`]): written while the job runs, so it is opened only
+/// when a task first reads it, which is after the barrier that closed it.
+pub struct Staged {
+    file: std::path::PathBuf,
+    dataset: String,
+    reader: std::sync::OnceLock<Result<hdf::Reader, String>>,
+}
+
+impl Staged {
+    fn reader(&self) -> hdf5::Result<&hdf::Reader> {
+        self.reader
+            .get_or_init(|| hdf::Reader::open(&self.file, &self.dataset).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| hdf5::Error::from(format!("cannot open the staging copy: {e}")))
+    }
 }
 
 impl Source {
@@ -107,6 +126,7 @@ impl Source {
     pub fn hdf(&self) -> Option<&hdf::Reader> {
         match self {
             Source::Hdf(r, None) => Some(r.as_ref()),
+            Source::Staged(s) => s.reader().ok(),
             Source::Hdf(_, Some(_)) | Source::Generated(_) => None,
         }
     }
@@ -116,6 +136,7 @@ impl Source {
     pub fn typed(&self) -> Option<(&hdf::Reader, Option<&hdf::cf::Cf>)> {
         match self {
             Source::Hdf(r, cf) => Some((r.as_ref(), cf.as_ref())),
+            Source::Staged(s) => s.reader().ok().map(|r| (r, None)),
             Source::Generated(_) => None,
         }
     }
@@ -130,6 +151,7 @@ impl Source {
                 }
                 Ok(())
             }
+            Source::Staged(s) => s.reader()?.read_into(region, out),
             Source::Generated(g) => {
                 generate::fill(g, region, out);
                 Ok(())
@@ -137,22 +159,34 @@ impl Source {
         }
     }
 
-    /// Whether the input is as it was when opened (generated inputs always are).
+    /// Whether the input is as it was when opened (generated inputs always are; a
+    /// staging copy not yet opened is not checked).
     pub fn unchanged(&self) -> Result<(), String> {
         match self {
             Source::Hdf(r, _) => r.unchanged(),
+            Source::Staged(s) => match s.reader.get() {
+                Some(Ok(r)) => r.unchanged(),
+                _ => Ok(()),
+            },
             Source::Generated(_) => Ok(()),
         }
     }
 }
 
-/// Open every input of a plan (once per job and process).
+/// Open every input of a plan (once per job and process); staging copies open later.
 pub fn open_inputs(plan: &Plan) -> Result<Vec<Source>, ExecError> {
     plan.inputs
         .iter()
         .map(|inp| {
             if let Some(g) = &inp.generate {
                 return Ok(Source::Generated(g.clone()));
+            }
+            if inp.staged.is_some() {
+                return Ok(Source::Staged(Box::new(Staged {
+                    file: inp.file.clone(),
+                    dataset: inp.dataset.clone(),
+                    reader: std::sync::OnceLock::new(),
+                })));
             }
             let err = |e: hdf5::Error| ExecError::Open {
                 input: inp.name.clone(),

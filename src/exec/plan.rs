@@ -124,6 +124,14 @@ pub struct InputSpec {
     /// Attributes outputs derived from this input carry (planning only).
     #[serde(skip)]
     pub attrs: hdf::dims::VarAttrs,
+    /// Its chunks are filtered (planning only: [`super::staging`] decides on it).
+    #[serde(skip)]
+    pub filtered: bool,
+    /// An uncompressed staging copy of another input, written by this stage
+    /// ([`super::staging`]): opened only once that stage is done, and not part of the
+    /// run's fingerprint.
+    #[serde(default)]
+    pub staged: Option<u32>,
 }
 
 /// A reduction result.
@@ -241,6 +249,10 @@ pub struct OutputSpec {
     /// Named dimensions, coordinates and attributes (the writer's; not sent).
     #[serde(skip)]
     pub labels: hdf::dims::Labels,
+    /// Not the user's: the staging copy of this input ([`super::staging`]), removed
+    /// at the end instead of renamed, and not reported.
+    #[serde(default)]
+    pub staging: Option<u32>,
 }
 
 /// Outputs that are exactly a sum reduction used nowhere else (not by another output,
@@ -370,6 +382,7 @@ fn inspect_inputs(w: &Workload, target: usize) -> Result<Vec<InputSpec>, PlanErr
                 time: Default::default(),
                 dims: Default::default(),
                 attrs: Default::default(),
+                filtered: false,
             },
             None => hdf::inspect(&inp.file, &inp.dataset, inp.decode, inp.time.as_deref()).map_err(|reason| PlanError::Input {
                 name: inp.name.clone(),
@@ -401,6 +414,8 @@ fn inspect_inputs(w: &Workload, target: usize) -> Result<Vec<InputSpec>, PlanErr
             time: info.time,
             dims: info.dims,
             attrs: info.attrs,
+            filtered: info.filtered,
+            staged: None,
         });
     }
     Ok(inputs)
@@ -586,6 +601,7 @@ impl Plan {
                 expr: out.expr.clone(),
                 compression,
                 labels: super::meta::labels(node, shape, &inputs),
+                staging: None,
             });
             low.stages.push(Stage {
                 kernel,
@@ -601,12 +617,53 @@ impl Plan {
             mut consts, mut stages, ..
         } = low;
         super::lower::merge_shared_writes(&mut stages, &mut consts);
-        Ok(Plan {
+        let mut plan = Plan {
             inputs,
             consts,
             stages,
             outputs,
-        })
+        };
+        let staged = plan.stageable();
+        super::staging::stage(&mut plan, &staged, target);
+        Ok(plan)
+    }
+
+    /// The inputs to stage ([`super::staging`]) for which there is room on disk beside
+    /// the first output (with the outputs themselves); the others are read as they are.
+    fn stageable(&self) -> Vec<u32> {
+        let candidates = super::staging::candidates(self);
+        if candidates.is_empty() {
+            return vec![];
+        }
+        let dir = self.outputs[0]
+            .file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let free = nix::sys::statvfs::statvfs(dir)
+            .map(|s| s.blocks_available() * s.fragment_size())
+            .unwrap_or(0);
+        let mut need: u64 = self
+            .outputs
+            .iter()
+            .map(|o| o.shape.iter().map(|&n| n as u64).product::<u64>() * o.dtype.size() as u64)
+            .sum();
+        let mut staged = Vec::new();
+        for (i, amplification) in candidates {
+            let bytes = super::staging::staged_bytes(self, i);
+            if need + bytes > free {
+                tracing::warn!(
+                    input = %self.inputs[i as usize].name,
+                    needs = %super::memory::mib(bytes),
+                    free = %super::memory::mib(free.saturating_sub(need)),
+                    "no room beside the output for a staging copy of this compressed input: its chunks will be decoded {amplification:.1} times over"
+                );
+                continue;
+            }
+            need += bytes;
+            staged.push(i);
+        }
+        staged
     }
 
     /// The shape of a kernel's value (an elementwise node's: its arguments' broadcast).
@@ -681,11 +738,23 @@ impl Plan {
             finalize: vec![],
         };
         for stage in &self.stages {
-            let deps: Vec<TaskId> = stage
+            // After the reductions whose consts it reads, and after the staging
+            // copies of the inputs it reads are complete.
+            let mut deps: Vec<TaskId> = stage
                 .consts()
                 .iter()
                 .map(|&c| map.finalize[self.consts[c as usize].stage as usize].expect("const stages come first"))
                 .collect();
+            for k in stage.kernels() {
+                for i in k.inputs() {
+                    if let Some(s) = self.inputs[i as usize].staged {
+                        let done = map.finalize[s as usize].expect("staging stages come first");
+                        if !deps.contains(&done) {
+                            deps.push(done);
+                        }
+                    }
+                }
+            }
             let n = block_count(&stage.shape, &stage.block);
             let n32 = u32::try_from(n).expect("fewer than 2^32 blocks per stage");
             map.base.push(b.len());
@@ -700,16 +769,29 @@ impl Plan {
                     let blocks: Vec<TaskId> = (first..first + n32).collect();
                     Some(b.add(TaskKind::Local, if blocks.is_empty() { &deps } else { &blocks }))
                 }
+                // A staging copy ends with a barrier: the writer has everything on
+                // disk and has closed the file before any task reads it.
+                StageKind::Write { output } if self.outputs[output as usize].staging.is_some() => {
+                    let blocks: Vec<TaskId> = (first..first + n32).collect();
+                    Some(b.add(TaskKind::Local, &blocks))
+                }
                 StageKind::Write { .. } => None,
             });
         }
         (b.build(), map)
     }
 
+    /// The outputs the workload asked for (staging copies are appended after them).
+    pub fn user_outputs(&self) -> &[OutputSpec] {
+        let n = self.outputs.iter().take_while(|o| o.staging.is_none()).count();
+        &self.outputs[..n]
+    }
+
     /// Number of input bytes read by all blocks.
     pub fn input_bytes(&self) -> u64 {
         self.inputs
             .iter()
+            .filter(|i| i.staged.is_none())
             .map(|i| i.shape.iter().product::<usize>() as u64 * i.dtype.size() as u64)
             .sum()
     }
@@ -733,6 +815,8 @@ mod tests {
             time: Default::default(),
             dims: Default::default(),
             attrs: Default::default(),
+            filtered: false,
+            staged: None,
         }
     }
 

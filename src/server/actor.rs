@@ -826,8 +826,26 @@ impl Actor {
         let job_id = job.id;
         match job.map.locate(task) {
             TaskRef::Finalize { stage } => {
-                let StageKind::Reduce { consts } = &job.plan.stages[stage as usize].kind else {
-                    return;
+                let consts = match &job.plan.stages[stage as usize].kind {
+                    StageKind::Reduce { consts } => consts,
+                    // The barrier after a staging copy: its file durable and closed.
+                    StageKind::Write { output } => {
+                        let Some(settled) = job.writer.as_ref().map(|w| w.settle(*output)) else {
+                            return;
+                        };
+                        tokio::spawn(async move {
+                            let done = match settled.await {
+                                Ok(r) => r.map(|()| vec![]),
+                                Err(_) => Err("the output writer stopped".into()),
+                            };
+                            let _ = events.send(Event::LocalDone {
+                                job: job_id,
+                                task,
+                                outcome: LocalOutcome::Finalized(done),
+                            });
+                        });
+                        return;
+                    }
                 };
                 let accs: Vec<(u32, Accumulator)> = consts.iter().filter_map(|c| job.acc.remove(c).map(|a| (*c, a))).collect();
                 tokio::task::spawn_blocking(move || {
@@ -996,7 +1014,7 @@ impl Actor {
             workers: self.workers.len(),
             outputs: job
                 .plan
-                .outputs
+                .user_outputs()
                 .iter()
                 .map(|o| OutputReport {
                     file: o.file.display().to_string(),
@@ -1015,7 +1033,7 @@ impl Actor {
             },
             workers_drained: job.workers_drained,
             tasks_resumed: job.tasks_resumed,
-            fp_events: (0..job.plan.outputs.len() as u32)
+            fp_events: (0..job.plan.user_outputs().len() as u32)
                 .map(|o| output_events(&job.plan, &job.fp, o))
                 .collect(),
         };

@@ -65,7 +65,8 @@ pub fn fingerprint(plan: &Plan) -> String {
     let mut h = Sha256::new();
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(serde_json::to_vec(plan).expect("plans serialize"));
-    for inp in &plan.inputs {
+    // A staging copy is written by the run itself.
+    for inp in plan.inputs.iter().filter(|i| i.staged.is_none()) {
         h.update(inp.file.display().to_string().as_bytes());
         if let Ok(m) = std::fs::metadata(&inp.file) {
             h.update(m.len().to_le_bytes());

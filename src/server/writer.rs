@@ -36,6 +36,11 @@ enum Cmd {
     Written {
         task: u32,
     },
+    /// Make a staging copy durable and close its file, so that workers may open it.
+    Settle {
+        output: u32,
+        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
     Finish(tokio::sync::oneshot::Sender<Result<(), String>>),
     Abandon,
 }
@@ -83,14 +88,7 @@ fn direct_output(plan: &Plan, output: u32, ds: &hdf5::Dataset, temp: &Path) -> O
     })
 }
 
-/// The temporary file an output is written to.
-pub fn temp_name(file: &Path) -> PathBuf {
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
-    file.with_file_name(format!(".{name}.drover-tmp"))
-}
+pub use crate::exec::staging::temp_name;
 
 /// Distinct output files of a plan, in order.
 pub fn output_files(plan: &Plan) -> Vec<PathBuf> {
@@ -107,6 +105,8 @@ struct OutFile {
     temp: PathBuf,
     final_path: PathBuf,
     file: Option<hdf5::File>,
+    /// A staging copy: removed at the end, not renamed.
+    staging: bool,
 }
 
 /// How often written blocks are made durable (flush + journal record).
@@ -118,7 +118,7 @@ impl Writer {
     pub fn start(plan: &Plan, reopen: bool, journal: Journal) -> Result<Self, String> {
         let mut files: Vec<OutFile> = Vec::new();
         let mut datasets = Vec::new();
-        let fail = |files: &mut Vec<OutFile>, datasets: &mut Vec<hdf5::Dataset>, msg: String| {
+        let fail = |files: &mut Vec<OutFile>, datasets: &mut Vec<Option<hdf5::Dataset>>, msg: String| {
             datasets.clear();
             for f in files.iter_mut() {
                 f.file.take();
@@ -135,6 +135,7 @@ impl Writer {
             };
             match opened {
                 Ok(f) => files.push(OutFile {
+                    staging: plan.outputs.iter().any(|o| o.file == path && o.staging.is_some()),
                     temp,
                     final_path: path,
                     file: Some(f),
@@ -161,7 +162,7 @@ impl Writer {
                 hdf::create_output(f, &out.dataset, &out.shape, out.chunk.as_deref(), out.dtype, out.compression)
             };
             match ds {
-                Ok(ds) => datasets.push(ds),
+                Ok(ds) => datasets.push(Some(ds)),
                 Err(e) => {
                     let msg = format!("cannot prepare dataset \"{}\" in \"{}\": {e}", out.dataset, out.file.display());
                     return Err(fail(&mut files, &mut datasets, msg));
@@ -170,11 +171,12 @@ impl Writer {
         }
         if !reopen {
             // Named dimensions, coordinates and attributes, per file, before any block.
-            let labelled = files.iter().try_for_each(|f| {
+            let labelled = files.iter().filter(|f| !f.staging).try_for_each(|f| {
                 let of_file: Vec<(&hdf5::Dataset, &str, &hdf::dims::Labels, bool)> = plan
                     .outputs
                     .iter()
                     .zip(&datasets)
+                    .filter_map(|(o, ds)| Some((o, ds.as_ref()?)))
                     .filter(|(o, _)| o.file == f.final_path)
                     .map(|(o, ds)| (ds, o.dataset.as_str(), &o.labels, matches!(o.dtype, OutDtype::F32 | OutDtype::F64)))
                     .collect();
@@ -195,8 +197,13 @@ impl Writer {
             .zip(&datasets)
             .map(|((i, out), ds)| {
                 let temp = &files.iter().find(|f| f.final_path == out.file).expect("opened above").temp;
-                direct_output(plan, i as u32, ds, temp)
+                direct_output(plan, i as u32, ds.as_ref()?, temp)
             })
+            .collect();
+        let file_of = plan
+            .outputs
+            .iter()
+            .map(|o| files.iter().position(|f| f.final_path == o.file).expect("opened above"))
             .collect();
         let (tx, rx) = mpsc::channel::<Cmd>();
         let (etx, errors) = tokio::sync::mpsc::unbounded_channel();
@@ -205,6 +212,7 @@ impl Writer {
             .spawn(move || {
                 WriterThread {
                     files,
+                    file_of,
                     datasets,
                     dtypes,
                     compressed,
@@ -244,6 +252,14 @@ impl Writer {
         self.send(Cmd::Written { task });
     }
 
+    /// Once every block written before is durable, close the staging copy `output`
+    /// (its workers' readers open it next).
+    pub fn settle(&self, output: u32) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.send(Cmd::Settle { output, reply });
+        rx
+    }
+
     /// Close the files, rename them to their final names, remove the journal.
     pub fn finish(mut self) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -277,7 +293,10 @@ impl Drop for Writer {
 
 struct WriterThread {
     files: Vec<OutFile>,
-    datasets: Vec<hdf5::Dataset>,
+    /// Each output's file (index into `files`).
+    file_of: Vec<usize>,
+    /// Each output's dataset, until its file is closed.
+    datasets: Vec<Option<hdf5::Dataset>>,
     dtypes: Vec<OutDtype>,
     /// The chunk shape of each compressed output (its blocks come as compressed chunks).
     compressed: Vec<Option<Vec<usize>>>,
@@ -358,7 +377,11 @@ impl WriterThread {
                 Some(Cmd::Write { parts, region, task }) if !self.failed => {
                     let mut ok = true;
                     for (output, bytes) in parts {
-                        let ds = &self.datasets[output as usize];
+                        let Some(ds) = &self.datasets[output as usize] else {
+                            self.report(format!("writing output {output}: its file was already closed"));
+                            ok = false;
+                            break;
+                        };
                         let written = match &self.compressed[output as usize] {
                             Some(chunk) => hdf::write_chunks(ds, &region, chunk, &bytes),
                             None => hdf::write_region(ds, &region, self.dtypes[output as usize], &bytes),
@@ -383,6 +406,23 @@ impl WriterThread {
                         tracing::warn!(error = %e, "cannot record a partial in the journal");
                     }
                 }
+                Some(Cmd::Settle { output, reply }) => {
+                    self.make_durable(&mut pending);
+                    if let Some(j) = &mut self.journal {
+                        let _ = j.flush();
+                    }
+                    let result = if self.failed {
+                        Err("an earlier write failed".into())
+                    } else {
+                        self.datasets[output as usize] = None;
+                        let f = &mut self.files[self.file_of[output as usize]];
+                        match f.file.take().map(hdf5::File::close) {
+                            Some(Err(e)) => Err(format!("closing \"{}\": {e}", f.temp.display())),
+                            _ => Ok(()),
+                        }
+                    };
+                    let _ = reply.send(result);
+                }
                 Some(Cmd::Finish(reply)) => {
                     let mut result = self.close_files();
                     if self.failed && result.is_ok() {
@@ -390,6 +430,10 @@ impl WriterThread {
                     }
                     if result.is_ok() {
                         for f in &self.files {
+                            if f.staging {
+                                let _ = std::fs::remove_file(&f.temp);
+                                continue;
+                            }
                             if let Err(e) = std::fs::rename(&f.temp, &f.final_path) {
                                 result = Err(format!("renaming \"{}\" to \"{}\": {e}", f.temp.display(), f.final_path.display()));
                                 break;

@@ -167,6 +167,38 @@ def test_windows_are_labelled_by_their_last_step(drover, tmp_path, rng):
     out.close()
 
 
+def test_a_tuple_of_quantiles_gets_a_quantile_coordinate_as_in_xarray(drover, tmp_path, rng):
+    """xarray's quantile with a list of q labels its leading axis `quantile` with the q
+    values (fractions); drover's does the same, for percentiles too (q / 100), and a
+    selection of that axis keeps the values it picks."""
+    import xarray as xr
+
+    t = rng.normal(size=(40, 3, 5))
+    ds = xr.Dataset({"v": (("time", "y", "x"), t)}, coords={"time": np.arange(40.0), "x": np.arange(5.0) * 2})
+    ds.to_netcdf(tmp_path / "in.nc", engine="h5netcdf")
+    wl = tmp_path / "w.toml"
+    wl.write_text(to_toml({
+        "inputs": {"v": {"file": "in.nc", "dataset": "v"}},
+        "outputs": [
+            {"expr": "quantile(v, (0.1, 0.5, 0.9), axis=0)", "file": "q.nc", "dataset": "q"},
+            {"expr": "percentile(v, (25, 75), axis=0)", "file": "p.nc", "dataset": "p"},
+            {"expr": "quantile(v, (0.1, 0.5, 0.9), axis=0)[::2]", "file": "s.nc", "dataset": "s"},
+        ],
+    }))
+    run = run_drover(drover, ["run", str(wl), "--workers", "1"])
+    assert run.rc == 0, run.describe()
+    want = ds.v.quantile([0.1, 0.5, 0.9], dim="time")
+    with xr.open_dataset(tmp_path / "q.nc", engine="h5netcdf") as q:
+        assert q.q.dims == want.dims == ("quantile", "y", "x"), q.q.dims
+        np.testing.assert_array_equal(q.q["quantile"].values, want["quantile"].values)
+        np.testing.assert_array_equal(q.q["x"].values, want["x"].values)
+        np.testing.assert_allclose(q.q.values, want.values, rtol=1e-12)
+    with xr.open_dataset(tmp_path / "p.nc", engine="h5netcdf") as p:
+        np.testing.assert_allclose(p.p["quantile"].values, [0.25, 0.75], rtol=0, atol=1e-15)
+    with xr.open_dataset(tmp_path / "s.nc", engine="h5netcdf") as s:
+        np.testing.assert_array_equal(s.s["quantile"].values, [0.1, 0.9])
+
+
 @pytest.mark.parametrize(
     "expr, quoted",
     [

@@ -195,6 +195,8 @@ pub enum Coord {
         keys: Vec<i64>,
         pick: Pick,
     },
+    /// Values of its own (the quantiles of a tuple `q`).
+    Values(Vec<f64>),
 }
 
 /// One axis of an output.
@@ -342,6 +344,12 @@ fn create_scale(file: &hdf5::File, name: &str, dim: &DimSpec) -> Result<hdf5::Da
             };
             Some(ds.map_err(|e| h5err("group coordinate", e))?)
         }
+        Coord::Values(v) => Some(
+            file.new_dataset_builder()
+                .with_data(v)
+                .create(name)
+                .map_err(|e| h5err("coordinate", e))?,
+        ),
     };
     let (ds, scale_name) = match coordinate {
         Some(ds) => (ds, name.to_string()),

@@ -128,6 +128,8 @@ pub struct DatasetInfo {
     pub time: coords::TimeInfo,
     pub dims: Vec<dims::InputDim>,
     pub attrs: dims::VarAttrs,
+    /// Its chunks are filtered (compressed): reading part of one decodes all of it.
+    pub filtered: bool,
 }
 
 /// How a dataset's chunks are decoded (no filters, by drover, by the HDF5 library, or
@@ -193,7 +195,8 @@ pub fn inspect(path: &Path, dataset: &str, decode: bool, time: Option<&str>) -> 
         dataset: dataset.into(),
         what,
     })?;
-    if let Decoding::Unsupported(id) = decoding_of(&ds) {
+    let decoding = decoding_of(&ds);
+    if let Decoding::Unsupported(id) = decoding {
         return Err(InputError::Filter {
             path: path.into(),
             dataset: dataset.into(),
@@ -219,6 +222,7 @@ pub fn inspect(path: &Path, dataset: &str, decode: bool, time: Option<&str>) -> 
         dims: dims::input_dims(&ds, dataset, &time),
         attrs: dims::var_attrs(&ds),
         time,
+        filtered: !matches!(decoding, Decoding::None),
     })
 }
 
