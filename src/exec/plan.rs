@@ -771,7 +771,7 @@ impl Plan {
                 }
                 // A staging copy ends with a barrier: the writer has everything on
                 // disk and has closed the file before any task reads it.
-                StageKind::Write { output } if self.outputs[output as usize].staging.is_some() => {
+                StageKind::Write { output } if self.outputs.get(output as usize).is_some_and(|o| o.staging.is_some()) => {
                     let blocks: Vec<TaskId> = (first..first + n32).collect();
                     Some(b.add(TaskKind::Local, &blocks))
                 }
