@@ -8,7 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use drover::core::{Action, Core, CoreConfig, GraphBuilder, TaskKind};
+use drover::core::{Action, Core, CoreConfig, GraphBuilder, GraphId, GraphSpec, TaskKey, TaskKind};
 
 struct Counting;
 
@@ -55,8 +55,8 @@ fn main() {
     });
     let workers: Vec<_> = (0..16).map(|_| core.worker_joined(Duration::ZERO, 4)).collect();
     let t1 = Instant::now();
-    core.submit(graph).unwrap();
-    let mut queues: Vec<Vec<u32>> = vec![Vec::new(); workers.len()];
+    core.submit(GraphId(1), graph, GraphSpec::default()).unwrap();
+    let mut queues: Vec<Vec<TaskKey>> = vec![Vec::new(); workers.len()];
     let mut done = false;
     let mut now = Duration::ZERO;
     while !done {
@@ -66,7 +66,7 @@ fn main() {
                 Action::RunLocal(t) => {
                     core.local_done(t);
                 }
-                Action::GraphDone => done = true,
+                Action::GraphDone(_) => done = true,
                 other => panic!("unexpected {other:?}"),
             }
         }

@@ -17,6 +17,8 @@ const STATE_MASK: u8 = 0b0000_0011;
 const WAITING: u8 = 0;
 const RUNNING_LOCAL: u8 = 1;
 const DONE: u8 = 2;
+/// Failed for good, or cancelled (a dependency failed, or the driver cancelled it).
+const DROPPED: u8 = 3;
 
 /// Builds a [`Graph`]; dependencies must name tasks added before, so it is acyclic by
 /// construction.
@@ -85,6 +87,7 @@ impl GraphBuilder {
             offsets,
             dependents,
             done: 0,
+            dropped: 0,
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct Graph {
     offsets: Vec<u32>,
     dependents: Vec<u32>,
     done: u32,
+    /// Tasks failed for good or cancelled.
+    dropped: u32,
 }
 
 impl Graph {
@@ -115,6 +120,21 @@ impl Graph {
 
     pub fn all_done(&self) -> bool {
         self.done == self.len()
+    }
+
+    /// Tasks failed for good or cancelled.
+    pub fn dropped_count(&self) -> u32 {
+        self.dropped
+    }
+
+    /// Every task is done, failed or cancelled.
+    pub fn all_ended(&self) -> bool {
+        self.done + self.dropped == self.len()
+    }
+
+    /// Whether `t` is done, failed or cancelled.
+    pub fn has_ended(&self, t: TaskId) -> bool {
+        matches!(self.state(t), DONE | DROPPED)
     }
 
     pub fn kind(&self, t: TaskId) -> TaskKind {
@@ -165,6 +185,30 @@ impl Graph {
             // A dependent already done (resumed from a journal) is not released again.
             if *w == 0 && self.flags[d as usize] & STATE_MASK == WAITING {
                 released.push(d);
+            }
+        }
+    }
+
+    /// Drop `t` (failed for good, or cancelled) and every task that depends on it,
+    /// directly or not, that has not ended: pushed to `cancelled`. A task already
+    /// ended is left as it is.
+    pub(super) fn drop_task(&mut self, t: TaskId, cancelled: &mut Vec<TaskId>) {
+        if self.has_ended(t) {
+            return;
+        }
+        self.set_state(t, DROPPED);
+        self.dropped += 1;
+        let mut stack = vec![t];
+        while let Some(u) = stack.pop() {
+            let (a, b) = (self.offsets[u as usize] as usize, self.offsets[u as usize + 1] as usize);
+            for i in a..b {
+                let d = self.dependents[i];
+                if !self.has_ended(d) {
+                    self.set_state(d, DROPPED);
+                    self.dropped += 1;
+                    cancelled.push(d);
+                    stack.push(d);
+                }
             }
         }
     }

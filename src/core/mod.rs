@@ -13,6 +13,12 @@
 //!   counted exactly once even when a lost worker's late results arrive.
 //! - Nothing is ever assigned to a worker that left or was declared lost.
 //!
+//! Several graphs run at once (array workloads, task jobs), each with its own
+//! [`GraphSpec`]: they share the workers' slots by priority without starving one
+//! another, a task takes its graph's `cores` slots, an array workload fails on its
+//! first task error while a task job fails only that task (after its retries) and
+//! cancels what depends on it.
+//!
 //! Memory: per task a few bytes of state plus its dependency edges (CSR), so a graph of
 //! a million tasks costs tens of MiB at most.
 
@@ -21,11 +27,34 @@ mod graph;
 pub use graph::{Graph, GraphBuilder, TaskKind};
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-/// Index of a task inside the current graph.
+/// Index of a task inside its graph.
 pub type TaskId = u32;
+
+/// Identity of a graph (a job) in the core, chosen by the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GraphId(pub u64);
+
+impl std::fmt::Display for GraphId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "g{}", self.0)
+    }
+}
+
+/// A task of a graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskKey {
+    pub graph: GraphId,
+    pub task: TaskId,
+}
+
+impl TaskKey {
+    pub fn new(graph: GraphId, task: TaskId) -> Self {
+        Self { graph, task }
+    }
+}
 
 /// Identity of a worker, never reused during the life of a [`Core`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -58,22 +87,66 @@ impl Default for CoreConfig {
     }
 }
 
+/// What a graph does when one of its tasks reports an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnError {
+    /// The graph fails at once (array workloads: errors there are deterministic, bad
+    /// data or an unreadable file, and another try would fail the same way).
+    FailGraph,
+    /// The task runs again up to `retries` more times, then fails for good; the tasks
+    /// depending on it are cancelled and the rest of the graph goes on (task jobs).
+    FailTask { retries: u8 },
+}
+
+/// How a graph is scheduled.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GraphSpec {
+    /// Graphs share the workers in proportion to 2^priority (clamped to ±10); equal
+    /// shares go first to the graph submitted first. No graph with ready tasks is
+    /// starved.
+    pub priority: i32,
+    pub on_error: OnError,
+    /// Slots of a worker each remote task occupies.
+    pub cores: u32,
+    /// The longest a task may run: a worker whose walltime ends sooner gets none.
+    pub time_limit: Option<Duration>,
+}
+
+impl Default for GraphSpec {
+    fn default() -> Self {
+        Self {
+            priority: 0,
+            on_error: OnError::FailGraph,
+            cores: 1,
+            time_limit: None,
+        }
+    }
+}
+
 /// What the core asks its driver to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Send these tasks to this worker (appended to its queue).
-    Assign { worker: WorkerId, tasks: Vec<TaskId> },
+    Assign { worker: WorkerId, tasks: Vec<TaskKey> },
     /// Run this task in the driver itself (a [`TaskKind::Local`] task).
-    RunLocal(TaskId),
+    RunLocal(TaskKey),
     /// A worker was declared lost (heartbeat timeout); its tasks went back to the queue.
     WorkerLost { worker: WorkerId },
-    /// Every task of the graph is done.
-    GraphDone,
+    /// A task of an [`OnError::FailTask`] graph failed for good; `cancelled` are the
+    /// tasks that depended on it (they will not run).
+    TaskFailed {
+        task: TaskKey,
+        failure: Failure,
+        cancelled: Vec<TaskId>,
+    },
+    /// Every task of the graph ended (for an [`OnError::FailTask`] graph, some may have
+    /// failed or been cancelled).
+    GraphDone(GraphId),
     /// The graph cannot finish.
-    GraphFailed(Failure),
+    GraphFailed(GraphId, Failure),
 }
 
-/// Why a graph failed.
+/// Why a task, or a graph, failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Failure {
     /// A task reported an error while executing.
@@ -87,15 +160,16 @@ pub enum Failure {
 pub enum Accept {
     /// The result counts; the driver must merge it.
     Accepted,
-    /// Not assigned to this worker (late result of a lost worker, duplicate): discard it.
+    /// Not assigned to this worker (late result of a lost worker, duplicate, a task
+    /// cancelled meanwhile): discard it.
     Stale,
 }
 
 /// Errors from misuse of the core API by its driver.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum CoreError {
-    #[error("a graph is already running")]
-    Busy,
+    #[error("graph {0} is already running")]
+    Busy(GraphId),
     #[error("unknown worker {0}")]
     UnknownWorker(WorkerId),
 }
@@ -104,8 +178,12 @@ pub enum CoreError {
 struct WorkerState {
     slots: u32,
     last_seen: Duration,
-    assigned: HashSet<TaskId>,
+    assigned: HashSet<TaskKey>,
+    /// Slots the assigned tasks take (their graphs' cores).
+    load: u32,
     draining: bool,
+    /// When the worker's walltime ends.
+    deadline: Option<Duration>,
 }
 
 /// Counters that survive across graphs, for reports.
@@ -116,19 +194,46 @@ pub struct Counters {
     pub workers_lost: u64,
 }
 
+#[derive(Debug)]
+struct GraphState {
+    graph: Graph,
+    spec: GraphSpec,
+    /// Submission order.
+    order: u64,
+    ready: VecDeque<TaskId>,
+    /// Workers each task was lost on, kept only for tasks that were retried.
+    lost_on: HashMap<TaskId, Vec<WorkerId>>,
+    /// Errors reported per task, kept only for tasks that reported one.
+    errors: HashMap<TaskId, u8>,
+    /// Slots its tasks hold at workers now.
+    in_flight: u64,
+    counters: Counters,
+}
+
+impl GraphState {
+    /// Whether this graph's next task should go before `other`'s: the smaller share of
+    /// in-flight slots per weight, then the earlier submission.
+    fn before(&self, other: &GraphState) -> bool {
+        let weight = |g: &GraphState| 2f64.powi(g.spec.priority.clamp(-10, 10));
+        let (a, b) = (self.in_flight as f64 / weight(self), other.in_flight as f64 / weight(other));
+        a < b || (a == b && self.order < other.order)
+    }
+}
+
 /// The scheduler state machine. See the module docs.
 #[derive(Debug)]
 pub struct Core {
     cfg: CoreConfig,
     workers: HashMap<WorkerId, WorkerState>,
     next_worker: u32,
-    graph: Option<Graph>,
-    ready: VecDeque<TaskId>,
-    /// Workers each task was lost on, kept only for tasks that were retried.
-    lost_on: HashMap<TaskId, Vec<WorkerId>>,
+    graphs: BTreeMap<GraphId, GraphState>,
+    next_order: u64,
+    /// The latest time the driver told.
+    now: Duration,
     actions: VecDeque<Action>,
     counters: Counters,
-    graph_counters: Counters,
+    /// Counters of graphs that ended.
+    ended: HashMap<GraphId, Counters>,
 }
 
 impl Core {
@@ -137,13 +242,17 @@ impl Core {
             cfg,
             workers: HashMap::new(),
             next_worker: 0,
-            graph: None,
-            ready: VecDeque::new(),
-            lost_on: HashMap::new(),
+            graphs: BTreeMap::new(),
+            next_order: 0,
+            now: Duration::ZERO,
             actions: VecDeque::new(),
             counters: Counters::default(),
-            graph_counters: Counters::default(),
+            ended: HashMap::new(),
         }
+    }
+
+    fn at(&mut self, now: Duration) {
+        self.now = self.now.max(now);
     }
 
     /// The next thing to do, if any.
@@ -163,18 +272,31 @@ impl Core {
         self.counters
     }
 
-    /// Counters of the current (or last) graph.
-    pub fn graph_counters(&self) -> Counters {
-        self.graph_counters
+    /// Counters of a running graph, or of one that ended (a few bytes kept per graph).
+    pub fn graph_counters(&self, id: GraphId) -> Counters {
+        match self.graphs.get(&id) {
+            Some(g) => g.counters,
+            None => self.ended.get(&id).copied().unwrap_or_default(),
+        }
     }
 
-    pub fn has_graph(&self) -> bool {
-        self.graph.is_some()
+    pub fn has_graph(&self, id: GraphId) -> bool {
+        self.graphs.contains_key(&id)
     }
 
-    /// Tasks done and total of the current graph.
-    pub fn progress(&self) -> Option<(u32, u32)> {
-        self.graph.as_ref().map(|g| (g.done_count(), g.len()))
+    /// Graphs running.
+    pub fn graph_count(&self) -> usize {
+        self.graphs.len()
+    }
+
+    /// Tasks done and total of a running graph.
+    pub fn progress(&self, id: GraphId) -> Option<(u32, u32)> {
+        self.graphs.get(&id).map(|g| (g.graph.done_count(), g.graph.len()))
+    }
+
+    /// Tasks of a graph waiting for a worker (ready, not assigned).
+    pub fn ready_count(&self, id: GraphId) -> usize {
+        self.graphs.get(&id).map_or(0, |g| g.ready.len())
     }
 
     pub fn worker_count(&self) -> usize {
@@ -188,6 +310,7 @@ impl Core {
 
     /// A worker registered with `slots` task slots.
     pub fn worker_joined(&mut self, now: Duration, slots: u32) -> WorkerId {
+        self.at(now);
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
         self.workers.insert(
@@ -196,15 +319,27 @@ impl Core {
                 slots: slots.max(1),
                 last_seen: now,
                 assigned: HashSet::new(),
+                load: 0,
                 draining: false,
+                deadline: None,
             },
         );
         self.schedule();
         id
     }
 
+    /// The worker's walltime ends at `deadline`: it gets no task whose graph's time
+    /// limit would outlive it.
+    pub fn set_deadline(&mut self, worker: WorkerId, deadline: Option<Duration>) -> Result<(), CoreError> {
+        let w = self.workers.get_mut(&worker).ok_or(CoreError::UnknownWorker(worker))?;
+        w.deadline = deadline;
+        self.schedule();
+        Ok(())
+    }
+
     /// The worker is alive (any message from it counts).
     pub fn heartbeat(&mut self, now: Duration, worker: WorkerId) {
+        self.at(now);
         if let Some(w) = self.workers.get_mut(&worker) {
             w.last_seen = now;
         }
@@ -217,39 +352,63 @@ impl Core {
         Ok(())
     }
 
-    /// A draining worker hands back tasks it has not started: they go back to the
-    /// front of the queue without counting as retries. Tasks it does not hold are
-    /// ignored (already requeued, or finished).
-    pub fn release(&mut self, now: Duration, worker: WorkerId, tasks: &[TaskId]) {
+    /// Take `task` off `worker`'s books; whether it held it.
+    fn unassign(&mut self, worker: WorkerId, task: TaskKey) -> bool {
+        let Some(w) = self.workers.get_mut(&worker) else { return false };
+        if !w.assigned.remove(&task) {
+            return false;
+        }
+        let cores = self.graphs.get(&task.graph).map_or(1, |g| g.spec.cores);
+        w.load = w.load.saturating_sub(cores);
+        if let Some(g) = self.graphs.get_mut(&task.graph) {
+            g.in_flight = g.in_flight.saturating_sub(u64::from(cores));
+        }
+        true
+    }
+
+    /// A worker hands back tasks it has not started (draining, or a time limit its
+    /// walltime cannot hold): they go back to the front of their queues without
+    /// counting as retries. Tasks it does not hold are ignored (already requeued, or
+    /// finished).
+    pub fn release(&mut self, now: Duration, worker: WorkerId, tasks: &[TaskKey]) {
         self.heartbeat(now, worker);
-        let Some(w) = self.workers.get_mut(&worker) else { return };
-        let mut back: Vec<TaskId> = tasks.iter().copied().filter(|t| w.assigned.remove(t)).collect();
+        let mut back: Vec<TaskKey> = tasks.iter().copied().filter(|&t| self.unassign(worker, t)).collect();
         back.sort_unstable();
         for t in back.into_iter().rev() {
-            self.ready.push_front(t);
+            if let Some(g) = self.graphs.get_mut(&t.graph) {
+                g.ready.push_front(t.task);
+            }
         }
         self.schedule();
     }
 
     /// The worker is gone (disconnected, killed, or left). Its tasks go back to the queue.
-    pub fn worker_left(&mut self, _now: Duration, worker: WorkerId) {
+    pub fn worker_left(&mut self, now: Duration, worker: WorkerId) {
+        self.at(now);
         let Some(w) = self.workers.remove(&worker) else { return };
         let lost = u64::from(!w.assigned.is_empty());
         self.counters.workers_lost += lost;
-        self.graph_counters.workers_lost += lost;
-        let mut tasks: Vec<TaskId> = w.assigned.into_iter().collect();
+        let mut tasks: Vec<TaskKey> = w.assigned.into_iter().collect();
         tasks.sort_unstable();
-        for task in tasks.into_iter().rev() {
-            self.requeue(task, worker);
-            if self.graph.is_none() {
-                return;
+        let mut graphs: Vec<GraphId> = tasks.iter().map(|t| t.graph).collect();
+        graphs.dedup();
+        for id in graphs {
+            if let Some(g) = self.graphs.get_mut(&id) {
+                g.counters.workers_lost += lost;
             }
+        }
+        for task in tasks.into_iter().rev() {
+            if let Some(g) = self.graphs.get_mut(&task.graph) {
+                g.in_flight = g.in_flight.saturating_sub(u64::from(g.spec.cores));
+            }
+            self.requeue(task, worker);
         }
         self.schedule();
     }
 
     /// Check heartbeats: workers silent for longer than the timeout are declared lost.
     pub fn tick(&mut self, now: Duration) {
+        self.at(now);
         let timeout = self.cfg.heartbeat_timeout;
         let mut lost: Vec<WorkerId> = self
             .workers
@@ -262,50 +421,108 @@ impl Core {
             self.actions.push_back(Action::WorkerLost { worker });
             self.worker_left(now, worker);
         }
+        // A deadline passing may make a task unplaceable, never placeable: nothing to
+        // schedule here beyond what worker_left did.
     }
 
     /// Start a graph whose `done` tasks were completed by an earlier, interrupted run.
-    pub fn submit_resumed(&mut self, mut graph: Graph, done: &[TaskId]) -> Result<(), CoreError> {
+    pub fn submit_resumed(&mut self, id: GraphId, mut graph: Graph, spec: GraphSpec, done: &[TaskId]) -> Result<(), CoreError> {
         graph.mark_done_before_start(done);
-        self.submit(graph)
+        self.submit(id, graph, spec)
     }
 
-    /// Start a graph. Only one runs at a time.
-    pub fn submit(&mut self, graph: Graph) -> Result<(), CoreError> {
-        if self.graph.is_some() {
-            return Err(CoreError::Busy);
+    /// Start a graph; it runs alongside the others.
+    pub fn submit(&mut self, id: GraphId, graph: Graph, spec: GraphSpec) -> Result<(), CoreError> {
+        if self.graphs.contains_key(&id) {
+            return Err(CoreError::Busy(id));
         }
-        self.graph_counters = Counters::default();
-        self.ready.clear();
-        self.lost_on.clear();
-        if graph.is_empty() || graph.all_done() {
-            self.actions.push_back(Action::GraphDone);
+        self.ended.remove(&id);
+        if graph.is_empty() || graph.all_ended() {
+            self.ended.insert(id, Counters::default());
+            self.actions.push_back(Action::GraphDone(id));
             return Ok(());
         }
-        self.graph = Some(graph);
-        self.release_initial();
+        let order = self.next_order;
+        self.next_order += 1;
+        let roots: Vec<TaskId> = (0..graph.len()).filter(|&t| graph.is_ready(t)).collect();
+        self.graphs.insert(
+            id,
+            GraphState {
+                graph,
+                spec,
+                order,
+                ready: VecDeque::new(),
+                lost_on: HashMap::new(),
+                errors: HashMap::new(),
+                in_flight: 0,
+                counters: Counters::default(),
+            },
+        );
+        // (is_ready is false for tasks already done.)
+        for t in roots {
+            self.make_ready(TaskKey::new(id, t));
+        }
         self.schedule();
         Ok(())
     }
 
-    /// Drop the current graph (cancelled by the driver). Workers' queues are forgotten;
-    /// the driver tells the workers.
-    pub fn cancel_graph(&mut self) {
-        self.graph = None;
-        self.ready.clear();
-        self.lost_on.clear();
+    /// Drop a graph (cancelled by the driver). Its tasks leave the workers' books; the
+    /// driver tells the workers.
+    pub fn cancel_graph(&mut self, id: GraphId) {
+        let Some(g) = self.graphs.remove(&id) else { return };
+        self.ended.insert(id, g.counters);
+        let cores = g.spec.cores;
         for w in self.workers.values_mut() {
-            w.assigned.clear();
+            let before = w.assigned.len();
+            w.assigned.retain(|t| t.graph != id);
+            w.load = w.load.saturating_sub(cores * (before - w.assigned.len()) as u32);
         }
+        self.schedule();
+    }
+
+    /// Cancel tasks of a running graph, and the tasks that depend on them: those not
+    /// started never run; those assigned leave the workers' books (their results will
+    /// be stale) and are returned with their workers, for the driver to stop them.
+    /// Returns also every task cancelled (those named that had not ended, and their
+    /// dependants).
+    pub fn cancel_tasks(&mut self, id: GraphId, tasks: &[TaskId]) -> (Vec<TaskId>, Vec<(TaskKey, WorkerId)>) {
+        let Some(g) = self.graphs.get_mut(&id) else {
+            return (vec![], vec![]);
+        };
+        let mut cancelled = Vec::new();
+        for &t in tasks {
+            if t < g.graph.len() && !g.graph.has_ended(t) {
+                cancelled.push(t);
+                g.graph.drop_task(t, &mut cancelled);
+            }
+        }
+        let gone: HashSet<TaskId> = cancelled.iter().copied().collect();
+        g.ready.retain(|t| !gone.contains(t));
+        let mut running = Vec::new();
+        let mut ws: Vec<WorkerId> = self.workers.keys().copied().collect();
+        ws.sort_unstable();
+        for w in ws {
+            let held: Vec<TaskKey> = self.workers[&w]
+                .assigned
+                .iter()
+                .filter(|k| k.graph == id && gone.contains(&k.task))
+                .copied()
+                .collect();
+            for k in held {
+                self.unassign(w, k);
+                running.push((k, w));
+            }
+        }
+        running.sort_unstable();
+        self.check_ended(id);
+        self.schedule();
+        (cancelled, running)
     }
 
     /// A worker finished a task.
-    pub fn task_done(&mut self, now: Duration, worker: WorkerId, task: TaskId) -> Accept {
+    pub fn task_done(&mut self, now: Duration, worker: WorkerId, task: TaskKey) -> Accept {
         self.heartbeat(now, worker);
-        let Some(w) = self.workers.get_mut(&worker) else {
-            return Accept::Stale;
-        };
-        if !w.assigned.remove(&task) {
+        if !self.unassign(worker, task) {
             return Accept::Stale;
         }
         self.complete(task);
@@ -313,24 +530,30 @@ impl Core {
         Accept::Accepted
     }
 
-    /// A worker could not execute a task: the graph fails (errors in tasks are
-    /// deterministic: bad data, unreadable file; retrying elsewhere would not help).
-    pub fn task_error(&mut self, now: Duration, worker: WorkerId, task: TaskId, message: String) -> Accept {
+    /// A worker could not execute a task. An [`OnError::FailGraph`] graph fails; an
+    /// [`OnError::FailTask`] one runs it again while it has retries, else the task
+    /// fails for good and its dependants are cancelled.
+    pub fn task_error(&mut self, now: Duration, worker: WorkerId, task: TaskKey, message: String) -> Accept {
         self.heartbeat(now, worker);
-        let Some(w) = self.workers.get_mut(&worker) else {
-            return Accept::Stale;
-        };
-        if !w.assigned.remove(&task) {
+        if !self.unassign(worker, task) {
             return Accept::Stale;
         }
-        self.fail(Failure::TaskError { task, worker, message });
+        let failure = Failure::TaskError {
+            task: task.task,
+            worker,
+            message,
+        };
+        self.task_failed(task, failure, true);
+        self.schedule();
         Accept::Accepted
     }
 
     /// The driver finished a local task.
-    pub fn local_done(&mut self, task: TaskId) -> Accept {
-        let Some(g) = self.graph.as_mut() else { return Accept::Stale };
-        if !g.is_running_local(task) {
+    pub fn local_done(&mut self, task: TaskKey) -> Accept {
+        let Some(g) = self.graphs.get(&task.graph) else {
+            return Accept::Stale;
+        };
+        if !g.graph.is_running_local(task.task) {
             return Accept::Stale;
         }
         self.complete(task);
@@ -339,93 +562,150 @@ impl Core {
     }
 
     /// The driver could not finish a local task.
-    pub fn local_failed(&mut self, task: TaskId, message: String) {
-        if self.graph.as_ref().is_some_and(|g| g.is_running_local(task)) {
-            self.fail(Failure::TaskError {
-                task,
+    pub fn local_failed(&mut self, task: TaskKey, message: String) {
+        if self.graphs.get(&task.graph).is_some_and(|g| g.graph.is_running_local(task.task)) {
+            let failure = Failure::TaskError {
+                task: task.task,
                 worker: WorkerId(u32::MAX),
                 message,
-            });
+            };
+            self.task_failed(task, failure, false);
+            self.schedule();
         }
     }
 
-    fn fail(&mut self, failure: Failure) {
-        self.cancel_graph();
-        self.actions.push_back(Action::GraphFailed(failure));
+    /// A task failed: the graph fails, or (task jobs) it runs again or fails for good.
+    fn task_failed(&mut self, task: TaskKey, failure: Failure, may_retry: bool) {
+        let Some(on_error) = self.graphs.get(&task.graph).map(|g| g.spec.on_error) else {
+            return;
+        };
+        match on_error {
+            OnError::FailGraph => self.fail(task.graph, failure),
+            OnError::FailTask { retries } => {
+                let g = self.graphs.get_mut(&task.graph).expect("checked");
+                let n = g.errors.entry(task.task).or_default();
+                *n = n.saturating_add(1);
+                if may_retry && *n <= retries {
+                    g.ready.push_back(task.task);
+                    return;
+                }
+                let mut cancelled = Vec::new();
+                g.graph.drop_task(task.task, &mut cancelled);
+                let gone: HashSet<TaskId> = cancelled.iter().copied().collect();
+                if !gone.is_empty() {
+                    g.ready.retain(|t| !gone.contains(t));
+                }
+                self.actions.push_back(Action::TaskFailed { task, failure, cancelled });
+                self.check_ended(task.graph);
+            }
+        }
     }
 
-    fn complete(&mut self, task: TaskId) {
-        let g = self.graph.as_mut().expect("complete() with a graph");
+    fn fail(&mut self, id: GraphId, failure: Failure) {
+        self.cancel_graph(id);
+        self.actions.push_back(Action::GraphFailed(id, failure));
+    }
+
+    /// End a graph whose tasks all ended.
+    fn check_ended(&mut self, id: GraphId) {
+        if self.graphs.get(&id).is_some_and(|g| g.graph.all_ended()) {
+            let g = self.graphs.remove(&id).expect("checked");
+            self.ended.insert(id, g.counters);
+            self.actions.push_back(Action::GraphDone(id));
+        }
+    }
+
+    fn complete(&mut self, task: TaskKey) {
+        let g = self.graphs.get_mut(&task.graph).expect("complete() of a running graph");
         let mut released = Vec::new();
-        g.mark_done(task, &mut released);
+        g.graph.mark_done(task.task, &mut released);
         self.counters.tasks_done += 1;
-        self.graph_counters.tasks_done += 1;
+        g.counters.tasks_done += 1;
         for t in released {
-            self.make_ready(t);
+            self.make_ready(TaskKey::new(task.graph, t));
         }
-        if self.graph.as_ref().is_some_and(Graph::all_done) {
-            self.graph = None;
-            self.actions.push_back(Action::GraphDone);
-        }
-    }
-
-    fn release_initial(&mut self) {
-        let g = self.graph.as_ref().expect("graph");
-        let roots: Vec<TaskId> = (0..g.len()).filter(|&t| g.is_ready(t)).collect();
-        // (is_ready is false for tasks already done.)
-        for t in roots {
-            self.make_ready(t);
-        }
+        self.check_ended(task.graph);
     }
 
     /// A task's dependencies are all done.
-    fn make_ready(&mut self, task: TaskId) {
-        let g = self.graph.as_mut().expect("graph");
-        match g.kind(task) {
-            TaskKind::Remote => self.ready.push_back(task),
+    fn make_ready(&mut self, task: TaskKey) {
+        let g = self.graphs.get_mut(&task.graph).expect("graph");
+        match g.graph.kind(task.task) {
+            TaskKind::Remote => g.ready.push_back(task.task),
             TaskKind::Local => {
-                g.mark_running_local(task);
+                g.graph.mark_running_local(task.task);
                 self.actions.push_back(Action::RunLocal(task));
             }
         }
     }
 
-    fn requeue(&mut self, task: TaskId, worker: WorkerId) {
-        let Some(g) = self.graph.as_mut() else { return };
-        let attempts = g.bump_attempts(task);
+    /// A task lost with `worker` goes back to the front of its queue, unless it was
+    /// lost too often: then its graph fails, or (task jobs) the task fails for good.
+    fn requeue(&mut self, task: TaskKey, worker: WorkerId) {
+        let Some(g) = self.graphs.get_mut(&task.graph) else { return };
+        let attempts = g.graph.bump_attempts(task.task);
         self.counters.tasks_retried += 1;
-        self.graph_counters.tasks_retried += 1;
-        let on = self.lost_on.entry(task).or_default();
+        g.counters.tasks_retried += 1;
+        let on = g.lost_on.entry(task.task).or_default();
         on.push(worker);
         if attempts > self.cfg.max_retries {
             let workers = on.clone();
-            self.fail(Failure::RetriesExhausted { task, workers });
-            return;
+            let failure = Failure::RetriesExhausted { task: task.task, workers };
+            self.task_failed(task, failure, false);
+        } else {
+            g.ready.push_front(task.task);
         }
-        self.ready.push_front(task);
+    }
+
+    /// The graph whose next ready task goes to a worker with `free` slots and
+    /// `deadline`: the one with the smallest share (see [`GraphSpec::priority`]).
+    fn pick(&self, free: u32, deadline: Option<Duration>) -> Option<GraphId> {
+        let mut best: Option<(GraphId, &GraphState)> = None;
+        for (id, g) in &self.graphs {
+            let fits = !g.ready.is_empty()
+                && g.spec.cores <= free
+                && match (deadline, g.spec.time_limit) {
+                    (Some(d), Some(limit)) => self.now + limit <= d,
+                    _ => true,
+                };
+            if fits && best.is_none_or(|(_, b)| g.before(b)) {
+                best = Some((*id, g));
+            }
+        }
+        best.map(|(id, _)| id)
     }
 
     /// Hand ready tasks to workers: first fill every worker's slots, least loaded first,
-    /// then their prefetch queues, so that a few tasks spread over many workers.
+    /// then their prefetch queues, so that a few tasks spread over many workers. Each
+    /// task comes from the graph with the smallest share of the slots in use.
     fn schedule(&mut self) {
-        if self.ready.is_empty() || self.graph.is_none() {
+        if self.graphs.values().all(|g| g.ready.is_empty()) {
             return;
         }
-        let mut batches: HashMap<WorkerId, Vec<TaskId>> = HashMap::new();
+        let mut batches: HashMap<WorkerId, Vec<TaskKey>> = HashMap::new();
         for depth in [1, self.cfg.queue_per_slot.max(1)] {
-            let mut heap: BinaryHeap<Reverse<(usize, WorkerId)>> = self
+            let mut heap: BinaryHeap<Reverse<(u32, WorkerId)>> = self
                 .workers
                 .iter()
-                .filter(|(_, w)| !w.draining && w.assigned.len() < (w.slots * depth) as usize)
-                .map(|(id, w)| Reverse((w.assigned.len(), *id)))
+                .filter(|(_, w)| !w.draining && w.load < w.slots * depth)
+                .map(|(id, w)| Reverse((w.load, *id)))
                 .collect();
             while let Some(Reverse((load, id))) = heap.pop() {
-                let Some(task) = self.ready.pop_front() else { break };
+                let w = &self.workers[&id];
+                let (cap, deadline) = (w.slots * depth, w.deadline);
+                // A task of several cores waits for a worker with that many free.
+                let free = w.slots.min(cap - load);
+                let Some(gid) = self.pick(free, deadline) else { continue };
+                let g = self.graphs.get_mut(&gid).expect("picked");
+                let task = TaskKey::new(gid, g.ready.pop_front().expect("picked a graph with ready tasks"));
+                let cores = g.spec.cores;
+                g.in_flight += u64::from(cores);
                 let w = self.workers.get_mut(&id).expect("worker in heap");
                 w.assigned.insert(task);
+                w.load += cores;
                 batches.entry(id).or_default().push(task);
-                if load + 1 < (w.slots * depth) as usize {
-                    heap.push(Reverse((load + 1, id)));
+                if w.load < cap {
+                    heap.push(Reverse((w.load, id)));
                 }
             }
         }

@@ -1,6 +1,11 @@
 use super::*;
 
 const S: Duration = Duration::from_secs(1);
+const G: GraphId = GraphId(1);
+
+fn k(t: TaskId) -> TaskKey {
+    TaskKey::new(G, t)
+}
 
 fn drain(core: &mut Core) -> Vec<Action> {
     std::iter::from_fn(|| core.poll_action()).collect()
@@ -18,7 +23,7 @@ fn assigned(actions: &[Action]) -> Vec<(WorkerId, Vec<TaskId>)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Assign { worker, tasks } => Some((*worker, tasks.clone())),
+            Action::Assign { worker, tasks } => Some((*worker, tasks.iter().map(|t| t.task).collect())),
             _ => None,
         })
         .collect()
@@ -32,7 +37,7 @@ fn few_tasks_spread_over_workers_before_prefetching() {
     });
     let a = core.worker_joined(Duration::ZERO, 1);
     let b = core.worker_joined(Duration::ZERO, 1);
-    core.submit(independent(2)).unwrap();
+    core.submit(G, independent(2), GraphSpec::default()).unwrap();
     let got = assigned(&drain(&mut core));
     assert_eq!(got, vec![(a, vec![0]), (b, vec![1])]);
 }
@@ -44,10 +49,10 @@ fn queues_fill_to_slots_times_prefetch_then_wait() {
         ..Default::default()
     });
     let a = core.worker_joined(Duration::ZERO, 2);
-    core.submit(independent(10)).unwrap();
+    core.submit(G, independent(10), GraphSpec::default()).unwrap();
     let got = assigned(&drain(&mut core));
     assert_eq!(got, vec![(a, vec![0, 1, 2, 3])]);
-    assert_eq!(core.task_done(S, a, 0), Accept::Accepted);
+    assert_eq!(core.task_done(S, a, k(0)), Accept::Accepted);
     assert_eq!(assigned(&drain(&mut core)), vec![(a, vec![4])]);
 }
 
@@ -60,31 +65,31 @@ fn dependencies_release_in_order_and_local_tasks_run_in_driver() {
     let t3 = b.add(TaskKind::Remote, &[fin]);
     let mut core = Core::new(CoreConfig::default());
     let w = core.worker_joined(Duration::ZERO, 4);
-    core.submit(b.build()).unwrap();
+    core.submit(G, b.build(), GraphSpec::default()).unwrap();
     assert_eq!(assigned(&drain(&mut core)), vec![(w, vec![t0, t1])]);
-    assert_eq!(core.task_done(S, w, t0), Accept::Accepted);
+    assert_eq!(core.task_done(S, w, k(t0)), Accept::Accepted);
     assert!(drain(&mut core).is_empty(), "fin must wait for t1");
-    assert_eq!(core.task_done(S, w, t1), Accept::Accepted);
-    assert_eq!(drain(&mut core), vec![Action::RunLocal(fin)]);
-    assert_eq!(core.local_done(fin), Accept::Accepted);
+    assert_eq!(core.task_done(S, w, k(t1)), Accept::Accepted);
+    assert_eq!(drain(&mut core), vec![Action::RunLocal(k(fin))]);
+    assert_eq!(core.local_done(k(fin)), Accept::Accepted);
     assert_eq!(assigned(&drain(&mut core)), vec![(w, vec![t3])]);
-    assert_eq!(core.task_done(S, w, t3), Accept::Accepted);
-    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
-    assert!(!core.has_graph());
+    assert_eq!(core.task_done(S, w, k(t3)), Accept::Accepted);
+    assert_eq!(drain(&mut core), vec![Action::GraphDone(G)]);
+    assert!(!core.has_graph(G));
 }
 
 #[test]
 fn empty_graph_is_done_at_once() {
     let mut core = Core::new(CoreConfig::default());
-    core.submit(GraphBuilder::new().build()).unwrap();
-    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
+    core.submit(G, GraphBuilder::new().build(), GraphSpec::default()).unwrap();
+    assert_eq!(drain(&mut core), vec![Action::GraphDone(G)]);
 }
 
 #[test]
 fn second_submit_while_running_is_refused() {
     let mut core = Core::new(CoreConfig::default());
-    core.submit(independent(1)).unwrap();
-    assert_eq!(core.submit(independent(1)), Err(CoreError::Busy));
+    core.submit(G, independent(1), GraphSpec::default()).unwrap();
+    assert_eq!(core.submit(G, independent(1), GraphSpec::default()), Err(CoreError::Busy(G)));
 }
 
 #[test]
@@ -92,22 +97,22 @@ fn results_from_wrong_or_lost_workers_are_stale() {
     let mut core = Core::new(CoreConfig::default());
     let a = core.worker_joined(Duration::ZERO, 1);
     let b = core.worker_joined(Duration::ZERO, 1);
-    core.submit(independent(2)).unwrap();
+    core.submit(G, independent(2), GraphSpec::default()).unwrap();
     drain(&mut core);
     // b does not hold task 0.
-    assert_eq!(core.task_done(S, b, 0), Accept::Stale);
+    assert_eq!(core.task_done(S, b, k(0)), Accept::Stale);
     core.worker_left(S, a);
     let again = assigned(&drain(&mut core));
     assert_eq!(again, vec![(b, vec![0])], "a's task goes to b");
     // a's late result is discarded.
-    assert_eq!(core.task_done(S, a, 0), Accept::Stale);
-    assert_eq!(core.task_done(S, b, 0), Accept::Accepted);
-    assert_eq!(core.task_done(S, b, 0), Accept::Stale, "no double counting");
-    assert_eq!(core.task_done(S, b, 1), Accept::Accepted);
-    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
-    assert_eq!(core.graph_counters().tasks_retried, 1);
-    assert_eq!(core.graph_counters().tasks_done, 2);
-    assert_eq!(core.graph_counters().workers_lost, 1);
+    assert_eq!(core.task_done(S, a, k(0)), Accept::Stale);
+    assert_eq!(core.task_done(S, b, k(0)), Accept::Accepted);
+    assert_eq!(core.task_done(S, b, k(0)), Accept::Stale, "no double counting");
+    assert_eq!(core.task_done(S, b, k(1)), Accept::Accepted);
+    assert_eq!(drain(&mut core), vec![Action::GraphDone(G)]);
+    assert_eq!(core.graph_counters(G).tasks_retried, 1);
+    assert_eq!(core.graph_counters(G).tasks_done, 2);
+    assert_eq!(core.graph_counters(G).workers_lost, 1);
 }
 
 #[test]
@@ -119,7 +124,7 @@ fn silent_worker_is_declared_lost_after_timeout() {
     let mut core = Core::new(cfg);
     let a = core.worker_joined(Duration::ZERO, 1);
     let b = core.worker_joined(Duration::ZERO, 1);
-    core.submit(independent(2)).unwrap();
+    core.submit(G, independent(2), GraphSpec::default()).unwrap();
     drain(&mut core);
     core.heartbeat(8 * S, b);
     core.tick(9 * S);
@@ -136,7 +141,7 @@ fn poison_task_fails_after_retry_limit_naming_workers() {
         max_retries: 2,
         ..Default::default()
     });
-    core.submit(independent(1)).unwrap();
+    core.submit(G, independent(1), GraphSpec::default()).unwrap();
     let mut dead = Vec::new();
     for i in 0..3 {
         let w = core.worker_joined(i * S, 1);
@@ -147,30 +152,33 @@ fn poison_task_fails_after_retry_limit_naming_workers() {
     let acts = drain(&mut core);
     assert_eq!(
         acts,
-        vec![Action::GraphFailed(Failure::RetriesExhausted { task: 0, workers: dead })]
+        vec![Action::GraphFailed(G, Failure::RetriesExhausted { task: 0, workers: dead })]
     );
-    assert!(!core.has_graph());
+    assert!(!core.has_graph(G));
 }
 
 #[test]
 fn task_error_fails_graph_and_clears_queues() {
     let mut core = Core::new(CoreConfig::default());
     let w = core.worker_joined(Duration::ZERO, 2);
-    core.submit(independent(3)).unwrap();
+    core.submit(G, independent(3), GraphSpec::default()).unwrap();
     drain(&mut core);
-    core.task_error(S, w, 1, "boom".into());
+    core.task_error(S, w, k(1), "boom".into());
     let acts = drain(&mut core);
     assert_eq!(
         acts,
-        vec![Action::GraphFailed(Failure::TaskError {
-            task: 1,
-            worker: w,
-            message: "boom".into()
-        })]
+        vec![Action::GraphFailed(
+            G,
+            Failure::TaskError {
+                task: 1,
+                worker: w,
+                message: "boom".into()
+            }
+        )]
     );
     assert_eq!(core.workers().map(|(_, _, n)| n).sum::<usize>(), 0);
     // A new graph may start.
-    core.submit(independent(1)).unwrap();
+    core.submit(G, independent(1), GraphSpec::default()).unwrap();
 }
 
 #[test]
@@ -178,7 +186,7 @@ fn draining_worker_gets_nothing_new() {
     let mut core = Core::new(CoreConfig::default());
     let a = core.worker_joined(Duration::ZERO, 1);
     core.drain(a).unwrap();
-    core.submit(independent(1)).unwrap();
+    core.submit(G, independent(1), GraphSpec::default()).unwrap();
     assert!(drain(&mut core).is_empty());
     let b = core.worker_joined(S, 1);
     assert_eq!(assigned(&drain(&mut core)), vec![(b, vec![0])]);
@@ -191,19 +199,19 @@ fn released_tasks_go_elsewhere_without_counting_as_retries() {
         ..Default::default()
     });
     let a = core.worker_joined(Duration::ZERO, 1);
-    core.submit(independent(3)).unwrap();
+    core.submit(G, independent(3), GraphSpec::default()).unwrap();
     assert_eq!(assigned(&drain(&mut core)), vec![(a, vec![0, 1, 2])]);
     core.drain(a).unwrap();
-    core.release(S, a, &[1, 2, 7]);
+    core.release(S, a, &[k(1), k(2), k(7)]);
     assert!(drain(&mut core).is_empty(), "nobody else to take them yet");
     let b = core.worker_joined(S, 2);
     assert_eq!(assigned(&drain(&mut core)), vec![(b, vec![1, 2])]);
-    assert_eq!(core.task_done(S, a, 0), Accept::Accepted, "a finishes what it runs");
-    assert_eq!(core.task_done(S, a, 1), Accept::Stale, "released tasks are no longer a's");
-    core.task_done(S, b, 1);
-    core.task_done(S, b, 2);
-    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
-    assert_eq!(core.graph_counters().tasks_retried, 0);
+    assert_eq!(core.task_done(S, a, k(0)), Accept::Accepted, "a finishes what it runs");
+    assert_eq!(core.task_done(S, a, k(1)), Accept::Stale, "released tasks are no longer a's");
+    core.task_done(S, b, k(1));
+    core.task_done(S, b, k(2));
+    assert_eq!(drain(&mut core), vec![Action::GraphDone(G)]);
+    assert_eq!(core.graph_counters(G).tasks_retried, 0);
 }
 
 #[test]
@@ -229,17 +237,238 @@ fn resumed_graph_runs_only_what_is_left() {
     let t4 = b.add(TaskKind::Remote, &[fin]);
     let mut core = Core::new(CoreConfig::default());
     let w = core.worker_joined(Duration::ZERO, 4);
-    core.submit_resumed(b.build(), &[t0, t1, t3]).unwrap();
-    assert_eq!(drain(&mut core), vec![Action::RunLocal(fin)]);
-    core.local_done(fin);
+    core.submit_resumed(G, b.build(), GraphSpec::default(), &[t0, t1, t3]).unwrap();
+    assert_eq!(drain(&mut core), vec![Action::RunLocal(k(fin))]);
+    core.local_done(k(fin));
     assert_eq!(assigned(&drain(&mut core)), vec![(w, vec![t4])], "t3 is not run again");
-    core.task_done(S, w, t4);
-    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
+    core.task_done(S, w, k(t4));
+    assert_eq!(drain(&mut core), vec![Action::GraphDone(G)]);
 }
 
 #[test]
 fn fully_resumed_graph_is_done_at_once() {
     let mut core = Core::new(CoreConfig::default());
-    core.submit_resumed(independent(3), &[0, 1, 2]).unwrap();
-    assert_eq!(drain(&mut core), vec![Action::GraphDone]);
+    core.submit_resumed(G, independent(3), GraphSpec::default(), &[0, 1, 2]).unwrap();
+    assert_eq!(drain(&mut core), vec![Action::GraphDone(G)]);
+}
+
+// ---- several graphs (issue 13: task jobs beside array workloads)
+
+const H: GraphId = GraphId(2);
+
+fn keys(actions: &[Action]) -> Vec<(WorkerId, Vec<TaskKey>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Assign { worker, tasks } => Some((*worker, tasks.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn task_job(retries: u8) -> GraphSpec {
+    GraphSpec {
+        on_error: OnError::FailTask { retries },
+        ..Default::default()
+    }
+}
+
+fn per_graph(actions: &[Action]) -> (usize, usize) {
+    let all: Vec<TaskKey> = keys(actions).into_iter().flat_map(|(_, t)| t).collect();
+    (
+        all.iter().filter(|k| k.graph == G).count(),
+        all.iter().filter(|k| k.graph == H).count(),
+    )
+}
+
+#[test]
+fn graphs_of_equal_priority_share_the_slots_first_come_first() {
+    let mut core = Core::new(CoreConfig {
+        queue_per_slot: 1,
+        ..Default::default()
+    });
+    core.submit(G, independent(10), GraphSpec::default()).unwrap();
+    core.submit(H, independent(10), task_job(0)).unwrap();
+    let w = core.worker_joined(Duration::ZERO, 4);
+    let got = keys(&drain(&mut core));
+    assert_eq!(
+        got,
+        vec![(
+            w,
+            vec![TaskKey::new(G, 0), TaskKey::new(H, 0), TaskKey::new(G, 1), TaskKey::new(H, 1)]
+        )]
+    );
+    // A slot freed by either goes to the one with fewer in flight, the first on a tie.
+    core.task_done(S, w, TaskKey::new(H, 0));
+    assert_eq!(keys(&drain(&mut core)), vec![(w, vec![TaskKey::new(H, 2)])]);
+}
+
+#[test]
+fn a_higher_priority_gets_a_larger_share_without_starving_the_other() {
+    let mut core = Core::new(CoreConfig {
+        queue_per_slot: 1,
+        ..Default::default()
+    });
+    core.submit(G, independent(20), GraphSpec::default()).unwrap();
+    core.submit(
+        H,
+        independent(20),
+        GraphSpec {
+            priority: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    core.worker_joined(Duration::ZERO, 6);
+    // Shares in proportion to 2^priority: 4 slots to H, 2 to G.
+    assert_eq!(per_graph(&drain(&mut core)), (2, 4));
+}
+
+#[test]
+fn a_task_takes_its_cores_and_waits_for_a_worker_with_room() {
+    let mut core = Core::new(CoreConfig {
+        queue_per_slot: 1,
+        ..Default::default()
+    });
+    core.submit(
+        H,
+        independent(3),
+        GraphSpec {
+            cores: 2,
+            on_error: OnError::FailTask { retries: 0 },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let small = core.worker_joined(Duration::ZERO, 1);
+    assert!(drain(&mut core).is_empty(), "a 1-slot worker cannot take a 2-core task");
+    let big = core.worker_joined(Duration::ZERO, 3);
+    assert_eq!(
+        keys(&drain(&mut core)),
+        vec![(big, vec![TaskKey::new(H, 0)])],
+        "one 2-core task on 3 slots"
+    );
+    // The remaining slot goes to a 1-core array task.
+    core.submit(G, independent(2), GraphSpec::default()).unwrap();
+    let got = keys(&drain(&mut core));
+    assert_eq!(got, vec![(small, vec![TaskKey::new(G, 0)]), (big, vec![TaskKey::new(G, 1)])]);
+}
+
+#[test]
+fn a_failing_task_is_retried_then_fails_alone_cancelling_its_dependants() {
+    let mut b = GraphBuilder::new();
+    let a = b.add(TaskKind::Remote, &[]);
+    let x = b.add(TaskKind::Remote, &[]);
+    let after_a = b.add(TaskKind::Remote, &[a]);
+    let after_both = b.add(TaskKind::Remote, &[after_a, x]);
+    let mut core = Core::new(CoreConfig::default());
+    let w = core.worker_joined(Duration::ZERO, 2);
+    core.submit(H, b.build(), task_job(1)).unwrap();
+    drain(&mut core);
+    let ka = TaskKey::new(H, a);
+    assert_eq!(core.task_error(S, w, ka, "exit 1".into()), Accept::Accepted);
+    assert_eq!(keys(&drain(&mut core)), vec![(w, vec![ka])], "retried once");
+    core.task_error(S, w, ka, "exit 1".into());
+    let acts = drain(&mut core);
+    assert_eq!(
+        acts,
+        vec![Action::TaskFailed {
+            task: ka,
+            failure: Failure::TaskError {
+                task: a,
+                worker: w,
+                message: "exit 1".into()
+            },
+            cancelled: vec![after_a, after_both],
+        }]
+    );
+    assert!(core.has_graph(H), "the job goes on");
+    core.task_done(S, w, TaskKey::new(H, x));
+    assert_eq!(drain(&mut core), vec![Action::GraphDone(H)]);
+    assert_eq!(core.graph_counters(H).tasks_done, 1);
+}
+
+#[test]
+fn an_error_in_one_array_graph_leaves_the_other_graphs_running() {
+    let mut core = Core::new(CoreConfig::default());
+    let w = core.worker_joined(Duration::ZERO, 4);
+    core.submit(G, independent(2), GraphSpec::default()).unwrap();
+    core.submit(H, independent(2), task_job(0)).unwrap();
+    drain(&mut core);
+    core.task_error(S, w, k(0), "bad chunk".into());
+    let acts = drain(&mut core);
+    assert!(matches!(&acts[..], [Action::GraphFailed(g, _)] if *g == G), "{acts:?}");
+    assert_eq!(core.task_done(S, w, k(1)), Accept::Stale, "the failed graph's tasks are gone");
+    core.task_done(S, w, TaskKey::new(H, 0));
+    core.task_done(S, w, TaskKey::new(H, 1));
+    assert_eq!(drain(&mut core), vec![Action::GraphDone(H)]);
+}
+
+#[test]
+fn cancelled_tasks_name_the_running_ones_and_their_results_are_stale() {
+    let mut b = GraphBuilder::new();
+    let t0 = b.add(TaskKind::Remote, &[]);
+    let t1 = b.add(TaskKind::Remote, &[]);
+    let t2 = b.add(TaskKind::Remote, &[t1]);
+    let t3 = b.add(TaskKind::Remote, &[]);
+    let mut core = Core::new(CoreConfig {
+        queue_per_slot: 1,
+        ..Default::default()
+    });
+    let w = core.worker_joined(Duration::ZERO, 2);
+    core.submit(H, b.build(), task_job(0)).unwrap();
+    assert_eq!(keys(&drain(&mut core)), vec![(w, vec![TaskKey::new(H, t0), TaskKey::new(H, t1)])]);
+    let (cancelled, running) = core.cancel_tasks(H, &[t1, t3]);
+    assert_eq!(cancelled, vec![t1, t2, t3]);
+    assert_eq!(running, vec![(TaskKey::new(H, t1), w)]);
+    assert_eq!(core.task_done(S, w, TaskKey::new(H, t1)), Accept::Stale);
+    assert!(keys(&drain(&mut core)).is_empty(), "nothing left to hand out");
+    core.task_done(S, w, TaskKey::new(H, t0));
+    assert_eq!(drain(&mut core), vec![Action::GraphDone(H)]);
+}
+
+#[test]
+fn a_task_whose_time_limit_outlives_a_worker_goes_to_another() {
+    let mut core = Core::new(CoreConfig::default());
+    let short = core.worker_joined(Duration::ZERO, 1);
+    core.set_deadline(short, Some(100 * S)).unwrap();
+    core.submit(
+        H,
+        independent(1),
+        GraphSpec {
+            time_limit: Some(200 * S),
+            ..task_job(0)
+        },
+    )
+    .unwrap();
+    assert!(drain(&mut core).is_empty(), "the worker's walltime ends before the limit");
+    let long = core.worker_joined(S, 1);
+    assert_eq!(keys(&drain(&mut core)), vec![(long, vec![TaskKey::new(H, 0)])]);
+}
+
+#[test]
+fn a_task_lost_too_often_fails_alone_in_a_task_job() {
+    let mut core = Core::new(CoreConfig {
+        max_retries: 1,
+        queue_per_slot: 1,
+        ..Default::default()
+    });
+    core.submit(H, independent(2), task_job(0)).unwrap();
+    let mut lost = Vec::new();
+    for i in 0..2 {
+        let w = core.worker_joined(i * S, 1);
+        lost.push(w);
+        drain(&mut core);
+        core.worker_left(i * S, w);
+    }
+    let acts = drain(&mut core);
+    assert!(
+        acts.contains(&Action::TaskFailed {
+            task: TaskKey::new(H, 0),
+            failure: Failure::RetriesExhausted { task: 0, workers: lost },
+            cancelled: vec![],
+        }),
+        "{acts:?}"
+    );
+    assert!(core.has_graph(H), "task 1 still runs");
 }

@@ -22,7 +22,7 @@ use super::writer::{Writer, output_files, temp_name};
 use crate::batch::runner::Runner;
 use crate::batch::{JobId, JobState};
 use crate::config::workload::Workload;
-use crate::core::{Accept, Action, Core, CoreConfig, Failure, TaskId, WorkerId};
+use crate::core::{Accept, Action, Core, CoreConfig, Failure, GraphId, GraphSpec, TaskId, TaskKey, WorkerId};
 use crate::exec::geometry::{block_region, fmt_shape};
 use crate::exec::plan::{Plan, StageKind, TaskMap, TaskRef};
 use crate::exec::reduce::Accumulator;
@@ -542,7 +542,7 @@ impl Actor {
                         Some(m) => (m * 7 + took) / 8,
                         None => took,
                     });
-                    if self.core.task_done(now, id, r.task) == Accept::Accepted {
+                    if self.core.task_done(now, id, TaskKey::new(GraphId(job), r.task)) == Accept::Accepted {
                         self.absorb(r.task, r.bytes_read, seg, r.written, r.fp);
                     } else {
                         tracing::debug!(worker = %id, task = r.task, "stale result discarded");
@@ -554,7 +554,7 @@ impl Actor {
                 // The first `Draining` starts the drain and is acknowledged; later ones
                 // hand back tasks that were on their way before the worker knew.
                 let _ = self.core.drain(id);
-                let tasks: Vec<TaskId> = released.iter().filter(|(j, _)| self.is_current(*j)).map(|(_, t)| *t).collect();
+                let tasks: Vec<TaskKey> = released.iter().map(|&(j, t)| TaskKey::new(GraphId(j), t)).collect();
                 self.core.release(now, id, &tasks);
                 let first = self.workers.get_mut(&id).is_some_and(|w| {
                     let first = !std::mem::replace(&mut w.drain_acked, true);
@@ -573,10 +573,18 @@ impl Actor {
             }
             PeerMsg::TaskError { job, task, message } => {
                 if self.is_current(job) {
-                    self.core.task_error(now, id, task, message);
+                    self.core.task_error(now, id, TaskKey::new(GraphId(job), task), message);
                 }
             }
             other => tracing::debug!(worker = %id, ?other, "unexpected message from worker"),
+        }
+    }
+
+    /// Tasks done and total of the running job.
+    fn running_progress(&self) -> Option<(u32, u32)> {
+        match &self.slot {
+            Slot::Running(j) => self.core.progress(GraphId(j.id)),
+            _ => None,
         }
     }
 
@@ -692,7 +700,7 @@ impl Actor {
                     tasks_resumed: done.len() as u64,
                     fp: vec![[0; 3]; n_stages],
                 }));
-                if let Err(e) = self.core.submit_resumed(p.graph, &done) {
+                if let Err(e) = self.core.submit_resumed(GraphId(id), p.graph, GraphSpec::default(), &done) {
                     self.fail_job(format!("internal: {e}"));
                 }
             }
@@ -703,8 +711,13 @@ impl Actor {
     fn drive(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::Assign { worker, tasks } => self.assign(worker, tasks),
-                Action::RunLocal(task) => self.run_local(task),
+                Action::Assign { worker, tasks } => {
+                    // One array workload runs at a time: its graph is the only one.
+                    let tasks: Vec<TaskId> = tasks.into_iter().filter(|k| self.is_current(k.graph.0)).map(|k| k.task).collect();
+                    self.assign(worker, tasks)
+                }
+                Action::RunLocal(task) if self.is_current(task.graph.0) => self.run_local(task.task),
+                Action::RunLocal(_) | Action::TaskFailed { .. } => {}
                 Action::WorkerLost { worker } => {
                     tracing::warn!(%worker, "worker lost (no heartbeat)");
                     if let Some(w) = self.workers.remove(&worker) {
@@ -728,11 +741,13 @@ impl Actor {
                         }
                     }
                 }
-                Action::GraphDone => self.finish_job(),
-                Action::GraphFailed(f) => {
+                Action::GraphDone(g) if self.is_current(g.0) => self.finish_job(),
+                Action::GraphDone(_) => {}
+                Action::GraphFailed(g, f) if self.is_current(g.0) => {
                     let msg = self.describe_failure(&f);
                     self.fail_job(msg);
                 }
+                Action::GraphFailed(..) => {}
             }
         }
         self.progress(false);
@@ -880,8 +895,9 @@ impl Actor {
         if !self.is_current(job_id) {
             return;
         }
+        let key = TaskKey::new(GraphId(job_id), task);
         match outcome {
-            LocalOutcome::Finalized(Err(message)) => self.core.local_failed(task, message),
+            LocalOutcome::Finalized(Err(message)) => self.core.local_failed(key, message),
             LocalOutcome::Finalized(Ok(done)) => {
                 let Slot::Running(job) = &mut self.slot else { return };
                 for (c, arr) in done {
@@ -890,13 +906,13 @@ impl Actor {
                     job.const_bytes[c as usize] = Some(Bytes::from(buf));
                     job.consts[c as usize] = Some(Arc::new(arr));
                 }
-                self.core.local_done(task);
+                self.core.local_done(key);
             }
             LocalOutcome::Block(Ok(r)) => {
                 self.absorb(task, r.bytes_read, Bytes::from(r.payload), false, r.fp);
-                self.core.local_done(task);
+                self.core.local_done(key);
             }
-            LocalOutcome::Block(Err(message)) => self.core.local_failed(task, message),
+            LocalOutcome::Block(Err(message)) => self.core.local_failed(key, message),
         }
     }
 
@@ -983,7 +999,7 @@ impl Actor {
             return;
         }
         job.last_progress = Instant::now();
-        if let Some((done, total)) = self.core.progress() {
+        if let Some((done, total)) = self.core.progress(GraphId(job.id)) {
             send(&job.client, ServerMsg::Progress { done, total });
         }
     }
@@ -1004,7 +1020,7 @@ impl Actor {
             return;
         };
         let mut job = *job;
-        let counters = self.core.graph_counters();
+        let counters = self.core.graph_counters(GraphId(job.id));
         let summary = Summary {
             tasks_total: u64::from(job.tasks_total),
             tasks_retried: counters.tasks_retried,
@@ -1064,7 +1080,7 @@ impl Actor {
     /// files and journal stay, so running the same workload again resumes.
     fn abort_job(&mut self) {
         if let Slot::Running(mut job) = std::mem::replace(&mut self.slot, Slot::Idle) {
-            self.core.cancel_graph();
+            self.core.cancel_graph(GraphId(job.id));
             for w in self.workers.values() {
                 send(&w.tx, ServerMsg::Cancel { job: job.id });
             }
@@ -1079,7 +1095,7 @@ impl Actor {
         tracing::warn!(%message, "job failed");
         match std::mem::replace(&mut self.slot, Slot::Idle) {
             Slot::Running(job) => {
-                self.core.cancel_graph();
+                self.core.cancel_graph(GraphId(job.id));
                 for w in self.workers.values() {
                     send(&w.tx, ServerMsg::Cancel { job: job.id });
                 }
@@ -1166,7 +1182,7 @@ impl Actor {
 
     /// Poll job states, retire drained jobs, let backoffs expire.
     fn pool_tick(&mut self, now: Duration) {
-        let progress = self.core.progress();
+        let progress = self.running_progress();
         let Some(s) = &mut self.site else { return };
         if s.pool.adapt().is_some() {
             let tasks_left = progress.map_or(0, |(d, t)| u64::from(t - d));
@@ -1310,7 +1326,7 @@ impl Actor {
                 Slot::Running(j) => Some(j.id),
                 _ => None,
             },
-            progress: self.core.progress(),
+            progress: self.running_progress(),
             tasks_done: c.tasks_done,
             tasks_retried: c.tasks_retried,
             workers_lost: c.workers_lost,
