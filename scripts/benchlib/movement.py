@@ -58,16 +58,21 @@ def base_case(case: str) -> str:
     return case.removesuffix("-gzip")
 
 
+def _made_with(path: Path, spec: str) -> bool:
+    """Whether `path` holds the data `spec` describes (made by an earlier run)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return f["t"].attrs.get("bench_spec") == spec
+    except (OSError, KeyError):
+        return False
+
+
 def ensure_data(size_tag: str) -> Path:
     t = STEPS[size_tag]
     path = BENCH_DIR / f"steps-{t}.h5"
     spec = json.dumps({"t": t, "grid": GRID, "seed": 20261204, "nan": 0.001})
-    try:
-        with h5py.File(path, "r") as f:
-            if f["t"].attrs.get("bench_spec") == spec:
-                return path
-    except (OSError, KeyError):
-        pass
+    if _made_with(path, spec):
+        return path
     log(f"making {path.name}: ({t}, {GRID[0]}, {GRID[1]}) f64, one time step per chunk")
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     rng = np.random.default_rng(20261204)
@@ -88,12 +93,8 @@ def ensure_gzip(size_tag: str) -> Path:
     path = plain.with_name(plain.stem + "-gzip.h5")
     with h5py.File(plain, "r") as f:
         spec = f["t"].attrs["bench_spec"] + " gzip4+shuffle"
-    try:
-        with h5py.File(path, "r") as f:
-            if f["t"].attrs.get("bench_spec") == spec:
-                return path
-    except (OSError, KeyError):
-        pass
+    if _made_with(path, spec):
+        return path
     log(f"making {path.name}: {plain.name} with gzip level 4 + shuffle")
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with h5py.File(plain, "r") as f, h5py.File(tmp, "w") as g:
