@@ -135,10 +135,15 @@ impl Writer {
             };
             match opened {
                 Ok(f) => files.push(OutFile {
+                    file: Some({
+                        if !hdf::close_on_exec(&f) {
+                            tracing::debug!(file = %temp.display(), "cannot mark the output's descriptor close-on-exec");
+                        }
+                        f
+                    }),
                     staging: plan.outputs.iter().any(|o| o.file == path && o.staging.is_some()),
                     temp,
                     final_path: path,
-                    file: Some(f),
                 }),
                 Err(e) => {
                     let msg = format!(

@@ -19,7 +19,7 @@ pub mod index;
 pub mod output;
 pub mod reader;
 
-pub use output::{ChunkSink, chunk_table, compress_block, create_output, write_chunks, write_region};
+pub use output::{ChunkSink, chunk_table, close_on_exec, compress_block, create_output, write_chunks, write_region};
 pub use reader::Reader;
 
 use std::ops::Range;

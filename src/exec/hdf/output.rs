@@ -86,6 +86,26 @@ impl ChunkSink {
     }
 }
 
+/// Keep the descriptor the HDF5 library opened `file` with (without `O_CLOEXEC`) out
+/// of the processes the server starts: a worker of the `local` scheduler, or one a
+/// batch command forks, would hold it for its whole life, and with it HDF5's lock on
+/// the file and the disk space of a temporary file long removed. Whether it took.
+pub fn close_on_exec(file: &hdf5::File) -> bool {
+    use std::os::fd::BorrowedFd;
+
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let mut handle: *mut std::ffi::c_void = std::ptr::null_mut();
+    // SAFETY: a valid file id; the default (sec2) driver's handle is its int descriptor.
+    let rc = hdf5::sync::sync(|| unsafe { hdf5_sys::h5f::H5Fget_vfd_handle(file.id(), hdf5_sys::h5p::H5P_DEFAULT, &mut handle) });
+    if rc < 0 || handle.is_null() {
+        return false;
+    }
+    // SAFETY: the handle points at the descriptor, open while `file` is.
+    let fd = unsafe { *(handle as *const std::ffi::c_int) };
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).is_ok()
+}
+
 /// Create an output dataset (intermediate groups included).
 pub fn create_output(
     file: &hdf5::File,
@@ -306,5 +326,35 @@ pub fn write_chunks(ds: &hdf5::Dataset, region: &[Range<usize>], chunk: &[usize]
         Ok(())
     } else {
         Err(hdf5::Error::from("a compressed block has bytes past its chunks"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::BorrowedFd;
+
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+
+    /// Whether the descriptor HDF5 holds `file` open with is close-on-exec.
+    fn cloexec(file: &hdf5::File) -> bool {
+        let mut handle: *mut std::ffi::c_void = std::ptr::null_mut();
+        // SAFETY: as in `close_on_exec`.
+        unsafe { hdf5_sys::h5f::H5Fget_vfd_handle(file.id(), hdf5_sys::h5p::H5P_DEFAULT, &mut handle) };
+        let fd = unsafe { BorrowedFd::borrow_raw(*(handle as *const std::ffi::c_int)) };
+        let flags = fcntl(fd, FcntlArg::F_GETFD).expect("F_GETFD");
+        FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC)
+    }
+
+    #[test]
+    fn output_descriptors_are_not_inherited_by_processes_the_server_starts() {
+        let dir = std::env::temp_dir().join(format!("drover-cloexec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("o.h5");
+        let f = hdf5::File::create(&path).unwrap();
+        assert!(!cloexec(&f), "HDF5 opens files without O_CLOEXEC (else this fix is moot)");
+        assert!(super::close_on_exec(&f));
+        assert!(cloexec(&f));
+        drop(f);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
