@@ -6,6 +6,8 @@
 //! main task waiting for either to end. Task execution (HDF5 reads, kernels) happens on
 //! plain OS threads fed from a queue; results cross back through a channel.
 
+pub mod command;
+
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
