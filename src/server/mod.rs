@@ -10,6 +10,7 @@
 pub mod actor;
 pub mod client;
 mod conn;
+pub mod jobs;
 pub mod journal;
 pub mod writer;
 
