@@ -268,7 +268,7 @@ fn stage_memory(plan: &Plan, s: usize) -> StageMemory {
 
 /// The region of the stage's kernel space a block `r` of the stage covers: itself, or
 /// for a contraction written whole, the block with the summed axes whole.
-fn space(st: &super::plan::Stage, r: &[Range<usize>]) -> Vec<Range<usize>> {
+pub fn space(st: &super::plan::Stage, r: &[Range<usize>]) -> Vec<Range<usize>> {
     st.contract.as_ref().map_or_else(|| r.to_vec(), |c| c.full_region(r))
 }
 

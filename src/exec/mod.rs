@@ -114,7 +114,7 @@ pub struct Staged {
 impl Staged {
     fn reader(&self) -> hdf5::Result<&hdf::Reader> {
         self.reader
-            .get_or_init(|| hdf::Reader::open_with(&self.file, &self.dataset, false).map_err(|e| e.to_string()))
+            .get_or_init(|| hdf::Reader::open(&self.file, &self.dataset).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(|e| hdf5::Error::from(format!("cannot open the staging copy: {e}")))
     }

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use super::geometry::{self, block_count};
 use super::hdf::Dtype;
-use super::memory::input_regions;
+use super::memory::{input_regions, space};
 use super::plan::{Kernel, OutputSpec, Plan, Stage, StageKind};
 use crate::config::workload::OutDtype;
 
@@ -38,13 +38,16 @@ pub const AMPLIFICATION: f64 = 3.0;
 /// Blocks sampled to estimate a stage's decoding.
 const SAMPLE: u64 = 4096;
 
+/// The name of `file` (without its folder), for the hidden files drover keeps beside it.
+pub fn file_name(file: &Path) -> String {
+    file.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".into())
+}
+
 /// The hidden file a temporary output is written to, beside `file`.
 pub fn temp_name(file: &Path) -> PathBuf {
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
-    file.with_file_name(format!(".{name}.drover-tmp"))
+    file.with_file_name(format!(".{}.drover-tmp", file_name(file)))
 }
 
 /// How many times over the plan's worker tasks decode the chunks of input `i`: the
@@ -76,8 +79,7 @@ pub fn decode_amplification(plan: &Plan, i: u32) -> Option<f64> {
         let mut sum = 0u64;
         let mut sampled = 0u64;
         for b in (0..tasks).step_by(step as usize) {
-            let region = geometry::block_region(&st.shape, &st.block, b);
-            let region = st.contract.as_ref().map_or(region.clone(), |c| c.full_region(&region));
+            let region = space(st, &geometry::block_region(&st.shape, &st.block, b));
             for k in st.kernels() {
                 input_regions(plan, k, &region, &mut |j, r| {
                     if j == i {
@@ -117,12 +119,14 @@ pub fn staged_bytes(plan: &Plan, i: u32) -> u64 {
 }
 
 /// The stored type of a staging copy: the input's own, or f64 for decoded values.
-fn staged_dtype(plan: &Plan, i: u32) -> OutDtype {
+fn staged_dtype(plan: &Plan, i: u32) -> Dtype {
     let inp = &plan.inputs[i as usize];
-    if inp.cf.is_some() {
-        return OutDtype::F64;
-    }
-    match inp.dtype {
+    if inp.cf.is_some() { Dtype::F64 } else { inp.dtype }
+}
+
+/// The output type that stores values of `d` as they are.
+fn out_dtype(d: Dtype) -> OutDtype {
+    match d {
         Dtype::I8 => OutDtype::I8,
         Dtype::I16 => OutDtype::I16,
         Dtype::I32 => OutDtype::I32,
@@ -133,21 +137,6 @@ fn staged_dtype(plan: &Plan, i: u32) -> OutDtype {
         Dtype::U64 => OutDtype::U64,
         Dtype::F32 => OutDtype::F32,
         Dtype::F64 => OutDtype::F64,
-    }
-}
-
-fn as_stored(d: OutDtype) -> Dtype {
-    match d {
-        OutDtype::I8 => Dtype::I8,
-        OutDtype::I16 => Dtype::I16,
-        OutDtype::I32 => Dtype::I32,
-        OutDtype::I64 => Dtype::I64,
-        OutDtype::U8 | OutDtype::Bool => Dtype::U8,
-        OutDtype::U16 => Dtype::U16,
-        OutDtype::U32 => Dtype::U32,
-        OutDtype::U64 => Dtype::U64,
-        OutDtype::F32 => Dtype::F32,
-        OutDtype::F64 => Dtype::F64,
     }
 }
 
@@ -169,10 +158,7 @@ pub fn stage(plan: &mut Plan, inputs: &[u32], target: usize) {
         return;
     }
     let first = plan.outputs[0].file.clone();
-    let out_name = first
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
+    let out_name = file_name(&first);
     let n = inputs.len() as u32;
     for st in &mut plan.stages {
         for (&from, to) in inputs.iter().zip(plan.inputs.len() as u32..) {
@@ -203,7 +189,7 @@ pub fn stage(plan: &mut Plan, inputs: &[u32], target: usize) {
         let mut copy = src.clone();
         copy.file = temp_name(&file);
         copy.dataset = "staged".into();
-        copy.dtype = as_stored(dtype);
+        copy.dtype = dtype;
         copy.cf = None;
         copy.filtered = false;
         copy.staged = Some(s as u32);
@@ -211,7 +197,7 @@ pub fn stage(plan: &mut Plan, inputs: &[u32], target: usize) {
             file,
             dataset: "staged".into(),
             shape: src.shape.clone(),
-            dtype,
+            dtype: out_dtype(dtype),
             chunk: Some(chunk.clone()),
             expr: src.name.clone(),
             compression: None,

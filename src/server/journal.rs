@@ -53,11 +53,7 @@ pub struct Journal {
 /// The journal's path for a plan: beside its first output.
 pub fn path_for(plan: &Plan) -> PathBuf {
     let out = &plan.outputs[0].file;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "output".into());
-    out.with_file_name(format!(".{name}.drover-journal"))
+    out.with_file_name(format!(".{}.drover-journal", crate::exec::staging::file_name(out)))
 }
 
 /// What identifies a run: same fingerprint, same results.

@@ -340,6 +340,15 @@ impl WriterThread {
         pending.clear();
     }
 
+    /// Make the pending blocks durable and the journal's records (partials too) reach
+    /// the file.
+    fn sync(&mut self, pending: &mut Vec<u32>) {
+        self.make_durable(pending);
+        if let Some(j) = &mut self.journal {
+            let _ = j.flush();
+        }
+    }
+
     fn close_files(&mut self) -> Result<(), String> {
         self.datasets.clear();
         let mut result = Ok(());
@@ -412,10 +421,7 @@ impl WriterThread {
                     }
                 }
                 Some(Cmd::Settle { output, reply }) => {
-                    self.make_durable(&mut pending);
-                    if let Some(j) = &mut self.journal {
-                        let _ = j.flush();
-                    }
+                    self.sync(&mut pending);
                     let result = if self.failed {
                         Err("an earlier write failed".into())
                     } else {
@@ -456,19 +462,13 @@ impl WriterThread {
                     return;
                 }
                 Some(Cmd::Abandon) => {
-                    self.make_durable(&mut pending);
-                    if let Some(j) = &mut self.journal {
-                        let _ = j.flush();
-                    }
+                    self.sync(&mut pending);
                     let _ = self.close_files();
                     return;
                 }
             }
             if last_flush.elapsed() >= FLUSH_EVERY || pending.len() >= 256 {
-                self.make_durable(&mut pending);
-                if let Some(j) = &mut self.journal {
-                    let _ = j.flush();
-                }
+                self.sync(&mut pending);
                 last_flush = Instant::now();
             }
         }

@@ -309,8 +309,13 @@ mod tests {
         let t = task(&d, "echo $$ > pid; sleep 60");
         let stop = Stop::default();
         let s2 = stop.clone();
+        let pid = d.0.join("pid");
+        // Cancelled once the task runs (it has written its pid).
         let canceller = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(200));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !std::fs::read_to_string(&pid).is_ok_and(|p| p.ends_with('\n')) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             s2.cancel();
         });
         let (outcome, _) = run(&t, &stop);

@@ -5,9 +5,6 @@ that resumes after a kill, and --explain."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 import h5py
@@ -15,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import (assert_refused, child_env, kill_group, kill_marked, new_mark, run_drover, spawn_logged, to_toml,
-                      wait_for_access, wait_marked_gone)
-from test_resilience import wait_for_journal_records
+                      wait_for_access)
+from test_resilience import kill_once_journaled
 
 MiB = 1 << 20
 BOUND = 150 * MiB
@@ -148,19 +145,8 @@ def test_a_killed_rechunk_resumes_from_its_temporary_file(drover, big, tmp_path)
     out = tmp_path / "ts.h5"
     w = workload(d, [{"expr": "t", "file": str(out), "dataset": "t", "chunks": [640, 4, 360], "compression": "gzip"}], name="resume.toml")
     args = [str(drover), "run", str(w), "--workers", "1", "--threads", "1", "--memory-per-worker", f"{BOUND}", "--json"]
-    mark = new_mark()
-    proc = subprocess.Popen(args, env=child_env(mark), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journal = tmp_path / ".ts.h5.drover-journal"
-    try:
-        wait_for_journal_records(journal, proc)
-        assert proc.poll() is None, "the rechunk must still be going when it is killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        assert not out.exists() and journal.exists()
-        assert wait_marked_gone(mark, 40.0) == []
-    finally:
-        kill_group(proc)
-        kill_marked(mark)
+    kill_once_journaled(args, journal, out)
     r = run_drover(drover, args[1:], timeout=600)
     assert r.rc == 0, r.describe()
     summary = r.json()

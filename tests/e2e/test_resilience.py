@@ -67,6 +67,27 @@ def wait_for_journal_records(journal: Path, proc: subprocess.Popen, timeout: flo
         time.sleep(0.05)
 
 
+def kill_once_journaled(args: list[str], journal: Path, out: Path) -> None:
+    """Run `args` (a drover command line), SIGKILL it once it has journaled results,
+    and check what a killed run leaves: no output, its journal, and none of its
+    processes (orphaned workers exit on their own within their death timeout)."""
+    mark = new_mark()
+    proc = subprocess.Popen(args, env=child_env(mark), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_for_journal_records(journal, proc)
+        assert proc.poll() is None, "the run must still be going when it is killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert not out.exists(), "no final output from a killed run"
+        assert journal.exists()
+        survivors = wait_marked_gone(mark, 40.0)
+        assert survivors == [], f"workers outlived their death timeout: {survivors}"
+    finally:
+        kill_group(proc)
+        kill_marked(mark)
+
+
 def children_of(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -159,23 +180,8 @@ def test_workers_draining_before_their_walltime_lose_nothing(drover, tmp_path):
 def test_a_killed_run_leaves_no_output_and_resumes(drover, tmp_path):
     rows = rows_for(drover, tmp_path, 10.0)
     w = make_slow(tmp_path, rows)
-    mark = new_mark()
-    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "2", "--json"], env=child_env(mark),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journal = tmp_path / ".slow.h5.drover-journal"
-    try:
-        wait_for_journal_records(journal, proc)
-        assert proc.poll() is None, "the run must still be going when it is killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        assert not (tmp_path / "slow.h5").exists(), "no final output from a killed run"
-        assert journal.exists()
-        # The orphaned workers notice the server is gone and exit on their own.
-        survivors = wait_marked_gone(mark, 40.0)
-        assert survivors == [], f"workers outlived their death timeout: {survivors}"
-    finally:
-        kill_group(proc)
-        kill_marked(mark)
+    kill_once_journaled([str(drover), "run", str(w), "--workers", "2", "--json"], journal, tmp_path / "slow.h5")
     r = run_drover(drover, ["run", w, "--workers", "2", "--json"])
     assert r.rc == 0, r.describe()
     summary = r.json()

@@ -14,9 +14,6 @@ times larger than it.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import warnings
 from pathlib import Path
 
@@ -24,8 +21,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import child_env, kill_group, kill_marked, new_mark, run_drover, to_toml, wait_marked_gone
-from test_resilience import wait_for_journal_records
+from conftest import run_drover, to_toml
+from test_resilience import kill_once_journaled
 
 MiB = 1 << 20
 
@@ -145,20 +142,8 @@ def test_a_killed_staged_rechunk_keeps_its_copy_resumes_from_it_and_stays_within
     args = [str(drover), "run", str(w), "--workers", "1", "--threads", "1", "--memory-per-worker", f"{BOUND}", "--json"]
     copy = tmp_path / ".ts.h5.drover-staging-t.drover-tmp"
     journal = tmp_path / ".ts.h5.drover-journal"
-    mark = new_mark()
-    proc = subprocess.Popen(args, env=child_env(mark), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        wait_for_journal_records(journal, proc)
-        assert proc.poll() is None, "the rechunk must still be going when it is killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        assert wait_marked_gone(mark, 40.0) == []
-        assert not out.exists() and journal.exists()
-        assert copy.exists(), "the staging copy is kept for the next run"
-    finally:
-        kill_group(proc)
-        kill_marked(mark)
+    kill_once_journaled(args, journal, out)
+    assert copy.exists(), "the staging copy is kept for the next run"
     r = run_drover(drover, args[1:], timeout=600)
     assert r.rc == 0, r.describe()
     summary = r.json()

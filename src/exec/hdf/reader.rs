@@ -160,15 +160,6 @@ thread_local! {
 impl Reader {
     /// Open `dataset` of `path` for reading.
     pub fn open(path: &Path, dataset: &str) -> hdf5::Result<Self> {
-        Self::open_with(path, dataset, true)
-    }
-
-    /// Open `dataset` of `path` for reading, without HDF5's file lock when `locking` is
-    /// false: for a staging copy, which nobody writes once it is read, but whose lock a
-    /// process started by the server while it was being written may still hold (a
-    /// worker of the `local` scheduler or of a batch system that forks from the
-    /// submitting process inherits the writer's descriptor, and its lock with it).
-    pub fn open_with(path: &Path, dataset: &str, locking: bool) -> hdf5::Result<Self> {
         let stamp = Stamp::of(path).map_err(|e| hdf5::Error::from(e.to_string()))?;
         // Walking the chunk index of a dataset with a million chunks fills the
         // library's metadata cache (32 MiB by default) with index nodes the mapped
@@ -176,15 +167,7 @@ impl Reader {
         // buffers.
         let mut mdc = hdf5::plist::file_access::MetadataCacheConfig::default();
         (mdc.initial_size, mdc.min_size, mdc.max_size) = (1 << 20, 1 << 20, 4 << 20);
-        let file = hdf5::File::with_options()
-            .with_fapl(|p| {
-                // (Left as the library and HDF5_USE_FILE_LOCKING say unless asked.)
-                if !locking {
-                    p.file_locking(false);
-                }
-                p.mdc_config(&mdc)
-            })
-            .open(path)?;
+        let file = hdf5::File::with_options().with_fapl(|p| p.mdc_config(&mdc)).open(path)?;
         let ds = file.dataset(dataset)?;
         let chunk = ds.chunk();
         let decoding = decoding_of(&ds);
