@@ -6,11 +6,13 @@
 //! - [`serve`]: `drover server start|stop`, `status`, `scale`.
 //! - [`batch`]: `drover job-script`, `drover sites`.
 //! - [`work`]: `drover worker`.
+//! - [`tasks`]: `drover submit`, `jobs`, `tasks`, `wait`, `cancel` (task jobs).
 
 mod batch;
 mod explain;
 mod run;
 mod serve;
+mod tasks;
 mod work;
 
 use std::net::SocketAddr;
@@ -66,6 +68,54 @@ pub enum Cmd {
         #[command(flatten)]
         dir: DirArg,
     },
+    /// Submit a task job to a running server: a command run once per --array index
+    /// or --each-line line, on the server's workers.
+    Submit(tasks::SubmitArgs),
+    /// List a server's jobs with their tasks' counts by state.
+    Jobs {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tasks of a job: state, exit code or signal, worker, host, times.
+    Tasks {
+        /// The job's id (see `drover jobs`).
+        job: u64,
+        /// Only tasks in this state (waiting, running, succeeded, failed, timeout, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until jobs end; exit 1 if any of their tasks did not succeed.
+    Wait {
+        /// Job ids.
+        #[arg(required = true)]
+        jobs: Vec<u64>,
+        /// Print each task as it ends.
+        #[arg(long)]
+        as_completed: bool,
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print JSON (one object per line with --as-completed).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job (its running tasks' process groups are stopped), or some of its tasks.
+    Cancel {
+        /// The job's id.
+        job: u64,
+        /// Only these task ids: `3,7`, `10-20`.
+        #[arg(long, value_name = "IDS")]
+        tasks: Option<String>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
     /// Print the batch script(s) that would be submitted for a site.
     JobScript {
         /// A bundled site name (see `drover sites`) or a site file.
@@ -108,7 +158,7 @@ pub enum Cmd {
 pub struct DirArg {
     /// The server's folder, holding access.toml (default ~/.drover/server).
     #[arg(long)]
-    dir: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
 }
 
 impl DirArg {
@@ -338,6 +388,16 @@ pub fn main(cli: Cli) -> Result<(), Failure> {
         Cmd::Adapt { min, max, dir } => serve::adapt(&dir.get(), min, max),
         Cmd::JobScript { site, workers, dir } => batch::job_script(&site, workers, &dir.get()),
         Cmd::Sites => batch::sites(),
+        Cmd::Submit(args) => tasks::submit(args),
+        Cmd::Jobs { dir, json } => tasks::jobs(&dir.get(), json),
+        Cmd::Tasks { job, state, dir, json } => tasks::tasks(&dir.get(), job, state.as_deref(), json),
+        Cmd::Wait {
+            jobs,
+            as_completed,
+            dir,
+            json,
+        } => tasks::wait(&dir.get(), &jobs, as_completed, json),
+        Cmd::Cancel { job, tasks, dir } => tasks::cancel(&dir.get(), job, tasks.as_deref()),
         Cmd::Worker {
             access,
             threads,

@@ -110,6 +110,10 @@ pub struct GraphSpec {
     pub cores: u32,
     /// The longest a task may run: a worker whose walltime ends sooner gets none.
     pub time_limit: Option<Duration>,
+    /// Whether its tasks may wait in workers' queues behind running ones (short
+    /// tasks); without, a task goes only to a free slot, so a long task never waits
+    /// at a busy worker while another is idle.
+    pub prefetch: bool,
 }
 
 impl Default for GraphSpec {
@@ -119,6 +123,7 @@ impl Default for GraphSpec {
             on_error: OnError::FailGraph,
             cores: 1,
             time_limit: None,
+            prefetch: true,
         }
     }
 }
@@ -130,8 +135,9 @@ pub enum Action {
     Assign { worker: WorkerId, tasks: Vec<TaskKey> },
     /// Run this task in the driver itself (a [`TaskKind::Local`] task).
     RunLocal(TaskKey),
-    /// A worker was declared lost (heartbeat timeout); its tasks went back to the queue.
-    WorkerLost { worker: WorkerId },
+    /// A worker was declared lost (heartbeat timeout); the tasks it held (`tasks`)
+    /// went back to the queue.
+    WorkerLost { worker: WorkerId, tasks: Vec<TaskKey> },
     /// A task of an [`OnError::FailTask`] graph failed for good; `cancelled` are the
     /// tasks that depended on it (they will not run).
     TaskFailed {
@@ -308,6 +314,17 @@ impl Core {
         self.workers.iter().map(|(id, w)| (*id, w.slots, w.assigned.len()))
     }
 
+    /// The tasks a worker holds (running or queued there), in order.
+    pub fn held(&self, worker: WorkerId) -> Vec<TaskKey> {
+        let mut v: Vec<TaskKey> = self
+            .workers
+            .get(&worker)
+            .map(|w| w.assigned.iter().copied().collect())
+            .unwrap_or_default();
+        v.sort_unstable();
+        v
+    }
+
     /// A worker registered with `slots` task slots.
     pub fn worker_joined(&mut self, now: Duration, slots: u32) -> WorkerId {
         self.at(now);
@@ -418,11 +435,22 @@ impl Core {
             .collect();
         lost.sort_unstable();
         for worker in lost {
-            self.actions.push_back(Action::WorkerLost { worker });
+            let tasks = self.held(worker);
+            self.actions.push_back(Action::WorkerLost { worker, tasks });
             self.worker_left(now, worker);
         }
         // A deadline passing may make a task unplaceable, never placeable: nothing to
         // schedule here beyond what worker_left did.
+    }
+
+    /// Let a graph's tasks wait in workers' queues, or not ([`GraphSpec::prefetch`]).
+    pub fn set_prefetch(&mut self, id: GraphId, prefetch: bool) {
+        if let Some(g) = self.graphs.get_mut(&id)
+            && g.spec.prefetch != prefetch
+        {
+            g.spec.prefetch = prefetch;
+            self.schedule();
+        }
     }
 
     /// Start a graph whose `done` tasks were completed by an earlier, interrupted run.
@@ -659,10 +687,11 @@ impl Core {
 
     /// The graph whose next ready task goes to a worker with `free` slots and
     /// `deadline`: the one with the smallest share (see [`GraphSpec::priority`]).
-    fn pick(&self, free: u32, deadline: Option<Duration>) -> Option<GraphId> {
+    fn pick(&self, free: u32, deadline: Option<Duration>, queued: bool) -> Option<GraphId> {
         let mut best: Option<(GraphId, &GraphState)> = None;
         for (id, g) in &self.graphs {
             let fits = !g.ready.is_empty()
+                && (g.spec.prefetch || !queued)
                 && g.spec.cores <= free
                 && match (deadline, g.spec.time_limit) {
                     (Some(d), Some(limit)) => self.now + limit <= d,
@@ -695,7 +724,9 @@ impl Core {
                 let (cap, deadline) = (w.slots * depth, w.deadline);
                 // A task of several cores waits for a worker with that many free.
                 let free = w.slots.min(cap - load);
-                let Some(gid) = self.pick(free, deadline) else { continue };
+                let Some(gid) = self.pick(free, deadline, depth > 1) else {
+                    continue;
+                };
                 let g = self.graphs.get_mut(&gid).expect("picked");
                 let task = TaskKey::new(gid, g.ready.pop_front().expect("picked a graph with ready tasks"));
                 let cores = g.spec.cores;

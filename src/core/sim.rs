@@ -112,6 +112,7 @@ impl SimGraph {
             },
             cores: if task_job { rng.random_range(1..3) } else { 1 },
             time_limit: None,
+            prefetch: !task_job || rng.random_bool(0.5),
         };
         let g = SimGraph {
             spec,
@@ -270,7 +271,7 @@ impl Sim {
                     assert_eq!(self.core.local_done(k), Accept::Accepted, "seed {seed}");
                     self.graph(k.graph).accepted[k.task as usize] += 1;
                 }
-                Action::WorkerLost { worker } => {
+                Action::WorkerLost { worker, .. } => {
                     self.dropped.insert(worker);
                 }
                 Action::TaskFailed { task, failure, cancelled } => {

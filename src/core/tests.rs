@@ -131,7 +131,13 @@ fn silent_worker_is_declared_lost_after_timeout() {
     assert!(drain(&mut core).is_empty());
     core.tick(11 * S);
     let acts = drain(&mut core);
-    assert_eq!(acts[0], Action::WorkerLost { worker: a });
+    assert_eq!(
+        acts[0],
+        Action::WorkerLost {
+            worker: a,
+            tasks: vec![TaskKey::new(G, 0)]
+        }
+    );
     assert_eq!(core.worker_count(), 1);
 }
 
@@ -471,4 +477,37 @@ fn a_task_lost_too_often_fails_alone_in_a_task_job() {
         "{acts:?}"
     );
     assert!(core.has_graph(H), "task 1 still runs");
+}
+
+#[test]
+fn tasks_without_prefetch_go_only_to_free_slots_until_allowed() {
+    let mut core = Core::new(CoreConfig {
+        queue_per_slot: 3,
+        ..Default::default()
+    });
+    let spec = GraphSpec {
+        prefetch: false,
+        ..task_job(0)
+    };
+    core.submit(G, independent(10), spec).unwrap();
+    let a = core.worker_joined(Duration::ZERO, 2);
+    let b = core.worker_joined(Duration::ZERO, 2);
+    let first = keys(&drain(&mut core));
+    assert_eq!(
+        first.iter().map(|(_, t)| t.len()).sum::<usize>(),
+        4,
+        "one task per slot, none queued"
+    );
+    // A task ending frees a slot: exactly one more goes out, to that worker.
+    let done = first.iter().find(|(w, _)| *w == a).unwrap().1[0];
+    assert_eq!(core.task_done(S, a, done), Accept::Accepted);
+    assert_eq!(
+        keys(&drain(&mut core)).iter().map(|(w, t)| (*w, t.len())).collect::<Vec<_>>(),
+        vec![(a, 1)]
+    );
+    // Short tasks: the queues fill up to 3 per slot.
+    core.set_prefetch(G, true);
+    let more: usize = keys(&drain(&mut core)).iter().map(|(_, t)| t.len()).sum();
+    assert_eq!(more, 5, "the 5 tasks left go to the queues");
+    assert_eq!(core.held(b).len() + core.held(a).len(), 9);
 }

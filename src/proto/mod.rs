@@ -7,6 +7,8 @@
 //! Every connection starts with [`Hello`] from the peer and [`Welcome`]/`Rejected` from the
 //! server on the first bidirectional stream; the rest of the conversation stays on it.
 
+pub mod jobs;
+
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -14,7 +16,7 @@ use crate::config::workload::Workload;
 use crate::exec::plan::Plan;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The reason the server closes every connection with when it stops (workers still
 /// joining then leave quietly).
@@ -118,9 +120,24 @@ pub enum ServerMsg {
         job: u64,
         tasks: Vec<TaskRef>,
     },
-    /// Forget queued tasks of a job.
+    /// Forget queued tasks of a job; stop its running commands.
     Cancel {
         job: u64,
+    },
+    /// How the tasks of a task job run; precedes any of its tasks.
+    TaskJob {
+        job: u64,
+        spec: jobs::CommandSpec,
+    },
+    /// Commands to append to the worker's queue.
+    RunCommands {
+        job: u64,
+        tasks: Vec<jobs::CommandRef>,
+    },
+    /// Forget these queued tasks of a task job; stop them where they run.
+    CancelTasks {
+        job: u64,
+        tasks: Vec<u32>,
     },
     /// Exit cleanly.
     Shutdown {
@@ -149,6 +166,27 @@ pub enum ServerMsg {
         status: Status,
     },
     Ok,
+    /// A task job was accepted; `note` says why it may wait.
+    Submitted {
+        job: u64,
+        tasks: u64,
+        note: Option<String>,
+    },
+    Jobs {
+        jobs: Vec<jobs::JobInfo>,
+    },
+    Tasks {
+        tasks: Vec<jobs::TaskView>,
+    },
+    /// A task of a watched job ended (`drover wait --as-completed`).
+    TaskEnded {
+        job: u64,
+        task: jobs::TaskView,
+    },
+    /// A watched job ended.
+    JobEnded {
+        job: jobs::JobInfo,
+    },
 }
 
 /// Messages to the server.
@@ -167,6 +205,18 @@ pub enum PeerMsg {
         job: u64,
         task: u32,
         message: String,
+    },
+    /// A command of a task job started.
+    TaskStarted {
+        job: u64,
+        task: u32,
+    },
+    /// A command of a task job ended after `millis`.
+    TaskEnded {
+        job: u64,
+        task: u32,
+        end: jobs::End,
+        millis: u64,
     },
     /// The worker's batch job ends soon: it takes no more tasks, hands back these
     /// (job, task) pairs it had not started, and leaves when its running tasks are done.
@@ -187,6 +237,26 @@ pub enum PeerMsg {
     Adapt {
         min: u32,
         max: u32,
+    },
+    SubmitTasks {
+        request: jobs::TaskJobRequest,
+    },
+    ListJobs,
+    /// The tasks of a job, all or those in `state`.
+    ListTasks {
+        job: u64,
+        state: Option<jobs::TaskState>,
+    },
+    /// Answer `JobEnded` for each job once it ended; with `as_completed`, `TaskEnded`
+    /// for each task as it ends.
+    Wait {
+        jobs: Vec<u64>,
+        as_completed: bool,
+    },
+    /// Cancel a job, or only these tasks (user ids) of it.
+    CancelJob {
+        job: u64,
+        tasks: Option<Vec<u64>>,
     },
 }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::config::workload::Workload;
+use crate::proto::jobs::{JobInfo, TaskJobRequest, TaskState, TaskView};
 use crate::proto::{self, FrameError, Hello, PROTOCOL_VERSION, PeerMsg, Role, ServerMsg, Status, Summary};
 use crate::transport::{self, Access, ConnectError};
 
@@ -139,6 +140,83 @@ impl Session {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(15), self.conn.closed()).await;
         Ok(())
+    }
+
+    /// Send `msg` and return the server's answer (`Failed` as an error).
+    async fn ask(&mut self, msg: PeerMsg) -> Result<ServerMsg, ClientError> {
+        proto::write_frame(&mut self.send, &msg, &[]).await?;
+        match self.next().await? {
+            ServerMsg::Failed { input_error, message } => Err(ClientError::Failed { input_error, message }),
+            other => Ok(other),
+        }
+    }
+
+    fn unexpected(what: &str, got: ServerMsg) -> ClientError {
+        ClientError::Lost(format!("unexpected answer to {what}: {got:?}"))
+    }
+
+    /// Submit a task job: its id, its number of tasks and why it may wait.
+    pub async fn submit_tasks(&mut self, request: TaskJobRequest) -> Result<(u64, u64, Option<String>), ClientError> {
+        match self.ask(PeerMsg::SubmitTasks { request }).await? {
+            ServerMsg::Submitted { job, tasks, note } => Ok((job, tasks, note)),
+            other => Err(Self::unexpected("submit", other)),
+        }
+    }
+
+    pub async fn jobs(&mut self) -> Result<Vec<JobInfo>, ClientError> {
+        match self.ask(PeerMsg::ListJobs).await? {
+            ServerMsg::Jobs { jobs } => Ok(jobs),
+            other => Err(Self::unexpected("jobs", other)),
+        }
+    }
+
+    pub async fn tasks(&mut self, job: u64, state: Option<TaskState>) -> Result<Vec<TaskView>, ClientError> {
+        match self.ask(PeerMsg::ListTasks { job, state }).await? {
+            ServerMsg::Tasks { tasks } => Ok(tasks),
+            other => Err(Self::unexpected("tasks", other)),
+        }
+    }
+
+    /// Cancel a job, or only these tasks (user ids) of it.
+    pub async fn cancel(&mut self, job: u64, tasks: Option<Vec<u64>>) -> Result<(), ClientError> {
+        match self.ask(PeerMsg::CancelJob { job, tasks }).await? {
+            ServerMsg::Ok => Ok(()),
+            other => Err(Self::unexpected("cancel", other)),
+        }
+    }
+
+    /// Wait until every job in `jobs` ended; with `as_completed`, `task` is called as
+    /// each of their tasks ends. Returns the jobs as they ended.
+    pub async fn wait(
+        &mut self,
+        jobs: &[u64],
+        as_completed: bool,
+        mut task: impl FnMut(u64, TaskView),
+    ) -> Result<Vec<JobInfo>, ClientError> {
+        proto::write_frame(
+            &mut self.send,
+            &PeerMsg::Wait {
+                jobs: jobs.to_vec(),
+                as_completed,
+            },
+            &[],
+        )
+        .await?;
+        let mut ended: Vec<JobInfo> = Vec::new();
+        while ended.len() < jobs.len() {
+            match self.next().await? {
+                ServerMsg::TaskEnded { job, task: t } => task(job, t),
+                ServerMsg::JobEnded { job } if !ended.iter().any(|j| j.id == job.id) => ended.push(job),
+                ServerMsg::Failed { input_error, message } => return Err(ClientError::Failed { input_error, message }),
+                _ => {}
+            }
+        }
+        Ok(ended)
+    }
+
+    /// End the session.
+    pub async fn done(self) {
+        self.close().await;
     }
 
     async fn close(mut self) {

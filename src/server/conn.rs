@@ -223,26 +223,12 @@ async fn handle(
         Role::Client => {
             loop {
                 match proto::read_frame::<_, PeerMsg>(&mut recv).await {
-                    Ok((PeerMsg::Submit { workload }, _)) => events.send(Event::Submit {
-                        workload,
-                        client: tx.clone(),
-                    })?,
-                    Ok((PeerMsg::GetStatus, _)) => events.send(Event::Status { client: tx.clone() })?,
-                    Ok((PeerMsg::Stop, _)) => events.send(Event::Stop)?,
-                    Ok((PeerMsg::Scale { workers }, _)) => events.send(Event::Scale {
-                        workers,
-                        client: tx.clone(),
-                    })?,
-                    Ok((PeerMsg::Adapt { min, max }, _)) => events.send(Event::Adapt {
-                        min,
-                        max,
-                        client: tx.clone(),
-                    })?,
-                    Ok((other, _)) => tracing::debug!(?other, "unexpected client message"),
+                    Ok((PeerMsg::Hello(_), _)) => tracing::debug!("a second Hello from a client"),
+                    Ok((msg, _)) => events.send(Event::Client { msg, client: tx.clone() })?,
                     Err(_) => break,
                 }
             }
-            // The client went away: a job it submitted is cancelled.
+            // The client went away: an array workload it submitted is cancelled.
             let _ = events.send(Event::ClientGone { client: tx.clone() });
         }
     }

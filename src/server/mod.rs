@@ -149,7 +149,7 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         }
         None => None,
     };
-    let actor = actor::Actor::new(opts.core, events.clone(), site, opts.workers).with_inbound(inbound);
+    let actor = actor::Actor::new(opts.core, events.clone(), site, opts.workers, opts.dir.clone()).with_inbound(inbound);
     let path = access_path.clone();
     let task = tokio::spawn(async move {
         actor.run(rx).await;

@@ -61,6 +61,8 @@ pub struct Stop(Arc<(Mutex<State>, Condvar)>);
 struct State {
     cancelled: bool,
     finished: bool,
+    /// The task's process group, once started.
+    pgid: Option<i32>,
 }
 
 impl Stop {
@@ -69,6 +71,14 @@ impl Stop {
         let (m, c) = &*self.0;
         m.lock().expect("stop lock").cancelled = true;
         c.notify_all();
+    }
+
+    /// Kill the task's whole process group at once (the worker is exiting).
+    pub fn kill(&self) {
+        let s = self.0.0.lock().expect("stop lock");
+        if let (false, Some(p)) = (s.finished, s.pgid) {
+            let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
+        }
     }
 }
 
@@ -138,6 +148,12 @@ pub fn run(task: &CommandTask, stop: &Stop) -> (Outcome, Duration) {
         .stdout(out)
         .stderr(err)
         .process_group(0);
+    // A worker killed outright (kill -9, a lost node's OOM) takes its tasks' leaders
+    // with it: nothing finishes on a worker the server already counts as lost.
+    // SAFETY: prctl is async-signal-safe; nothing is allocated between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
+    }
     if let Some(d) = &task.cwd {
         cmd.current_dir(d);
     }
@@ -150,6 +166,7 @@ pub fn run(task: &CommandTask, stop: &Stop) -> (Outcome, Duration) {
         }
     };
     let pgid = Pid::from_raw(child.id() as i32);
+    stop.0.0.lock().expect("stop lock").pgid = Some(pgid.as_raw());
     // A watchdog stops the group at the time limit or on cancel, whichever first.
     let limit = task.time_limit;
     let watch = stop.clone();

@@ -17,6 +17,7 @@ use ndarray::ArrayD;
 use tokio::sync::mpsc;
 
 use crate::exec::{self, plan::Plan};
+use crate::proto::jobs::{CommandRef, CommandSpec, End};
 use crate::proto::{self, Hello, PROTOCOL_VERSION, PeerMsg, Role, ServerMsg, TaskResult, WorkerInfo};
 use crate::transport::{self, Access, ConnectError, TransportError};
 
@@ -62,13 +63,29 @@ struct JobCtx {
     consts: RwLock<HashMap<u32, Arc<ArrayD<f64>>>>,
 }
 
+/// A queued task: a block of an array workload, or a command of a task job.
+enum Item {
+    Block(proto::TaskRef),
+    Command(CommandRef),
+}
+
+impl Item {
+    fn task(&self) -> u32 {
+        match self {
+            Item::Block(t) => t.task,
+            Item::Command(c) => c.task,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Queue {
-    tasks: VecDeque<(u64, proto::TaskRef)>,
+    tasks: VecDeque<(u64, Item)>,
     stop: bool,
     /// Handing back what arrives; finishing what runs.
     draining: bool,
-    /// Tasks being executed right now.
+    /// Slots taken by the tasks being executed right now (a command takes its
+    /// `--cores`).
     running: usize,
     /// Large results (at least [`LARGE_RESULT`] bytes) not yet handed to QUIC.
     unsent_large: usize,
@@ -88,6 +105,13 @@ struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
     jobs: RwLock<HashMap<u64, Arc<JobCtx>>>,
+    /// How the commands of each task job run.
+    commands: RwLock<HashMap<u64, Arc<CommandSpec>>>,
+    /// Running commands, to stop them.
+    stops: Mutex<HashMap<(u64, u32), command::Stop>>,
+    /// This worker's id at the server (`DROVER_WORKER_ID`).
+    worker_id: u32,
+    host: String,
     /// Longest task seen, in milliseconds (sizes the walltime margin).
     longest_task_ms: std::sync::atomic::AtomicU64,
 }
@@ -106,6 +130,16 @@ enum Out {
     /// Tasks handed back before the walltime.
     Draining {
         released: Vec<(u64, u32)>,
+    },
+    Started {
+        job: u64,
+        task: u32,
+    },
+    Ended {
+        job: u64,
+        task: u32,
+        end: End,
+        millis: u64,
     },
 }
 
@@ -219,10 +253,11 @@ async fn session(
     let idle = (opts.death_timeout / 2).clamp(Duration::from_secs(5), Duration::from_secs(60));
     let (endpoint, conn) = transport::connect(access, Duration::from_secs(10).min(budget), idle).await?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| WorkerError::Lost(e.to_string()))?;
+    let info_host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "?".into());
     let info = WorkerInfo {
-        host: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| "?".into()),
+        host: info_host.clone(),
         pid: std::process::id(),
         threads: opts.threads as u32,
         memory: total_memory(),
@@ -274,6 +309,10 @@ async fn session(
         queue: Mutex::new(Queue::default()),
         ready: Condvar::new(),
         jobs: RwLock::new(HashMap::new()),
+        commands: RwLock::new(HashMap::new()),
+        stops: Mutex::new(HashMap::new()),
+        worker_id: id,
+        host: info_host.clone(),
         longest_task_ms: std::sync::atomic::AtomicU64::new(0),
     });
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Out>();
@@ -306,12 +345,20 @@ async fn session(
         }
         r => r,
     };
-    {
+    let finishing = {
         let mut q = shared.queue.lock().expect("queue lock");
         q.stop = true;
         q.tasks.clear();
-    }
+        q.draining
+    };
     shared.ready.notify_all();
+    // Commands still running: after a drain they finish (they were given within the
+    // walltime); otherwise their process groups are stopped, at once when signalled.
+    if !finishing || signalled {
+        for stop in shared.stops.lock().expect("stops lock").values() {
+            if signalled { stop.kill() } else { stop.cancel() }
+        }
+    }
     drop(out_tx);
     if signalled {
         tracing::info!("signalled; leaving");
@@ -365,7 +412,7 @@ async fn drain_before_walltime(shared: &Shared, out: &mpsc::UnboundedSender<Out>
     let released: Vec<(u64, u32)> = {
         let mut q = shared.queue.lock().expect("queue lock");
         q.draining = true;
-        q.tasks.drain(..).map(|(j, t)| (j, t.task)).collect()
+        q.tasks.drain(..).map(|(j, t)| (j, t.task())).collect()
     };
     tracing::info!(released = released.len(), "draining before the walltime");
     let _ = out.send(Out::Draining { released });
@@ -424,13 +471,48 @@ async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::Un
                     });
                     continue;
                 }
-                q.tasks.extend(tasks.into_iter().map(|t| (job, t)));
+                q.tasks.extend(tasks.into_iter().map(|t| (job, Item::Block(t))));
                 drop(q);
                 shared.ready.notify_all();
+            }
+            ServerMsg::TaskJob { job, spec } => {
+                shared.commands.write().expect("commands lock").insert(job, Arc::new(spec));
+            }
+            ServerMsg::RunCommands { job, tasks } => {
+                let mut q = shared.queue.lock().expect("queue lock");
+                if q.draining {
+                    drop(q);
+                    let _ = out.send(Out::Draining {
+                        released: tasks.iter().map(|t| (job, t.task)).collect(),
+                    });
+                    continue;
+                }
+                q.tasks.extend(tasks.into_iter().map(|t| (job, Item::Command(t))));
+                drop(q);
+                shared.ready.notify_all();
+            }
+            ServerMsg::CancelTasks { job, tasks } => {
+                let gone: std::collections::HashSet<u32> = tasks.into_iter().collect();
+                shared
+                    .queue
+                    .lock()
+                    .expect("queue lock")
+                    .tasks
+                    .retain(|(j, t)| *j != job || !gone.contains(&t.task()));
+                for (&(j, t), stop) in shared.stops.lock().expect("stops lock").iter() {
+                    if j == job && gone.contains(&t) {
+                        stop.cancel();
+                    }
+                }
             }
             ServerMsg::Cancel { job } => {
                 shared.queue.lock().expect("queue lock").tasks.retain(|(j, _)| *j != job);
                 shared.jobs.write().expect("jobs lock").remove(&job);
+                for (&(j, _), stop) in shared.stops.lock().expect("stops lock").iter() {
+                    if j == job {
+                        stop.cancel();
+                    }
+                }
             }
             ServerMsg::Shutdown { reason } => {
                 tracing::info!(%reason, "server asked to stop");
@@ -474,20 +556,47 @@ fn tasks_within(plan: &Plan, threads: usize, bound: u64) -> usize {
 
 fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
     loop {
-        let (job, t) = {
+        let (job, item, slots) = {
             let mut q = shared.queue.lock().expect("queue lock");
             loop {
                 if q.stop {
                     return;
                 }
+                // A command of several cores waits at the head of the queue until that
+                // many slots are free (or none is taken: a worker smaller than the
+                // task still runs it alone).
+                let limit = shared.limit.load(std::sync::atomic::Ordering::Relaxed);
+                let need = match q.tasks.front() {
+                    Some((j, Item::Command(_))) => shared
+                        .commands
+                        .read()
+                        .expect("commands lock")
+                        .get(j)
+                        .map_or(1, |s| s.cores.max(1) as usize),
+                    _ => 1,
+                };
                 if q.unsent_large < shared.threads
-                    && q.running < shared.limit.load(std::sync::atomic::Ordering::Relaxed)
-                    && let Some(item) = q.tasks.pop_front()
+                    && (q.running + need <= limit || q.running == 0)
+                    && let Some((job, item)) = q.tasks.pop_front()
                 {
-                    q.running += 1;
-                    break item;
+                    q.running += need;
+                    break (job, item, need);
                 }
                 q = shared.ready.wait(q).expect("queue lock");
+            }
+        };
+        let t = match item {
+            Item::Block(t) => t,
+            Item::Command(c) => {
+                let msg = run_command(shared, out, job, c);
+                let mut q = shared.queue.lock().expect("queue lock");
+                q.running -= slots;
+                drop(q);
+                shared.ready.notify_all();
+                if out.send(msg).is_err() {
+                    return;
+                }
+                continue;
             }
         };
         let Some(ctx) = shared.jobs.read().expect("jobs lock").get(&job).cloned() else {
@@ -559,6 +668,68 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
         if out.send(msg).is_err() {
             return;
         }
+    }
+}
+
+/// Run one command of task job `job` to its end; the message reporting how it ended.
+fn run_command(shared: &Shared, out: &mpsc::UnboundedSender<Out>, job: u64, c: CommandRef) -> Out {
+    let started = std::time::Instant::now();
+    let Some(spec) = shared.commands.read().expect("commands lock").get(&job).cloned() else {
+        tracing::warn!(job, task = c.task, "a command of an unknown task job");
+        return Out::Ended {
+            job,
+            task: c.task,
+            end: End::Exited(127),
+            millis: 0,
+        };
+    };
+    let span = tracing::debug_span!("task", job, task = c.id);
+    let _e = span.enter();
+    let entry = c.entry.as_deref().unwrap_or("");
+    let vars = crate::config::taskjob::Vars { task: c.id, job, entry };
+    let sub = |t: &str| crate::config::taskjob::substitute(t, &vars).unwrap_or_else(|_| t.to_string());
+    let sink = |p: &Option<String>| match p {
+        Some(p) => command::Sink::File(sub(p).into()),
+        None => command::Sink::Discard,
+    };
+    let mut env = spec.env.clone();
+    env.extend([
+        ("DROVER_JOB_ID".to_string(), job.to_string()),
+        ("DROVER_TASK_ID".to_string(), c.id.to_string()),
+        ("DROVER_ENTRY".to_string(), entry.to_string()),
+        ("DROVER_WORKER_ID".to_string(), shared.worker_id.to_string()),
+    ]);
+    let task = command::CommandTask {
+        argv: spec.argv.iter().map(|a| sub(a)).collect(),
+        env,
+        cwd: Some(spec.cwd.clone()),
+        stdout: sink(&spec.stdout),
+        stderr: sink(&spec.stderr),
+        time_limit: spec.time_limit,
+        marker: format!(
+            "--- drover: job {job} task {} again, on worker {} ({}) ---",
+            c.id, shared.worker_id, shared.host
+        ),
+    };
+    let stop = command::Stop::default();
+    shared.stops.lock().expect("stops lock").insert((job, c.task), stop.clone());
+    let _ = out.send(Out::Started { job, task: c.task });
+    let (outcome, took) = command::run(&task, &stop);
+    shared.stops.lock().expect("stops lock").remove(&(job, c.task));
+    shared
+        .longest_task_ms
+        .fetch_max(started.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+    let end = match outcome {
+        command::Outcome::Exited(code) => End::Exited(code),
+        command::Outcome::Signalled(s) => End::Signalled(s),
+        command::Outcome::TimedOut => End::TimedOut,
+        command::Outcome::Cancelled => End::Cancelled,
+    };
+    Out::Ended {
+        job,
+        task: c.task,
+        end,
+        millis: took.as_millis() as u64,
     }
 }
 
@@ -643,6 +814,10 @@ async fn send_frames(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceive
         let res = match first {
             Out::Error { job, task, message } => proto::write_frame(&mut send, &PeerMsg::TaskError { job, task, message }, &[]).await,
             Out::Draining { released } => proto::write_frame(&mut send, &PeerMsg::Draining { released }, &[]).await,
+            Out::Started { job, task } => proto::write_frame(&mut send, &PeerMsg::TaskStarted { job, task }, &[]).await,
+            Out::Ended { job, task, end, millis } => {
+                proto::write_frame(&mut send, &PeerMsg::TaskEnded { job, task, end, millis }, &[]).await
+            }
             Out::Done { job, result, payload } => {
                 // Gather more finished results of the same job that are already waiting.
                 let mut results = vec![result];

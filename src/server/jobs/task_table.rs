@@ -4,83 +4,11 @@
 //! 20 bytes a task plus its entry text, so that a job of a million tasks stays far
 //! below 300 bytes a task.
 
-use serde::Serialize;
-
-/// A task's state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-#[repr(u8)]
-pub enum TaskState {
-    Waiting,
-    Running,
-    Succeeded,
-    Failed,
-    Timeout,
-    Cancelled,
-}
-
-impl TaskState {
-    pub const ALL: [TaskState; 6] = [
-        TaskState::Waiting,
-        TaskState::Running,
-        TaskState::Succeeded,
-        TaskState::Failed,
-        TaskState::Timeout,
-        TaskState::Cancelled,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TaskState::Waiting => "waiting",
-            TaskState::Running => "running",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Timeout => "timeout",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
-    /// `--state failed` and the like; the error lists the states.
-    pub fn parse(s: &str) -> Result<TaskState, String> {
-        TaskState::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = TaskState::ALL.iter().map(|t| t.name()).collect();
-            format!("--state \"{s}\": not a task state; the states are {}", names.join(", "))
-        })
-    }
-
-    pub fn ended(self) -> bool {
-        !matches!(self, TaskState::Waiting | TaskState::Running)
-    }
-}
-
-/// How a task that ran ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum End {
-    Exited(i32),
-    Signalled(i32),
-    TimedOut,
-    Cancelled,
-}
+pub use crate::proto::jobs::{End, TaskState, TaskView};
 
 const NONE: u32 = u32::MAX;
 /// `code` column: no exit code (never ran, timed out, cancelled).
 const NO_CODE: i32 = i32::MIN;
-
-/// One task as `drover tasks --json` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TaskView {
-    pub id: u64,
-    pub state: TaskState,
-    pub exit_code: Option<i32>,
-    pub signal: Option<i32>,
-    pub worker: Option<u32>,
-    pub host: Option<String>,
-    /// Seconds after the job started.
-    pub started: Option<f64>,
-    pub seconds: Option<f64>,
-    pub requeues: u32,
-    pub entry: Option<String>,
-}
 
 /// The tasks of one job. Task `i` has the user's index `ids[i]` (`--array` values).
 #[derive(Debug, Default)]
@@ -152,6 +80,20 @@ impl TaskTable {
     /// Whether every task succeeded (`drover wait` exits 0).
     pub fn all_succeeded(&self) -> bool {
         self.counts[TaskState::Succeeded as usize] == self.len() as u64
+    }
+
+    pub fn state(&self, i: usize) -> TaskState {
+        self.state[i]
+    }
+
+    /// The user's id of task `i`.
+    pub fn id(&self, i: usize) -> u64 {
+        self.ids[i]
+    }
+
+    /// Task number of the user's id `id` (ids are sorted).
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.ids.binary_search(&id).ok()
     }
 
     pub fn entry(&self, i: usize) -> Option<&str> {

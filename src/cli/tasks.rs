@@ -1,0 +1,326 @@
+//! `drover submit`, `jobs`, `tasks`, `wait`, `cancel`: task jobs on a running server.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use clap::Args;
+
+use super::{DirArg, Failure, client_failure, input, load_access, runtime, runtime_builder};
+use crate::config::taskjob;
+use crate::proto::jobs::{JobInfo, Log, TaskJobRequest, TaskState, TaskView};
+use crate::server::client::Session;
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// One task per index: `1-1000`, `0-99:10`, `1,5,9-12`.
+    #[arg(long, value_name = "SPEC", conflicts_with = "each_line")]
+    pub array: Option<String>,
+    /// One task per line of FILE; the line is its {entry} and $DROVER_ENTRY.
+    #[arg(long, value_name = "FILE")]
+    pub each_line: Option<PathBuf>,
+    /// Slots of a worker each task occupies.
+    #[arg(long, default_value_t = 1)]
+    pub cores: u32,
+    /// Stop a task (its whole process group) after this long: 90s, 10m, 2h, HH:MM:SS.
+    #[arg(long, value_name = "DURATION")]
+    pub time_limit: Option<String>,
+    /// Run a failed task again up to N times (tasks of lost workers always run again).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_retries: u8,
+    /// The tasks' working folder (default: the current one).
+    #[arg(long)]
+    pub cwd: Option<PathBuf>,
+    /// Set K=V in the tasks' environment (repeatable).
+    #[arg(long, value_name = "K=V")]
+    pub env: Vec<String>,
+    /// A name for `drover jobs` (default: the program's).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Jobs share the workers in proportion to 2^priority.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    /// Each task's stdout: a path with {task}, {job}, {entry}, or `none` (default: one
+    /// file per task in the server's folder, jobs/JOB/TASK.out).
+    #[arg(long, value_name = "PATH")]
+    pub stdout: Option<String>,
+    /// Each task's stderr, like --stdout (default jobs/JOB/TASK.err).
+    #[arg(long, value_name = "PATH")]
+    pub stderr: Option<String>,
+    /// Wait for the job to end; exit 1 if any task did not succeed.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The command and its arguments (after --).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+fn log_arg(v: &Option<String>, cwd: &Path) -> Log {
+    match v.as_deref() {
+        None => Log::Default,
+        Some("none") => Log::Discard,
+        Some(p) if Path::new(p).is_absolute() => Log::Path(p.to_string()),
+        // Relative to the tasks' folder, braces in that folder's name kept literal.
+        Some(p) => Log::Path(format!("{}/{p}", cwd.display().to_string().replace('{', "{{").replace('}', "}}"))),
+    }
+}
+
+/// The lines of an `--each-line` file, one task each.
+fn read_lines(path: &Path) -> Result<Vec<String>, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        input(anyhow!(
+            "--each-line \"{}\": cannot read it ({e}); give a file with one entry per line",
+            path.display()
+        ))
+    })?;
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    if lines.is_empty() {
+        return Err(input(anyhow!(
+            "--each-line \"{}\": the file is empty; one task runs per line",
+            path.display()
+        )));
+    }
+    Ok(lines)
+}
+
+fn request(a: &SubmitArgs) -> Result<TaskJobRequest, Failure> {
+    if a.command.is_empty() {
+        return Err(input(anyhow!(
+            "no command given: put it after --, as in `drover submit --array 1-10 -- ./run.sh {{task}}`"
+        )));
+    }
+    if let Some(spec) = &a.array {
+        taskjob::parse_array(spec).map_err(input)?;
+    }
+    let entries = a.each_line.as_deref().map(read_lines).transpose()?;
+    let time_limit = a.time_limit.as_deref().map(taskjob::parse_time_limit).transpose().map_err(input)?;
+    let env = a
+        .env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(input(anyhow!("--env \"{kv}\": expected NAME=VALUE"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let here = std::env::current_dir().map_err(runtime)?;
+    let cwd = match &a.cwd {
+        Some(d) => here.join(d),
+        None => here,
+    };
+    if !cwd.is_dir() {
+        return Err(input(anyhow!("--cwd \"{}\": not a folder; give an existing folder", cwd.display())));
+    }
+    Ok(TaskJobRequest {
+        name: a.name.clone(),
+        argv: a.command.clone(),
+        env,
+        stdout: log_arg(&a.stdout, &cwd),
+        stderr: log_arg(&a.stderr, &cwd),
+        cwd,
+        array: a.array.clone(),
+        entries,
+        time_limit,
+        cores: a.cores,
+        max_retries: a.max_retries,
+        priority: a.priority,
+    })
+}
+
+pub fn submit(a: SubmitArgs) -> Result<(), Failure> {
+    let dir = a.dir.get();
+    let access = load_access(&dir, "--dir")?;
+    let req = request(&a)?;
+    runtime_builder()?.block_on(async {
+        let mut s = Session::open(&access).await.map_err(runtime)?;
+        let (job, tasks, note) = s.submit_tasks(req).await.map_err(client_failure)?;
+        if a.json && !a.wait {
+            println!("{}", serde_json::json!({ "job": job, "tasks": tasks }));
+        } else if !a.json {
+            println!("{job}");
+        }
+        if let Some(n) = note {
+            eprintln!("drover: job {job}: {n}");
+        }
+        if !a.wait {
+            s.done().await;
+            return Ok(());
+        }
+        let ended = wait_on(s, &[job], false, a.json).await?;
+        if a.json {
+            println!("{}", serde_json::to_string(&ended[0]).map_err(runtime)?);
+        }
+        verdict(&ended)
+    })
+}
+
+/// Wait for `jobs`; with `stream`, print each task as it ends (JSON lines with
+/// `json`). A progress bar shows on a terminal otherwise.
+async fn wait_on(mut s: Session, jobs: &[u64], stream: bool, json: bool) -> Result<Vec<JobInfo>, Failure> {
+    let bar = (!stream && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} tasks (eta {eta})")
+                .expect("valid template"),
+        );
+        b
+    });
+    if let Some(b) = &bar {
+        let all = s.jobs().await.map_err(client_failure)?;
+        let mine = all.iter().filter(|j| jobs.contains(&j.id));
+        let (total, done) = mine.fold((0, 0), |(t, d), j| (t + j.tasks, d + j.tasks - j.counts.waiting - j.counts.running));
+        b.set_length(total);
+        b.set_position(done);
+    }
+    let ended = s
+        .wait(jobs, stream || bar.is_some(), |job, t| {
+            if let Some(b) = &bar {
+                b.inc(1);
+            } else if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"job": job, "id": t.id, "state": t.state, "exit_code": t.exit_code, "signal": t.signal})
+                );
+            } else {
+                println!("job {job} task {}: {}", t.id, describe(&t));
+            }
+        })
+        .await
+        .map_err(client_failure)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    s.done().await;
+    Ok(ended)
+}
+
+fn describe(t: &TaskView) -> String {
+    match (t.exit_code, t.signal) {
+        (Some(c), _) => format!("{} (exit code {c})", t.state.name()),
+        (None, Some(s)) => format!("{} (signal {s})", t.state.name()),
+        _ => t.state.name().to_string(),
+    }
+}
+
+/// Exit 0 when every job succeeded; else 1, naming what did not.
+fn verdict(ended: &[JobInfo]) -> Result<(), Failure> {
+    let bad: Vec<String> = ended
+        .iter()
+        .filter(|j| j.state != "succeeded")
+        .map(|j| {
+            let c = &j.counts;
+            format!(
+                "job {} {}: {} of {} tasks succeeded, {} failed, {} timed out, {} cancelled (`drover tasks {} --state failed` lists the failures)",
+                j.id, j.state, c.succeeded, j.tasks, c.failed, c.timeout, c.cancelled, j.id
+            )
+        })
+        .collect();
+    if bad.is_empty() {
+        for j in ended {
+            eprintln!("drover: job {} succeeded: {} tasks", j.id, j.tasks);
+        }
+        Ok(())
+    } else {
+        Err(runtime(anyhow!(bad.join("; "))))
+    }
+}
+
+pub fn jobs(dir: &Path, json: bool) -> Result<(), Failure> {
+    let access = load_access(dir, "--dir")?;
+    let jobs = runtime_builder()?.block_on(async {
+        let mut s = Session::open(&access).await.map_err(runtime)?;
+        let j = s.jobs().await.map_err(client_failure)?;
+        s.done().await;
+        Ok::<_, Failure>(j)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&jobs).map_err(runtime)?);
+        return Ok(());
+    }
+    println!(
+        "{:>5} {:<6} {:<10} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>9}  NAME",
+        "ID", "KIND", "STATE", "TASKS", "WAITING", "RUNNING", "SUCCEEDED", "FAILED", "TIMEOUT", "CANCELLED"
+    );
+    for j in &jobs {
+        let c = &j.counts;
+        println!(
+            "{:>5} {:<6} {:<10} {:>8} {:>8} {:>8} {:>9} {:>7} {:>7} {:>9}  {}",
+            j.id, j.kind, j.state, j.tasks, c.waiting, c.running, c.succeeded, c.failed, c.timeout, c.cancelled, j.name
+        );
+    }
+    Ok(())
+}
+
+pub fn tasks(dir: &Path, job: u64, state: Option<&str>, json: bool) -> Result<(), Failure> {
+    let state = state.map(TaskState::parse).transpose().map_err(|e| input(anyhow!(e)))?;
+    let access = load_access(dir, "--dir")?;
+    let tasks = runtime_builder()?.block_on(async {
+        let mut s = Session::open(&access).await.map_err(runtime)?;
+        let t = s.tasks(job, state).await.map_err(client_failure)?;
+        s.done().await;
+        Ok::<_, Failure>(t)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&tasks).map_err(runtime)?);
+        return Ok(());
+    }
+    println!(
+        "{:>8} {:<10} {:>5} {:>6} {:<16} {:>9} {:>9} {:>8}  ENTRY",
+        "ID", "STATE", "EXIT", "WORKER", "HOST", "STARTED", "SECONDS", "REQUEUES"
+    );
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    for t in &tasks {
+        let exit = match (t.exit_code, t.signal) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(s)) => format!("sig{s}"),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>8} {:<10} {:>5} {:>6} {:<16} {:>9} {:>9} {:>8}  {}",
+            t.id,
+            t.state.name(),
+            exit,
+            opt(t.worker.map(|w| format!("w{w}"))),
+            opt(t.host.clone()),
+            opt(t.started.map(|s| format!("{s:.1}"))),
+            opt(t.seconds.map(|s| format!("{s:.2}"))),
+            t.requeues,
+            t.entry.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub fn wait(dir: &Path, jobs: &[u64], as_completed: bool, json: bool) -> Result<(), Failure> {
+    let access = load_access(dir, "--dir")?;
+    let ended = runtime_builder()?.block_on(async {
+        let s = Session::open(&access).await.map_err(runtime)?;
+        wait_on(s, jobs, as_completed, json).await
+    })?;
+    if json && !as_completed {
+        println!("{}", serde_json::to_string(&ended).map_err(runtime)?);
+    }
+    verdict(&ended)
+}
+
+pub fn cancel(dir: &Path, job: u64, tasks: Option<&str>) -> Result<(), Failure> {
+    let ids = tasks
+        .map(|t| taskjob::parse_array(t).map_err(|e| input(anyhow!("--tasks: {}", e.to_string().replace("--array ", "")))))
+        .transpose()?;
+    let access = load_access(dir, "--dir")?;
+    runtime_builder()?.block_on(async {
+        let mut s = Session::open(&access).await.map_err(runtime)?;
+        s.cancel(job, ids).await.map_err(client_failure)?;
+        s.done().await;
+        Ok::<_, Failure>(())
+    })?;
+    match tasks {
+        Some(t) => eprintln!("drover: job {job}: tasks {t} cancelled"),
+        None => eprintln!("drover: job {job} cancelled"),
+    }
+    Ok(())
+}
