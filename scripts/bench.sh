@@ -8,10 +8,12 @@
 #   scripts/bench.sh --cases reduction,tiny --rounds 7
 #   scripts/bench.sh --cases compressed    gzip-256k,gzip-2m,gzip-19m,gzip-64m,zstd,blosc-lz4,int16
 #   scripts/bench.sh --cases gzip-2m,zstd,tiny-200k
+#   scripts/bench.sh --cases tasks-true,tasks-10ms   task jobs: drover submit vs xargs -P 2, dask, Parsl
 #   scripts/bench.sh --help                every option and case of scripts/bench.py
 #
 # Set-up (each step only when needed): the build dependencies (scripts/lib.sh), a benchmark
-# venv `.venv-bench` (dask[array,distributed], h5py, hdf5plugin, numpy, psutil, xarray, h5netcdf;
+# venv `.venv-bench` (dask[array,distributed], h5py, hdf5plugin, numpy, psutil, xarray, h5netcdf,
+# cubed, zarr, parsl;
 # separate from the test venv `.venv`), `cargo build --release` and, when
 # examples/decode_limit.rs exists, `cargo build --release --example decode_limit`
 # (both skipped with BENCH_SKIP_BUILD=1), the data in scratch/bench/ (kept when
@@ -31,11 +33,11 @@ cd "$DROVER_ROOT"
 
 BENCH_VENV="${BENCH_VENV:-$DROVER_ROOT/.venv-bench}"
 BENCH_PY="$BENCH_VENV/bin/python"
-BENCH_PACKAGES=("dask[array,distributed]" h5py hdf5plugin numpy psutil xarray h5netcdf cubed zarr)
+BENCH_PACKAGES=("dask[array,distributed]" h5py hdf5plugin numpy psutil xarray h5netcdf cubed zarr parsl)
 DROVER_BIN="${DROVER_BIN:-$DROVER_ROOT/target/release/drover}"
 
 ensure_bench_venv() {
-    ensure_python_env "$BENCH_VENV" "dask, dask.array, distributed, h5py, hdf5plugin, numpy, psutil, xarray, h5netcdf, cubed, zarr" "${BENCH_PACKAGES[@]}"
+    ensure_python_env "$BENCH_VENV" "dask, dask.array, distributed, h5py, hdf5plugin, numpy, psutil, xarray, h5netcdf, cubed, zarr, parsl" "${BENCH_PACKAGES[@]}"
 }
 
 main() {

@@ -20,7 +20,14 @@ Method (docs/PERFORMANCE.md has the long form):
   raw integers); tiny-200k, tiny-2m: `sum(t)`, one task per HDF5 chunk of 10;
   masked-mean: `nanmean(where(t > 280, t, nan), axis=0)` of the gzip-2m field against
   dask's `da.nanmean(da.where(...))` (target: drover faster than both dask).
-  Groups: all, classic (reduction,anomaly,tiny), compressed, tinychunks, surface (masked-mean, matmul)
+  tasks-true, tasks-10ms (task jobs, benchlib/taskjobs.py): 20,000 x `/bin/true` and
+  2,000 x `/bin/sleep 0.01` on 2 slots: `drover submit --array 1-N --wait` on a warm
+  server + 1 worker of 2 threads, `seq N | xargs -P 2 -I{} CMD`, dask `client.map` of
+  `subprocess.run` on the warm LocalCluster, Parsl's HighThroughputExecutor `bash_app`
+  (targets: drover >= 0.7x xargs' tasks/s, >= 10x faster than dask and Parsl;
+  --quick: a tenth of the tasks).
+  Groups: all, classic (reduction,anomaly,tiny), compressed, tinychunks, surface (masked-mean, matmul),
+  taskjobs (tasks-true, tasks-10ms)
   (--quick leaves tiny-2m out of a group; name it to run it).
 * Contenders: raw read of the file's bytes from the page cache (plain Python readinto a
   preallocated buffer: the hardware limit; for the anomaly, read + write of those bytes),
@@ -59,7 +66,7 @@ import numpy as np
 
 from .common import (ALL_CASES, BENCH_DIR, CASE_GROUPS, COMPRESSED, HDF5_CHUNK, OUT_DIR, QUICK_SKIPS, ROOT, SIZES,
                      TINY_CHUNKED, TINY_TASK, GiB, log, rm)
-from . import movement, surface
+from . import movement, surface, taskjobs
 from .data import ensure_big, ensure_compressed, ensure_tiny, ensure_tiny_chunked
 from .memory import drover_memory
 from .report import analyse, stats
@@ -86,6 +93,12 @@ def machine_info(drover: str | None, decode_limit: str | None) -> dict:
         info["hdf5plugin"] = hdf5plugin.version
     except ImportError:
         info["hdf5plugin"] = None
+    try:
+        import parsl
+
+        info["parsl"] = parsl.__version__
+    except ImportError:
+        info["parsl"] = None
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "?")
@@ -239,7 +252,7 @@ def main(argv=None) -> int:
             try:
                 res = bench.run_case(case)
                 res["stats"] = {who: stats(runs) for who, runs in res["runs"].items() if runs}
-                if res["runs"].get("drover"):
+                if res["runs"].get("drover") and not taskjobs.is_taskjob(case):
                     res["drover_memory"] = drover_memory(res["runs"]["drover"])
                 if res["contender_errors"]:
                     crashed = True

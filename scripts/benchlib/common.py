@@ -93,6 +93,9 @@ CONTENDERS["rechunk"] = ["drover", "dask-threads", "dask.distributed", "cubed"]
 CONTENDERS["median-time"] = ["drover", "dask-threads", "dask.distributed"]
 CONTENDERS["rechunk-gzip"] = ["drover", "dask-threads", "dask.distributed", "cubed"]
 CONTENDERS["median-time-gzip"] = ["drover", "dask-threads", "dask.distributed"]
+# the task-job cases (taskjobs.py): N commands on 2 slots
+CONTENDERS["tasks-true"] = ["drover", "xargs-P2", "dask.distributed", "parsl-htex"]
+CONTENDERS["tasks-10ms"] = ["drover", "xargs-P2", "dask.distributed", "parsl-htex"]
 
 CLASSIC_CASES = ["reduction", "anomaly", "tiny"]
 ALL_CASES = list(CONTENDERS)
@@ -103,6 +106,7 @@ CASE_GROUPS = {
     "tinychunks": list(TINY_CHUNKED),
     "surface": ["masked-mean", "matmul", "gzip-anomaly"],
     "movement": ["rechunk", "median-time", "rechunk-gzip", "median-time-gzip"],
+    "taskjobs": ["tasks-true", "tasks-10ms"],
 }
 QUICK_SKIPS = {"tiny-2m"}         # left out of a group under --quick (name it to run it)
 

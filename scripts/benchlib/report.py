@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 
 from .classic import tiny_chunks
-from . import movement, surface
+from . import movement, surface, taskjobs
 from .common import (CHECK_RTOL, COMPRESSED, GiB, MiB, TARGET_DASK_OVER_DROVER, TARGET_DROVER_OVER_LIMIT,
                      TARGET_TINY_RATE, TINY_CHUNKED, TINY_TASK, mib, verdict)
 
@@ -73,12 +73,16 @@ def _table(bench, cases: dict, lines: list[str]) -> None:
                 note = (f"{lim.get('chunks', '?'):,} chunks, {(lim.get('bytes_stored') or 0) / MiB:.0f} -> "
                         f"{dec / MiB:.0f} MiB, {_rate(dec / st['median'])} decoded; "
                         f"its own `seconds` (command wall median {st.get('wall_median', 0):.3f})")
+            if taskjobs.is_taskjob(case):
+                note = taskjobs.note(case, res, who)
             if case == "tiny" or case in TINY_CHUNKED:
                 ch = _chunks_of(bench, case, who, res)
                 note = (note + "; " if note else "") + f"{ch:,} chunks, {ch / st['median']:,.0f} chunks/s"
             lines.append(f"{case:<10} {who:<18} {st['median']:>9.3f} {st['min']:>9.3f} {st['n']:>5}  {note}")
         for n in res.get("notes", []):
             lines.append(f"{case:<10} note: {n}")
+        if taskjobs.is_taskjob(case) and taskjobs.kept_up_line(res):
+            lines.append(f"{case:<10} note: {taskjobs.kept_up_line(res)}")
         for who, e in res.get("contender_errors", {}).items():
             lines.append(f"{case:<10} {who} FAILED (left out): {' | '.join(e.strip().splitlines())}")
 
@@ -120,7 +124,7 @@ def analyse(bench, results: dict) -> tuple[list[str], list[dict], dict]:
     """The printed table, the target verdicts, and a per-case summary for the JSON."""
     lines: list[str] = []
     targets: list[dict] = []
-    summary: dict = {"compressed": {}, "tiny_chunks": {}, "surface": {}, "movement": {}}
+    summary: dict = {"compressed": {}, "tiny_chunks": {}, "surface": {}, "movement": {}, "taskjobs": {}}
     a = bench.args
     cases = results["cases"]
     _table(bench, cases, lines)
@@ -136,7 +140,9 @@ def analyse(bench, results: dict) -> tuple[list[str], list[dict], dict]:
             return None
 
     lines.append("")
-    lines.append("ratios (medians; drover = the whole `drover run` command):")
+    lines.append("ratios (medians; drover = the whole `drover run` command"
+                 + ("; task jobs: the whole `drover submit --wait` command, tasks/s against xargs):"
+                    if any(taskjobs.is_taskjob(c) for c in cases) else "):"))
     if "reduction" in cases:
         d = med("reduction", "drover")
         raw, h5c = med("reduction", "raw-read"), med("reduction", "h5py-chunks")
@@ -171,6 +177,9 @@ def analyse(bench, results: dict) -> tuple[list[str], list[dict], dict]:
     for case in cases:
         if movement.is_movement(case) and "stats" in cases[case]:
             summary["movement"][case] = movement.summary(case, cases[case], med, ratio_line)
+    for case in cases:
+        if taskjobs.is_taskjob(case) and "stats" in cases[case]:
+            summary["taskjobs"][case] = taskjobs.summary(case, cases[case], ratio_line)
     for case in [c for c in cases if (c == "tiny" or c in TINY_CHUNKED) and "stats" in cases[c]]:
         rates = {who: _chunks_of(bench, case, who, cases[case]) / st["median"]
                  for who, st in cases[case]["stats"].items()}
@@ -240,6 +249,8 @@ def analyse(bench, results: dict) -> tuple[list[str], list[dict], dict]:
 
 def _memory(bench, cases: dict, lines: list[str], ratio_line, a) -> None:
     block_bytes = int(np.prod(bench.block)) * 8
+    if not any(res.get("drover_memory") or movement.is_movement(case) for case, res in cases.items()):
+        return   # e.g. only task-job cases: their drover server's and worker's peaks are notes of the table
     lines.append("")
     if {"reduction", "anomaly"} & set(cases):
         blk = f"drover block {bench.block} f64 = {mib(block_bytes)} MiB, "

@@ -158,7 +158,45 @@ impl Actor {
                 _ => s.pool.set_target(now, workers),
             }
         }
+        a.resume_task_jobs();
         a
+    }
+
+    /// Read back the task jobs of an earlier server on this folder: finished ones are
+    /// listed, unfinished ones resume. New jobs are numbered after every one found.
+    fn resume_task_jobs(&mut self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("jobs")) else {
+            return;
+        };
+        let mut ids: Vec<u64> = entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+        ids.sort_unstable();
+        let now = self.now();
+        for id in ids {
+            self.next_job = self.next_job.max(id + 1);
+            let path = super::jobs::task_journal::path_for(&self.dir, id);
+            if !path.exists() {
+                continue;
+            }
+            let resumed = super::jobs::task_journal::TaskJournal::load(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|(loaded, journal)| TaskJob::resume(&mut cx!(self, now), loaded, journal));
+            match resumed {
+                Ok(job) => {
+                    self.jobs.insert(id, Box::new(job));
+                }
+                Err(e) => tracing::warn!(job = id, error = %e, "cannot resume a task job; it is left out"),
+            }
+        }
+        self.drive_quietly();
+    }
+
+    /// Carry out what resuming jobs asked of the core before anything is connected.
+    fn drive_quietly(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            if let Action::GraphDone(g) = action {
+                self.with_job(g.0, |j, cx| j.done(cx));
+            }
+        }
     }
 
     fn bare(cfg: CoreConfig, events: mpsc::UnboundedSender<Event>, site: Option<SitePool>, dir: PathBuf) -> Self {
@@ -472,13 +510,7 @@ impl Actor {
                 self.jobs.insert(id, Box::new(job));
                 send(client, ServerMsg::Submitted { job: id, tasks, note });
             }
-            Err(message) => send(
-                client,
-                ServerMsg::Failed {
-                    input_error: true,
-                    message,
-                },
-            ),
+            Err((input_error, message)) => send(client, ServerMsg::Failed { input_error, message }),
         }
     }
 
@@ -619,9 +651,7 @@ impl Actor {
             }
         }
         for job in self.jobs.values_mut() {
-            if !job.ended() {
-                job.report(&self.core);
-            }
+            job.report(&self.core);
         }
         self.start_next();
     }

@@ -5,6 +5,7 @@
 //! rest of the server only through [`Cx`]. Jobs never see the actor's types.
 
 pub mod array;
+pub mod task_journal;
 pub mod task_table;
 pub mod tasks;
 

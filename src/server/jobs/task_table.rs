@@ -138,6 +138,24 @@ impl TaskTable {
         }
     }
 
+    /// Duration in milliseconds (0 when it did not run) and requeues of task `i`.
+    pub fn timing(&self, i: usize) -> (u32, u8) {
+        let ms = if self.millis[i] == NONE { 0 } else { self.millis[i] };
+        (ms, self.requeues[i])
+    }
+
+    /// Task `i` as a journal recorded it: ended (`None`: cancelled before it ran).
+    pub fn restore(&mut self, i: usize, end: Option<End>, millis: u32, requeues: u8) {
+        match end {
+            None => self.cancelled(i),
+            Some(e) => {
+                self.ended(i, e, 0);
+                self.millis[i] = millis;
+            }
+        }
+        self.requeues[i] = requeues;
+    }
+
     /// Task `i` will not run (cancelled before it started, or a dependency failed).
     pub fn cancelled(&mut self, i: usize) {
         self.set(i, TaskState::Cancelled);

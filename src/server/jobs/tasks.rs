@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::task_journal::{Ended, Loaded, TaskJournal};
 use super::task_table::{End, TaskState, TaskTable};
 use super::{Cx, Job, Tx, Watchers, send};
 use crate::config::taskjob::{self, Vars};
@@ -44,6 +45,7 @@ pub struct TaskJob {
     mean_secs: Option<f64>,
     /// Whether its tasks may wait in workers' queues (see [`PREFETCH_BELOW`]).
     prefetch: bool,
+    journal: TaskJournal,
 }
 
 /// Tasks shorter than this on average may wait in workers' queues behind running
@@ -59,29 +61,71 @@ fn default_log(dir: &Path, job: u64, ext: &str) -> String {
     format!("{escaped}/{{task}}.{ext}")
 }
 
+/// What a checked request becomes.
+struct Checked {
+    ids: Vec<u64>,
+    entries: Option<Vec<String>>,
+    spec: CommandSpec,
+}
+
+/// Check a request for job `id` of the server in `dir` (placeholders, index sets).
+fn check(dir: &Path, id: u64, req: &TaskJobRequest) -> Result<Checked, String> {
+    if req.argv.is_empty() {
+        return Err("no command given: put it after --, as in `drover submit --array 1-10 -- ./run.sh {task}`".into());
+    }
+    let (mut ids, entries) = match (&req.array, &req.entries) {
+        (Some(_), Some(_)) => return Err("--array and --each-line both given: use one of them".into()),
+        (Some(spec), None) => (taskjob::parse_array(spec).map_err(|e| e.to_string())?, None),
+        (None, Some(lines)) if lines.is_empty() => return Err("--each-line: the file has no lines; one task runs per line".into()),
+        (None, Some(lines)) => ((0..lines.len() as u64).collect(), Some(lines.clone())),
+        (None, None) => (vec![0], None),
+    };
+    ids.sort_unstable();
+    if req.cores == 0 {
+        return Err("--cores 0: a task needs at least one core".into());
+    }
+    if ids.len() > u32::MAX as usize {
+        return Err(format!("{} tasks: at most {} in one job", ids.len(), u32::MAX));
+    }
+    let log = |l: &Log, ext: &str| match l {
+        Log::Default => Some(default_log(dir, id, ext)),
+        Log::Discard => None,
+        Log::Path(p) => Some(p.clone()),
+    };
+    let spec = CommandSpec {
+        argv: req.argv.clone(),
+        env: req.env.clone(),
+        cwd: req.cwd.clone(),
+        stdout: log(&req.stdout, "out"),
+        stderr: log(&req.stderr, "err"),
+        time_limit: req.time_limit,
+        cores: req.cores,
+    };
+    // Placeholders are checked once here, so that no task fails on them.
+    let vars = Vars {
+        task: 0,
+        job: id,
+        entry: "",
+    };
+    for t in spec.argv.iter().chain(&spec.stdout).chain(&spec.stderr) {
+        taskjob::substitute(t, &vars).map_err(|e| e.to_string())?;
+    }
+    Ok(Checked { ids, entries, spec })
+}
+
 impl TaskJob {
-    /// Check a request and start the job; `Err` is the user's mistake, one line. The
-    /// `Ok` note says why its tasks may wait.
-    pub fn create(cx: &mut Cx, id: u64, req: TaskJobRequest, cap: &Capacity) -> Result<(Self, Option<String>), String> {
-        if req.argv.is_empty() {
-            return Err("no command given: put it after --, as in `drover submit --array 1-10 -- ./run.sh {task}`".into());
-        }
-        let (mut ids, entries) = match (&req.array, req.entries) {
-            (Some(_), Some(_)) => return Err("--array and --each-line both given: use one of them".into()),
-            (Some(spec), None) => (taskjob::parse_array(spec).map_err(|e| e.to_string())?, None),
-            (None, Some(lines)) if lines.is_empty() => return Err("--each-line: the file has no lines; one task runs per line".into()),
-            (None, Some(lines)) => ((0..lines.len() as u64).collect(), Some(lines)),
-            (None, None) => (vec![0], None),
-        };
-        ids.sort_unstable();
-        if req.cores == 0 {
-            return Err("--cores 0: a task needs at least one core".into());
-        }
+    /// Check a request and start the job; `Err` says whether it is the user's
+    /// mistake, in one line. The `Ok` note says why its tasks may wait.
+    pub fn create(cx: &mut Cx, id: u64, req: TaskJobRequest, cap: &Capacity) -> Result<(Self, Option<String>), (bool, String)> {
+        let checked = check(cx.dir, id, &req).map_err(|m| (true, m))?;
         let note = match cap.largest {
             Some(l) if req.cores > l && !cap.may_grow => {
-                return Err(format!(
-                    "--cores {}: larger than any worker of this server (the largest has {l} slots); ask for at most {l}, or start workers with more --threads",
-                    req.cores
+                return Err((
+                    true,
+                    format!(
+                        "--cores {}: larger than any worker of this server (the largest has {l} slots); ask for at most {l}, or start workers with more --threads",
+                        req.cores
+                    ),
                 ));
             }
             Some(l) if req.cores > l => Some(format!(
@@ -92,38 +136,36 @@ impl TaskJob {
             Some(_) => None,
         };
         if !req.cwd.is_dir() {
-            return Err(format!(
-                "--cwd \"{}\": not a folder on the server's host; give an existing folder",
-                req.cwd.display()
+            return Err((
+                true,
+                format!(
+                    "--cwd \"{}\": not a folder on the server's host; give an existing folder",
+                    req.cwd.display()
+                ),
             ));
         }
-        let log = |l: &Log, ext: &str| match l {
-            Log::Default => Some(default_log(cx.dir, id, ext)),
-            Log::Discard => None,
-            Log::Path(p) => Some(p.clone()),
-        };
-        let spec = CommandSpec {
-            argv: req.argv,
-            env: req.env,
-            cwd: req.cwd,
-            stdout: log(&req.stdout, "out"),
-            stderr: log(&req.stderr, "err"),
-            time_limit: req.time_limit,
-            cores: req.cores,
-        };
-        // Placeholders are checked once here, so that no task fails on them.
-        let vars = Vars {
-            task: 0,
-            job: id,
-            entry: "",
-        };
-        for t in spec.argv.iter().chain(&spec.stdout).chain(&spec.stderr) {
-            taskjob::substitute(t, &vars).map_err(|e| e.to_string())?;
-        }
-        let n = ids.len();
-        if n > u32::MAX as usize {
-            return Err(format!("{n} tasks: at most {} in one job", u32::MAX));
-        }
+        let journal = TaskJournal::create(cx.dir, id, &req).map_err(|e| (false, format!("cannot write the job's journal: {e}")))?;
+        let job = Self::launch(cx, id, &req, checked, journal, &[], false).map_err(|m| (false, m))?;
+        Ok((job, note))
+    }
+
+    /// A job read back from its journal: finished, or resumed with only its tasks
+    /// that had not ended.
+    pub fn resume(cx: &mut Cx, loaded: Loaded, journal: TaskJournal) -> Result<Self, String> {
+        let checked = check(cx.dir, loaded.id, &loaded.request)?;
+        Self::launch(cx, loaded.id, &loaded.request, checked, journal, &loaded.ended, loaded.cancelled)
+    }
+
+    fn launch(
+        cx: &mut Cx,
+        id: u64,
+        req: &TaskJobRequest,
+        c: Checked,
+        journal: TaskJournal,
+        ended: &[Ended],
+        cancelled: bool,
+    ) -> Result<Self, String> {
+        let n = c.ids.len();
         let mut g = GraphBuilder::with_capacity(n, 0);
         for _ in 0..n {
             g.add(TaskKind::Remote, &[]);
@@ -131,38 +173,47 @@ impl TaskJob {
         let gspec = GraphSpec {
             priority: req.priority,
             on_error: OnError::FailTask { retries: req.max_retries },
-            cores: spec.cores,
-            time_limit: spec.time_limit,
+            cores: c.spec.cores,
+            time_limit: c.spec.time_limit,
             prefetch: false,
         };
-        cx.core
-            .submit(GraphId(id), g.build(), gspec)
-            .map_err(|e| format!("internal: {e}"))?;
-        let name = req.name.unwrap_or_else(|| {
-            let prog = &spec.argv[0];
+        let mut table = TaskTable::new(c.ids, c.entries);
+        let mut done = Vec::with_capacity(ended.len());
+        for e in ended.iter().filter(|e| (e.task as usize) < n) {
+            table.restore(e.task as usize, e.end, e.millis, e.requeues);
+            done.push(e.task);
+        }
+        let name = req.name.clone().unwrap_or_else(|| {
+            let prog = &c.spec.argv[0];
             Path::new(prog)
                 .file_name()
                 .map_or(prog.clone(), |f| f.to_string_lossy().into_owned())
         });
-        tracing::info!(job = id, tasks = n, name = %name, "task job submitted");
-        Ok((
-            TaskJob {
-                id,
-                name,
-                priority: req.priority,
-                spec,
-                table: TaskTable::new(ids, entries),
-                started: Instant::now(),
-                sent: HashSet::new(),
-                watchers: Watchers::default(),
-                pending: HashMap::new(),
-                cancelled: false,
-                ended: None,
-                mean_secs: None,
-                prefetch: false,
-            },
-            note,
-        ))
+        if done.is_empty() {
+            tracing::info!(job = id, tasks = n, name = %name, "task job submitted");
+        } else if done.len() < n {
+            tracing::info!(job = id, tasks = n, ended = done.len(), name = %name, "task job resumed");
+        }
+        let job = TaskJob {
+            id,
+            name,
+            priority: req.priority,
+            spec: c.spec,
+            table,
+            started: Instant::now(),
+            sent: HashSet::new(),
+            watchers: Watchers::default(),
+            pending: HashMap::new(),
+            cancelled,
+            ended: None,
+            mean_secs: None,
+            prefetch: false,
+            journal,
+        };
+        cx.core
+            .submit_resumed(GraphId(id), g.build(), gspec, &done)
+            .map_err(|e| format!("internal: {e}"))?;
+        Ok(job)
     }
 
     fn ms(&self) -> u32 {
@@ -173,11 +224,29 @@ impl TaskJob {
         self.table.view(i, |w| cx.host_of(w))
     }
 
-    /// Task `i` ended; tell the watchers.
+    /// Task `i` ended; record it, tell the watchers.
     fn end_task(&mut self, cx: &Cx, i: usize, end: End) {
         let at = self.ms();
         self.table.ended(i, end, at);
+        self.record(i, Some(end));
         self.watchers.task_ended(self.id, || self.table.view(i, |w| cx.host_of(w)));
+    }
+
+    /// Task `i` will not run: cancelled, or a task it depends on failed.
+    fn drop_task(&mut self, cx: &Cx, i: usize) {
+        self.table.cancelled(i);
+        self.record(i, None);
+        self.watchers.task_ended(self.id, || self.table.view(i, |w| cx.host_of(w)));
+    }
+
+    fn record(&mut self, i: usize, end: Option<End>) {
+        let (millis, requeues) = self.table.timing(i);
+        self.journal.record(&Ended {
+            task: i as u32,
+            end,
+            millis,
+            requeues,
+        });
     }
 
     fn cancel_indices(&mut self, cx: &mut Cx, tasks: &[TaskId]) {
@@ -187,8 +256,7 @@ impl TaskJob {
             if self.table.state(i) == TaskState::Running {
                 self.end_task(cx, i, End::Cancelled);
             } else {
-                self.table.cancelled(i);
-                self.watchers.task_ended(self.id, || self.table.view(i, |w| cx.host_of(w)));
+                self.drop_task(cx, i);
             }
         }
         let mut by_worker: HashMap<WorkerId, Vec<u32>> = HashMap::new();
@@ -308,7 +376,7 @@ impl Job for TaskJob {
         });
         self.end_task(cx, task as usize, end);
         for t in cancelled {
-            self.table.cancelled(t as usize);
+            self.drop_task(cx, t as usize);
         }
     }
 
@@ -348,10 +416,10 @@ impl Job for TaskJob {
     fn failed(&mut self, cx: &mut Cx, failure: Failure) {
         tracing::warn!(job = self.id, ?failure, "task job failed");
         for i in self.table.select(Some(TaskState::Waiting)).collect::<Vec<_>>() {
-            self.table.cancelled(i);
+            self.drop_task(cx, i);
         }
         for i in self.table.select(Some(TaskState::Running)).collect::<Vec<_>>() {
-            self.table.ended(i, End::Cancelled, 0);
+            self.end_task(cx, i, End::Cancelled);
         }
         self.done(cx);
     }
@@ -361,7 +429,10 @@ impl Job for TaskJob {
     fn cancel(&mut self, cx: &mut Cx, tasks: Option<&[u64]>) -> Result<(), String> {
         let idx: Vec<TaskId> = match tasks {
             None => {
-                self.cancelled = true;
+                if !self.cancelled && self.ended.is_none() {
+                    self.cancelled = true;
+                    self.journal.job_cancelled();
+                }
                 (0..self.table.len() as u32).collect()
             }
             Some(ids) => ids
@@ -394,5 +465,9 @@ impl Job for TaskJob {
 
     fn client_gone(&mut self, _cx: &mut Cx, client: &Tx) {
         self.watchers.remove(client);
+    }
+
+    fn report(&mut self, _core: &Core) {
+        self.journal.flush();
     }
 }
