@@ -7,8 +7,8 @@ use anyhow::anyhow;
 use clap::Args;
 
 use super::{DirArg, Failure, client_failure, input, load_access, runtime, runtime_builder};
-use crate::config::taskjob;
-use crate::proto::jobs::{JobInfo, Log, TaskJobRequest, TaskState, TaskView};
+use crate::config::{taskgraph, taskjob};
+use crate::proto::jobs::{GroupRequest, JobInfo, Log, TaskJobRequest, TaskState, TaskView};
 use crate::server::client::Session;
 
 #[derive(Args, Debug)]
@@ -49,19 +49,24 @@ pub struct SubmitArgs {
     /// Each task's stderr, like --stdout (default jobs/JOB/TASK.err).
     #[arg(long, value_name = "PATH")]
     pub stderr: Option<String>,
+    /// Start only once these jobs succeeded (ids: 3 or 3,7); if one does not, the
+    /// job is cancelled.
+    #[arg(long, value_name = "JOBS")]
+    pub after: Option<String>,
     /// Wait for the job to end; exit 1 if any task did not succeed.
     #[arg(long)]
     pub wait: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// The command and its arguments (after --).
+    /// The command and its arguments (after --), or a task graph file (graph.toml
+    /// with [[task]] entries).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
-fn log_arg(v: &Option<String>, cwd: &Path) -> Log {
-    match v.as_deref() {
+fn log_arg(v: Option<&String>, cwd: &Path) -> Log {
+    match v.map(String::as_str) {
         None => Log::Default,
         Some("none") => Log::Discard,
         Some(p) if Path::new(p).is_absolute() => Log::Path(p.to_string()),
@@ -70,64 +75,148 @@ fn log_arg(v: &Option<String>, cwd: &Path) -> Log {
     }
 }
 
-/// The lines of an `--each-line` file, one task each.
-fn read_lines(path: &Path) -> Result<Vec<String>, Failure> {
+/// The lines of an `--each-line` file, one task each; `what` names the option.
+fn read_lines(path: &Path, what: &str) -> Result<Vec<String>, Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         input(anyhow!(
-            "--each-line \"{}\": cannot read it ({e}); give a file with one entry per line",
+            "{what} \"{}\": cannot read it ({e}); give a file with one entry per line",
             path.display()
         ))
     })?;
     let lines: Vec<String> = text.lines().map(str::to_string).collect();
     if lines.is_empty() {
         return Err(input(anyhow!(
-            "--each-line \"{}\": the file is empty; one task runs per line",
+            "{what} \"{}\": the file is empty; one task runs per line",
             path.display()
         )));
     }
     Ok(lines)
 }
 
+fn existing_dir(d: PathBuf, what: &str) -> Result<PathBuf, Failure> {
+    if d.is_dir() {
+        Ok(d)
+    } else {
+        Err(input(anyhow!("{what} \"{}\": not a folder; give an existing folder", d.display())))
+    }
+}
+
+fn parse_env(kv: &str) -> Result<(String, String), Failure> {
+    match kv.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(input(anyhow!("--env \"{kv}\": expected NAME=VALUE"))),
+    }
+}
+
+/// `drover submit graph.toml`: one argument naming a TOML file.
+fn graph_file(command: &[String]) -> Option<PathBuf> {
+    match command {
+        [one] if one.ends_with(".toml") && Path::new(one).is_file() => Some(PathBuf::from(one)),
+        _ => None,
+    }
+}
+
 fn request(a: &SubmitArgs) -> Result<TaskJobRequest, Failure> {
     if a.command.is_empty() {
         return Err(input(anyhow!(
-            "no command given: put it after --, as in `drover submit --array 1-10 -- ./run.sh {{task}}`"
+            "no command given: put it after --, as in `drover submit --array 1-10 -- ./run.sh {{task}}`, or name a task graph file"
         )));
     }
-    if let Some(spec) = &a.array {
-        taskjob::parse_array(spec).map_err(input)?;
-    }
-    let entries = a.each_line.as_deref().map(read_lines).transpose()?;
     let time_limit = a.time_limit.as_deref().map(taskjob::parse_time_limit).transpose().map_err(input)?;
-    let env = a
-        .env
-        .iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-            _ => Err(input(anyhow!("--env \"{kv}\": expected NAME=VALUE"))),
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let env = a.env.iter().map(|kv| parse_env(kv)).collect::<Result<Vec<_>, _>>()?;
     let here = std::env::current_dir().map_err(runtime)?;
-    let cwd = match &a.cwd {
-        Some(d) => here.join(d),
-        None => here,
+    let cwd = existing_dir(
+        match &a.cwd {
+            Some(d) => here.join(d),
+            None => here.clone(),
+        },
+        "--cwd",
+    )?;
+    let after = match &a.after {
+        None => vec![],
+        Some(s) => s
+            .split(',')
+            .map(|t| {
+                t.trim()
+                    .parse::<u64>()
+                    .map_err(|_| input(anyhow!("--after \"{s}\": expected job ids like 3 or 3,7")))
+            })
+            .collect::<Result<_, _>>()?,
     };
-    if !cwd.is_dir() {
-        return Err(input(anyhow!("--cwd \"{}\": not a folder; give an existing folder", cwd.display())));
+    let Some(path) = graph_file(&a.command) else {
+        if let Some(spec) = &a.array {
+            taskjob::parse_array(spec).map_err(input)?;
+        }
+        let entries = a.each_line.as_deref().map(|p| read_lines(p, "--each-line")).transpose()?;
+        return Ok(TaskJobRequest {
+            name: a.name.clone(),
+            priority: a.priority,
+            max_retries: a.max_retries,
+            after,
+            groups: vec![GroupRequest {
+                name: String::new(),
+                argv: a.command.clone(),
+                env,
+                stdout: log_arg(a.stdout.as_ref(), &cwd),
+                stderr: log_arg(a.stderr.as_ref(), &cwd),
+                cwd,
+                array: a.array.clone(),
+                entries,
+                time_limit,
+                cores: a.cores,
+                after: vec![],
+            }],
+        });
+    };
+    if a.array.is_some() || a.each_line.is_some() {
+        return Err(input(anyhow!(
+            "--array and --each-line apply to a command; in \"{}\" give each [[task]] its own array = or each_line =",
+            path.display()
+        )));
+    }
+    let g = taskgraph::load(&path).map_err(|e| input(anyhow!(e)))?;
+    let mut groups = Vec::with_capacity(g.task.len());
+    for t in &g.task {
+        let what = |key: &str| format!("{}: task \"{}\": {key}", path.display(), t.name);
+        let entries = t
+            .each_line
+            .as_deref()
+            .map(|p| read_lines(&taskgraph::resolve(&path, p), &what("each_line")))
+            .transpose()?;
+        let limit = match &t.time_limit {
+            Some(l) => Some(taskjob::parse_time_limit(l).map_err(|e| input(anyhow!("{}: {e}", what("time_limit"))))?),
+            None => time_limit,
+        };
+        let dir = match &t.cwd {
+            Some(c) => existing_dir(here.join(taskgraph::resolve(&path, c)), &what("cwd"))?,
+            None => cwd.clone(),
+        };
+        let mut env = env.clone();
+        env.extend(t.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        groups.push(GroupRequest {
+            name: t.name.clone(),
+            argv: t.command.argv(),
+            env,
+            stdout: log_arg(t.stdout.as_ref().or(a.stdout.as_ref()), &dir),
+            stderr: log_arg(t.stderr.as_ref().or(a.stderr.as_ref()), &dir),
+            cwd: dir,
+            array: t.array.clone(),
+            entries,
+            time_limit: limit,
+            cores: t.cores.unwrap_or(a.cores),
+            after: t.after.clone(),
+        });
     }
     Ok(TaskJobRequest {
-        name: a.name.clone(),
-        argv: a.command.clone(),
-        env,
-        stdout: log_arg(&a.stdout, &cwd),
-        stderr: log_arg(&a.stderr, &cwd),
-        cwd,
-        array: a.array.clone(),
-        entries,
-        time_limit,
-        cores: a.cores,
-        max_retries: a.max_retries,
-        priority: a.priority,
+        name: a.name.clone().or(g.name),
+        priority: if a.priority != 0 { a.priority } else { g.priority.unwrap_or(0) },
+        max_retries: if a.max_retries != 0 {
+            a.max_retries
+        } else {
+            g.max_retries.unwrap_or(0)
+        },
+        after,
+        groups,
     })
 }
 

@@ -6,6 +6,7 @@
 //! and says how to fix it.
 
 pub mod site;
+pub mod taskgraph;
 pub mod taskjob;
 pub mod workload;
 

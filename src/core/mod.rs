@@ -114,6 +114,26 @@ pub struct GraphSpec {
     /// tasks); without, a task goes only to a free slot, so a long task never waits
     /// at a busy worker while another is idle.
     pub prefetch: bool,
+    /// Tasks whose cores and time limit differ from `cores` and `time_limit` (the
+    /// entries of a task graph file).
+    pub classes: Option<TaskClasses>,
+}
+
+/// Per task, its class; per class, its cores and time limit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskClasses {
+    pub of_task: Vec<u16>,
+    pub res: Vec<(u32, Option<Duration>)>,
+}
+
+impl GraphSpec {
+    /// The cores and time limit of task `t`.
+    pub fn res(&self, t: TaskId) -> (u32, Option<Duration>) {
+        match &self.classes {
+            Some(c) => c.res[c.of_task[t as usize] as usize],
+            None => (self.cores, self.time_limit),
+        }
+    }
 }
 
 impl Default for GraphSpec {
@@ -124,6 +144,7 @@ impl Default for GraphSpec {
             cores: 1,
             time_limit: None,
             prefetch: true,
+            classes: None,
         }
     }
 }
@@ -375,7 +396,7 @@ impl Core {
         if !w.assigned.remove(&task) {
             return false;
         }
-        let cores = self.graphs.get(&task.graph).map_or(1, |g| g.spec.cores);
+        let cores = self.graphs.get(&task.graph).map_or(1, |g| g.spec.res(task.task).0);
         w.load = w.load.saturating_sub(cores);
         if let Some(g) = self.graphs.get_mut(&task.graph) {
             g.in_flight = g.in_flight.saturating_sub(u64::from(cores));
@@ -416,7 +437,7 @@ impl Core {
         }
         for task in tasks.into_iter().rev() {
             if let Some(g) = self.graphs.get_mut(&task.graph) {
-                g.in_flight = g.in_flight.saturating_sub(u64::from(g.spec.cores));
+                g.in_flight = g.in_flight.saturating_sub(u64::from(g.spec.res(task.task).0));
             }
             self.requeue(task, worker);
         }
@@ -499,11 +520,16 @@ impl Core {
     pub fn cancel_graph(&mut self, id: GraphId) {
         let Some(g) = self.graphs.remove(&id) else { return };
         self.ended.insert(id, g.counters);
-        let cores = g.spec.cores;
         for w in self.workers.values_mut() {
-            let before = w.assigned.len();
-            w.assigned.retain(|t| t.graph != id);
-            w.load = w.load.saturating_sub(cores * (before - w.assigned.len()) as u32);
+            let mut freed = 0;
+            w.assigned.retain(|t| {
+                let gone = t.graph == id;
+                if gone {
+                    freed += g.spec.res(t.task).0;
+                }
+                !gone
+            });
+            w.load = w.load.saturating_sub(freed);
         }
         self.schedule();
     }
@@ -687,21 +713,36 @@ impl Core {
 
     /// The graph whose next ready task goes to a worker with `free` slots and
     /// `deadline`: the one with the smallest share (see [`GraphSpec::priority`]).
-    fn pick(&self, free: u32, deadline: Option<Duration>, queued: bool) -> Option<GraphId> {
-        let mut best: Option<(GraphId, &GraphState)> = None;
+    fn pick(&self, free: u32, deadline: Option<Duration>, queued: bool) -> Option<(GraphId, usize)> {
+        let mut best: Option<(GraphId, &GraphState, usize)> = None;
         for (id, g) in &self.graphs {
-            let fits = !g.ready.is_empty()
-                && (g.spec.prefetch || !queued)
-                && g.spec.cores <= free
-                && match (deadline, g.spec.time_limit) {
-                    (Some(d), Some(limit)) => self.now + limit <= d,
-                    _ => true,
-                };
-            if fits && best.is_none_or(|(_, b)| g.before(b)) {
-                best = Some((*id, g));
+            if queued && !g.spec.prefetch {
+                continue;
+            }
+            let Some(at) = self.fitting(g, free, deadline) else { continue };
+            if best.is_none_or(|(_, b, _)| g.before(b)) {
+                best = Some((*id, g, at));
             }
         }
-        best.map(|(id, _)| id)
+        best.map(|(id, _, at)| (id, at))
+    }
+
+    /// Where in `g`'s ready queue the first task is that fits `free` slots and a
+    /// walltime ending at `deadline`. Tasks of one class all fit or none does; with
+    /// classes (a task graph file), the first [`SCAN`] are looked at, so that a task
+    /// of many cores at the head does not hold back smaller ones behind it.
+    fn fitting(&self, g: &GraphState, free: u32, deadline: Option<Duration>) -> Option<usize> {
+        const SCAN: usize = 64;
+        let fits = |t: TaskId| {
+            let (cores, limit) = g.spec.res(t);
+            cores <= free
+                && match (deadline, limit) {
+                    (Some(d), Some(limit)) => self.now + limit <= d,
+                    _ => true,
+                }
+        };
+        let scan = if g.spec.classes.is_some() { SCAN } else { 1 };
+        g.ready.iter().take(scan).position(|&t| fits(t))
     }
 
     /// Hand ready tasks to workers: first fill every worker's slots, least loaded first,
@@ -724,12 +765,12 @@ impl Core {
                 let (cap, deadline) = (w.slots * depth, w.deadline);
                 // A task of several cores waits for a worker with that many free.
                 let free = w.slots.min(cap - load);
-                let Some(gid) = self.pick(free, deadline, depth > 1) else {
+                let Some((gid, at)) = self.pick(free, deadline, depth > 1) else {
                     continue;
                 };
                 let g = self.graphs.get_mut(&gid).expect("picked");
-                let task = TaskKey::new(gid, g.ready.pop_front().expect("picked a graph with ready tasks"));
-                let cores = g.spec.cores;
+                let task = TaskKey::new(gid, g.ready.remove(at).expect("picked a ready task"));
+                let cores = g.spec.res(task.task).0;
                 g.in_flight += u64::from(cores);
                 let w = self.workers.get_mut(&id).expect("worker in heap");
                 w.assigned.insert(task);

@@ -113,6 +113,11 @@ impl SimGraph {
             cores: if task_job { rng.random_range(1..3) } else { 1 },
             time_limit: None,
             prefetch: !task_job || rng.random_bool(0.5),
+            // Some task jobs mix tasks of 1 and 2 cores (a task graph file's entries).
+            classes: (task_job && rng.random_bool(0.3)).then(|| TaskClasses {
+                of_task: (0..n).map(|_| rng.random_range(0..2)).collect(),
+                res: vec![(1, None), (2, None)],
+            }),
         };
         let g = SimGraph {
             spec,

@@ -511,3 +511,30 @@ fn tasks_without_prefetch_go_only_to_free_slots_until_allowed() {
     assert_eq!(more, 5, "the 5 tasks left go to the queues");
     assert_eq!(core.held(b).len() + core.held(a).len(), 9);
 }
+
+#[test]
+fn tasks_of_several_classes_take_their_own_cores_and_small_ones_pass_a_large_one() {
+    let mut core = Core::new(CoreConfig {
+        queue_per_slot: 1,
+        ..Default::default()
+    });
+    let spec = GraphSpec {
+        classes: Some(TaskClasses {
+            of_task: vec![1, 0, 0],
+            res: vec![(1, None), (3, None)],
+        }),
+        ..task_job(0)
+    };
+    core.submit(G, independent(3), spec).unwrap();
+    let w = core.worker_joined(Duration::ZERO, 2);
+    // Task 0 needs 3 cores: the 2-slot worker takes tasks 1 and 2 past it.
+    assert_eq!(assigned(&drain(&mut core)), vec![(w, vec![1, 2])]);
+    let big = core.worker_joined(S, 4);
+    assert_eq!(assigned(&drain(&mut core)), vec![(big, vec![0])]);
+    assert_eq!(core.workers().find(|(id, _, _)| *id == big).map(|(_, _, n)| n), Some(1));
+    // Its 3 cores are given back when it ends; the 1-core tasks gave back 1 each.
+    assert_eq!(core.task_done(2 * S, big, TaskKey::new(G, 0)), Accept::Accepted);
+    assert_eq!(core.task_done(2 * S, w, TaskKey::new(G, 1)), Accept::Accepted);
+    assert_eq!(core.task_done(2 * S, w, TaskKey::new(G, 2)), Accept::Accepted);
+    assert!(drain(&mut core).contains(&Action::GraphDone(G)));
+}

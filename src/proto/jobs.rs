@@ -21,6 +21,20 @@ pub enum Log {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TaskJobRequest {
     pub name: Option<String>,
+    pub priority: i32,
+    /// Runs of a failed task after its first (tasks of lost workers always run again).
+    pub max_retries: u8,
+    /// Jobs that must have succeeded before this one starts (`--after`).
+    pub after: Vec<u64>,
+    /// One command (`drover submit -- CMD`), or the entries of a task graph file.
+    pub groups: Vec<GroupRequest>,
+}
+
+/// Tasks that run one command: a plain job's, or one `[[task]]` of a graph file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupRequest {
+    /// Its name in a graph file; empty for a plain job.
+    pub name: String,
     /// The program and its arguments, with placeholders.
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
@@ -34,8 +48,8 @@ pub struct TaskJobRequest {
     pub entries: Option<Vec<String>>,
     pub time_limit: Option<Duration>,
     pub cores: u32,
-    pub max_retries: u8,
-    pub priority: i32,
+    /// Groups (by name) whose every task must succeed first.
+    pub after: Vec<String>,
 }
 
 /// How every task of a job runs, sent once to each worker that gets one of its tasks.
@@ -57,6 +71,9 @@ pub struct CommandSpec {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CommandRef {
     pub task: u32,
+    /// Its group ([`ServerMsg::TaskJob`](super::ServerMsg::TaskJob) gave its spec).
+    pub group: u32,
+    /// What `{task}` and `$DROVER_TASK_ID` stand for: its `--array` index or line.
     pub id: u64,
     pub entry: Option<String>,
 }
@@ -121,6 +138,8 @@ impl TaskState {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskView {
     pub id: u64,
+    /// Its `[[task]]` entry's name (task graph files).
+    pub name: Option<String>,
     pub state: TaskState,
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,

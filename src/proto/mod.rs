@@ -127,6 +127,7 @@ pub enum ServerMsg {
     /// How the tasks of a task job run; precedes any of its tasks.
     TaskJob {
         job: u64,
+        group: u32,
         spec: jobs::CommandSpec,
     },
     /// Commands to append to the worker's queue.

@@ -502,6 +502,16 @@ impl Actor {
                 s.pool.adapt().is_some() || s.pool.live_jobs().len() as u32 * s.runner.site().workers_per_job() > self.workers.len() as u32
             }),
         };
+        if let Some(bad) = request.after.iter().find(|a| !self.jobs.contains_key(a)) {
+            let message = format!("--after {bad}: {}", self.unknown_job(*bad));
+            return send(
+                client,
+                ServerMsg::Failed {
+                    input_error: true,
+                    message,
+                },
+            );
+        }
         let id = self.next_job;
         match TaskJob::create(&mut cx!(self, now), id, request, &cap) {
             Ok((job, note)) => {
@@ -653,7 +663,35 @@ impl Actor {
         for job in self.jobs.values_mut() {
             job.report(&self.core);
         }
+        self.release_waiting();
         self.start_next();
+    }
+
+    /// Start (or cancel) the jobs whose `--after` jobs have all ended.
+    fn release_waiting(&mut self) {
+        let waiting: Vec<(u64, Vec<u64>)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| !j.waiting_for().is_empty())
+            .map(|(id, j)| (*id, j.waiting_for().to_vec()))
+            .collect();
+        for (id, after) in waiting {
+            // A job not found (an array workload of an earlier server) counts as not
+            // succeeded.
+            let states: Vec<Option<String>> = after
+                .iter()
+                .map(|a| {
+                    self.jobs
+                        .get(a)
+                        .map(|j| j.info(&self.core))
+                        .map_or(Some("gone".into()), |i| i.ended().then_some(i.state))
+                })
+                .collect();
+            if states.iter().all(Option::is_some) {
+                let ok = states.iter().all(|s| s.as_deref() == Some("succeeded"));
+                self.with_job(id, |j, cx| j.release(cx, ok));
+            }
+        }
     }
 
     /// Remember a worker that left holding `held` tasks (a loss, not a clean exit).

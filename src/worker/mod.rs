@@ -105,8 +105,8 @@ struct Shared {
     queue: Mutex<Queue>,
     ready: Condvar,
     jobs: RwLock<HashMap<u64, Arc<JobCtx>>>,
-    /// How the commands of each task job run.
-    commands: RwLock<HashMap<u64, Arc<CommandSpec>>>,
+    /// How the commands of each (task job, group) run.
+    commands: RwLock<HashMap<(u64, u32), Arc<CommandSpec>>>,
     /// Running commands, to stop them.
     stops: Mutex<HashMap<(u64, u32), command::Stop>>,
     /// This worker's id at the server (`DROVER_WORKER_ID`).
@@ -475,8 +475,8 @@ async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::Un
                 drop(q);
                 shared.ready.notify_all();
             }
-            ServerMsg::TaskJob { job, spec } => {
-                shared.commands.write().expect("commands lock").insert(job, Arc::new(spec));
+            ServerMsg::TaskJob { job, group, spec } => {
+                shared.commands.write().expect("commands lock").insert((job, group), Arc::new(spec));
             }
             ServerMsg::RunCommands { job, tasks } => {
                 let mut q = shared.queue.lock().expect("queue lock");
@@ -567,11 +567,11 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
                 // task still runs it alone).
                 let limit = shared.limit.load(std::sync::atomic::Ordering::Relaxed);
                 let need = match q.tasks.front() {
-                    Some((j, Item::Command(_))) => shared
+                    Some((j, Item::Command(c))) => shared
                         .commands
                         .read()
                         .expect("commands lock")
-                        .get(j)
+                        .get(&(*j, c.group))
                         .map_or(1, |s| s.cores.max(1) as usize),
                     _ => 1,
                 };
@@ -674,7 +674,7 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
 /// Run one command of task job `job` to its end; the message reporting how it ended.
 fn run_command(shared: &Shared, out: &mpsc::UnboundedSender<Out>, job: u64, c: CommandRef) -> Out {
     let started = std::time::Instant::now();
-    let Some(spec) = shared.commands.read().expect("commands lock").get(&job).cloned() else {
+    let Some(spec) = shared.commands.read().expect("commands lock").get(&(job, c.group)).cloned() else {
         tracing::warn!(job, task = c.task, "a command of an unknown task job");
         return Out::Ended {
             job,

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from conftest import (Case, Input, Run, assert_refused, child_env, kill_group, kill_marked, new_mark, run_drover,
-                      run_workload, spawn_logged, wait_for, wait_for_access)
+                      run_workload, spawn_logged, to_toml, wait_for, wait_for_access)
 
 # Seconds a client command (submit, jobs, tasks, cancel, status) may take.
 CLI_TIMEOUT = 60.0
@@ -684,3 +684,101 @@ def test_a_restarted_server_resumes_a_half_finished_job(drover, tmp_path):
         for p in [server, *c2.workers]:
             kill_group(p)
         kill_marked(mark)
+
+
+# --------------------------------------------------------------------------
+# Task graphs and --after
+
+
+def test_a_diamond_graph_runs_in_order_and_a_failure_cancels_its_dependants(drover, tmp_path):
+    """prep -> (left[1-3], right) -> merge: each entry starts only after those it names
+    ended well; a second graph whose `right` fails runs `left` but cancels `merge`."""
+    out = tmp_path / "out"
+    out.mkdir()
+    log = out / "order.log"
+
+    def graph(path: Path, right_fails: bool) -> Path:
+        stamp = f'echo "$0 $DROVER_TASK_ID $(date +%s.%N)" >> {shlex.quote(str(log))}'
+        path.write_text(to_toml({
+            "name": "diamond",
+            "task": [
+                # written out of order: merge first
+                {"name": "merge", "command": f"sh -c '{stamp}' merge", "after": ["left", "right"]},
+                {"name": "left", "command": ["sh", "-c", f"sleep 0.3; {stamp}", "left"], "array": "1-3",
+                 "after": ["prep"]},
+                {"name": "right", "command": f"sh -c 'sleep 0.2; {stamp}; exit {7 if right_fails else 0}' right",
+                 "after": ["prep"]},
+                {"name": "prep", "command": f"sh -c '{stamp}' prep"},
+            ],
+        }))
+        return path
+
+    with cluster(drover, tmp_path / "c", workers=2) as c:
+        r = c.cli("submit", "--dir", c.srv, "--wait", graph(tmp_path / "ok.toml", False), timeout=120)
+        assert r.rc == 0, f"{r.describe()}\n{c.log_tail()}"
+        job = job_id(r)
+        rows = [l.split() for l in log.read_text().splitlines()]
+        when = {(n, int(i)): float(t) for n, i, t in rows}
+        assert sorted(when) == [("left", 1), ("left", 2), ("left", 3), ("merge", 0), ("prep", 0), ("right", 0)], rows
+        first_middle = min(t for (n, _), t in when.items() if n in ("left", "right"))
+        last_middle = max(t for (n, _), t in when.items() if n in ("left", "right"))
+        assert when[("prep", 0)] <= first_middle and last_middle <= when[("merge", 0)], rows
+        tasks = c.tasks(job)
+        assert sorted((t["name"], t["state"]) for t in tasks) == sorted(
+            [("prep", "succeeded"), ("left", "succeeded"), ("left", "succeeded"), ("left", "succeeded"),
+             ("right", "succeeded"), ("merge", "succeeded")]), tasks
+        assert c.job(job)["name"] == "diamond"
+
+        log.unlink()
+        r = c.cli("submit", "--dir", c.srv, "--wait", graph(tmp_path / "bad.toml", True), timeout=120)
+        assert r.rc == 1, r.describe()
+        bad = job_id(r)
+        by_name = {}
+        for t in c.tasks(bad):
+            by_name.setdefault(t["name"], []).append(t)
+        assert [t["state"] for t in by_name["right"]] == ["failed"] and by_name["right"][0]["exit_code"] == 7
+        assert [t["state"] for t in by_name["merge"]] == ["cancelled"], by_name["merge"]
+        assert [t["state"] for t in by_name["left"]] == ["succeeded"] * 3
+        assert "merge" not in log.read_text(), "a cancelled task ran"
+        j = c.job(bad)
+        assert j["state"] == "failed" and j["counts"]["cancelled"] == 1 and j["counts"]["failed"] == 1, j
+
+
+@pytest.mark.parametrize("tasks, quoted", [
+    pytest.param([{"name": "a", "command": "true", "after": ["b"]}, {"name": "b", "command": "true", "after": ["a"]}],
+                 ["a -> b -> a"], id="cycle"),
+    pytest.param([{"name": "a", "command": "true", "after": ["nosuch"]}], ['"nosuch"'], id="unknown-name"),
+    pytest.param([{"name": "a", "command": "true", "aftr": ["b"]}], ["aftr"], id="unknown-key"),
+    pytest.param([{"name": "a", "command": "true"}, {"name": "a", "command": "true"}], ['"a"'], id="duplicate"),
+])
+def test_bad_graph_files_are_refused_before_anything_runs(refusing, tmp_path, tasks, quoted):
+    f = tmp_path / "graph.toml"
+    f.write_text(to_toml({"task": tasks}))
+    before = len(refusing.jobs())
+    r = refusing.cli("submit", "--dir", refusing.srv, f)
+    assert_one_line_refusal(r, quoted, tmp_path)
+    assert len(refusing.jobs()) == before, "a refused graph made a job"
+
+
+def test_after_starts_a_job_once_another_succeeded_and_cancels_it_otherwise(drover, tmp_path):
+    gate = tmp_path / "gate"
+    out = tmp_path / "out"
+    out.mkdir()
+    with cluster(drover, tmp_path / "c") as c:
+        first = c.submit_ok(cmd=["sh", "-c", f"while [ ! -e {shlex.quote(str(gate))} ]; do sleep 0.05; done"])
+        second = c.submit_ok("--after", str(first), cmd=["sh", "-c", f"touch {shlex.quote(str(out))}/second"])
+        time.sleep(1.5)
+        assert not (out / "second").exists(), "--after job ran before the job it waits for ended"
+        assert c.job(second)["state"] == "waiting"
+        gate.touch()
+        assert c.wait(second).rc == 0
+        assert (out / "second").exists()
+
+        failing = c.submit_ok(cmd=["false"])
+        third = c.submit_ok("--after", f"{first},{failing}", cmd=["sh", "-c", f"touch {shlex.quote(str(out))}/third"])
+        w = c.wait(third)
+        assert w.rc == 1, w.describe()
+        assert c.job(third)["state"] == "cancelled"
+        assert not (out / "third").exists()
+        r = c.submit("--after", "999", cmd=["true"])
+        assert_one_line_refusal(r, ["999"], tmp_path)

@@ -5,6 +5,7 @@
 //! rest of the server only through [`Cx`]. Jobs never see the actor's types.
 
 pub mod array;
+pub mod task_graph;
 pub mod task_journal;
 pub mod task_table;
 pub mod tasks;
@@ -178,6 +179,12 @@ pub trait Job: Send {
     fn tasks_left(&self, core: &Core) -> u64 {
         core.progress(crate::core::GraphId(self.id())).map_or(0, |(d, t)| u64::from(t - d))
     }
+    /// Jobs that must succeed before this one starts (`--after`), while it waits.
+    fn waiting_for(&self) -> &[u64] {
+        &[]
+    }
+    /// Those jobs ended: start (`ok`: all succeeded), or cancel every task.
+    fn release(&mut self, _cx: &mut Cx, _ok: bool) {}
     /// An array workload's progress, for `drover status`.
     fn array_progress(&self, _core: &Core) -> Option<(u32, u32)> {
         None

@@ -192,17 +192,22 @@ mod tests {
     fn request() -> TaskJobRequest {
         TaskJobRequest {
             name: Some("n".into()),
-            argv: vec!["true".into()],
-            env: vec![],
-            cwd: "/".into(),
-            stdout: crate::proto::jobs::Log::Discard,
-            stderr: crate::proto::jobs::Log::Default,
-            array: Some("1-10".into()),
-            entries: None,
-            time_limit: None,
-            cores: 1,
-            max_retries: 0,
             priority: 0,
+            max_retries: 0,
+            after: vec![],
+            groups: vec![crate::proto::jobs::GroupRequest {
+                name: String::new(),
+                argv: vec!["true".into()],
+                env: vec![],
+                cwd: "/".into(),
+                stdout: crate::proto::jobs::Log::Discard,
+                stderr: crate::proto::jobs::Log::Default,
+                array: Some("1-10".into()),
+                entries: None,
+                time_limit: None,
+                cores: 1,
+                after: vec![],
+            }],
         }
     }
 
@@ -244,7 +249,7 @@ mod tests {
             .write_all(&[1, 2, 3, 4, 5])
             .unwrap();
         let (l, mut j) = TaskJournal::load(&path).unwrap();
-        assert_eq!((l.id, l.request.array.as_deref(), l.cancelled), (7, Some("1-10"), true));
+        assert_eq!((l.id, l.request.groups[0].array.as_deref(), l.cancelled), (7, Some("1-10"), true));
         assert_eq!(l.ended, vec![a, b, c]);
         // Appending after the cut keeps the file whole.
         let d = Ended {

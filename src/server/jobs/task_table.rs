@@ -175,6 +175,7 @@ impl TaskTable {
             started: some(self.started_ms[i]).map(|ms| f64::from(ms) / 1e3),
             seconds: some(self.millis[i]).map(|ms| f64::from(ms) / 1e3),
             requeues: u32::from(self.requeues[i]),
+            name: None,
             entry: self.entry(i).map(str::to_string),
         }
     }

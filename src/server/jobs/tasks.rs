@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::task_graph::{Group, Laid, lay_out};
 use super::task_journal::{Ended, Loaded, TaskJournal};
 use super::task_table::{End, TaskState, TaskTable};
 use super::{Cx, Job, Tx, Watchers, send};
-use crate::config::taskjob::{self, Vars};
-use crate::core::{Accept, Core, Failure, GraphBuilder, GraphId, GraphSpec, OnError, TaskId, TaskKey, TaskKind, WorkerId};
-use crate::proto::jobs::{CommandRef, CommandSpec, Counts, JobInfo, Log, TaskJobRequest, TaskView};
+use crate::core::{Accept, Core, Failure, Graph, GraphId, GraphSpec, TaskId, TaskKey, WorkerId};
+use crate::proto::jobs::{CommandRef, Counts, JobInfo, TaskJobRequest, TaskView};
 use crate::proto::{PeerMsg, ServerMsg};
 
 /// What the pool offers, to check `--cores` against.
@@ -30,11 +30,12 @@ pub struct TaskJob {
     id: u64,
     name: String,
     priority: i32,
-    spec: CommandSpec,
+    /// One per command, in dependency order; their tasks are numbered contiguously.
+    groups: Vec<Group>,
     table: TaskTable,
     started: Instant,
-    /// Workers sent the spec.
-    sent: HashSet<WorkerId>,
+    /// (worker, group) pairs sent the group's spec.
+    sent: HashSet<(WorkerId, u32)>,
     watchers: Watchers,
     /// How a task that reported a failure ended, while the core decides whether it
     /// runs again.
@@ -46,6 +47,10 @@ pub struct TaskJob {
     /// Whether its tasks may wait in workers' queues (see [`PREFETCH_BELOW`]).
     prefetch: bool,
     journal: TaskJournal,
+    /// Jobs that must succeed before this one starts (`--after`).
+    after: Vec<u64>,
+    /// The graph, held until those have, with its tasks already ended.
+    held: Option<(Graph, GraphSpec, Vec<TaskId>)>,
 }
 
 /// Tasks shorter than this on average may wait in workers' queues behind running
@@ -54,137 +59,75 @@ pub struct TaskJob {
 /// starts without (its tasks' length is unknown).
 const PREFETCH_BELOW: f64 = 0.05;
 
-/// A path template for the default log of each task: `DIR/jobs/JOB/{task}.EXT`.
-fn default_log(dir: &Path, job: u64, ext: &str) -> String {
-    let base = dir.join("jobs").join(job.to_string());
-    let escaped = base.display().to_string().replace('{', "{{").replace('}', "}}");
-    format!("{escaped}/{{task}}.{ext}")
-}
-
-/// What a checked request becomes.
-struct Checked {
-    ids: Vec<u64>,
-    entries: Option<Vec<String>>,
-    spec: CommandSpec,
-}
-
-/// Check a request for job `id` of the server in `dir` (placeholders, index sets).
-fn check(dir: &Path, id: u64, req: &TaskJobRequest) -> Result<Checked, String> {
-    if req.argv.is_empty() {
-        return Err("no command given: put it after --, as in `drover submit --array 1-10 -- ./run.sh {task}`".into());
-    }
-    let (mut ids, entries) = match (&req.array, &req.entries) {
-        (Some(_), Some(_)) => return Err("--array and --each-line both given: use one of them".into()),
-        (Some(spec), None) => (taskjob::parse_array(spec).map_err(|e| e.to_string())?, None),
-        (None, Some(lines)) if lines.is_empty() => return Err("--each-line: the file has no lines; one task runs per line".into()),
-        (None, Some(lines)) => ((0..lines.len() as u64).collect(), Some(lines.clone())),
-        (None, None) => (vec![0], None),
-    };
-    ids.sort_unstable();
-    if req.cores == 0 {
-        return Err("--cores 0: a task needs at least one core".into());
-    }
-    if ids.len() > u32::MAX as usize {
-        return Err(format!("{} tasks: at most {} in one job", ids.len(), u32::MAX));
-    }
-    let log = |l: &Log, ext: &str| match l {
-        Log::Default => Some(default_log(dir, id, ext)),
-        Log::Discard => None,
-        Log::Path(p) => Some(p.clone()),
-    };
-    let spec = CommandSpec {
-        argv: req.argv.clone(),
-        env: req.env.clone(),
-        cwd: req.cwd.clone(),
-        stdout: log(&req.stdout, "out"),
-        stderr: log(&req.stderr, "err"),
-        time_limit: req.time_limit,
-        cores: req.cores,
-    };
-    // Placeholders are checked once here, so that no task fails on them.
-    let vars = Vars {
-        task: 0,
-        job: id,
-        entry: "",
-    };
-    for t in spec.argv.iter().chain(&spec.stdout).chain(&spec.stderr) {
-        taskjob::substitute(t, &vars).map_err(|e| e.to_string())?;
-    }
-    Ok(Checked { ids, entries, spec })
+fn group_index(groups: &[Group], t: u32) -> usize {
+    groups.partition_point(|g| g.first + g.len <= t)
 }
 
 impl TaskJob {
     /// Check a request and start the job; `Err` says whether it is the user's
     /// mistake, in one line. The `Ok` note says why its tasks may wait.
     pub fn create(cx: &mut Cx, id: u64, req: TaskJobRequest, cap: &Capacity) -> Result<(Self, Option<String>), (bool, String)> {
-        let checked = check(cx.dir, id, &req).map_err(|m| (true, m))?;
+        let laid = lay_out(cx.dir, id, &req).map_err(|m| (true, m))?;
+        let cores = req.groups.iter().map(|g| g.cores).max().unwrap_or(1);
         let note = match cap.largest {
-            Some(l) if req.cores > l && !cap.may_grow => {
+            Some(l) if cores > l && !cap.may_grow => {
                 return Err((
                     true,
                     format!(
-                        "--cores {}: larger than any worker of this server (the largest has {l} slots); ask for at most {l}, or start workers with more --threads",
-                        req.cores
+                        "--cores {cores}: larger than any worker of this server (the largest has {l} slots); ask for at most {l}, or start workers with more --threads"
                     ),
                 ));
             }
-            Some(l) if req.cores > l => Some(format!(
-                "no worker has {} slots yet (the largest has {l}): the tasks wait for one",
-                req.cores
+            Some(l) if cores > l => Some(format!(
+                "no worker has {cores} slots yet (the largest has {l}): the tasks wait for one"
             )),
             None => Some("no worker is connected yet: the tasks wait for one".into()),
             Some(_) => None,
         };
-        if !req.cwd.is_dir() {
+        if let Some(g) = req.groups.iter().find(|g| !g.cwd.is_dir()) {
             return Err((
                 true,
                 format!(
                     "--cwd \"{}\": not a folder on the server's host; give an existing folder",
-                    req.cwd.display()
+                    g.cwd.display()
                 ),
             ));
         }
         let journal = TaskJournal::create(cx.dir, id, &req).map_err(|e| (false, format!("cannot write the job's journal: {e}")))?;
-        let job = Self::launch(cx, id, &req, checked, journal, &[], false).map_err(|m| (false, m))?;
+        let job = Self::launch(cx, id, &req, laid, journal, &[], false).map_err(|m| (false, m))?;
         Ok((job, note))
     }
 
     /// A job read back from its journal: finished, or resumed with only its tasks
     /// that had not ended.
     pub fn resume(cx: &mut Cx, loaded: Loaded, journal: TaskJournal) -> Result<Self, String> {
-        let checked = check(cx.dir, loaded.id, &loaded.request)?;
-        Self::launch(cx, loaded.id, &loaded.request, checked, journal, &loaded.ended, loaded.cancelled)
+        let laid = lay_out(cx.dir, loaded.id, &loaded.request)?;
+        Self::launch(cx, loaded.id, &loaded.request, laid, journal, &loaded.ended, loaded.cancelled)
     }
 
     fn launch(
         cx: &mut Cx,
         id: u64,
         req: &TaskJobRequest,
-        c: Checked,
+        laid: Laid,
         journal: TaskJournal,
         ended: &[Ended],
         cancelled: bool,
     ) -> Result<Self, String> {
-        let n = c.ids.len();
-        let mut g = GraphBuilder::with_capacity(n, 0);
-        for _ in 0..n {
-            g.add(TaskKind::Remote, &[]);
-        }
-        let gspec = GraphSpec {
-            priority: req.priority,
-            on_error: OnError::FailTask { retries: req.max_retries },
-            cores: c.spec.cores,
-            time_limit: c.spec.time_limit,
-            prefetch: false,
-        };
-        let mut table = TaskTable::new(c.ids, c.entries);
+        let Laid {
+            groups,
+            mut table,
+            graph,
+            spec,
+        } = laid;
+        let n = table.len();
         let mut done = Vec::with_capacity(ended.len());
         for e in ended.iter().filter(|e| (e.task as usize) < n) {
             table.restore(e.task as usize, e.end, e.millis, e.requeues);
             done.push(e.task);
         }
         let name = req.name.clone().unwrap_or_else(|| {
-            let prog = &c.spec.argv[0];
+            let prog = &groups[0].spec.argv[0];
             Path::new(prog)
                 .file_name()
                 .map_or(prog.clone(), |f| f.to_string_lossy().into_owned())
@@ -194,11 +137,11 @@ impl TaskJob {
         } else if done.len() < n {
             tracing::info!(job = id, tasks = n, ended = done.len(), name = %name, "task job resumed");
         }
-        let job = TaskJob {
+        let mut job = TaskJob {
             id,
             name,
             priority: req.priority,
-            spec: c.spec,
+            groups,
             table,
             started: Instant::now(),
             sent: HashSet::new(),
@@ -209,11 +152,23 @@ impl TaskJob {
             mean_secs: None,
             prefetch: false,
             journal,
+            after: req.after.clone(),
+            held: None,
         };
-        cx.core
-            .submit_resumed(GraphId(id), g.build(), gspec, &done)
-            .map_err(|e| format!("internal: {e}"))?;
+        if job.after.is_empty() || done.len() == n {
+            cx.core
+                .submit_resumed(GraphId(id), graph, spec, &done)
+                .map_err(|e| format!("internal: {e}"))?;
+        } else {
+            job.held = Some((graph, spec, done));
+        }
         Ok(job)
+    }
+
+    /// The group task `t` belongs to.
+    fn group_of(&self, t: u32) -> (u32, &Group) {
+        let g = group_index(&self.groups, t);
+        (g as u32, &self.groups[g])
     }
 
     fn ms(&self) -> u32 {
@@ -221,7 +176,12 @@ impl TaskJob {
     }
 
     fn view(&self, cx: &Cx, i: usize) -> TaskView {
-        self.table.view(i, |w| cx.host_of(w))
+        let mut v = self.table.view(i, |w| cx.host_of(w));
+        let (_, g) = self.group_of(i as u32);
+        if !g.name.is_empty() {
+            v.name = Some(g.name.clone());
+        }
+        v
     }
 
     /// Task `i` ended; record it, tell the watchers.
@@ -229,14 +189,14 @@ impl TaskJob {
         let at = self.ms();
         self.table.ended(i, end, at);
         self.record(i, Some(end));
-        self.watchers.task_ended(self.id, || self.table.view(i, |w| cx.host_of(w)));
+        self.watchers.task_ended(self.id, || self.view(cx, i));
     }
 
     /// Task `i` will not run: cancelled, or a task it depends on failed.
     fn drop_task(&mut self, cx: &Cx, i: usize) {
         self.table.cancelled(i);
         self.record(i, None);
-        self.watchers.task_ended(self.id, || self.table.view(i, |w| cx.host_of(w)));
+        self.watchers.task_ended(self.id, || self.view(cx, i));
     }
 
     fn record(&mut self, i: usize, end: Option<End>) {
@@ -297,23 +257,28 @@ impl Job for TaskJob {
     }
 
     fn assign(&mut self, cx: &mut Cx, worker: WorkerId, tasks: Vec<TaskId>) {
-        if self.sent.insert(worker) {
-            cx.to_worker(
-                worker,
-                ServerMsg::TaskJob {
-                    job: self.id,
-                    spec: self.spec.clone(),
-                },
-            );
-        }
-        let refs = tasks
-            .into_iter()
-            .map(|t| CommandRef {
+        let mut refs = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let gi = group_index(&self.groups, t);
+            let g = &self.groups[gi];
+            let gi = gi as u32;
+            if self.sent.insert((worker, gi)) {
+                cx.to_worker(
+                    worker,
+                    ServerMsg::TaskJob {
+                        job: self.id,
+                        group: gi,
+                        spec: g.spec.clone(),
+                    },
+                );
+            }
+            refs.push(CommandRef {
                 task: t,
-                id: self.table.id(t as usize),
-                entry: self.table.entry(t as usize).map(str::to_string),
-            })
-            .collect();
+                group: gi,
+                id: g.index(t, &self.table),
+                entry: self.table.entry(t as usize).filter(|e| !e.is_empty()).map(str::to_string),
+            });
+        }
         cx.to_worker(worker, ServerMsg::RunCommands { job: self.id, tasks: refs });
     }
 
@@ -445,9 +410,27 @@ impl Job for TaskJob {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        if self.ended.is_none() {
-            self.cancel_indices(cx, &idx);
+        if self.ended.is_some() {
+            return Ok(());
         }
+        if self.held.is_some() {
+            // Waiting for --after jobs: nothing runs yet.
+            if tasks.is_none() {
+                self.cancelled = false;
+                self.release(cx, false);
+            } else {
+                for t in idx {
+                    if self.table.state(t as usize) == TaskState::Waiting {
+                        self.drop_task(cx, t as usize);
+                        if let Some((_, _, done)) = &mut self.held {
+                            done.push(t);
+                        }
+                    }
+                }
+            }
+            return Ok(());
+        }
+        self.cancel_indices(cx, &idx);
         Ok(())
     }
 
@@ -469,5 +452,27 @@ impl Job for TaskJob {
 
     fn report(&mut self, _core: &Core) {
         self.journal.flush();
+    }
+
+    fn waiting_for(&self) -> &[u64] {
+        if self.held.is_some() { &self.after } else { &[] }
+    }
+
+    fn release(&mut self, cx: &mut Cx, ok: bool) {
+        let Some((graph, spec, done)) = self.held.take() else { return };
+        if ok {
+            tracing::info!(job = self.id, after = ?self.after, "the jobs it waited for succeeded: starting");
+            if let Err(e) = cx.core.submit_resumed(GraphId(self.id), graph, spec, &done) {
+                tracing::error!(job = self.id, error = %e, "cannot start the job");
+            }
+            return;
+        }
+        tracing::info!(job = self.id, after = ?self.after, "a job it waited for did not succeed: cancelled");
+        self.cancelled = true;
+        self.journal.job_cancelled();
+        for i in self.table.select(Some(TaskState::Waiting)).collect::<Vec<_>>() {
+            self.drop_task(cx, i);
+        }
+        self.done(cx);
     }
 }
