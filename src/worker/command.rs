@@ -63,13 +63,21 @@ struct State {
     finished: bool,
     /// The task's process group, once started.
     pgid: Option<i32>,
+    /// Why the group is being stopped (the first reason wins).
+    stopped: Option<Outcome>,
 }
 
 impl Stop {
     /// Stop the task (now, or as soon as it starts).
     pub fn cancel(&self) {
         let (m, c) = &*self.0;
-        m.lock().expect("stop lock").cancelled = true;
+        let mut s = m.lock().expect("stop lock");
+        s.cancelled = true;
+        if s.pgid.is_some() && !s.finished && s.stopped.is_none() {
+            s.stopped = Some(Outcome::Cancelled);
+            let stop = self.clone();
+            std::thread::spawn(move || stop.stop_group());
+        }
         c.notify_all();
     }
 
@@ -79,6 +87,20 @@ impl Stop {
         if let (false, Some(p)) = (s.finished, s.pgid) {
             let _ = killpg(Pid::from_raw(p), Signal::SIGKILL);
         }
+    }
+
+    /// SIGTERM to the group, SIGKILL after [`GRACE`] unless the task ended.
+    fn stop_group(&self) {
+        let (m, c) = &*self.0;
+        let mut s = m.lock().expect("stop lock");
+        let Some(pgid) = s.pgid.map(Pid::from_raw) else { return };
+        let _ = killpg(pgid, Signal::SIGTERM);
+        let grace_end = Instant::now() + GRACE;
+        while !s.finished && Instant::now() < grace_end {
+            s = c.wait_timeout(s, grace_end - Instant::now()).expect("stop lock").0;
+        }
+        // The leader may be gone while others of its group are not.
+        let _ = killpg(pgid, Signal::SIGKILL);
     }
 }
 
@@ -148,12 +170,12 @@ pub fn run(task: &CommandTask, stop: &Stop) -> (Outcome, Duration) {
         .stdout(out)
         .stderr(err)
         .process_group(0);
-    // A worker killed outright (kill -9, a lost node's OOM) takes its tasks' leaders
-    // with it: nothing finishes on a worker the server already counts as lost.
-    // SAFETY: prctl is async-signal-safe; nothing is allocated between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
-    }
+    // No pre_exec hook (a parent-death signal, say): with none, std spawns with
+    // posix_spawn (vfork-like) instead of fork, which in a multi-threaded worker costs
+    // copy-on-write faults and TLB shootdowns on every task. A worker that is killed
+    // outright therefore leaves its running commands to end by themselves (a batch
+    // system reclaims a job's processes with the job); SIGTERM, SIGINT and a lost
+    // server stop them (`Stop::kill`, `Stop::cancel`).
     if let Some(d) = &task.cwd {
         cmd.current_dir(d);
     }
@@ -166,43 +188,46 @@ pub fn run(task: &CommandTask, stop: &Stop) -> (Outcome, Duration) {
         }
     };
     let pgid = Pid::from_raw(child.id() as i32);
-    stop.0.0.lock().expect("stop lock").pgid = Some(pgid.as_raw());
-    // A watchdog stops the group at the time limit or on cancel, whichever first.
-    let limit = task.time_limit;
-    let watch = stop.clone();
-    let watchdog = std::thread::spawn(move || -> Option<Outcome> {
-        let (m, c) = &*watch.0;
-        let mut s = m.lock().expect("stop lock");
-        let deadline = limit.map(|l| started + l);
-        let why = loop {
-            if s.finished {
-                return None;
-            }
-            if s.cancelled {
-                break Outcome::Cancelled;
-            }
-            match deadline {
-                Some(d) if Instant::now() >= d => break Outcome::TimedOut,
-                Some(d) => s = c.wait_timeout(s, d - Instant::now()).expect("stop lock").0,
-                None => s = c.wait(s).expect("stop lock"),
-            }
-        };
-        let _ = killpg(pgid, Signal::SIGTERM);
-        let grace_end = Instant::now() + GRACE;
-        while !s.finished && Instant::now() < grace_end {
-            s = c.wait_timeout(s, grace_end - Instant::now()).expect("stop lock").0;
+    {
+        let mut s = stop.0.0.lock().expect("stop lock");
+        s.pgid = Some(pgid.as_raw());
+        if s.cancelled && s.stopped.is_none() {
+            // Cancelled before it started.
+            s.stopped = Some(Outcome::Cancelled);
+            let stop = stop.clone();
+            std::thread::spawn(move || stop.stop_group());
         }
-        // The leader may be gone while others of its group are not.
-        let _ = killpg(pgid, Signal::SIGKILL);
-        Some(why)
+    }
+    // Only a task with a time limit has a watchdog thread (cancel starts its own).
+    let watchdog = task.time_limit.map(|limit| {
+        let watch = stop.clone();
+        std::thread::spawn(move || {
+            let deadline = started + limit;
+            {
+                let (m, c) = &*watch.0;
+                let mut s = m.lock().expect("stop lock");
+                while !s.finished && Instant::now() < deadline {
+                    s = c.wait_timeout(s, deadline - Instant::now()).expect("stop lock").0;
+                }
+                if s.finished || s.stopped.is_some() {
+                    return;
+                }
+                s.stopped = Some(Outcome::TimedOut);
+            }
+            watch.stop_group();
+        })
     });
     let status = child.wait();
-    {
+    let stopped = {
         let (m, c) = &*stop.0;
-        m.lock().expect("stop lock").finished = true;
+        let mut s = m.lock().expect("stop lock");
+        s.finished = true;
         c.notify_all();
+        s.stopped.clone()
+    };
+    if let Some(w) = watchdog {
+        let _ = w.join();
     }
-    let stopped = watchdog.join().ok().flatten();
     // Whatever the leader did, no process of its group outlives the task.
     let _ = killpg(pgid, Signal::SIGKILL);
     let outcome = match (stopped, status) {
