@@ -52,6 +52,9 @@ pub struct WorkerInfo {
     pub batch_job: Option<String>,
     /// The batch system's name of the node (SLURMD_NODENAME ...), when it has one.
     pub node: Option<String>,
+    /// Milliseconds until the worker's batch job ends (`--walltime`): it gets no
+    /// task whose time limit would outlive it.
+    pub walltime_left_ms: Option<u64>,
 }
 
 /// A task handed to a worker.
@@ -218,6 +221,12 @@ pub enum PeerMsg {
         task: u32,
         end: jobs::End,
         millis: u64,
+    },
+    /// Tasks the worker will not start: their time limit outlives its walltime (the
+    /// server learned of it too late). They go back to the queue, not counted as
+    /// retries.
+    HandBack {
+        tasks: Vec<(u64, u32)>,
     },
     /// The worker's batch job ends soon: it takes no more tasks, hands back these
     /// (job, task) pairs it had not started, and leaves when its running tasks are done.

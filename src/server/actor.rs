@@ -299,6 +299,9 @@ impl Actor {
                     return;
                 }
                 let id = self.core.worker_joined(now, info.threads);
+                if let Some(left) = info.walltime_left_ms {
+                    let _ = self.core.set_deadline(id, Some(now + Duration::from_millis(left)));
+                }
                 send(&tx, ServerMsg::Welcome { id: id.0 });
                 tracing::info!(worker = %id, host = %info.host, pid = info.pid, threads = info.threads, batch_job = ?info.batch_job, "worker joined");
                 if let (Some(s), Some(job)) = (&mut self.site, &info.batch_job) {
@@ -544,6 +547,11 @@ impl Actor {
             | PeerMsg::TaskEnded { job, .. } => {
                 self.with_job(job, |j, cx| j.worker_msg(cx, id, msg, payload));
                 self.tune_prefetch();
+            }
+            PeerMsg::HandBack { tasks } => {
+                let keys: Vec<TaskKey> = tasks.iter().map(|&(j, t)| TaskKey::new(GraphId(j), t)).collect();
+                tracing::info!(worker = %id, tasks = keys.len(), "tasks handed back: their time limit outlives the worker's walltime");
+                self.core.release(now, id, &keys);
             }
             PeerMsg::Draining { released } => {
                 // The first `Draining` starts the drain and is acknowledged; later ones

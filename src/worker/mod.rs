@@ -111,6 +111,8 @@ struct Shared {
     stops: Mutex<HashMap<(u64, u32), command::Stop>>,
     /// This worker's id at the server (`DROVER_WORKER_ID`).
     worker_id: u32,
+    /// When its batch job ends.
+    walltime_end: Option<std::time::Instant>,
     host: String,
     /// Longest task seen, in milliseconds (sizes the walltime margin).
     longest_task_ms: std::sync::atomic::AtomicU64,
@@ -132,6 +134,11 @@ enum Out {
         released: Vec<(u64, u32)>,
     },
     Started {
+        job: u64,
+        task: u32,
+    },
+    /// A task not started: its time limit outlives the walltime.
+    HandBack {
         job: u64,
         task: u32,
     },
@@ -265,6 +272,9 @@ async fn session(
         node: ["SLURMD_NODENAME", "DROVER_NODE"]
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())),
+        walltime_left_ms: opts
+            .walltime
+            .map(|(end, _)| end.saturating_duration_since(std::time::Instant::now()).as_millis() as u64),
     };
     let hello = Hello {
         version: PROTOCOL_VERSION,
@@ -312,6 +322,7 @@ async fn session(
         commands: RwLock::new(HashMap::new()),
         stops: Mutex::new(HashMap::new()),
         worker_id: id,
+        walltime_end: opts.walltime.map(|(end, _)| end),
         host: info_host.clone(),
         longest_task_ms: std::sync::atomic::AtomicU64::new(0),
     });
@@ -685,6 +696,15 @@ fn run_command(shared: &Shared, out: &mpsc::UnboundedSender<Out>, job: u64, c: C
     };
     let span = tracing::debug_span!("task", job, task = c.id);
     let _e = span.enter();
+    // The server holds back such tasks from this worker already (it knows the
+    // walltime from the hello); this is for a task already queued. The second of
+    // slack keeps both sides' clocks from handing one back and forth.
+    if let (Some(limit), Some(end)) = (spec.time_limit, shared.walltime_end)
+        && std::time::Instant::now() + limit > end + Duration::from_secs(1)
+    {
+        tracing::info!(limit = ?limit, "handing back a task whose time limit outlives this worker's walltime");
+        return Out::HandBack { job, task: c.task };
+    }
     let entry = c.entry.as_deref().unwrap_or("");
     let vars = crate::config::taskjob::Vars { task: c.id, job, entry };
     let sub = |t: &str| crate::config::taskjob::substitute(t, &vars).unwrap_or_else(|_| t.to_string());
@@ -815,6 +835,7 @@ async fn send_frames(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceive
             Out::Error { job, task, message } => proto::write_frame(&mut send, &PeerMsg::TaskError { job, task, message }, &[]).await,
             Out::Draining { released } => proto::write_frame(&mut send, &PeerMsg::Draining { released }, &[]).await,
             Out::Started { job, task } => proto::write_frame(&mut send, &PeerMsg::TaskStarted { job, task }, &[]).await,
+            Out::HandBack { job, task } => proto::write_frame(&mut send, &PeerMsg::HandBack { tasks: vec![(job, task)] }, &[]).await,
             Out::Ended { job, task, end, millis } => {
                 proto::write_frame(&mut send, &PeerMsg::TaskEnded { job, task, end, millis }, &[]).await
             }

@@ -318,3 +318,45 @@ def test_workers_dial_the_sites_interface(system_env, tmp_path):
     r = drover(s, "run", workload, "--site", bad, "--workers", 1)
     assert r.returncode == 2 and '"ib9"' in r.stderr and "lo" in r.stderr, r.stderr
     assert s.live_jobs() == []
+
+
+def test_slurm_task_job_runs_every_index_once_beside_an_array_workload(system_env, tmp_path):
+    """Task jobs on workers from real SLURM (issue 13): an array of 200 commands, each
+    writing its index once, and a task job running while an array workload computes."""
+    s = system_env("slurm")
+    workload, want = make_workload(tmp_path, np.random.default_rng(13))
+    site = write_site(tmp_path / "site.toml", s, cores=2)
+    server = tmp_path / "srv"
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start_server(s, server, site, 2)
+    try:
+        wait_status(s, server, lambda st: len(st["workers"]) == 2)
+        r = drover(s, "submit", "--dir", server, "--array", "1-200", "--wait", "--",
+                   "sh", "-c", f"echo $DROVER_TASK_ID >> {out}/{{task}}; echo $SLURM_JOB_ID")
+        assert r.returncode == 0, r.stderr[-2000:]
+        job = int(r.stdout.split()[0])
+        files = sorted(out.iterdir(), key=lambda p: int(p.name))
+        assert [p.name for p in files] == [str(i) for i in range(1, 201)]
+        assert all(p.read_text() == f"{p.name}\n" for p in files), "every index ran exactly once"
+        tasks = json.loads(drover(s, "tasks", job, "--dir", server, "--json").stdout)
+        assert len(tasks) == 200 and all(t["state"] == "succeeded" and t["exit_code"] == 0 for t in tasks)
+        # Each task's stdout log names the SLURM job its worker ran in.
+        slurm_jobs = {(server / "jobs" / str(job) / f"{t['id']}.out").read_text().strip() for t in tasks}
+        assert slurm_jobs and all(j.isdigit() for j in slurm_jobs), slurm_jobs
+
+        r = drover(s, "submit", "--dir", server, "--array", "1-8", "--", "sleep", "1")
+        assert r.returncode == 0, r.stderr
+        sleeper = int(r.stdout.split()[0])
+        r = drover(s, "run", workload, "--connect", server, "--json")
+        assert r.returncode == 0, r.stderr[-2000:]
+        check_outputs(tmp_path / "out.h5", want)
+        w = drover(s, "wait", sleeper, "--dir", server)
+        assert w.returncode == 0, w.stderr
+        jobs = {j["id"]: j for j in json.loads(drover(s, "jobs", "--dir", server, "--json").stdout)}
+        assert jobs[sleeper]["state"] == "succeeded" and jobs[sleeper]["counts"]["succeeded"] == 8
+        assert any(j["kind"] == "array" and j["state"] == "succeeded" for j in jobs.values())
+    finally:
+        r = stop_server(s, server, proc)
+    assert r.returncode == 0, r.stderr
+    assert s.wait_no_jobs() == [], "server stop leaves the queue empty"

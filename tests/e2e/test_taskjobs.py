@@ -782,3 +782,50 @@ def test_after_starts_a_job_once_another_succeeded_and_cancels_it_otherwise(drov
         assert not (out / "third").exists()
         r = c.submit("--after", "999", cmd=["true"])
         assert_one_line_refusal(r, ["999"], tmp_path)
+
+
+def test_a_task_longer_than_a_workers_walltime_goes_to_a_worker_it_fits(drover, tmp_path):
+    """A worker whose batch job ends in 40 s gets no task with a 5-minute time limit
+    (nothing would be killed by the batch system): that task waits for, then runs on, a
+    worker without a walltime; short-limited tasks run on the first."""
+    with cluster(drover, tmp_path, workers=0) as c:
+        short = spawn_logged(drover, ["worker", "--access", c.access, "--threads", "2", "--walltime", "40"],
+                             c.logs, "short", child_env(c.mark))
+        c.workers.append(short)
+        c.wait_workers(1)
+        (short_id,) = [w["id"] for w in c.status()["workers"]]
+        long_job = c.submit_ok("--time-limit", "5m", "--array", "1-2", cmd=["true"])
+        ok_job = c.submit_ok("--time-limit", "10s", "--array", "1-2", cmd=["true"])
+        assert c.wait(ok_job, timeout=30).rc == 0
+        assert {t["worker"] for t in c.tasks(ok_job)} == {short_id}
+        time.sleep(1.0)
+        assert [t["state"] for t in c.tasks(long_job)] == ["waiting", "waiting"], "held back from the short worker"
+        c.add_worker(1)
+        c.wait_workers(2)
+        assert c.wait(long_job, timeout=60).rc == 0
+        assert short_id not in {t["worker"] for t in c.tasks(long_job)}
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_million_task_array_costs_the_server_under_300_bytes_a_task(drover, tmp_path):
+    """No worker: the million tasks wait, all held by the server (its task table, the
+    core's graph and queue). Its resident memory grows by less than 300 MB."""
+    with cluster(drover, tmp_path, workers=0) as c:
+        c.jobs()  # the server has answered a client once: its runtime is warm
+        before = rss_bytes(c.server.pid)
+        job = c.submit_ok("--array", "0-999999", "--stdout", "none", "--stderr", "none", cmd=["true"])
+        j = c.job(job)
+        assert (j["tasks"], j["counts"]["waiting"], j["state"]) == (1_000_000, 1_000_000, "waiting"), j
+        per_task = (rss_bytes(c.server.pid) - before) / 1_000_000
+        print(f"server memory per waiting task: {per_task:.1f} bytes")
+        assert per_task < 300, f"{per_task:.0f} bytes a task"
+        c.cancel(job)
+        wait_for(lambda: c.job(job)["state"] == "cancelled", 60, "the million tasks cancelled")
+        assert c.job(job)["counts"]["cancelled"] == 1_000_000
+        assert c.tasks(job, state="waiting") == []
