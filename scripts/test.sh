@@ -111,6 +111,14 @@ print_summary() {
 }
 
 setup_all() {
+    # promtool checks the dashboard's /metrics; Chromium, driven by playwright-core
+    # from web/node_modules, loads the dashboard and the report (tests/e2e/test_dashboard.py).
+    ensure_debian_packages prometheus chromium
+    command -v npm >/dev/null 2>&1 || ensure_debian_packages nodejs npm
+    if [ ! -d "$DROVER_ROOT/web/node_modules/playwright-core" ]; then
+        log "npm ci in web/ (playwright-core for the browser tests; the page itself is prebuilt in web/dist)"
+        (cd "$DROVER_ROOT/web" && npm ci --no-audit --no-fund)
+    fi
     ensure_build_deps
     ensure_venv
     cargo_release_build

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod core;
+pub mod dashboard;
 pub mod exec;
 pub mod pool;
 pub mod proto;

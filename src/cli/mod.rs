@@ -129,6 +129,11 @@ pub enum Cmd {
     },
     /// List the bundled site files.
     Sites,
+    /// Print the URL of a server's dashboard (it carries a read-only key).
+    Dashboard {
+        #[command(flatten)]
+        dir: DirArg,
+    },
     /// Run a worker that connects to the server named in an access file.
     Worker {
         /// The server's access.toml.
@@ -186,6 +191,12 @@ pub enum ServerCmd {
         /// Workers to hold from the start (with --site).
         #[arg(long, default_value_t = 0)]
         workers: u32,
+        /// Serve the dashboard here (`drover dashboard` prints its URL).
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
+        dashboard: SocketAddr,
+        /// No dashboard.
+        #[arg(long)]
+        no_dashboard: bool,
     },
     /// Stop a running server: its workers exit and its batch jobs are cancelled.
     Stop {
@@ -225,6 +236,13 @@ pub struct RunArgs {
     /// the bound) and exit without running it.
     #[arg(long)]
     pub explain: bool,
+    /// Write a self-contained HTML report of the run (task stream, workers, stages,
+    /// bytes, the workload and the summary) that opens offline.
+    #[arg(long, value_name = "FILE", conflicts_with = "connect")]
+    pub report: Option<PathBuf>,
+    /// Serve the live dashboard while the run goes (its URL is printed on stderr).
+    #[arg(long, conflicts_with = "connect")]
+    pub dashboard: bool,
 }
 
 /// A size argument as given, and its bytes.
@@ -381,7 +399,10 @@ pub fn main(cli: Cli) -> Result<(), Failure> {
             advertise,
             site,
             workers,
-        }) => serve::start(&dir.get(), bind, advertise, site, workers),
+            dashboard,
+            no_dashboard,
+        }) => serve::start(&dir.get(), bind, advertise, site, workers, (!no_dashboard).then_some(dashboard)),
+        Cmd::Dashboard { dir } => serve::dashboard(&dir.get()),
         Cmd::Server(ServerCmd::Stop { dir }) => serve::stop(&dir.get()),
         Cmd::Status { dir, json } => serve::status(&dir.get(), json),
         Cmd::Scale { workers, dir } => serve::scale(&dir.get(), workers),

@@ -2,6 +2,7 @@
 //! server, or a pool from a batch site; print a summary or JSON.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
@@ -53,6 +54,24 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     let mut existing: Vec<std::path::PathBuf> = plan.user_outputs().iter().map(|o| o.file.clone()).filter(|f| f.exists()).collect();
     existing.sort();
     existing.dedup();
+    if let Some(r) = &args.report {
+        let dir = r
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            return Err(input(anyhow!(
+                "--report \"{}\": the folder \"{}\" does not exist; create it or choose another path",
+                r.display(),
+                dir.display()
+            )));
+        }
+    }
+    let extras = Extras {
+        report: args.report.clone(),
+        dashboard: args.dashboard,
+        workload: std::fs::read_to_string(&args.workload).ok(),
+    };
     let rt = runtime_builder()?;
     let progress = (!args.json && std::io::stdout().is_terminal()).then(|| progress_message(&decoded));
     let mut summary = match (&args.connect, site) {
@@ -63,8 +82,8 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
                 run_session(session, workload, progress).await
             })?
         }
-        (None, Some(site)) => rt.block_on(on_site(workload, site, args.workers.unwrap_or(0) as u32, progress))?,
-        (None, None) => rt.block_on(embedded(workload, workers, threads, progress))?,
+        (None, Some(site)) => rt.block_on(on_site(workload, site, args.workers.unwrap_or(0) as u32, progress, &extras))?,
+        (None, None) => rt.block_on(embedded(workload, workers, threads, progress, &extras))?,
     };
     summary.driver_peak_rss_bytes = crate::worker::peak_rss();
     print_summary(&summary, &decoded, &existing, args.json)
@@ -316,7 +335,7 @@ async fn run_session(session: Session, workload: Workload, progress: Option<Stri
 
 /// A server in this process whose workers come from a batch site; every job it
 /// started is cancelled before returning, and the queue is checked empty.
-async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Option<String>) -> Result<Summary, Failure> {
+async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Option<String>, extras: &Extras) -> Result<Summary, Failure> {
     let home = drover_home();
     let dir = home.join("runs").join(format!("run-{}", std::process::id()));
     if site.log_dir.is_none() {
@@ -331,8 +350,10 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Opt
         site: Some(site),
         workers,
         give_up_after: Some(3),
+        dashboard: extras.dashboard_addr(),
     };
     let handle = server::start(opts).await.map_err(runtime)?;
+    extras.announce(&handle);
     let access = Access::load(&handle.access_path).map_err(runtime)?;
     let result = async {
         let session = Session::open(&access).await.map_err(runtime)?.in_process();
@@ -342,6 +363,7 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Opt
         }
     }
     .await;
+    extras.write_report(&handle, &result).await?;
     // Cancels every job and waits until the batch system shows none.
     handle.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -350,7 +372,7 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Opt
 
 /// The embedded local cluster: a server in this process and `n` worker processes over
 /// loopback QUIC, stopped at the end whatever happens.
-async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option<String>) -> Result<Summary, Failure> {
+async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option<String>, extras: &Extras) -> Result<Summary, Failure> {
     sweep_stale_folders(&std::env::temp_dir());
     let dir = tempfile::Builder::new()
         .prefix("drover-")
@@ -370,8 +392,10 @@ async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option
         site: None,
         workers: 0,
         give_up_after: None,
+        dashboard: extras.dashboard_addr(),
     };
     let handle = server::start(opts).await.map_err(runtime)?;
+    extras.announce(&handle);
     let access = Access::load(&handle.access_path).map_err(runtime)?;
     let memory = workload.memory.as_ref().map(|m| m.bytes.to_string());
     let exe = std::env::current_exe().context("locating the drover executable").map_err(runtime)?;
@@ -427,6 +451,8 @@ async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option
             },
         }
     };
+    // The report first, while the workers are still there to be shown.
+    let reported = extras.write_report(&handle, &result).await;
     // The workers go first, while the server and its folder are still there: one still
     // starting or connecting would otherwise find them gone and say so. SIGTERM ends a
     // worker cleanly (the run is over: nothing of it is running).
@@ -441,7 +467,42 @@ async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option
         }
     }
     handle.stop().await;
+    reported?;
     result
+}
+
+/// What a run with its own server may add: a report file, a dashboard.
+struct Extras {
+    report: Option<PathBuf>,
+    dashboard: bool,
+    workload: Option<String>,
+}
+
+impl Extras {
+    fn dashboard_addr(&self) -> Option<std::net::SocketAddr> {
+        self.dashboard.then(|| "127.0.0.1:0".parse().expect("loopback address"))
+    }
+
+    fn announce(&self, handle: &server::ServerHandle) {
+        if let Some(url) = &handle.dashboard {
+            eprintln!("drover: dashboard at {url}");
+        }
+    }
+
+    /// Write the report, whatever the run's outcome (a failed run's report shows why).
+    async fn write_report(&self, handle: &server::ServerHandle, result: &Result<Summary, Failure>) -> Result<(), Failure> {
+        let Some(path) = &self.report else { return Ok(()) };
+        let (snapshot, stream) = handle.observed().await;
+        let summary = result.as_ref().ok().and_then(|s| serde_json::to_value(s).ok());
+        let html = crate::dashboard::report::html(&snapshot, &stream, self.workload.as_deref(), summary.as_ref());
+        let tmp = path.with_extension("html.drover-tmp");
+        std::fs::write(&tmp, html).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            runtime(anyhow!("--report \"{}\": cannot write it: {e}", path.display()))
+        })?;
+        eprintln!("drover: report written to {}", path.display());
+        Ok(())
+    }
 }
 
 /// The file in an embedded run's private folder naming the process it belongs to.

@@ -12,7 +12,14 @@ use crate::server::client::Session;
 use crate::server::{self, ServerOptions};
 use crate::transport::Access;
 
-pub fn start(dir: &Path, bind: SocketAddr, advertise: Vec<String>, site: Option<String>, workers: u32) -> Result<(), Failure> {
+pub fn start(
+    dir: &Path,
+    bind: SocketAddr,
+    advertise: Vec<String>,
+    site: Option<String>,
+    workers: u32,
+    dashboard: Option<SocketAddr>,
+) -> Result<(), Failure> {
     let site = site.as_deref().map(load_site_to_submit).transpose()?;
     if workers > 0 && site.is_none() {
         return Err(input(anyhow!(
@@ -49,13 +56,23 @@ pub fn start(dir: &Path, bind: SocketAddr, advertise: Vec<String>, site: Option<
             site,
             workers,
             give_up_after: None,
+            dashboard,
         };
-        let handle = server::start(opts).await.map_err(runtime)?;
+        let handle = server::start(opts).await.map_err(|e| match e {
+            e @ server::StartError::Dashboard { .. } => input(e),
+            e => runtime(e),
+        })?;
         eprintln!(
             "drover: server listening on {}; access file {}",
             handle.addr,
             handle.access_path.display()
         );
+        if handle.dashboard.is_some() {
+            eprintln!(
+                "drover: dashboard: `drover dashboard --dir {}` prints its URL (it carries a key: keep it private)",
+                dir.display()
+            );
+        }
         let stop = handle.stop_signal();
         let wait = handle.wait();
         tokio::pin!(wait);
@@ -154,4 +171,27 @@ pub fn status(dir: &Path, json: bool) -> Result<(), Failure> {
         status.tasks_done, status.tasks_retried, status.workers_lost
     );
     Ok(())
+}
+
+/// `drover dashboard`: the URL of the server's dashboard.
+pub fn dashboard(dir: &Path) -> Result<(), Failure> {
+    let access = load_access(dir, "--dir")?;
+    match access.dashboard {
+        Some(url) => {
+            println!("{url}");
+            if let Some(port) = url
+                .split("//")
+                .nth(1)
+                .and_then(|h| h.split('/').next())
+                .and_then(|h| h.rsplit(':').next())
+            {
+                eprintln!("drover: from a laptop: ssh -L {port}:127.0.0.1:{port} LOGIN-NODE, then open the URL there");
+            }
+            Ok(())
+        }
+        None => Err(input(anyhow!(
+            "the server in \"{}\" runs without a dashboard; start it without --no-dashboard",
+            dir.display()
+        ))),
+    }
 }

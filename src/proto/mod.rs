@@ -55,6 +55,8 @@ pub struct WorkerInfo {
     /// Milliseconds until the worker's batch job ends (`--walltime`): it gets no
     /// task whose time limit would outlive it.
     pub walltime_left_ms: Option<u64>,
+    /// `--memory-per-worker`, when given.
+    pub memory_bound: Option<u64>,
 }
 
 /// A task handed to a worker.
@@ -198,6 +200,11 @@ pub enum ServerMsg {
 pub enum PeerMsg {
     Hello(Hello),
     Heartbeat,
+    /// A heartbeat with the worker's resident memory and CPU time so far.
+    Load {
+        rss_bytes: u64,
+        cpu_ms: u64,
+    },
     /// Results of finished tasks; payload: their bytes, concatenated in order.
     /// `peak_rss`: the worker's peak resident memory so far (VmHWM), in bytes.
     Results {
@@ -353,6 +360,8 @@ pub struct WorkerStatus {
     pub batch_job: Option<String>,
     pub node: Option<String>,
     pub assigned: usize,
+    /// Draining before its walltime.
+    pub draining: bool,
 }
 
 /// Framing or decoding failure.

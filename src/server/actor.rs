@@ -21,7 +21,7 @@ use super::jobs::{Cx, Job, JobEvent, Notify, Peer, Tx, of_job, send};
 use crate::batch::runner::Runner;
 use crate::batch::{JobId, JobState};
 use crate::config::workload::Workload;
-use crate::core::{Action, Core, CoreConfig, GraphId, TaskKey, WorkerId};
+use crate::core::{Action, Core, CoreConfig, Failure, GraphId, TaskKey, WorkerId};
 use crate::pool::{Adapt, Backlog, Pool, PoolAction};
 use crate::proto::jobs::TaskJobRequest;
 use crate::proto::{self, PeerMsg, ServerMsg, Status, WorkerInfo, WorkerStatus};
@@ -62,6 +62,8 @@ pub enum Event {
         job: u64,
         event: JobEvent,
     },
+    /// Publish a snapshot now, then answer.
+    Publish(oneshot::Sender<()>),
     PoolSubmitted(Result<Vec<(JobId, Option<Duration>)>, String>),
     PoolStatus(Result<std::collections::BTreeMap<JobId, JobState>, String>),
 }
@@ -111,8 +113,10 @@ pub struct Actor {
     drained_workers: u64,
     /// Smoothed task run time, from workers' reports.
     mean_task: Option<Duration>,
-    /// Task run times reported since the last fold into `mean_task`.
-    durations: Vec<Duration>,
+    /// Tasks that ended since they were last folded into `mean_task` and the observer.
+    finished: Vec<super::observe::Finished>,
+    /// What the dashboard shows.
+    observer: super::observe::Observer,
     /// Current prefetch depth per slot.
     prefetch: u32,
     /// Recently lost workers, for `drover status`.
@@ -140,7 +144,7 @@ macro_rules! cx {
             now: $now,
             host: &$s.host,
             dir: &$s.dir,
-            durations: &mut $s.durations,
+            finished: &mut $s.finished,
         }
     };
 }
@@ -148,8 +152,15 @@ macro_rules! cx {
 impl Actor {
     /// With a site: hold `workers` workers, or size adaptively when `workers` is 0 and
     /// the site has `adapt` bounds.
-    pub fn new(cfg: CoreConfig, events: mpsc::UnboundedSender<Event>, site: Option<SitePool>, workers: u32, dir: PathBuf) -> Self {
-        let mut a = Self::bare(cfg, events, site, dir);
+    pub fn new(
+        cfg: CoreConfig,
+        events: mpsc::UnboundedSender<Event>,
+        site: Option<SitePool>,
+        workers: u32,
+        dir: PathBuf,
+        observer: super::observe::Observer,
+    ) -> Self {
+        let mut a = Self::bare(cfg, events, site, dir, observer);
         let now = a.now();
         if let Some(s) = &mut a.site {
             let threads = s.runner.site().threads_per_worker();
@@ -199,7 +210,13 @@ impl Actor {
         }
     }
 
-    fn bare(cfg: CoreConfig, events: mpsc::UnboundedSender<Event>, site: Option<SitePool>, dir: PathBuf) -> Self {
+    fn bare(
+        cfg: CoreConfig,
+        events: mpsc::UnboundedSender<Event>,
+        site: Option<SitePool>,
+        dir: PathBuf,
+        observer: super::observe::Observer,
+    ) -> Self {
         let tx = events.clone();
         let notify: Notify = Arc::new(move |job, event| {
             let _ = tx.send(Event::Job { job, event });
@@ -217,7 +234,8 @@ impl Actor {
             stopping: None,
             drained_workers: 0,
             mean_task: None,
-            durations: Vec::new(),
+            finished: Vec::new(),
+            observer,
             prefetch: 2,
             lost: VecDeque::new(),
             site,
@@ -255,6 +273,7 @@ impl Actor {
                         job.tick(&mut cx!(self, now));
                     }
                     self.pool_tick(now);
+                    self.publish(now);
                 }
             }
             self.drive();
@@ -299,9 +318,11 @@ impl Actor {
                     return;
                 }
                 let id = self.core.worker_joined(now, info.threads);
-                if let Some(left) = info.walltime_left_ms {
-                    let _ = self.core.set_deadline(id, Some(now + Duration::from_millis(left)));
+                let walltime_end = info.walltime_left_ms.map(|left| now + Duration::from_millis(left));
+                if walltime_end.is_some() {
+                    let _ = self.core.set_deadline(id, walltime_end);
                 }
+                self.observer.worker_joined(id.0, info.threads, walltime_end, info.memory_bound);
                 send(&tx, ServerMsg::Welcome { id: id.0 });
                 tracing::info!(worker = %id, host = %info.host, pid = info.pid, threads = info.threads, batch_job = ?info.batch_job, "worker joined");
                 if let (Some(s), Some(job)) = (&mut self.site, &info.batch_job) {
@@ -324,6 +345,7 @@ impl Actor {
                     self.note_lost(id, &w.info, reason, held.len());
                 }
                 self.core.worker_left(now, id);
+                self.observer.worker_left(id.0);
                 self.requeued(&held);
             }
             Event::WorkerMsg { id, msg, payload } => self.worker_msg(now, id, msg, payload),
@@ -405,6 +427,10 @@ impl Actor {
                 }
             }
             Event::Prepared { job, result } => self.prepared(job, result),
+            Event::Publish(done) => {
+                self.publish(now);
+                let _ = done.send(());
+            }
             Event::Job { job, event } => self.with_job(job, |j, cx| j.event(cx, event)),
         }
         self.start_next();
@@ -541,6 +567,7 @@ impl Actor {
         self.core.heartbeat(now, id);
         match msg {
             PeerMsg::Heartbeat => {}
+            PeerMsg::Load { rss_bytes, cpu_ms } => self.observer.load(now, id.0, rss_bytes, cpu_ms),
             PeerMsg::Results { job, .. }
             | PeerMsg::TaskError { job, .. }
             | PeerMsg::TaskStarted { job, .. }
@@ -649,6 +676,9 @@ impl Actor {
                 }
                 Action::RunLocal(task) => self.with_job(task.graph.0, |j, cx| j.run_local(cx, task.task)),
                 Action::TaskFailed { task, failure, cancelled } => {
+                    let now = self.now();
+                    self.observer
+                        .failure(now, task.graph.0, task.task.to_string(), failure_text(&failure));
                     self.with_job(task.graph.0, |j, cx| j.task_failed(cx, task.task, failure, cancelled))
                 }
                 Action::WorkerLost { worker, tasks } => {
@@ -665,7 +695,14 @@ impl Actor {
                     self.requeued(&tasks);
                 }
                 Action::GraphDone(g) => self.with_job(g.0, |j, cx| j.done(cx)),
-                Action::GraphFailed(g, f) => self.with_job(g.0, |j, cx| j.failed(cx, f)),
+                Action::GraphFailed(g, f) => {
+                    let now = self.now();
+                    let task = match &f {
+                        Failure::TaskError { task, .. } | Failure::RetriesExhausted { task, .. } => task.to_string(),
+                    };
+                    self.observer.failure(now, g.0, task, failure_text(&f));
+                    self.with_job(g.0, |j, cx| j.failed(cx, f))
+                }
             }
         }
         for job in self.jobs.values_mut() {
@@ -749,12 +786,7 @@ impl Actor {
     /// Keep about 25 ms of work queued at each slot (at least 2 tasks, at most 256), so
     /// that short tasks never wait for a round trip and long ones stay balanced.
     fn tune_prefetch(&mut self) {
-        for took in self.durations.drain(..) {
-            self.mean_task = Some(match self.mean_task {
-                Some(m) => (m * 7 + took) / 8,
-                None => took,
-            });
-        }
+        self.fold_finished();
         let Some(mean) = self.mean_task else { return };
         let depth = (Duration::from_millis(25).as_secs_f64() / mean.as_secs_f64().max(1e-6))
             .ceil()
@@ -870,6 +902,7 @@ impl Actor {
                 batch_job: w.info.batch_job.clone(),
                 node: w.info.node.clone(),
                 assigned: assigned.get(id).copied().unwrap_or(0),
+                draining: w.drain_acked,
             })
             .collect();
         workers.sort_by_key(|w| w.id);
@@ -914,5 +947,35 @@ impl Actor {
             workers_lost: c.workers_lost,
             workers_drained: self.drained_workers,
         }
+    }
+
+    /// Tasks that ended: into the smoothed task time (workers' tasks) and the observer.
+    fn fold_finished(&mut self) {
+        let now = self.now();
+        for f in std::mem::take(&mut self.finished) {
+            if f.worker != u32::MAX {
+                self.mean_task = Some(match self.mean_task {
+                    Some(m) => (m * 7 + f.took) / 8,
+                    None => f.took,
+                });
+            }
+            self.observer.finished(now, &f);
+        }
+    }
+
+    /// Publish what the dashboard shows (the most recent 200 jobs).
+    fn publish(&mut self, now: Duration) {
+        self.fold_finished();
+        let status = self.status();
+        let jobs = self.jobs.values().rev().take(200).map(|j| j.view(&self.core)).collect();
+        self.observer.publish(now, status, jobs);
+    }
+}
+
+/// A failure in one line, for the dashboard's log.
+fn failure_text(f: &Failure) -> String {
+    match f {
+        Failure::TaskError { message, worker, .. } => format!("{message} (worker w{})", worker.0),
+        Failure::RetriesExhausted { workers, .. } => format!("its workers all died ({} of them)", workers.len()),
     }
 }

@@ -12,6 +12,7 @@ pub mod client;
 mod conn;
 pub mod jobs;
 pub mod journal;
+pub mod observe;
 pub mod writer;
 
 use std::net::SocketAddr;
@@ -43,12 +44,18 @@ pub struct ServerOptions {
     /// With a site: fail the running job after this many consecutive failed
     /// submissions while no worker is connected (for one-shot runs).
     pub give_up_after: Option<u32>,
+    /// Serve the dashboard on this address (`None`: no dashboard).
+    pub dashboard: Option<SocketAddr>,
 }
 
 /// A running server.
 pub struct ServerHandle {
     pub access_path: PathBuf,
     pub addr: SocketAddr,
+    /// The dashboard's URL (with its key), when it runs.
+    pub dashboard: Option<String>,
+    snapshots: tokio::sync::watch::Receiver<Arc<crate::dashboard::snapshot::Snapshot>>,
+    stream: Arc<crate::dashboard::stream::Stream>,
     events: mpsc::UnboundedSender<actor::Event>,
     task: JoinHandle<()>,
 }
@@ -68,6 +75,16 @@ impl ServerHandle {
     pub fn stop_signal(&self) -> mpsc::UnboundedSender<actor::Event> {
         self.events.clone()
     }
+
+    /// A snapshot made now, and the whole task stream (for reports).
+    pub async fn observed(&self) -> (Arc<crate::dashboard::snapshot::Snapshot>, crate::dashboard::stream::Window) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = self.events.send(actor::Event::Publish(tx));
+        let _ = rx.await;
+        let snap = self.snapshots.borrow().clone();
+        let window = self.stream.window(snap.now, 0.0, f64::MAX);
+        (snap, window)
+    }
 }
 
 /// Why a server could not start.
@@ -79,6 +96,8 @@ pub enum StartError {
     Batch(#[from] crate::batch::BatchError),
     #[error("cannot locate the drover executable for workers: {0}; set DROVER_WORKER_EXE")]
     Exe(std::io::Error),
+    #[error("--dashboard {addr}: cannot listen there ({source}); choose another address, or --no-dashboard")]
+    Dashboard { addr: SocketAddr, source: std::io::Error },
 }
 
 /// Path of the access file in a server folder.
@@ -88,6 +107,14 @@ pub fn access_path(dir: &Path) -> PathBuf {
 
 /// Start a server: endpoint, certificate, token, access file, actor.
 pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> {
+    let listener = match opts.dashboard {
+        Some(addr) => Some(
+            crate::dashboard::bind(addr)
+                .await
+                .map_err(|source| StartError::Dashboard { addr, source })?,
+        ),
+        None => None,
+    };
     // Job scripts and workers run elsewhere: every path handed to them is absolute.
     opts.dir = std::path::absolute(&opts.dir).map_err(|source| TransportError::Dir {
         path: opts.dir.clone(),
@@ -112,11 +139,25 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
             }
         })
         .collect();
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (observer, snapshots) = observe::Observer::new(host);
+    let stream = observer.stream.clone();
+    let kept = snapshots.clone();
+    let dashboard = match (listener, opts.dashboard) {
+        (Some(l), Some(addr)) => {
+            Some(crate::dashboard::serve(l, snapshots, observer.stream.clone()).map_err(|source| StartError::Dashboard { addr, source })?)
+        }
+        _ => None,
+    };
+    let dashboard_url = dashboard.as_ref().map(|d| d.url());
     let access = Access {
         version: PROTOCOL_VERSION,
         addresses,
         cert: identity.cert_pem,
         token: token.clone(),
+        dashboard: dashboard_url.clone(),
     };
     let access_path = access_path(&opts.dir);
     access.write(&access_path)?;
@@ -149,10 +190,11 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         }
         None => None,
     };
-    let actor = actor::Actor::new(opts.core, events.clone(), site, opts.workers, opts.dir.clone()).with_inbound(inbound);
+    let actor = actor::Actor::new(opts.core, events.clone(), site, opts.workers, opts.dir.clone(), observer).with_inbound(inbound);
     let path = access_path.clone();
     let task = tokio::spawn(async move {
         actor.run(rx).await;
+        drop(dashboard);
         accept.abort();
         // Peers still connected get a close; a short wait sends it without sitting out
         // the draining period. Connections already closed have nothing left to send.
@@ -168,6 +210,9 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     Ok(ServerHandle {
         access_path,
         addr,
+        dashboard: dashboard_url,
+        snapshots: kept,
+        stream,
         events,
         task,
     })

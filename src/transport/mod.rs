@@ -85,6 +85,9 @@ pub struct Access {
     /// The server certificate (PEM).
     pub cert: String,
     pub token: Token,
+    /// The dashboard's URL with its read-only key (not the token), when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<String>,
 }
 
 impl Access {
@@ -394,6 +397,7 @@ mod tests {
             addresses: vec!["127.0.0.1:9".into()],
             cert: id.cert_pem,
             token: Token::generate(),
+            dashboard: Some("http://127.0.0.1:8/?key=abc".into()),
         };
         let p = dir.path().join("access.toml");
         a.write(&p).unwrap();
@@ -401,5 +405,6 @@ mod tests {
         let b = Access::load(&p).unwrap();
         assert_eq!(b.token, a.token);
         assert_eq!(b.cert_der().unwrap(), a.cert_der().unwrap());
+        assert_eq!(b.dashboard, a.dashboard);
     }
 }

@@ -272,6 +272,7 @@ async fn session(
         node: ["SLURMD_NODENAME", "DROVER_NODE"]
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())),
+        memory_bound: opts.memory,
         walltime_left_ms: opts
             .walltime
             .map(|(end, _)| end.saturating_duration_since(std::time::Instant::now()).as_millis() as u64),
@@ -790,6 +791,20 @@ pub fn peak_rss() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
 }
 
+/// This process's resident memory (bytes) and CPU time (user + system, ms) so far.
+fn load() -> Option<(u64, u64)> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??.max(1) as u64;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??.max(1) as u64;
+    Some((pages * page, ticks * 1000 / hz))
+}
+
 /// Most bytes of results gathered into one frame.
 const BATCH_BYTES: usize = 8 << 20;
 
@@ -824,7 +839,11 @@ async fn send_frames(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceive
                     None => break,
                 },
                 _ = beat.tick() => {
-                    if proto::write_frame(&mut send, &PeerMsg::Heartbeat, &[]).await.is_err() {
+                    let beat = match load() {
+                        Some((rss_bytes, cpu_ms)) => PeerMsg::Load { rss_bytes, cpu_ms },
+                        None => PeerMsg::Heartbeat,
+                    };
+                    if proto::write_frame(&mut send, &beat, &[]).await.is_err() {
                         return;
                     }
                     continue;

@@ -22,6 +22,7 @@ use crate::exec::{self, BlockResult};
 use crate::proto::jobs::{Counts, JobInfo};
 use crate::proto::{self, OutputReport, PeerMsg, ServerMsg, Summary};
 use crate::server::journal::{Journal, Recovered};
+use crate::server::observe::Finished;
 use crate::server::writer::{Writer, output_files, temp_name};
 
 /// A planned workload, built off the runtime (HDF5 inspection, output file creation).
@@ -132,6 +133,11 @@ pub struct ArrayJob {
     fp: Vec<[u64; 3]>,
     phase: Phase,
     watchers: Watchers,
+    /// Tasks of each stage, and those done.
+    stage_total: Vec<u64>,
+    stage_done: Vec<u64>,
+    /// When each local task running now started.
+    local_started: HashMap<TaskId, Duration>,
 }
 
 impl ArrayJob {
@@ -171,6 +177,18 @@ impl ArrayJob {
         if !done.is_empty() {
             tracing::info!(job = id, resumed = done.len(), "resuming an interrupted run");
         }
+        let mut stage_total = vec![0u64; n_stages];
+        for t in 0..tasks_total {
+            match p.map.locate(t) {
+                TaskRef::Block { stage, .. } | TaskRef::Finalize { stage } => stage_total[stage as usize] += 1,
+            }
+        }
+        let mut stage_done = vec![0u64; n_stages];
+        for &t in &done {
+            match p.map.locate(t) {
+                TaskRef::Block { stage, .. } | TaskRef::Finalize { stage } => stage_done[stage as usize] += 1,
+            }
+        }
         send(
             &client,
             ServerMsg::Accepted {
@@ -200,6 +218,9 @@ impl ArrayJob {
             fp: vec![[0; 3]; n_stages],
             phase: Phase::Running,
             watchers: Watchers::default(),
+            stage_total,
+            stage_done,
+            local_started: HashMap::new(),
         };
         if let Err(e) = cx.core.submit_resumed(GraphId(id), p.graph, GraphSpec::default(), &done) {
             job.fail(cx, format!("internal: {e}"));
@@ -279,9 +300,26 @@ impl ArrayJob {
             return;
         }
         let key = TaskKey::new(GraphId(self.id), task);
+        // The server's own tasks are in the task stream too, on a lane of their own.
+        let took = self
+            .local_started
+            .remove(&task)
+            .map_or(Duration::ZERO, |t| cx.now.saturating_sub(t));
+        let ok = matches!(outcome, LocalOutcome::Finalized(Ok(_)) | LocalOutcome::Block(Ok(_)));
+        cx.finished.push(Finished {
+            worker: u32::MAX,
+            job: self.id,
+            label: format!("stage {} (server)", self.stage_of(task)),
+            took,
+            ok,
+            bytes_read: 0,
+            bytes_written: 0,
+        });
         match outcome {
             LocalOutcome::Finalized(Err(message)) | LocalOutcome::Block(Err(message)) => cx.core.local_failed(key, message),
             LocalOutcome::Finalized(Ok(done)) => {
+                let stage = self.stage_of(task) as usize;
+                self.stage_done[stage] += 1;
                 for (c, arr) in done {
                     let mut buf = Vec::new();
                     exec::push_f64(&mut buf, &arr);
@@ -297,9 +335,33 @@ impl ArrayJob {
         }
     }
 
+    fn stage_of(&self, task: TaskId) -> u32 {
+        match self.map.locate(task) {
+            TaskRef::Block { stage, .. } | TaskRef::Finalize { stage } => stage,
+        }
+    }
+
+    /// Bytes of output a write task's block holds (as computed, before compression).
+    fn written_bytes(&self, task: TaskId) -> u64 {
+        let TaskRef::Block { stage, block } = self.map.locate(task) else {
+            return 0;
+        };
+        let st = &self.plan.stages[stage as usize];
+        if !matches!(st.kind, StageKind::Write { .. }) {
+            return 0;
+        }
+        let elems: usize = block_region(&st.shape, &st.block, block).iter().map(|r| r.len()).product();
+        st.outputs()
+            .iter()
+            .map(|&o| (elems * self.plan.outputs[o as usize].dtype.size()) as u64)
+            .sum()
+    }
+
     /// Merge an accepted block result into the job.
     fn absorb(&mut self, cx: &mut Cx, task: TaskId, bytes_read: u64, payload: Bytes, written: bool, fp: [u64; 3]) {
         self.bytes_read += bytes_read;
+        let stage = self.stage_of(task) as usize;
+        self.stage_done[stage] += 1;
         let TaskRef::Block { stage, block } = self.map.locate(task) else {
             return;
         };
@@ -538,6 +600,7 @@ impl Job for ArrayJob {
         }
         let notify = cx.notify.clone();
         let id = self.id;
+        self.local_started.insert(task, cx.now);
         match self.map.locate(task) {
             TaskRef::Finalize { stage } => {
                 let consts = match &self.plan.stages[stage as usize].kind {
@@ -639,8 +702,17 @@ impl Job for ArrayJob {
                     if !self.running() {
                         continue;
                     }
-                    cx.durations.push(Duration::from_micros(r.micros));
                     if cx.core.task_done(cx.now, worker, TaskKey::new(GraphId(self.id), r.task)) == Accept::Accepted {
+                        let stage = self.stage_of(r.task);
+                        cx.finished.push(Finished {
+                            worker: worker.0,
+                            job: self.id,
+                            label: format!("stage {stage}"),
+                            took: Duration::from_micros(r.micros),
+                            ok: true,
+                            bytes_read: r.bytes_read,
+                            bytes_written: self.written_bytes(r.task),
+                        });
                         self.absorb(cx, r.task, r.bytes_read, seg, r.written, r.fp);
                     } else {
                         tracing::debug!(%worker, task = r.task, "stale result discarded");
@@ -745,6 +817,22 @@ impl Job for ArrayJob {
         } else {
             self.watchers.add(client, false);
         }
+    }
+
+    fn stages(&self) -> Vec<crate::dashboard::snapshot::StageView> {
+        self.plan
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, st)| crate::dashboard::snapshot::StageView {
+                label: match &st.kind {
+                    StageKind::Reduce { .. } => format!("stage {i} (reduce)"),
+                    StageKind::Write { .. } => format!("stage {i} (write)"),
+                },
+                done: self.stage_done[i],
+                total: self.stage_total[i],
+            })
+            .collect()
     }
 
     fn array_progress(&self, core: &Core) -> Option<(u32, u32)> {

@@ -72,8 +72,9 @@ pub struct Cx<'a> {
     pub host: &'a str,
     /// The server's folder (task logs default to `jobs/` in it).
     pub dir: &'a Path,
-    /// Task run times, for the prefetch depth and the adaptive pool.
-    pub durations: &'a mut Vec<Duration>,
+    /// Tasks that ended (run times for the prefetch depth and the adaptive pool;
+    /// the dashboard's task stream and counters).
+    pub finished: &'a mut Vec<crate::server::observe::Finished>,
 }
 
 impl Cx<'_> {
@@ -188,6 +189,29 @@ pub trait Job: Send {
     /// An array workload's progress, for `drover status`.
     fn array_progress(&self, _core: &Core) -> Option<(u32, u32)> {
         None
+    }
+    /// As the dashboard shows it (times, ETA and counts of lost workers are the
+    /// observer's).
+    fn view(&self, core: &Core) -> crate::dashboard::snapshot::JobView {
+        let i = self.info(core);
+        let c = core.graph_counters(crate::core::GraphId(self.id()));
+        crate::dashboard::snapshot::JobView {
+            id: i.id,
+            name: i.name,
+            kind: i.kind,
+            state: i.state,
+            tasks: i.tasks,
+            counts: i.counts,
+            priority: i.priority,
+            retries: c.tasks_retried,
+            workers_lost: c.workers_lost,
+            stages: self.stages(),
+            ..Default::default()
+        }
+    }
+    /// Progress per stage (array workloads) or per entry (task graphs).
+    fn stages(&self) -> Vec<crate::dashboard::snapshot::StageView> {
+        Vec::new()
     }
 }
 

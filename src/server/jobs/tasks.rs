@@ -296,7 +296,19 @@ impl Job for TaskJob {
                 if i >= self.table.len() {
                     return;
                 }
-                cx.durations.push(Duration::from_millis(millis));
+                let label = match &self.group_of(task).1.name {
+                    n if n.is_empty() => "tasks".to_string(),
+                    n => n.clone(),
+                };
+                cx.finished.push(crate::server::observe::Finished {
+                    worker: worker.0,
+                    job: self.id,
+                    label,
+                    took: Duration::from_millis(millis),
+                    ok: end == End::Exited(0),
+                    bytes_read: 0,
+                    bytes_written: 0,
+                });
                 let secs = millis as f64 / 1e3;
                 let mean = self.mean_secs.map_or(secs, |m| 0.9 * m + 0.1 * secs);
                 self.mean_secs = Some(mean);
@@ -452,6 +464,20 @@ impl Job for TaskJob {
 
     fn report(&mut self, _core: &Core) {
         self.journal.flush();
+    }
+
+    fn stages(&self) -> Vec<crate::dashboard::snapshot::StageView> {
+        if self.groups.len() < 2 {
+            return Vec::new();
+        }
+        self.groups
+            .iter()
+            .map(|g| crate::dashboard::snapshot::StageView {
+                label: g.name.clone(),
+                done: (g.first..g.first + g.len).filter(|&t| self.table.state(t as usize).ended()).count() as u64,
+                total: u64::from(g.len),
+            })
+            .collect()
     }
 
     fn waiting_for(&self) -> &[u64] {
