@@ -261,7 +261,7 @@ async fn wait_on(mut s: Session, jobs: &[u64], stream: bool, json: bool) -> Resu
     if let Some(b) = &bar {
         let all = s.jobs().await.map_err(client_failure)?;
         let mine = all.iter().filter(|j| jobs.contains(&j.id));
-        let (total, done) = mine.fold((0, 0), |(t, d), j| (t + j.tasks, d + j.tasks - j.counts.waiting - j.counts.running));
+        let (total, done) = mine.fold((0, 0), |(t, d), j| (t + j.tasks, d + j.counts.ended()));
         b.set_length(total);
         b.set_position(done);
     }
@@ -318,14 +318,19 @@ fn verdict(ended: &[JobInfo]) -> Result<(), Failure> {
     }
 }
 
-pub fn jobs(dir: &Path, json: bool) -> Result<(), Failure> {
+/// One request to the server in `dir`, on a session of its own.
+fn ask<T>(dir: &Path, request: impl AsyncFnOnce(&mut Session) -> Result<T, crate::server::client::ClientError>) -> Result<T, Failure> {
     let access = load_access(dir, "--dir")?;
-    let jobs = runtime_builder()?.block_on(async {
+    runtime_builder()?.block_on(async {
         let mut s = Session::open(&access).await.map_err(runtime)?;
-        let j = s.jobs().await.map_err(client_failure)?;
+        let answer = request(&mut s).await.map_err(client_failure)?;
         s.done().await;
-        Ok::<_, Failure>(j)
-    })?;
+        Ok(answer)
+    })
+}
+
+pub fn jobs(dir: &Path, json: bool) -> Result<(), Failure> {
+    let jobs = ask(dir, async |s| s.jobs().await)?;
     if json {
         println!("{}", serde_json::to_string(&jobs).map_err(runtime)?);
         return Ok(());
@@ -346,13 +351,7 @@ pub fn jobs(dir: &Path, json: bool) -> Result<(), Failure> {
 
 pub fn tasks(dir: &Path, job: u64, state: Option<&str>, json: bool) -> Result<(), Failure> {
     let state = state.map(TaskState::parse).transpose().map_err(|e| input(anyhow!(e)))?;
-    let access = load_access(dir, "--dir")?;
-    let tasks = runtime_builder()?.block_on(async {
-        let mut s = Session::open(&access).await.map_err(runtime)?;
-        let t = s.tasks(job, state).await.map_err(client_failure)?;
-        s.done().await;
-        Ok::<_, Failure>(t)
-    })?;
+    let tasks = ask(dir, async |s| s.tasks(job, state).await)?;
     if json {
         println!("{}", serde_json::to_string(&tasks).map_err(runtime)?);
         return Ok(());
@@ -400,13 +399,7 @@ pub fn cancel(dir: &Path, job: u64, tasks: Option<&str>) -> Result<(), Failure> 
     let ids = tasks
         .map(|t| taskjob::parse_array(t).map_err(|e| input(anyhow!("--tasks: {}", e.to_string().replace("--array ", "")))))
         .transpose()?;
-    let access = load_access(dir, "--dir")?;
-    runtime_builder()?.block_on(async {
-        let mut s = Session::open(&access).await.map_err(runtime)?;
-        s.cancel(job, ids).await.map_err(client_failure)?;
-        s.done().await;
-        Ok::<_, Failure>(())
-    })?;
+    ask(dir, async |s| s.cancel(job, ids).await)?;
     match tasks {
         Some(t) => eprintln!("drover: job {job}: tasks {t} cancelled"),
         None => eprintln!("drover: job {job} cancelled"),

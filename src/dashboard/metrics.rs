@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::snapshot::Snapshot;
+use super::snapshot::{JobView, Snapshot};
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -77,7 +77,7 @@ pub fn render(s: &Snapshot) -> String {
         "Bytes of output written.",
         s.totals.bytes_written as f64,
     );
-    let waiting: u64 = s.jobs.iter().map(|j| j.counts.waiting).sum();
+    let waiting: u64 = s.jobs.iter().map(|j| j.info.counts.waiting).sum();
     o.one("drover_queue_depth", "gauge", "Tasks of all jobs waiting to run.", waiting as f64);
     o.family("drover_batch_jobs", "gauge", "Batch jobs of the pool by state.");
     for state in ["pending", "running", "expiring", "gone"] {
@@ -88,7 +88,7 @@ pub fn render(s: &Snapshot) -> String {
         o.one("drover_pool_target_workers", "gauge", "Workers the pool holds.", f64::from(t));
     }
     o.family("drover_job_tasks", "gauge", "Tasks of each job by state.");
-    for j in &s.jobs {
+    for JobView { info: j, .. } in &s.jobs {
         let id = j.id.to_string();
         let c = &j.counts;
         for (state, n) in [
@@ -107,10 +107,12 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     o.family("drover_job_progress_ratio", "gauge", "Fraction of each job's tasks that ended.");
-    for j in &s.jobs {
-        let c = &j.counts;
-        let ended = c.succeeded + c.failed + c.timeout + c.cancelled;
-        let ratio = if j.tasks == 0 { 1.0 } else { ended as f64 / j.tasks as f64 };
+    for JobView { info: j, .. } in &s.jobs {
+        let ratio = if j.tasks == 0 {
+            1.0
+        } else {
+            j.counts.ended() as f64 / j.tasks as f64
+        };
         o.sample("drover_job_progress_ratio", &[("job", &j.id.to_string()), ("kind", &j.kind)], ratio);
     }
     o.family("drover_worker_resident_memory_bytes", "gauge", "Resident memory of each worker.");
@@ -127,7 +129,8 @@ pub fn render(s: &Snapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dashboard::snapshot::{JobView, WorkerView};
+    use crate::dashboard::snapshot::WorkerView;
+    use crate::proto::jobs::JobInfo;
 
     #[test]
     fn families_have_help_and_type_and_labels_are_escaped() {
@@ -141,13 +144,16 @@ mod tests {
             ..Default::default()
         });
         s.jobs.push(JobView {
-            id: 7,
-            name: "a\\b".into(),
-            kind: "tasks".into(),
-            tasks: 4,
+            info: JobInfo {
+                id: 7,
+                name: "a\\b".into(),
+                kind: "tasks".into(),
+                tasks: 4,
+                ..Default::default()
+            },
             ..Default::default()
         });
-        s.jobs[0].counts.succeeded = 2;
+        s.jobs[0].info.counts.succeeded = 2;
         let text = render(&s);
         assert!(text.contains("# TYPE drover_tasks_done_total counter\ndrover_tasks_done_total 0\n"));
         assert!(text.contains("drover_slots 2\n"));

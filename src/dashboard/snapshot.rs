@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::proto::jobs::Counts;
+use crate::proto::jobs::JobInfo;
 use crate::proto::{JobStatus, LostWorker};
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -67,15 +67,11 @@ pub struct StageView {
     pub total: u64,
 }
 
+/// A job as `drover jobs` shows it, and what the dashboard adds.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct JobView {
-    pub id: u64,
-    pub name: String,
-    pub kind: String,
-    pub state: String,
-    pub tasks: u64,
-    pub counts: Counts,
-    pub priority: i32,
+    #[serde(flatten)]
+    pub info: JobInfo,
     pub started: Option<f64>,
     pub ended: Option<f64>,
     pub eta_s: Option<f64>,

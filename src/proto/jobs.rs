@@ -163,6 +163,13 @@ pub struct Counts {
     pub cancelled: u64,
 }
 
+impl Counts {
+    /// Tasks that ended, in any way.
+    pub fn ended(&self) -> u64 {
+        self.succeeded + self.failed + self.timeout + self.cancelled
+    }
+}
+
 impl From<[u64; 6]> for Counts {
     fn from(c: [u64; 6]) -> Self {
         Counts {
@@ -177,7 +184,7 @@ impl From<[u64; 6]> for Counts {
 }
 
 /// A job as `drover jobs` shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobInfo {
     pub id: u64,
     pub name: String,

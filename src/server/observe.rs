@@ -178,17 +178,16 @@ impl Observer {
             })
             .collect();
         for j in &mut jobs {
-            let times = self.times.entry(j.id).or_insert((secs, None));
-            if matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled") && times.1.is_none() {
+            let times = self.times.entry(j.info.id).or_insert((secs, None));
+            if j.info.ended() && times.1.is_none() {
                 times.1 = Some(secs);
             }
             j.started = Some(times.0);
             j.ended = times.1;
-            let c = &j.counts;
-            let ended = c.succeeded + c.failed + c.timeout + c.cancelled;
+            let ended = j.info.counts.ended();
             let ran = secs - times.0;
             if times.1.is_none() && ended > 0 && ran > 0.0 {
-                j.eta_s = Some((j.tasks - ended) as f64 * ran / ended as f64);
+                j.eta_s = Some((j.info.tasks - ended) as f64 * ran / ended as f64);
             }
         }
         let point = Point {

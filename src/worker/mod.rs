@@ -473,36 +473,11 @@ async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::Un
                     ctx.consts.write().expect("consts lock").insert(id, Arc::new(arr));
                 }
             }
-            ServerMsg::Assign { job, tasks } => {
-                let mut q = shared.queue.lock().expect("queue lock");
-                if q.draining {
-                    // Sent before the server saw us draining: hand them straight back.
-                    drop(q);
-                    let _ = out.send(Out::Draining {
-                        released: tasks.iter().map(|t| (job, t.task)).collect(),
-                    });
-                    continue;
-                }
-                q.tasks.extend(tasks.into_iter().map(|t| (job, Item::Block(t))));
-                drop(q);
-                shared.ready.notify_all();
-            }
+            ServerMsg::Assign { job, tasks } => enqueue(shared, out, job, tasks.into_iter().map(Item::Block).collect()),
             ServerMsg::TaskJob { job, group, spec } => {
                 shared.commands.write().expect("commands lock").insert((job, group), Arc::new(spec));
             }
-            ServerMsg::RunCommands { job, tasks } => {
-                let mut q = shared.queue.lock().expect("queue lock");
-                if q.draining {
-                    drop(q);
-                    let _ = out.send(Out::Draining {
-                        released: tasks.iter().map(|t| (job, t.task)).collect(),
-                    });
-                    continue;
-                }
-                q.tasks.extend(tasks.into_iter().map(|t| (job, Item::Command(t))));
-                drop(q);
-                shared.ready.notify_all();
-            }
+            ServerMsg::RunCommands { job, tasks } => enqueue(shared, out, job, tasks.into_iter().map(Item::Command).collect()),
             ServerMsg::CancelTasks { job, tasks } => {
                 let gone: std::collections::HashSet<u32> = tasks.into_iter().collect();
                 shared
@@ -537,6 +512,22 @@ async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::Un
             other => tracing::debug!(?other, "unexpected message"),
         }
     }
+}
+
+/// Queue tasks of `job`; a draining worker hands them straight back (they were sent
+/// before the server saw it draining).
+fn enqueue(shared: &Shared, out: &mpsc::UnboundedSender<Out>, job: u64, items: Vec<Item>) {
+    let mut q = shared.queue.lock().expect("queue lock");
+    if q.draining {
+        drop(q);
+        let _ = out.send(Out::Draining {
+            released: items.iter().map(|t| (job, t.task())).collect(),
+        });
+        return;
+    }
+    q.tasks.extend(items.into_iter().map(|t| (job, t)));
+    drop(q);
+    shared.ready.notify_all();
 }
 
 /// How many of `threads` tasks of `plan` may run at once within `bound` bytes (at

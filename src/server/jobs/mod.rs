@@ -193,16 +193,9 @@ pub trait Job: Send {
     /// As the dashboard shows it (times, ETA and counts of lost workers are the
     /// observer's).
     fn view(&self, core: &Core) -> crate::dashboard::snapshot::JobView {
-        let i = self.info(core);
         let c = core.graph_counters(crate::core::GraphId(self.id()));
         crate::dashboard::snapshot::JobView {
-            id: i.id,
-            name: i.name,
-            kind: i.kind,
-            state: i.state,
-            tasks: i.tasks,
-            counts: i.counts,
-            priority: i.priority,
+            info: self.info(core),
             retries: c.tasks_retried,
             workers_lost: c.workers_lost,
             stages: self.stages(),
