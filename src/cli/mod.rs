@@ -10,6 +10,7 @@
 
 mod batch;
 mod explain;
+mod report;
 mod run;
 mod serve;
 mod tasks;
@@ -113,6 +114,17 @@ pub enum Cmd {
         /// Only these task ids: `3,7`, `10-20`.
         #[arg(long, value_name = "IDS")]
         tasks: Option<String>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Write the report of a server's job: one HTML file that opens offline (its task
+    /// stream, workers, stage timings, memory over time, summary).
+    Report {
+        /// The job's id (see `drover jobs`).
+        job: u64,
+        /// The file to write (default: drover-report-JOB.html).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
         #[command(flatten)]
         dir: DirArg,
     },
@@ -419,6 +431,7 @@ pub fn main(cli: Cli) -> Result<(), Failure> {
             json,
         } => tasks::wait(&dir.get(), &jobs, as_completed, json),
         Cmd::Cancel { job, tasks, dir } => tasks::cancel(&dir.get(), job, tasks.as_deref()),
+        Cmd::Report { job, output, dir } => report::report(&dir.get(), job, output),
         Cmd::Worker {
             access,
             threads,

@@ -55,17 +55,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
     existing.sort();
     existing.dedup();
     if let Some(r) = &args.report {
-        let dir = r
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(std::path::Path::new("."));
-        if !dir.is_dir() {
-            return Err(input(anyhow!(
-                "--report \"{}\": the folder \"{}\" does not exist; create it or choose another path",
-                r.display(),
-                dir.display()
-            )));
-        }
+        super::report::check_path("--report", r)?;
     }
     let extras = Extras {
         report: args.report.clone(),
@@ -492,16 +482,9 @@ impl Extras {
     /// Write the report, whatever the run's outcome (a failed run's report shows why).
     async fn write_report(&self, handle: &server::ServerHandle, result: &Result<Summary, Failure>) -> Result<(), Failure> {
         let Some(path) = &self.report else { return Ok(()) };
-        let (snapshot, stream) = handle.observed().await;
         let summary = result.as_ref().ok().and_then(|s| serde_json::to_value(s).ok());
-        let html = crate::dashboard::report::html(&snapshot, &stream, self.workload.as_deref(), summary.as_ref());
-        let tmp = path.with_extension("html.drover-tmp");
-        std::fs::write(&tmp, html).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            runtime(anyhow!("--report \"{}\": cannot write it: {e}", path.display()))
-        })?;
-        eprintln!("drover: report written to {}", path.display());
-        Ok(())
+        let html = handle.report(self.workload.as_deref(), summary.as_ref()).await;
+        super::report::write("--report", path, &html)
     }
 }
 

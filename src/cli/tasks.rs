@@ -319,7 +319,10 @@ fn verdict(ended: &[JobInfo]) -> Result<(), Failure> {
 }
 
 /// One request to the server in `dir`, on a session of its own.
-fn ask<T>(dir: &Path, request: impl AsyncFnOnce(&mut Session) -> Result<T, crate::server::client::ClientError>) -> Result<T, Failure> {
+pub(super) fn ask<T>(
+    dir: &Path,
+    request: impl AsyncFnOnce(&mut Session) -> Result<T, crate::server::client::ClientError>,
+) -> Result<T, Failure> {
     let access = load_access(dir, "--dir")?;
     runtime_builder()?.block_on(async {
         let mut s = Session::open(&access).await.map_err(runtime)?;

@@ -12,6 +12,7 @@
 //! HttpOnly, SameSite=Strict cookie and redirects to `/`. Every other request needs
 //! that cookie or `Authorization: Bearer K` (for Prometheus); anything else is 401.
 
+pub mod history;
 pub mod metrics;
 pub mod report;
 pub mod snapshot;
@@ -34,7 +35,8 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::WatchStream;
 
-use self::snapshot::Snapshot;
+use self::history::History;
+use self::snapshot::{Page, Snapshot};
 use self::stream::Stream;
 
 const INDEX: &str = include_str!("../../web/dist/index.html");
@@ -42,12 +44,51 @@ const APP_JS: &str = include_str!("../../web/dist/app.js");
 const APP_CSS: &str = include_str!("../../web/dist/app.css");
 const COOKIE: &str = "drover_dashboard";
 
+/// What the dashboard and the reports read: the snapshot the actor published last,
+/// the task stream, the charts' points.
+#[derive(Clone)]
+pub struct Observed {
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub stream: Arc<Stream>,
+    pub history: Arc<History>,
+}
+
+impl Observed {
+    /// The report of the whole run, or of one job: its tasks and the time it ran
+    /// (`drover report JOB`).
+    pub fn report(&self, job: Option<u64>, workload: Option<&str>, summary: Option<&serde_json::Value>) -> String {
+        let mut snap = (*self.snapshots.borrow().clone()).clone();
+        if let Some(id) = job {
+            snap.jobs.retain(|j| j.info.id == id);
+        }
+        let stream = self.stream.window(snap.now, 0.0, f64::MAX, job);
+        let mut history = self.history.run();
+        if let Some(j) = snap.jobs.first().filter(|_| job.is_some()) {
+            // The points of the time the job ran (its first task may have started
+            // before the observer first saw it).
+            let first = stream.bars.iter().map(|b| f64::from(b.t0)).fold(f64::MAX, f64::min);
+            let since = j.started.unwrap_or(0.0).min(first);
+            let until = j.ended.unwrap_or(snap.now);
+            history.retain(|p| p.t >= since - 1.0 && p.t <= until + 1.0);
+        }
+        report::html(
+            &Page {
+                snap: &snap,
+                history,
+                history_delta: false,
+            },
+            &stream,
+            workload,
+            summary,
+        )
+    }
+}
+
 /// What the handlers read.
 #[derive(Clone)]
 struct Shared {
     key: Arc<String>,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    stream: Arc<Stream>,
+    observed: Observed,
 }
 
 /// A new random dashboard key (hex, 128 bits).
@@ -108,26 +149,44 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
 }
 
 async fn snapshot(State(s): State<Shared>) -> Response {
-    let snap = s.snapshots.borrow().clone();
-    axum::Json(&*snap).into_response()
+    let snap = s.observed.snapshots.borrow().clone();
+    axum::Json(Page {
+        snap: &snap,
+        history: s.observed.history.recent(None),
+        history_delta: false,
+    })
+    .into_response()
 }
 
+/// A snapshot a second; the charts' points only once each (the page keeps them).
 async fn events(State(s): State<Shared>) -> Sse<impl tokio_stream::Stream<Item = Result<Event, Infallible>>> {
-    let stream = WatchStream::new(s.snapshots.clone())
-        .map(|snap| Ok(Event::default().data(serde_json::to_string(&*snap).unwrap_or_else(|_| "{}".into()))));
+    let history = s.observed.history.clone();
+    let mut sent: Option<f64> = None;
+    let stream = WatchStream::new(s.observed.snapshots.clone()).map(move |snap| {
+        let points = history.recent(sent);
+        let page = Page {
+            snap: &snap,
+            history_delta: sent.is_some(),
+            history: points,
+        };
+        if let Some(p) = page.history.last() {
+            sent = Some(p.t);
+        }
+        Ok(Event::default().data(serde_json::to_string(&page).unwrap_or_else(|_| "{}".into())))
+    });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
 }
 
 async fn stream_window(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let now = s.snapshots.borrow().now;
+    let now = s.observed.snapshots.borrow().now;
     let num = |k: &str, d: f64| q.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(d);
     let until = num("until", now);
     let since = num("since", (until - 120.0).max(0.0));
-    axum::Json(s.stream.window(now, since, until)).into_response()
+    axum::Json(s.observed.stream.window(now, since, until, None)).into_response()
 }
 
 async fn prometheus(State(s): State<Shared>) -> Response {
-    let text = metrics::render(&s.snapshots.borrow());
+    let text = metrics::render(&s.observed.snapshots.borrow());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
@@ -177,17 +236,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 }
 
 /// Serve the dashboard on `listener`.
-pub fn serve(
-    listener: tokio::net::TcpListener,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    stream: Arc<Stream>,
-) -> std::io::Result<Dashboard> {
+pub fn serve(listener: tokio::net::TcpListener, observed: Observed) -> std::io::Result<Dashboard> {
     let addr = listener.local_addr()?;
     let key = new_key();
     let app = router(Shared {
         key: Arc::new(key.clone()),
-        snapshots,
-        stream,
+        observed,
     });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -4,13 +4,13 @@
 
 use serde::Serialize;
 
-use super::snapshot::Snapshot;
+use super::snapshot::Page;
 use super::stream::Window;
 use super::{APP_CSS, APP_JS, INDEX};
 
 #[derive(Serialize)]
 struct Report<'a> {
-    snapshot: &'a Snapshot,
+    snapshot: &'a Page<'a>,
     stream: &'a Window,
     workload: Option<&'a str>,
     summary: Option<&'a serde_json::Value>,
@@ -24,7 +24,7 @@ fn script_safe(json: &str) -> String {
 }
 
 /// The page with everything inlined.
-pub fn html(snapshot: &Snapshot, stream: &Window, workload: Option<&str>, summary: Option<&serde_json::Value>) -> String {
+pub fn html(snapshot: &Page, stream: &Window, workload: Option<&str>, summary: Option<&serde_json::Value>) -> String {
     let data = serde_json::to_string(&Report {
         snapshot,
         stream,
@@ -78,10 +78,14 @@ mod tests {
 
     #[test]
     fn the_report_inlines_everything_and_fetches_nothing() {
-        let mut snap = Snapshot::default();
+        let mut snap = crate::dashboard::snapshot::Snapshot::default();
         snap.server.host = "</script><b>".into();
         let page = html(
-            &snap,
+            &Page {
+                snap: &snap,
+                history: vec![],
+                history_delta: false,
+            },
             &Window {
                 now: 1.0,
                 bars: vec![],

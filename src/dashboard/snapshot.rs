@@ -17,10 +17,18 @@ pub struct Snapshot {
     pub jobs: Vec<JobView>,
     pub throughput: Rates,
     pub totals: Totals,
-    /// One point per second, the last ten minutes.
-    pub history: Vec<Point>,
     pub lost_workers: Vec<LostWorker>,
     pub failures: Vec<FailureView>,
+}
+
+/// A snapshot as a page gets it: with the charts' points (all of them, or with
+/// `history_delta` only those after the ones it had).
+#[derive(Serialize)]
+pub struct Page<'a> {
+    #[serde(flatten)]
+    pub snap: &'a Snapshot,
+    pub history: Vec<Point>,
+    pub history_delta: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -127,8 +127,9 @@ impl Stream {
         self.len() == 0
     }
 
-    /// The bars that overlap `[since, until]`, at most [`MAX_ANSWER`] of them.
-    pub fn window(&self, now: f64, since: f64, until: f64) -> Window {
+    /// The bars that overlap `[since, until]` (of one job, or all), at most
+    /// [`MAX_ANSWER`] of them.
+    pub fn window(&self, now: f64, since: f64, until: f64, job: Option<u64>) -> Window {
         let s = self.0.read().expect("stream lock");
         let (since, until) = (since as f32, until as f32);
         // Bars are in order of their end: skip those ending before `since`; stop after
@@ -138,7 +139,7 @@ impl Stream {
             .bars
             .range(start..)
             .take_while(|b| b.t1 <= until + s.longest)
-            .filter(|b| b.t0 <= until)
+            .filter(|b| b.t0 <= until && job.is_none_or(|j| b.job == j))
             .collect();
         let total = picked.len();
         let step = total.div_ceil(MAX_ANSWER).max(1);
@@ -170,21 +171,24 @@ mod tests {
         s.push(1, 7, "stage 0", 0.5, 1.5, true); // overlaps: second lane
         s.push(1, 8, "tasks", 1.2, 2.0, false); // lane 0 is free again
         s.push(2, 7, "stage 1", 5.0, 6.0, true);
-        let w = s.window(6.0, 0.0, 10.0);
+        let w = s.window(6.0, 0.0, 10.0, None);
         let lanes: Vec<(u32, u16)> = w.bars.iter().map(|b| (b.worker, b.lane)).collect();
         assert_eq!(lanes, vec![(1, 0), (1, 1), (1, 0), (2, 0)]);
         assert_eq!(w.bars[2].label, "tasks");
         assert!(!w.bars[2].ok);
         // Only what overlaps the window.
-        let w = s.window(6.0, 1.6, 4.0);
+        let w = s.window(6.0, 1.6, 4.0, None);
         assert_eq!(w.bars.len(), 1);
         assert_eq!((w.bars[0].job, w.bars[0].t0), (8, 1.2));
-        assert_eq!(s.window(6.0, 7.0, 9.0).bars, vec![]);
+        assert_eq!(s.window(6.0, 7.0, 9.0, None).bars, vec![]);
+        // Of one job.
+        let w = s.window(6.0, 0.0, 10.0, Some(8));
+        assert_eq!((w.bars.len(), w.total, w.bars[0].label.as_str()), (1, 1, "tasks"));
         // A one-thread worker's bars stay on one lane even when reports overlap them.
         s.worker_joined(3, 1);
         s.push(3, 7, "x", 0.0, 1.0, true);
         s.push(3, 7, "x", 0.99, 2.0, true);
-        let w = s.window(6.0, 0.0, 3.0);
+        let w = s.window(6.0, 0.0, 3.0, None);
         assert!(w.bars.iter().filter(|b| b.worker == 3).all(|b| b.lane == 0));
     }
 
@@ -194,7 +198,7 @@ mod tests {
         for i in 0..(MAX_ANSWER * 3) {
             s.push(1, 1, "x", i as f64, i as f64 + 0.5, true);
         }
-        let w = s.window(0.0, 0.0, 1e9);
+        let w = s.window(0.0, 0.0, 1e9, None);
         assert_eq!((w.bars.len(), w.total), (MAX_ANSWER, MAX_ANSWER * 3));
     }
 }

@@ -193,6 +193,10 @@ pub enum ServerMsg {
     JobEnded {
         job: jobs::JobInfo,
     },
+    /// A job's report (HTML).
+    Report {
+        html: String,
+    },
 }
 
 /// Messages to the server.
@@ -275,6 +279,10 @@ pub enum PeerMsg {
         job: u64,
         tasks: Option<Vec<u64>>,
     },
+    /// The report of a job (one self-contained HTML page).
+    GetReport {
+        job: u64,
+    },
 }
 
 /// The report of a finished run.
@@ -341,6 +349,8 @@ pub struct LostWorker {
     pub reason: String,
     /// Tasks it held, sent to other workers.
     pub tasks_requeued: usize,
+    /// When (seconds since the server started).
+    pub t: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -489,6 +489,19 @@ impl Actor {
                     Err(m) => refuse(&client, true, m),
                 },
             },
+            PeerMsg::GetReport { job } => match self.jobs.get(&job) {
+                None => refuse(&client, true, self.unknown_job(job)),
+                Some(j) => {
+                    let (text, summary) = (j.describe(), j.summary_json(&self.core));
+                    self.publish(now);
+                    // Made off the actor: a page of many tasks takes a while.
+                    let observed = self.observer.observed();
+                    tokio::task::spawn_blocking(move || {
+                        let html = observed.report(Some(job), Some(&text), Some(&summary));
+                        send(&client, ServerMsg::Report { html });
+                    });
+                }
+            },
             PeerMsg::Wait { jobs, as_completed } => {
                 if let Some(&bad) = jobs.iter().find(|j| !self.jobs.contains_key(j)) {
                     return refuse(&client, true, self.unknown_job(bad));
@@ -751,6 +764,7 @@ impl Actor {
             batch_job: info.batch_job.clone(),
             reason,
             tasks_requeued: held,
+            t: self.now().as_secs_f64(),
         });
         if self.lost.len() > 50 {
             self.lost.pop_front();

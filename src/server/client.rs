@@ -177,6 +177,14 @@ impl Session {
         }
     }
 
+    /// A job's report (HTML).
+    pub async fn report(&mut self, job: u64) -> Result<String, ClientError> {
+        match self.ask(PeerMsg::GetReport { job }).await? {
+            ServerMsg::Report { html } => Ok(html),
+            other => Err(Self::unexpected("report", other)),
+        }
+    }
+
     /// Cancel a job, or only these tasks (user ids) of it.
     pub async fn cancel(&mut self, job: u64, tasks: Option<Vec<u64>>) -> Result<(), ClientError> {
         match self.ask(PeerMsg::CancelJob { job, tasks }).await? {

@@ -54,8 +54,7 @@ pub struct ServerHandle {
     pub addr: SocketAddr,
     /// The dashboard's URL (with its key), when it runs.
     pub dashboard: Option<String>,
-    snapshots: tokio::sync::watch::Receiver<Arc<crate::dashboard::snapshot::Snapshot>>,
-    stream: Arc<crate::dashboard::stream::Stream>,
+    observed: crate::dashboard::Observed,
     events: mpsc::UnboundedSender<actor::Event>,
     task: JoinHandle<()>,
 }
@@ -76,14 +75,12 @@ impl ServerHandle {
         self.events.clone()
     }
 
-    /// A snapshot made now, and the whole task stream (for reports).
-    pub async fn observed(&self) -> (Arc<crate::dashboard::snapshot::Snapshot>, crate::dashboard::stream::Window) {
+    /// The report of the whole run so far (a snapshot made now, the whole task stream).
+    pub async fn report(&self, workload: Option<&str>, summary: Option<&serde_json::Value>) -> String {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = self.events.send(actor::Event::Publish(tx));
         let _ = rx.await;
-        let snap = self.snapshots.borrow().clone();
-        let window = self.stream.window(snap.now, 0.0, f64::MAX);
-        (snap, window)
+        self.observed.report(None, workload, summary)
     }
 }
 
@@ -142,12 +139,11 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (observer, snapshots) = observe::Observer::new(host);
-    let stream = observer.stream.clone();
-    let kept = snapshots.clone();
+    let observer = observe::Observer::new(host);
+    let observed = observer.observed();
     let dashboard = match (listener, opts.dashboard) {
         (Some(l), Some(addr)) => {
-            Some(crate::dashboard::serve(l, snapshots, observer.stream.clone()).map_err(|source| StartError::Dashboard { addr, source })?)
+            Some(crate::dashboard::serve(l, observed.clone()).map_err(|source| StartError::Dashboard { addr, source })?)
         }
         _ => None,
     };
@@ -211,8 +207,7 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         access_path,
         addr,
         dashboard: dashboard_url,
-        snapshots: kept,
-        stream,
+        observed,
         events,
         task,
     })

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::dashboard::Observed;
+use crate::dashboard::history::History;
 use crate::dashboard::snapshot::{FailureView, JobView, Point, PoolView, Rates, ServerInfo, Snapshot, Totals, WorkerView};
 use crate::dashboard::stream::Stream;
 use crate::proto::Status;
@@ -35,48 +37,53 @@ struct WorkerStats {
     memory_bound: Option<u64>,
 }
 
-const HISTORY: usize = 600;
 const FAILURES: usize = 200;
 
 pub struct Observer {
     tx: watch::Sender<Arc<Snapshot>>,
     pub stream: Arc<Stream>,
+    pub history: Arc<History>,
     server: ServerInfo,
     workers: HashMap<u32, WorkerStats>,
     totals: Totals,
     last: (Duration, Totals),
     rates: Rates,
-    history: VecDeque<Point>,
     failures: VecDeque<FailureView>,
     /// When each job started and ended (seconds since the start).
     times: HashMap<u64, (f64, Option<f64>)>,
 }
 
 impl Observer {
-    pub fn new(host: String) -> (Self, watch::Receiver<Arc<Snapshot>>) {
-        let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+    pub fn new(host: String) -> Self {
+        let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
         let started_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        (
-            Self {
-                tx,
-                stream: Arc::new(Stream::default()),
-                server: ServerInfo {
-                    host,
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    started_unix,
-                },
-                workers: HashMap::new(),
-                totals: Totals::default(),
-                last: (Duration::ZERO, Totals::default()),
-                rates: Rates::default(),
-                history: VecDeque::new(),
-                failures: VecDeque::new(),
-                times: HashMap::new(),
+        Self {
+            tx,
+            stream: Arc::new(Stream::default()),
+            history: Arc::new(History::default()),
+            server: ServerInfo {
+                host,
+                version: env!("CARGO_PKG_VERSION").into(),
+                started_unix,
             },
-            rx,
-        )
+            workers: HashMap::new(),
+            totals: Totals::default(),
+            last: (Duration::ZERO, Totals::default()),
+            rates: Rates::default(),
+            failures: VecDeque::new(),
+            times: HashMap::new(),
+        }
+    }
+
+    /// What the dashboard and the reports read.
+    pub fn observed(&self) -> Observed {
+        Observed {
+            snapshots: self.tx.subscribe(),
+            stream: self.stream.clone(),
+            history: self.history.clone(),
+        }
     }
 
     pub fn worker_joined(&mut self, worker: u32, threads: u32, walltime_end: Option<Duration>, memory_bound: Option<u64>) {
@@ -208,12 +215,7 @@ impl Observer {
             rss_total_bytes: workers.iter().filter_map(|w| w.rss_bytes).sum(),
             rss_max_bytes: workers.iter().filter_map(|w| w.rss_bytes).max().unwrap_or(0),
         };
-        if self.history.back().is_none_or(|p| secs - p.t >= 0.9) {
-            self.history.push_back(point);
-            if self.history.len() > HISTORY {
-                self.history.pop_front();
-            }
-        }
+        self.history.push(point);
         let snap = Snapshot {
             now: secs,
             server: self.server.clone(),
@@ -227,7 +229,6 @@ impl Observer {
             jobs,
             throughput: self.rates,
             totals: self.totals,
-            history: self.history.iter().cloned().collect(),
             lost_workers: status.lost_workers,
             failures: self.failures.iter().rev().cloned().collect(),
         };

@@ -133,6 +133,11 @@ def sse_events(h: Http, n: int, timeout: float = 10.0) -> list[dict]:
     return events
 
 
+def report_data(html: str) -> dict:
+    start = html.index("window.DROVER_REPORT = ") + len("window.DROVER_REPORT = ")
+    return json.loads(html[start:html.index(";</script>", start)])
+
+
 def test_snapshots_stream_and_metrics_follow_a_run(drover, tmp_path, rng):
     x = rng.normal(5, 2, size=(400, 60))
     inputs = {"x": Input("in.h5", "/x", x, chunks=[20, 60], h5={"chunks": (20, 60)})}
@@ -180,8 +185,38 @@ def test_snapshots_stream_and_metrics_follow_a_run(drover, tmp_path, rng):
         early = h.json(f"/api/stream?since=0&until={min(b['t0'] for b in bars) + 0.001}")
         assert 0 < len(early["bars"]) < len(bars), "a window holds only its bars"
 
-        ev = sse_events(h, 2)
+        ev = sse_events(h, 3)
         assert ev[1]["now"] > ev[0]["now"] and ev[1]["workers"], "live snapshots about once a second"
+        assert ev[0]["history_delta"] is False and len(ev[0]["history"]) >= 2, "the first event has every point"
+        assert all(e["history_delta"] is True and len(e["history"]) <= 2 for e in ev[1:]), \
+            [len(e["history"]) for e in ev]
+        assert all(p["t"] > ev[0]["history"][-1]["t"] for e in ev[1:] for p in e["history"]), "only new points"
+
+        # The report of each job, from the running server.
+        out = tmp_path / "job.html"
+        r = run_drover(drover, ["report", job, "--dir", s.srv, "-o", out], timeout=60)
+        assert r.rc == 0 and str(out) in r.stderr, r.describe()
+        data = report_data(out.read_text())
+        assert [j["id"] for j in data["snapshot"]["jobs"]] == [job]
+        bars = data["stream"]["bars"]
+        assert len(bars) == 30 and {b["job"] for b in bars} == {job} and sum(not b["ok"] for b in bars) == 1
+        assert "sleep 0.05" in data["workload"] and data["summary"]["counts"]["failed"] == 1, data["workload"]
+        hist = data["snapshot"]["history"]
+        assert hist and any(p["rss_total_bytes"] > 0 for p in hist), "memory over time"
+        r = run_drover(drover, ["report", array["id"], "--dir", s.srv, "-o", tmp_path / "array.html"], timeout=60)
+        assert r.rc == 0, r.describe()
+        data = report_data((tmp_path / "array.html").read_text())
+        assert "sum(x * 2, axis=1)" in data["workload"] and data["summary"]["outputs"][0]["dataset"] == "/s"
+        assert len(data["stream"]["bars"]) == data["summary"]["tasks_total"] - data["summary"]["tasks_resumed"]
+        assert {b["job"] for b in data["stream"]["bars"]} == {array["id"]}
+        # Bad input: a job that does not exist, a folder that does not.
+        r = run_drover(drover, ["report", 999, "--dir", s.srv, "-o", tmp_path / "x.html"], timeout=60)
+        assert r.rc == 2 and "999" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.describe()
+        assert not (tmp_path / "x.html").exists()
+        r = run_drover(drover, ["report", job, "--dir", s.srv, "-o", tmp_path / "nowhere" / "x.html"], timeout=60)
+        assert r.rc == 2 and "nowhere" in r.stderr and "create it" in r.stderr, r.describe()
+        assert not (tmp_path / "nowhere").exists()
+        assert not list(tmp_path.glob("*.drover-tmp"))
 
         r, text = h.get("/metrics")
         assert r.status == 200
@@ -261,6 +296,9 @@ def test_the_report_opens_offline_and_shows_every_task(drover, tmp_path, rng):
     html = report.read_text()
     assert "window.DROVER_REPORT" in html and "<script src=" not in html
     assert "http://" not in html.split("window.DROVER_REPORT", 1)[0], "nothing loaded from a server"
+    data = report_data(html)
+    assert data["summary"]["tasks_total"] == result["tasks_total"] and "std(x, axis=1)" in data["workload"]
+    assert data["snapshot"]["history"], "the run's points (memory and throughput over time)"
     seen = browse("report", str(report))
     assert seen["bars"] == result["tasks_total"], (seen, result["tasks_total"])
     assert seen["job_rows"] == 1 and seen["worker_rows"] == 2, seen

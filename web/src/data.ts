@@ -1,7 +1,10 @@
 // Where the data comes from: the live server (snapshot + server-sent events, falling
 // back to polling) or an offline report embedded in the page (no requests at all).
 
-import type { Snapshot, StreamData } from "./types";
+import type { HistoryPoint, Snapshot, StreamData } from "./types";
+
+/** Points the live charts keep (one a second: ten minutes). */
+const KEEP_POINTS = 600;
 
 export class AuthError extends Error {
   constructor() {
@@ -51,18 +54,33 @@ export class LiveSource implements Source {
   private stopped = false;
   private onSnapshot: (s: Snapshot) => void = () => {};
   private onStatus: (s: Status, detail?: string) => void = () => {};
+  /** The charts' points: server-sent events carry only those the page has not seen. */
+  private hist: HistoryPoint[] = [];
 
   start(onSnapshot: (s: Snapshot) => void, onStatus: (s: Status, detail?: string) => void): void {
-    this.onSnapshot = onSnapshot;
+    this.onSnapshot = (s: Snapshot) => onSnapshot(this.withHistory(s));
     this.onStatus = onStatus;
     onStatus("connecting");
     getJSON<Snapshot>("api/snapshot").then(
       (s) => {
-        onSnapshot(s);
+        this.onSnapshot(s);
         this.openEvents();
       },
       (e) => this.failed(e),
     );
+  }
+
+  private withHistory(s: Snapshot): Snapshot {
+    const points = s.history ?? [];
+    if (s.history_delta) {
+      const last = this.hist.length ? this.hist[this.hist.length - 1].t : -Infinity;
+      for (const p of points) if (p.t > last) this.hist.push(p);
+      if (this.hist.length > KEEP_POINTS) this.hist.splice(0, this.hist.length - KEEP_POINTS);
+    } else {
+      this.hist = points.slice(-KEEP_POINTS);
+    }
+    s.history = this.hist;
+    return s;
   }
 
   async stream(since: number, until: number): Promise<StreamData> {

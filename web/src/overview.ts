@@ -237,7 +237,9 @@ export class OverviewPage implements Page {
     setText(c.tasks.value, si(t?.tasks_per_s));
     let peak = 0;
     for (const p of s.history ?? []) if (p.tasks_per_s > peak) peak = p.tasks_per_s;
-    setText(c.tasks.sub, (s.history?.length ? `peak ${si(peak)} in ${Math.round(s.history.length / 60)} min` : ""));
+    const h = s.history ?? [];
+    const span = h.length > 1 ? h[h.length - 1].t - h[0].t : 0;
+    setText(c.tasks.sub, h.length ? `peak ${si(peak)} in ${Math.max(1, Math.round(span / 60))} min` : "");
     setText(c.read.value, rate(t?.bytes_read_per_s));
     setText(c.read.sub, `${bytes(s.totals?.bytes_read)} in all`);
     setText(c.written.value, rate(t?.bytes_written_per_s));

@@ -122,6 +122,8 @@ export interface Snapshot {
   throughput: Throughput;
   totals: Totals;
   history: HistoryPoint[];
+  /** Only the points after those sent before (server-sent events). */
+  history_delta?: boolean;
   lost_workers: LostWorker[];
   failures: Failure[];
 }

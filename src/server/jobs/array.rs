@@ -548,6 +548,18 @@ impl Job for ArrayJob {
         matches!(self.phase, Phase::Ended(_))
     }
 
+    fn describe(&self) -> String {
+        self.plan
+            .user_outputs()
+            .iter()
+            .map(|o| format!("{}:{} = {}\n", o.file.display(), o.dataset, o.expr))
+            .collect()
+    }
+
+    fn summary_json(&self, core: &Core) -> serde_json::Value {
+        serde_json::to_value(self.summary(core, self.worker_peaks.len())).unwrap_or_default()
+    }
+
     fn assign(&mut self, cx: &mut Cx, worker: WorkerId, tasks: Vec<TaskId>) {
         if !self.running() {
             return;

@@ -202,6 +202,12 @@ pub trait Job: Send {
             ..Default::default()
         }
     }
+    /// What the job computes or runs, for its report (`drover report JOB`).
+    fn describe(&self) -> String;
+    /// Its summary as JSON, for its report.
+    fn summary_json(&self, core: &Core) -> serde_json::Value {
+        serde_json::to_value(self.info(core)).unwrap_or_default()
+    }
     /// Progress per stage (array workloads) or per entry (task graphs).
     fn stages(&self) -> Vec<crate::dashboard::snapshot::StageView> {
         Vec::new()

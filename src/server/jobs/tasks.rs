@@ -256,6 +256,19 @@ impl Job for TaskJob {
         self.ended.is_some()
     }
 
+    fn describe(&self) -> String {
+        let mut text = format!("# task job {} \"{}\", {} tasks\n", self.id, self.name, self.table.len());
+        for g in &self.groups {
+            let name = if g.name.is_empty() {
+                String::new()
+            } else {
+                format!("[{}] ", g.name)
+            };
+            text.push_str(&format!("{name}{} tasks: {}\n", g.len, shell_words(&g.spec.argv)));
+        }
+        text
+    }
+
     fn assign(&mut self, cx: &mut Cx, worker: WorkerId, tasks: Vec<TaskId>) {
         let mut refs = Vec::with_capacity(tasks.len());
         for t in tasks {
@@ -501,4 +514,19 @@ impl Job for TaskJob {
         }
         self.done(cx);
     }
+}
+
+/// A command line as a shell would read it back (arguments with spaces or quotes in
+/// single quotes).
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%{}".contains(c)) {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
