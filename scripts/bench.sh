@@ -9,6 +9,7 @@
 #   scripts/bench.sh --cases compressed    gzip-256k,gzip-2m,gzip-19m,gzip-64m,zstd,blosc-lz4,int16
 #   scripts/bench.sh --cases gzip-2m,zstd,tiny-200k
 #   scripts/bench.sh --cases tasks-true,tasks-10ms   task jobs: drover submit vs xargs -P 2, dask, Parsl
+#   scripts/bench.sh --cases tiny-dashboard   the tiny workload without and with a browser on the dashboard
 #   scripts/bench.sh --help                every option and case of scripts/bench.py
 #
 # Set-up (each step only when needed): the build dependencies (scripts/lib.sh), a benchmark

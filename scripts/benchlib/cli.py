@@ -26,6 +26,8 @@ Method (docs/PERFORMANCE.md has the long form):
   `subprocess.run` on the warm LocalCluster, Parsl's HighThroughputExecutor `bash_app`
   (targets: drover >= 0.7x xargs' tasks/s, >= 10x faster than dask and Parsl;
   --quick: a tenth of the tasks).
+  tiny-dashboard (benchlib/dashcase.py): the tiny workload by `drover run --connect` on a
+  warm server, without and with headless Chromium on its dashboard (target: <= 1.05x).
   Groups: all, classic (reduction,anomaly,tiny), compressed, tinychunks, surface (masked-mean, matmul),
   taskjobs (tasks-true, tasks-10ms)
   (--quick leaves tiny-2m out of a group; name it to run it).
@@ -66,7 +68,7 @@ import numpy as np
 
 from .common import (ALL_CASES, BENCH_DIR, CASE_GROUPS, COMPRESSED, HDF5_CHUNK, OUT_DIR, QUICK_SKIPS, ROOT, SIZES,
                      TINY_CHUNKED, TINY_TASK, GiB, log, rm)
-from . import movement, surface, taskjobs
+from . import dashcase, movement, surface, taskjobs
 from .data import ensure_big, ensure_compressed, ensure_tiny, ensure_tiny_chunked
 from .memory import drover_memory
 from .report import analyse, stats
@@ -188,7 +190,7 @@ def make_data(args) -> None:
     BENCH_DIR.mkdir(parents=True, exist_ok=True)
     if {"reduction", "anomaly"} & set(args.cases):
         ensure_big(size["shape"])
-    if "tiny" in args.cases:
+    if {"tiny", "tiny-dashboard"} & set(args.cases):
         ensure_tiny(size["tiny_n"])
     if set(COMPRESSED) & set(args.cases):
         try:
@@ -252,7 +254,7 @@ def main(argv=None) -> int:
             try:
                 res = bench.run_case(case)
                 res["stats"] = {who: stats(runs) for who, runs in res["runs"].items() if runs}
-                if res["runs"].get("drover") and not taskjobs.is_taskjob(case):
+                if res["runs"].get("drover") and not taskjobs.is_taskjob(case) and not dashcase.is_dash(case):
                     res["drover_memory"] = drover_memory(res["runs"]["drover"])
                 if res["contender_errors"]:
                     crashed = True

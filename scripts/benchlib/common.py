@@ -96,6 +96,8 @@ CONTENDERS["median-time-gzip"] = ["drover", "dask-threads", "dask.distributed"]
 # the task-job cases (taskjobs.py): N commands on 2 slots
 CONTENDERS["tasks-true"] = ["drover", "xargs-P2", "dask.distributed", "parsl-htex"]
 CONTENDERS["tasks-10ms"] = ["drover", "xargs-P2", "dask.distributed", "parsl-htex"]
+# the dashboard's cost (dashcase.py): tiny tasks on a warm server, without and with a browser
+CONTENDERS["tiny-dashboard"] = ["drover", "drover+browser"]
 
 CLASSIC_CASES = ["reduction", "anomaly", "tiny"]
 ALL_CASES = list(CONTENDERS)

@@ -7,7 +7,7 @@ import statistics
 import numpy as np
 
 from .classic import tiny_chunks
-from . import movement, surface, taskjobs
+from . import dashcase, movement, surface, taskjobs
 from .common import (CHECK_RTOL, COMPRESSED, GiB, MiB, TARGET_DASK_OVER_DROVER, TARGET_DROVER_OVER_LIMIT,
                      TARGET_TINY_RATE, TINY_CHUNKED, TINY_TASK, mib, verdict)
 
@@ -124,7 +124,8 @@ def analyse(bench, results: dict) -> tuple[list[str], list[dict], dict]:
     """The printed table, the target verdicts, and a per-case summary for the JSON."""
     lines: list[str] = []
     targets: list[dict] = []
-    summary: dict = {"compressed": {}, "tiny_chunks": {}, "surface": {}, "movement": {}, "taskjobs": {}}
+    summary: dict = {"compressed": {}, "tiny_chunks": {}, "surface": {}, "movement": {}, "taskjobs": {},
+                     "dashboard": {}}
     a = bench.args
     cases = results["cases"]
     _table(bench, cases, lines)
@@ -180,6 +181,9 @@ def analyse(bench, results: dict) -> tuple[list[str], list[dict], dict]:
     for case in cases:
         if taskjobs.is_taskjob(case) and "stats" in cases[case]:
             summary["taskjobs"][case] = taskjobs.summary(case, cases[case], ratio_line)
+    for case in cases:
+        if dashcase.is_dash(case) and "stats" in cases[case]:
+            summary["dashboard"][case] = dashcase.summary(case, cases[case], med, ratio_line)
     for case in [c for c in cases if (c == "tiny" or c in TINY_CHUNKED) and "stats" in cases[c]]:
         rates = {who: _chunks_of(bench, case, who, cases[case]) / st["median"]
                  for who, st in cases[case]["stats"].items()}

@@ -8,7 +8,7 @@ import logging
 import os
 import time
 
-from . import classic, movement, newcases, surface, taskjobs
+from . import classic, dashcase, movement, newcases, surface, taskjobs
 from .common import CONTENDERS, HDF5_CHUNK, OUT_DIR, SIZES, BenchError, jsonable, log, rm, default_block
 from .contenders import H5Source, load_plugins, plugin_path, run_drover
 from .data import big_path, chunk_index, tiny_path
@@ -117,7 +117,7 @@ class Bench:
         return OUT_DIR / f"{case}-{who.replace('.', '-')}.h5"
 
     def run_one(self, case: str, who: str) -> dict:
-        if who == "drover" and not taskjobs.is_taskjob(case):
+        if who == "drover" and not taskjobs.is_taskjob(case) and not dashcase.is_dash(case):
             rm(self.out_path(case, "drover"))
             return run_drover(self.args.drover, self.workload(case), self.args.workers, self.args.timeout,
                               env=self.drover_env)
@@ -129,6 +129,8 @@ class Bench:
         surface (expression-surface cases), movement or taskjobs (task jobs)."""
         if taskjobs.is_taskjob(case):
             return taskjobs
+        if dashcase.is_dash(case):
+            return dashcase
         if surface.is_surface(case):
             return surface
         if movement.is_movement(case):
@@ -144,7 +146,7 @@ class Bench:
 
     def contenders(self, case: str) -> tuple[list[str], list[str]]:
         names = list(CONTENDERS[case])
-        notes = list(movement.NOTES.get(case, [])) + taskjobs.notes(self, case)
+        notes = list(movement.NOTES.get(case, [])) + taskjobs.notes(self, case) + dashcase.notes(self, case)
         if self.args.no_distributed:
             names = [n for n in names if n != "dask.distributed"]
         if "decode-limit" in names and self.decode_limit is None:
@@ -176,12 +178,12 @@ class Bench:
     def _run_case(self, case: str, skip: dict | None = None) -> dict:
         names, notes = self.contenders(case)
         new = (newcases.is_new(case) or surface.is_surface(case) or movement.is_movement(case)
-               or taskjobs.is_taskjob(case))
+               or taskjobs.is_taskjob(case) or dashcase.is_dash(case))
         res: dict = {"contenders": names, "notes": notes, "warmup": {}, "contender_errors": dict(skip or {})}
         names[:] = [n for n in names if n not in res["contender_errors"]]
         for n in notes:
             log(f"{case}: {n}")
-        if new and not taskjobs.is_taskjob(case):
+        if new and not taskjobs.is_taskjob(case) and not dashcase.is_dash(case):
             mod = self._mod(case)
             self.case_info[case] = chunk_index(mod.data_path(self, case), getattr(mod, "index_dataset", lambda _c: "t")(case))
             res["data"] = self.case_info[case]

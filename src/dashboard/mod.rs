@@ -61,7 +61,7 @@ impl Observed {
         if let Some(id) = job {
             snap.jobs.retain(|j| j.info.id == id);
         }
-        let stream = self.stream.window(snap.now, 0.0, f64::MAX, job);
+        let stream = self.stream.window(snap.now, 0.0, f64::MAX, job, 0.0);
         let mut history = self.history.run();
         if let Some(j) = snap.jobs.first().filter(|_| job.is_some()) {
             // The points of the time the job ran (its first task may have started
@@ -182,7 +182,12 @@ async fn stream_window(State(s): State<Shared>, Query(q): Query<HashMap<String, 
     let num = |k: &str, d: f64| q.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(d);
     let until = num("until", now);
     let since = num("since", (until - 120.0).max(0.0));
-    axum::Json(s.observed.stream.window(now, since, until, None)).into_response()
+    let pixel = num("pixel", 0.0);
+    let stream = &s.observed.stream;
+    match q.get("from").and_then(|v| v.parse::<u64>().ok()) {
+        Some(from) => axum::Json(stream.since(now, from, pixel)).into_response(),
+        None => axum::Json(stream.window(now, since, until, None, pixel)).into_response(),
+    }
 }
 
 async fn prometheus(State(s): State<Shared>) -> Response {

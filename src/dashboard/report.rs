@@ -90,6 +90,8 @@ mod tests {
                 now: 1.0,
                 bars: vec![],
                 total: 0,
+                thinned: false,
+                next: 0,
             },
             Some("x = 1"),
             None,

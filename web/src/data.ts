@@ -24,8 +24,11 @@ export type Status = "connecting" | "live" | "polling" | "offline" | "report" | 
 export interface Source {
   readonly report: boolean;
   start(onSnapshot: (s: Snapshot) => void, onStatus: (s: Status, detail?: string) => void): void;
-  /** Bars overlapping [since, until]. */
-  stream(since: number, until: number): Promise<StreamData>;
+  /** Bars overlapping [since, until]; tasks within `pixel` seconds of one another on a
+   * lane may come as one bar. */
+  stream(since: number, until: number, pixel: number): Promise<StreamData>;
+  /** The tasks that ended after the answer whose `next` was `from`. */
+  streamFrom(from: number, pixel: number): Promise<StreamData>;
 }
 
 /** The offline report: everything is in window.DROVER_REPORT. */
@@ -36,8 +39,11 @@ export class ReportSource implements Source {
     onStatus("report");
     onSnapshot(this.snap);
   }
-  async stream(since: number, until: number): Promise<StreamData> {
+  async stream(since: number, until: number, _pixel: number): Promise<StreamData> {
     return { now: this.data.now, bars: this.data.bars.filter((b) => b.t1 >= since && b.t0 <= until) };
+  }
+  async streamFrom(_from: number, _pixel: number): Promise<StreamData> {
+    return { now: this.data.now, bars: [] };
   }
   /** The whole run's bars, for the report's default view. */
   all(): StreamData {
@@ -83,9 +89,20 @@ export class LiveSource implements Source {
     return s;
   }
 
-  async stream(since: number, until: number): Promise<StreamData> {
+  async stream(since: number, until: number, pixel: number): Promise<StreamData> {
     try {
-      return await getJSON<StreamData>(`api/stream?since=${since.toFixed(3)}&until=${until.toFixed(3)}`);
+      return await getJSON<StreamData>(
+        `api/stream?since=${since.toFixed(3)}&until=${until.toFixed(3)}&pixel=${Math.max(0, pixel).toPrecision(3)}`,
+      );
+    } catch (e) {
+      if (e instanceof AuthError) this.failed(e);
+      throw e;
+    }
+  }
+
+  async streamFrom(from: number, pixel: number): Promise<StreamData> {
+    try {
+      return await getJSON<StreamData>(`api/stream?from=${from}&pixel=${Math.max(0, pixel).toPrecision(3)}`);
     } catch (e) {
       if (e instanceof AuthError) this.failed(e);
       throw e;

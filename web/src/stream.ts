@@ -52,6 +52,7 @@ export class StreamPage implements Page {
   private bars: BarT[] = [];
   private have = { since: 0, until: -1 }; // the window the bars cover
   private thinnedFrom = 0; // the server's count before it thinned the answer, if it did
+  private next: number | null = null; // the server's count of tasks at its last answer
   private lanes: Lane[] = [];
   private laneIdx = new Map<string, number>();
   private byLane: BarT[][] = [];
@@ -265,8 +266,40 @@ export class StreamPage implements Page {
     if (!this.visible || this.report) return;
     if (this.follow) {
       this.placeFollow();
-      this.fetch(true);
+      // Following: only the tasks that ended since the last answer.
+      if (this.next != null && this.have.until >= 0) this.fetchMore();
+      else this.fetch(true);
     }
+  }
+
+  private fetchMore(): void {
+    if (this.inflight) return;
+    this.inflight = true;
+    const seq = ++this.seq;
+    this.source
+      .streamFrom(this.next ?? 0, (this.v1 - this.v0) / Math.max(1, this.plot.w))
+      .then(
+        (d) => {
+          if (seq !== this.seq) return;
+          if (d.now > this.now) this.now = d.now;
+          this.placeFollow();
+          const keep = this.wholeRun ? -Infinity : this.v0 - 0.05 * (this.v1 - this.v0);
+          this.bars = this.bars.filter((b) => b.t1 >= keep).concat(d.bars as BarT[]);
+          this.next = d.next ?? null;
+          this.have = { since: Math.max(this.have.since, keep), until: Math.max(this.have.until, d.now) };
+          this.registerBarLabels(d.bars as BarT[]);
+          this.rebuildLanes();
+          this.redraw();
+        },
+        () => {},
+      )
+      .finally(() => {
+        this.inflight = false;
+        if (this.pending) {
+          this.pending = false;
+          this.fetch(false);
+        }
+      });
   }
 
   private fetch(force: boolean): void {
@@ -284,7 +317,7 @@ export class StreamPage implements Page {
     const seq = ++this.seq;
     const lo = isFinite(since) ? since : -1;
     this.source
-      .stream(lo, until)
+      .stream(lo, until, (this.v1 - this.v0) / Math.max(1, this.plot.w))
       .then(
         (d) => {
           if (seq !== this.seq) return;
@@ -307,18 +340,23 @@ export class StreamPage implements Page {
   private setData(d: StreamData, since: number, until: number): void {
     const now = d.now;
     this.bars = d.bars.map((b) => (b.t1 == null ? { ...b, t1: now, running: true } : (b as BarT)));
-    this.thinnedFrom = d.total != null && d.total > d.bars.length ? d.total : 0;
+    this.thinnedFrom = d.thinned && d.total != null ? d.total : 0;
+    this.next = d.next ?? null;
     this.have = { since, until };
+    this.registerBarLabels(this.bars);
+    // Also the stage labels the jobs announce, so shades don't depend on the window.
+    for (const j of this.snap?.jobs ?? []) registerLabels(j.id, j.stages.map((st) => st.label));
+    this.rebuildLanes();
+  }
+
+  private registerBarLabels(bars: BarT[]): void {
     const labels = new Map<number, Set<string>>();
-    for (const b of this.bars) {
+    for (const b of bars) {
       let ls = labels.get(b.job);
       if (!ls) labels.set(b.job, (ls = new Set()));
       ls.add(b.label);
     }
     for (const [job, ls] of labels) registerLabels(job, ls);
-    // Also the stage labels the jobs announce, so shades don't depend on the window.
-    for (const j of this.snap?.jobs ?? []) registerLabels(j.id, j.stages.map((st) => st.label));
-    this.rebuildLanes();
   }
 
   private rebuildLanes(): void {
@@ -474,8 +512,8 @@ export class StreamPage implements Page {
         let path = paths.get(color);
         if (!path) paths.set(color, (path = new Path2D()));
         path.rect(x0, y, w, bh);
-        drawn++;
-        if (b.ok === false) failed++;
+        drawn += b.n ?? 1;
+        if (b.ok === false) failed += b.n ?? 1;
         if (b.running) running++;
         let ls = legend.get(b.job);
         if (!ls) legend.set(b.job, (ls = new Set()));
@@ -514,7 +552,7 @@ export class StreamPage implements Page {
         ` · ${this.lanes.length} lanes` +
         (lanesShown < this.lanes.length && laneH >= 1 ? ` (${lanesShown} in view)` : "") +
         ` · ${dur(v1 - v0)} window` +
-        (this.thinnedFrom ? ` · thinned: ${this.bars.length.toLocaleString("en-US")} of ${this.thinnedFrom.toLocaleString("en-US")} fetched, zoom in for all` : ""),
+        (this.thinnedFrom ? ` · thinned: ${this.bars.length.toLocaleString("en-US")} bars for ${this.thinnedFrom.toLocaleString("en-US")} tasks, zoom in for all` : ""),
     );
     this.drawLegend(legend);
   }
@@ -644,6 +682,7 @@ export class StreamPage implements Page {
       ["label", best.label || "–"],
       ["worker", `${best.worker}` + (host ? ` on ${host}` : "") + ` · lane ${best.lane}`],
       ["start", tickLabel(base + best.t0, 0.1, base > 0)],
+      ...((best.n ?? 1) > 1 ? [["tasks", `${best.n} back to back`] as [string, string]] : []),
       ["duration", dur(best.t1 - best.t0) + (best.running ? " (running)" : "")],
       ["result", best.running ? "running" : best.ok === false ? "failed" : "ok"],
     ]);

@@ -136,13 +136,19 @@ export interface Bar {
   t0: number;
   t1: number;
   ok: boolean;
+  /** Tasks the bar stands for (back-to-back tasks within a pixel come as one). */
+  n?: number;
 }
 
 export interface StreamData {
   now: number;
   bars: Bar[];
-  /** Optional: how many bars overlap the window before the server thinned the answer. */
+  /** Optional: how many tasks overlap the window. */
   total?: number;
+  /** Optional: the server left bars out (evenly) to keep the answer small. */
+  thinned?: boolean;
+  /** Optional: tasks the server has pushed so far (ask `from` it for the newer ones). */
+  next?: number;
 }
 
 export interface Report {

@@ -3,6 +3,8 @@
 //
 //   node dashboard.mjs live URL SHOTS_DIR        a server's dashboard while a run goes
 //   node dashboard.mjs report FILE SHOTS_DIR     a report file, with the network cut
+//   node dashboard.mjs watch URL TAB             keep TAB of a dashboard open (live) until
+//                                                stdin closes (the benchmark's browser)
 //
 // Live: worker rows appear; the server time, a job's progress and the task stream
 // change; each tab is screenshotted. Report: no request leaves the page; the stream
@@ -45,7 +47,19 @@ try {
   const shot = (name) => page.screenshot({ path: path.join(shots, `${mode}-${name}.png`) });
   const bars = () => page.$eval("#stream-canvas", (c) => Number(c.dataset.bars || 0)).catch(() => 0);
 
-  if (mode === "live") {
+  if (mode === "watch") {
+    await page.goto(target);
+    await tab(shots || "stream");
+    console.log(JSON.stringify({ ready: true }));
+    await new Promise((done) => {
+      process.stdin.on("end", done);
+      process.stdin.on("close", done);
+      process.on("SIGTERM", done);
+      process.stdin.resume();
+    });
+    out.snapshots = await page.textContent("#updated-at");
+    out.ok = out.errors.length === 0;
+  } else if (mode === "live") {
     await page.goto(target);
     out.url_after_login = new URL(page.url()).pathname + new URL(page.url()).search;
     await tab("workers");
