@@ -7,7 +7,7 @@
 //! one at a time (further ones queue; each needs the inbound budget and its outputs'
 //! writer to itself); task jobs run beside them and beside each other.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -338,16 +338,7 @@ impl Actor {
                 );
                 let _ = reply.send(id);
             }
-            Event::WorkerGone { id, reason } => {
-                let held = self.core.held(id);
-                if let Some(w) = self.workers.remove(&id) {
-                    tracing::info!(worker = %id, %reason, "worker left");
-                    self.note_lost(id, &w.info, reason, held.len());
-                }
-                self.core.worker_left(now, id);
-                self.observer.worker_left(id.0);
-                self.requeued(&held);
-            }
+            Event::WorkerGone { id, reason } => self.worker_gone(now, id, reason),
             Event::WorkerMsg { id, msg, payload } => self.worker_msg(now, id, msg, payload),
             Event::Client { msg, client } => self.client_msg(msg, client),
             Event::ClientGone { client } => {
@@ -425,6 +416,7 @@ impl Actor {
                         Err(e) => tracing::warn!(error = %e, "polling the batch system failed"),
                     }
                 }
+                self.workers_of_ended_jobs(now);
             }
             Event::Prepared { job, result } => self.prepared(job, result),
             Event::Publish(done) => {
@@ -560,6 +552,7 @@ impl Actor {
                 self.next_job += 1;
                 let tasks = job.info(&self.core).tasks;
                 self.jobs.insert(id, Box::new(job));
+                self.observer.job_started(now, id);
                 send(client, ServerMsg::Submitted { job: id, tasks, note });
             }
             Err((input_error, message)) => send(client, ServerMsg::Failed { input_error, message }),
@@ -670,6 +663,7 @@ impl Actor {
                 let now = self.now();
                 let job = ArrayJob::start(&mut cx!(self, now), id, client, p);
                 self.jobs.insert(id, Box::new(job));
+                self.observer.job_started(now, id);
             }
         }
     }
@@ -753,6 +747,49 @@ impl Actor {
     }
 
     /// Remember a worker that left holding `held` tasks (a loss, not a clean exit).
+    /// A worker left (its connection closed, or its batch job ended): its tasks go
+    /// back to the queue. Idempotent.
+    fn worker_gone(&mut self, now: Duration, id: WorkerId, reason: String) {
+        let held = self.core.held(id);
+        if let Some(w) = self.workers.remove(&id) {
+            tracing::info!(worker = %id, %reason, "worker left");
+            self.note_lost(id, &w.info, reason, held.len());
+            self.observer.worker_left(id.0);
+        }
+        self.core.worker_left(now, id);
+        self.requeued(&held);
+    }
+
+    /// Workers whose batch job the batch system no longer runs are gone, though their
+    /// connections have not timed out yet (a node that died or hung, a worker killed
+    /// outright): their tasks run elsewhere now, not after the idle timeout.
+    fn workers_of_ended_jobs(&mut self, now: Duration) {
+        let Some(s) = &self.site else { return };
+        let ended: HashSet<String> = s
+            .pool
+            .jobs(now)
+            .into_iter()
+            .filter(|j| j.state == JobState::Gone)
+            .map(|j| j.id.0)
+            .collect();
+        let gone: Vec<(WorkerId, String)> = self
+            .workers
+            .iter()
+            .filter_map(|(id, w)| Some((*id, w.info.batch_job.clone().filter(|j| ended.contains(j))?)))
+            .collect();
+        for (id, job) in gone {
+            if let Some(w) = self.workers.get(&id) {
+                send(
+                    &w.tx,
+                    ServerMsg::Shutdown {
+                        reason: format!("batch job {job} ended"),
+                    },
+                );
+            }
+            self.worker_gone(now, id, format!("its batch job {job} ended (the batch system no longer runs it)"));
+        }
+    }
+
     fn note_lost(&mut self, id: WorkerId, info: &WorkerInfo, reason: String, held: usize) {
         if held == 0 {
             return;

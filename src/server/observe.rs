@@ -51,6 +51,8 @@ pub struct Observer {
     failures: VecDeque<FailureView>,
     /// When each job started and ended (seconds since the start).
     times: HashMap<u64, (f64, Option<f64>)>,
+    /// When the last task of each job ended.
+    last_end: HashMap<u64, f64>,
 }
 
 impl Observer {
@@ -74,6 +76,7 @@ impl Observer {
             rates: Rates::default(),
             failures: VecDeque::new(),
             times: HashMap::new(),
+            last_end: HashMap::new(),
         }
     }
 
@@ -119,6 +122,7 @@ impl Observer {
         let t1 = now.as_secs_f64();
         let t0 = (t1 - f.took.as_secs_f64()).max(0.0);
         self.stream.push(f.worker, f.job, &f.label, t0, t1, f.ok);
+        self.last_end.insert(f.job, t1);
         self.totals.tasks_done += 1;
         self.totals.bytes_read += f.bytes_read;
         self.totals.bytes_written += f.bytes_written;
@@ -187,7 +191,8 @@ impl Observer {
         for j in &mut jobs {
             let times = self.times.entry(j.info.id).or_insert((secs, None));
             if j.info.ended() && times.1.is_none() {
-                times.1 = Some(secs);
+                // Its last task's end (a short job starts and ends between snapshots).
+                times.1 = Some(self.last_end.get(&j.info.id).map_or(secs, |&t| t.max(times.0)));
             }
             j.started = Some(times.0);
             j.ended = times.1;

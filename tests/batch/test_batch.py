@@ -360,3 +360,119 @@ def test_slurm_task_job_runs_every_index_once_beside_an_array_workload(system_en
         r = stop_server(s, server, proc)
     assert r.returncode == 0, r.stderr
     assert s.wait_no_jobs() == [], "server stop leaves the queue empty"
+
+
+def _dashboard_json(url: str, path: str) -> dict:
+    """GET a dashboard path with its key as a Bearer token."""
+    import urllib.parse
+    import urllib.request
+
+    u = urllib.parse.urlsplit(url)
+    key = urllib.parse.parse_qs(u.query)["key"][0]
+    req = urllib.request.Request(f"{u.scheme}://{u.netloc}{path}", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_slurm_pool_in_the_dashboard_jobs_turn_into_workers_and_tasks_flow(system_env, tmp_path):
+    """The dashboard of a server with a real SLURM pool (issue 14): its batch jobs by
+    state, the workers they became (each naming its job), tasks flowing; the
+    metrics count the jobs by state; a browser sees it all."""
+    import shutil
+
+    s = system_env("slurm")
+    site = write_site(tmp_path / "site.toml", s, cores=2)
+    server = tmp_path / "srv"
+    proc = start_server(s, server, site, 2)
+    try:
+        url = drover(s, "dashboard", "--dir", server).stdout.strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        states: list[set[str]] = []
+        deadline = time.monotonic() + 120
+        while True:
+            snap = _dashboard_json(url, "/api/snapshot")
+            states.append({j["state"] for j in snap["pool"]["jobs"]})
+            if len(snap["workers"]) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(snap["workers"]) == 2, f"workers: {snap['workers']}; pool states seen: {states}"
+        pool = {j["id"]: j for j in snap["pool"]["jobs"]}
+        assert len(pool) == 2 and all(j["state"] == "running" for j in pool.values()), pool
+        assert {w["batch_job"] for w in snap["workers"]} == set(pool), "each worker names its SLURM job"
+        assert set(pool) <= {j.split()[0] for j in s.live_jobs()}, "the jobs the dashboard shows are SLURM's"
+        assert snap["pool"]["target"] == 2
+
+        r = drover(s, "submit", "--dir", server, "--array", "1-300", "--", "sleep", "0.05")
+        assert r.returncode == 0, r.stderr
+        job = int(r.stdout.split()[0])
+        if shutil.which("node") and Path("/usr/bin/chromium").exists():
+            shots = tmp_path / "shots"
+            shots.mkdir()
+            driver = Path(__file__).resolve().parent.parent / "e2e" / "browser" / "dashboard.mjs"
+            p = subprocess.run(["node", str(driver), "live", url, str(shots)], capture_output=True, text=True,
+                               timeout=180)
+            seen = json.loads(p.stdout.strip().splitlines()[-1])
+            assert p.returncode == 0 and seen["ok"] and seen["workers"] == 2, (seen, p.stderr[-2000:])
+        assert drover(s, "wait", job, "--dir", server).returncode == 0
+        snap = _dashboard_json(url, "/api/snapshot")
+        tasks = next(j for j in snap["jobs"] if j["id"] == job)
+        assert tasks["counts"]["succeeded"] == 300 and sum(w["tasks_done"] for w in snap["workers"]) >= 300
+        stream = _dashboard_json(url, "/api/stream?since=0")
+        assert sum(1 for b in stream["bars"] if b["job"] == job) == 300
+        assert {b["worker"] for b in stream["bars"]} == {w["id"] for w in snap["workers"]}, "both workers ran tasks"
+
+        import urllib.parse
+        import urllib.request
+        u = urllib.parse.urlsplit(url)
+        key = urllib.parse.parse_qs(u.query)["key"][0]
+        req = urllib.request.Request(f"http://{u.netloc}/metrics", headers={"Authorization": f"Bearer {key}"})
+        metrics = urllib.request.urlopen(req, timeout=10).read().decode()
+        assert 'drover_batch_jobs{state="running"} 2' in metrics, [l for l in metrics.splitlines() if "batch" in l]
+    finally:
+        r = stop_server(s, server, proc)
+    assert r.returncode == 0, r.stderr
+    assert s.wait_no_jobs() == []
+
+
+def test_slurm_worker_whose_job_ended_is_lost_at_once_not_after_the_idle_timeout(system_env, tmp_path):
+    """A worker killed outright sends no goodbye, and its connection would time out only
+    after 30 s; its SLURM job ends with it, and the next poll of the batch system tells
+    the server: the worker is lost then (reason: its batch job ended), its tasks run
+    elsewhere, and every task succeeds. (A lost worker's commands run again: at least
+    once. This testbed's SLURM tracks processes with proctrack/linuxproc, so the
+    killed worker's commands, orphaned, may finish too; with cgroups they die with
+    the job.)"""
+    import os
+    import signal as sig
+
+    s = system_env("slurm")
+    site = write_site(tmp_path / "site.toml", s, cores=2)
+    server = tmp_path / "srv"
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start_server(s, server, site, 2)
+    try:
+        wait_status(s, server, lambda st: len(st["workers"]) == 2)
+        r = drover(s, "submit", "--dir", server, "--array", "1-8", "--", "sh", "-c",
+                   f"sleep 4; echo $DROVER_TASK_ID >> {out}/{{task}}")
+        assert r.returncode == 0, r.stderr
+        job = int(r.stdout.split()[0])
+        st = wait_status(s, server, lambda st: sum(w["assigned"] for w in st["workers"]) >= 4, timeout=60)
+        victim = next(w for w in st["workers"] if w["assigned"] > 0)
+        os.kill(victim["pid"], sig.SIGKILL)
+        st = wait_status(s, server, lambda st: any(l["pid"] == victim["pid"] for l in st["lost_workers"]), timeout=25)
+        lost = next(l for l in st["lost_workers"] if l["pid"] == victim["pid"])
+        assert f"batch job {victim['batch_job']} ended" in lost["reason"], lost
+        assert lost["tasks_requeued"] >= 1 and lost["batch_job"] == victim["batch_job"], lost
+        assert victim["id"] not in {w["id"] for w in st["workers"]}
+        w = drover(s, "wait", job, "--dir", server, timeout=180)
+        assert w.returncode == 0, w.stderr
+        files = sorted(out.iterdir(), key=lambda p: int(p.name))
+        assert [p.name for p in files] == [str(i) for i in range(1, 9)]
+        assert all(set(p.read_text().split()) == {p.name} for p in files), "each task ran, as itself"
+        tasks = json.loads(drover(s, "tasks", job, "--dir", server, "--json").stdout)
+        assert all(t["state"] == "succeeded" for t in tasks) and len(tasks) == 8
+    finally:
+        r = stop_server(s, server, proc)
+    assert r.returncode == 0, r.stderr
+    assert s.wait_no_jobs() == []

@@ -453,7 +453,7 @@ export class StreamPage implements Page {
       if ((labelEvery || isFirst) && y + laneH / 2 - lastLabelY >= 12) {
         ctx.fillStyle = isFirst ? "#333" : "#888";
         const host = this.hosts.get(l.worker);
-        const text = labelEvery && !isFirst ? `·${l.lane}` : `w${l.worker}` + (host && laneH * 2 >= 11 ? ` ${host}` : "");
+        const text = labelEvery && !isFirst ? `·${l.lane}` : workerName(l.worker) + (host && laneH * 2 >= 11 ? ` ${host}` : "");
         ctx.fillText(clip(ctx, text, GUTTER - 8), GUTTER - 6, Math.max(p.y + 6, y + Math.min(laneH, 14) / 2));
         lastLabelY = y + laneH / 2;
       }
@@ -672,7 +672,7 @@ export class StreamPage implements Page {
     }
     const host = this.hosts.get(lane.worker);
     if (!best) {
-      this.tooltip.show(e.clientX, e.clientY, [["worker", `${lane.worker}` + (host ? ` on ${host}` : "") + ` · lane ${lane.lane}`]]);
+      this.tooltip.show(e.clientX, e.clientY, [["worker", workerName(lane.worker) + (host ? ` on ${host}` : "") + ` · lane ${lane.lane}`]]);
       return;
     }
     const name = this.jobNames.get(best.job);
@@ -680,13 +680,20 @@ export class StreamPage implements Page {
     this.tooltip.show(e.clientX, e.clientY, [
       ["job", `${best.job}` + (name ? ` (${name})` : "")],
       ["label", best.label || "–"],
-      ["worker", `${best.worker}` + (host ? ` on ${host}` : "") + ` · lane ${best.lane}`],
+      ["worker", workerName(best.worker) + (host ? ` on ${host}` : "") + ` · lane ${best.lane}`],
       ["start", tickLabel(base + best.t0, 0.1, base > 0)],
       ...((best.n ?? 1) > 1 ? [["tasks", `${best.n} back to back`] as [string, string]] : []),
       ["duration", dur(best.t1 - best.t0) + (best.running ? " (running)" : "")],
       ["result", best.running ? "running" : best.ok === false ? "failed" : "ok"],
     ]);
   }
+}
+
+/** The server runs some tasks itself (an array workload's last combine): its lanes. */
+const SERVER_WORKER = 0xffffffff;
+
+function workerName(id: number): string {
+  return id === SERVER_WORKER ? "server" : `w${id}`;
 }
 
 function tickLabel(u: number, step: number, wall: boolean): string {

@@ -81,6 +81,8 @@ try {
     const b0 = await until("bars in the task stream", bars);
     await until("the task stream to change", async () => (await bars()) !== b0);
     out.stream_moved = true;
+    await page.click('button[data-span="30"]');
+    await sleep(1200);
     await shot("stream");
     await tab("overview");
     await shot("overview");
