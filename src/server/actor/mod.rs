@@ -7,7 +7,7 @@
 //! one at a time (further ones queue; each needs the inbound budget and its outputs'
 //! writer to itself); task jobs run beside them and beside each other.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,16 +16,14 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::jobs::array::{ArrayJob, Prepared, prepare};
-use super::jobs::tasks::{Capacity, TaskJob};
+use super::jobs::tasks::TaskJob;
 use super::jobs::{Cx, Job, JobEvent, Notify, Peer, Tx, of_job, send};
-use crate::batch::runner::Runner;
 use crate::batch::{JobId, JobState};
 use crate::config::workload::Workload;
 use crate::core::{Action, Core, CoreConfig, Failure, GraphId, TaskKey, WorkerId};
-use crate::pool::{Adapt, Backlog, Pool, PoolAction};
-use crate::proto::jobs::TaskJobRequest;
 use crate::proto::{self, PeerMsg, ServerMsg, Status, WorkerInfo, WorkerStatus};
 
+pub use self::site::SitePool;
 pub use super::jobs::Outgoing;
 
 /// Everything the actor reacts to.
@@ -67,33 +65,6 @@ pub enum Event {
     PoolSubmitted(Result<Vec<(JobId, Option<Duration>)>, String>),
     PoolStatus(Result<std::collections::BTreeMap<JobId, JobState>, String>),
 }
-
-/// A server's batch pool: the pure pool and the runner of its commands.
-pub struct SitePool {
-    pub pool: Pool,
-    pub runner: Arc<Runner>,
-    polling: bool,
-    last_poll: Option<Instant>,
-    /// Fail the running job after this many consecutive failed submissions while no
-    /// worker is connected (one-shot runs; a long-lived server keeps retrying).
-    pub give_up_after: Option<u32>,
-}
-
-impl SitePool {
-    pub fn new(runner: Runner) -> Self {
-        let pool = Pool::new(runner.site().workers_per_job());
-        Self {
-            pool,
-            runner: Arc::new(runner),
-            polling: false,
-            last_poll: None,
-            give_up_after: None,
-        }
-    }
-}
-
-/// How often the batch system is asked for job states.
-const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct Actor {
     core: Core,
@@ -137,7 +108,7 @@ pub(super) const DEFAULT_INBOUND: u64 = 128 << 20;
 /// The fields of the actor a job handler uses, borrowed apart from `jobs`.
 macro_rules! cx {
     ($s:ident, $now:expr) => {
-        Cx {
+        $crate::server::jobs::Cx {
             core: &mut $s.core,
             peers: &$s.workers,
             notify: &$s.notify,
@@ -148,6 +119,10 @@ macro_rules! cx {
         }
     };
 }
+
+// After the macro: they use it.
+mod clients;
+mod site;
 
 impl Actor {
     /// With a site: hold `workers` workers, or size adaptively when `workers` is 0 and
@@ -447,118 +422,6 @@ impl Actor {
         }
     }
 
-    fn client_msg(&mut self, msg: PeerMsg, client: Tx) {
-        let now = self.now();
-        let refuse = |client: &Tx, input_error: bool, message: String| send(client, ServerMsg::Failed { input_error, message });
-        let stopping = self.stopping.is_some();
-        match msg {
-            PeerMsg::Submit { .. } | PeerMsg::SubmitTasks { .. } if stopping => refuse(&client, false, "the server is stopping".into()),
-            PeerMsg::Submit { workload } => self.queue.push_back((workload, client)),
-            PeerMsg::SubmitTasks { request } => self.submit_tasks(request, &client),
-            PeerMsg::GetStatus => send(&client, ServerMsg::Status { status: self.status() }),
-            PeerMsg::Stop => self.handle(Event::Stop),
-            PeerMsg::Scale { workers } => self.pool_command(&client, |pool, _, now| {
-                tracing::info!(workers, "scaling");
-                pool.set_target(now, workers);
-                Ok(())
-            }),
-            PeerMsg::Adapt { min, max } => self.pool_command(&client, |pool, threads, now| {
-                if min > max || max == 0 {
-                    return Err(format!("--min {min} --max {max}: the pool needs min <= max and max >= 1"));
-                }
-                tracing::info!(min, max, "adaptive sizing");
-                pool.set_adapt(now, Adapt { min, max }, threads);
-                Ok(())
-            }),
-            PeerMsg::ListJobs => {
-                let jobs = self.jobs.values().map(|j| j.info(&self.core)).collect();
-                send(&client, ServerMsg::Jobs { jobs });
-            }
-            PeerMsg::ListTasks { job, state } => match self.jobs.get(&job) {
-                None => refuse(&client, true, self.unknown_job(job)),
-                Some(j) => match j.tasks(&cx!(self, now), state) {
-                    Ok(tasks) => send(&client, ServerMsg::Tasks { tasks }),
-                    Err(m) => refuse(&client, true, m),
-                },
-            },
-            PeerMsg::GetReport { job } => match self.jobs.get(&job) {
-                None => refuse(&client, true, self.unknown_job(job)),
-                Some(j) => {
-                    let (text, summary) = (j.describe(), j.summary_json(&self.core));
-                    self.publish(now);
-                    // Made off the actor: a page of many tasks takes a while.
-                    let observed = self.observer.observed();
-                    tokio::task::spawn_blocking(move || {
-                        let html = observed.report(Some(job), Some(&text), Some(&summary));
-                        send(&client, ServerMsg::Report { html });
-                    });
-                }
-            },
-            PeerMsg::Wait { jobs, as_completed } => {
-                if let Some(&bad) = jobs.iter().find(|j| !self.jobs.contains_key(j)) {
-                    return refuse(&client, true, self.unknown_job(bad));
-                }
-                for id in jobs {
-                    if let Some(j) = self.jobs.get_mut(&id) {
-                        j.watch(&self.core, client.clone(), as_completed);
-                    }
-                }
-            }
-            PeerMsg::CancelJob { job, tasks } => {
-                if !self.jobs.contains_key(&job) {
-                    return refuse(&client, true, self.unknown_job(job));
-                }
-                let mut result = Ok(());
-                self.with_job(job, |j, cx| result = j.cancel(cx, tasks.as_deref()));
-                match result {
-                    Ok(()) => send(&client, ServerMsg::Ok),
-                    Err(m) => refuse(&client, true, m),
-                }
-            }
-            other => tracing::debug!(?other, "unexpected client message"),
-        }
-    }
-
-    fn unknown_job(&self, job: u64) -> String {
-        let ids: Vec<String> = self.jobs.keys().rev().take(5).map(|k| k.to_string()).collect();
-        if ids.is_empty() {
-            format!("no job {job} on this server (it has none; `drover submit` starts one)")
-        } else {
-            format!("no job {job} on this server; `drover jobs` lists them (latest: {})", ids.join(", "))
-        }
-    }
-
-    fn submit_tasks(&mut self, request: TaskJobRequest, client: &Tx) {
-        let now = self.now();
-        let cap = Capacity {
-            largest: self.workers.values().map(|w| w.info.threads).max(),
-            may_grow: self.site.as_ref().is_some_and(|s| {
-                s.pool.adapt().is_some() || s.pool.live_jobs().len() as u32 * s.runner.site().workers_per_job() > self.workers.len() as u32
-            }),
-        };
-        if let Some(bad) = request.after.iter().find(|a| !self.jobs.contains_key(a)) {
-            let message = format!("--after {bad}: {}", self.unknown_job(*bad));
-            return send(
-                client,
-                ServerMsg::Failed {
-                    input_error: true,
-                    message,
-                },
-            );
-        }
-        let id = self.next_job;
-        match TaskJob::create(&mut cx!(self, now), id, request, &cap) {
-            Ok((job, note)) => {
-                self.next_job += 1;
-                let tasks = job.info(&self.core).tasks;
-                self.jobs.insert(id, Box::new(job));
-                self.observer.job_started(now, id);
-                send(client, ServerMsg::Submitted { job: id, tasks, note });
-            }
-            Err((input_error, message)) => send(client, ServerMsg::Failed { input_error, message }),
-        }
-    }
-
     /// Tasks that went back to the queue (their worker left or was lost).
     fn requeued(&mut self, keys: &[TaskKey]) {
         let mut graphs: Vec<u64> = keys.iter().map(|k| k.graph.0).collect();
@@ -760,36 +623,6 @@ impl Actor {
         self.requeued(&held);
     }
 
-    /// Workers whose batch job the batch system no longer runs are gone, though their
-    /// connections have not timed out yet (a node that died or hung, a worker killed
-    /// outright): their tasks run elsewhere now, not after the idle timeout.
-    fn workers_of_ended_jobs(&mut self, now: Duration) {
-        let Some(s) = &self.site else { return };
-        let ended: HashSet<String> = s
-            .pool
-            .jobs(now)
-            .into_iter()
-            .filter(|j| j.state == JobState::Gone)
-            .map(|j| j.id.0)
-            .collect();
-        let gone: Vec<(WorkerId, String)> = self
-            .workers
-            .iter()
-            .filter_map(|(id, w)| Some((*id, w.info.batch_job.clone().filter(|j| ended.contains(j))?)))
-            .collect();
-        for (id, job) in gone {
-            if let Some(w) = self.workers.get(&id) {
-                send(
-                    &w.tx,
-                    ServerMsg::Shutdown {
-                        reason: format!("batch job {job} ended"),
-                    },
-                );
-            }
-            self.worker_gone(now, id, format!("its batch job {job} ended (the batch system no longer runs it)"));
-        }
-    }
-
     fn note_lost(&mut self, id: WorkerId, info: &WorkerInfo, reason: String, held: usize) {
         if held == 0 {
             return;
@@ -808,32 +641,6 @@ impl Actor {
         }
     }
 
-    /// Apply a client's pool command (scale, adapt) and answer it; `Err` is bad input.
-    fn pool_command(&mut self, client: &Tx, f: impl FnOnce(&mut Pool, u32, Duration) -> Result<(), String>) {
-        let now = self.now();
-        let reply = match &mut self.site {
-            None => ServerMsg::Failed {
-                input_error: true,
-                message: "this server has no batch site; start it with `drover server start --site NAME|FILE`".into(),
-            },
-            Some(_) if self.stopping.is_some() => ServerMsg::Failed {
-                input_error: false,
-                message: "the server is stopping".into(),
-            },
-            Some(s) => {
-                let threads = s.runner.site().threads_per_worker();
-                match f(&mut s.pool, threads, now) {
-                    Ok(()) => ServerMsg::Ok,
-                    Err(message) => ServerMsg::Failed {
-                        input_error: true,
-                        message,
-                    },
-                }
-            }
-        };
-        send(client, reply);
-    }
-
     /// Keep about 25 ms of work queued at each slot (at least 2 tasks, at most 256), so
     /// that short tasks never wait for a round trip and long ones stay balanced.
     fn tune_prefetch(&mut self) {
@@ -845,98 +652,6 @@ impl Actor {
         if depth != self.prefetch {
             self.prefetch = depth;
             self.core.set_queue_per_slot(depth);
-        }
-    }
-
-    /// Poll job states, retire drained jobs, let backoffs expire.
-    fn pool_tick(&mut self, now: Duration) {
-        let tasks_left: u64 = self.jobs.values().filter(|j| !j.ended()).map(|j| j.tasks_left(&self.core)).sum();
-        let Some(s) = &mut self.site else { return };
-        if s.pool.adapt().is_some() {
-            s.pool.observe(
-                now,
-                Backlog {
-                    tasks_left,
-                    mean_task: self.mean_task,
-                },
-            );
-        }
-        s.pool.step(now);
-        let live = s.pool.live_jobs();
-        if !s.polling && !live.is_empty() && s.last_poll.is_none_or(|t| t.elapsed() >= POLL_INTERVAL) {
-            s.polling = true;
-            s.last_poll = Some(Instant::now());
-            let runner = s.runner.clone();
-            let events = self.events.clone();
-            tokio::spawn(async move {
-                let r = runner.status(&live).await;
-                let _ = events.send(Event::PoolStatus(r));
-            });
-        }
-        // Retiring jobs whose workers hold nothing: stop the workers, cancel the job.
-        let assigned: HashMap<WorkerId, usize> = self.core.workers().map(|(id, _, n)| (id, n)).collect();
-        let retiring: Vec<JobId> = s
-            .pool
-            .jobs(now)
-            .into_iter()
-            .filter(|j| j.retiring && j.state != JobState::Gone)
-            .map(|j| j.id)
-            .collect();
-        for job in retiring {
-            let mine: Vec<WorkerId> = self
-                .workers
-                .iter()
-                .filter(|(_, w)| w.info.batch_job.as_deref() == Some(job.0.as_str()))
-                .map(|(id, _)| *id)
-                .collect();
-            if mine.iter().all(|w| assigned.get(w).copied().unwrap_or(0) == 0) {
-                for w in &mine {
-                    if let Some(e) = self.workers.get(w) {
-                        send(
-                            &e.tx,
-                            ServerMsg::Shutdown {
-                                reason: "scaled down".into(),
-                            },
-                        );
-                    }
-                }
-                tracing::info!(job = %job, workers = mine.len(), "retiring idle job");
-                s.pool.retired(now, &job);
-            }
-        }
-    }
-
-    /// Carry out the pool's actions.
-    fn drive_pool(&mut self) {
-        let Some(s) = &mut self.site else { return };
-        for action in s.pool.take_actions() {
-            match action {
-                PoolAction::Submit { jobs } => {
-                    let runner = s.runner.clone();
-                    let events = self.events.clone();
-                    tracing::info!(jobs, "submitting");
-                    tokio::spawn(async move {
-                        let r = runner.submit(jobs).await;
-                        let _ = events.send(Event::PoolSubmitted(r));
-                    });
-                }
-                PoolAction::Cancel(ids) => {
-                    tracing::info!(jobs = ?ids, "cancelling");
-                    let runner = s.runner.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = runner.cancel(&ids).await {
-                            tracing::warn!(error = %e, "cancel failed");
-                        }
-                    });
-                }
-                PoolAction::Retire(ids) => {
-                    for (id, w) in &self.workers {
-                        if w.info.batch_job.as_ref().is_some_and(|j| ids.iter().any(|r| &r.0 == j)) {
-                            let _ = self.core.drain(*id);
-                        }
-                    }
-                }
-            }
         }
     }
 
