@@ -7,6 +7,10 @@
 //! plain OS threads fed from a queue; results cross back through a channel.
 
 pub mod command;
+mod host;
+mod send;
+
+pub use self::host::{batch_job_from_env, peak_rss, total_memory};
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -150,54 +154,6 @@ enum Out {
     },
 }
 
-/// The batch job this worker runs in, from the batch system's environment, in the
-/// form the pool tracks it: `123` or `123_4` (SLURM), `123.server` or
-/// `123[4].server` (PBS), `123` or `123.4` (SGE), `123` or `123[4]` (LSF), `42.0`
-/// (HTCondor), `local-3` (local).
-pub fn batch_job_from_env() -> Option<String> {
-    batch_job_from(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-}
-
-fn batch_job_from(get: impl Fn(&str) -> Option<String>) -> Option<String> {
-    let numeric = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit());
-    if let Some(id) = get("SLURM_JOB_ID") {
-        return Some(match (get("SLURM_ARRAY_JOB_ID"), get("SLURM_ARRAY_TASK_ID")) {
-            (Some(a), Some(t)) => format!("{a}_{t}"),
-            _ => id,
-        });
-    }
-    if let Some(id) = get("PBS_JOBID") {
-        return Some(id);
-    }
-    if let Some(id) = get("LSB_JOBID") {
-        return Some(match get("LSB_JOBINDEX") {
-            Some(i) if numeric(&i) && i != "0" => format!("{id}[{i}]"),
-            _ => id,
-        });
-    }
-    if let Some(id) = get("CONDOR_JOB_ID") {
-        return Some(id);
-    }
-    if let Some(id) = get("JOB_ID").filter(|_| get("SGE_ROOT").is_some() || get("SGE_TASK_ID").is_some()) {
-        return Some(match get("SGE_TASK_ID") {
-            Some(t) if numeric(&t) => format!("{id}.{t}"),
-            _ => id,
-        });
-    }
-    get("DROVER_LOCAL_JOB")
-}
-
-pub fn total_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Run a worker until the server tells it to stop. A lost server is dialled again
 /// until `death_timeout` has passed without a connection; then the worker exits, so a
 /// crashed server never leaves jobs burning allocation.
@@ -338,7 +294,7 @@ async fn session(
                 .expect("spawn task thread")
         })
         .collect();
-    let sender = tokio::spawn(send_loop(send, out_rx, opts.heartbeat, shared.clone()));
+    let sender = tokio::spawn(send::send_loop(send, out_rx, opts.heartbeat, shared.clone()));
     // SIGTERM/SIGINT (scancel, qdel, walltime) end the worker like a Shutdown, but
     // without waiting for running tasks: the server requeues what this worker held.
     let mut signalled = false;
@@ -772,154 +728,4 @@ fn write_direct(ctx: &JobCtx, stage: u32, block: u64, payload: &[u8]) -> bool {
         }
     }
     true
-}
-
-/// This process's peak resident memory (VmHWM), in bytes. Unlike getrusage's
-/// ru_maxrss it does not carry over the peak of a parent that exec'd us.
-pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
-}
-
-/// This process's resident memory (bytes) and CPU time (user + system, ms) so far.
-fn load() -> Option<(u64, u64)> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??.max(1) as u64;
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??.max(1) as u64;
-    Some((pages * page, ticks * 1000 / hz))
-}
-
-/// Most bytes of results gathered into one frame.
-const BATCH_BYTES: usize = 8 << 20;
-
-async fn send_loop(send: quinn::SendStream, rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration, shared: Arc<Shared>) {
-    send_frames(send, rx, heartbeat, &shared).await;
-    // Nothing more will be sent: task threads must not wait for room.
-    shared.queue.lock().expect("queue lock").unsent_large = 0;
-    shared.ready.notify_all();
-}
-
-/// Mark `n` large results as handed to QUIC.
-fn large_sent(shared: &Shared, n: usize) {
-    if n > 0 {
-        let mut q = shared.queue.lock().expect("queue lock");
-        q.unsent_large = q.unsent_large.saturating_sub(n);
-        drop(q);
-        shared.ready.notify_all();
-    }
-}
-
-async fn send_frames(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration, shared: &Shared) {
-    let mut beat = tokio::time::interval(heartbeat);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending: Option<Out> = None;
-    let mut peak = (peak_rss().unwrap_or(0), std::time::Instant::now());
-    loop {
-        let first = match pending.take() {
-            Some(o) => o,
-            None => tokio::select! {
-                o = rx.recv() => match o {
-                    Some(o) => o,
-                    None => break,
-                },
-                _ = beat.tick() => {
-                    let beat = match load() {
-                        Some((rss_bytes, cpu_ms)) => PeerMsg::Load { rss_bytes, cpu_ms },
-                        None => PeerMsg::Heartbeat,
-                    };
-                    if proto::write_frame(&mut send, &beat, &[]).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-            },
-        };
-        let res = match first {
-            Out::Error { job, task, message } => proto::write_frame(&mut send, &PeerMsg::TaskError { job, task, message }, &[]).await,
-            Out::Draining { released } => proto::write_frame(&mut send, &PeerMsg::Draining { released }, &[]).await,
-            Out::Started { job, task } => proto::write_frame(&mut send, &PeerMsg::TaskStarted { job, task }, &[]).await,
-            Out::HandBack { job, task } => proto::write_frame(&mut send, &PeerMsg::HandBack { tasks: vec![(job, task)] }, &[]).await,
-            Out::Ended { job, task, end, millis } => {
-                proto::write_frame(&mut send, &PeerMsg::TaskEnded { job, task, end, millis }, &[]).await
-            }
-            Out::Done { job, result, payload } => {
-                // Gather more finished results of the same job that are already waiting.
-                let mut results = vec![result];
-                let mut large = usize::from(payload.len() >= LARGE_RESULT);
-                let mut bytes = payload;
-                while bytes.len() < BATCH_BYTES {
-                    match rx.try_recv() {
-                        Ok(Out::Done { job: j, result, payload }) if j == job => {
-                            results.push(result);
-                            large += usize::from(payload.len() >= LARGE_RESULT);
-                            bytes.extend_from_slice(&payload);
-                        }
-                        Ok(other) => {
-                            pending = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if peak.1.elapsed() >= Duration::from_millis(100) {
-                    peak = (peak_rss().unwrap_or(peak.0), std::time::Instant::now());
-                }
-                let res = proto::write_frame(
-                    &mut send,
-                    &PeerMsg::Results {
-                        job,
-                        results,
-                        peak_rss: peak.0,
-                    },
-                    &bytes,
-                )
-                .await;
-                exec::buffers::PAYLOADS.give(bytes);
-                large_sent(shared, large);
-                res
-            }
-        };
-        if res.is_err() {
-            return;
-        }
-    }
-    let _ = send.finish();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::batch_job_from;
-    use std::collections::HashMap;
-
-    fn job(vars: &[(&str, &str)]) -> Option<String> {
-        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        batch_job_from(|k| m.get(k).cloned())
-    }
-
-    #[test]
-    fn job_ids_match_what_the_pool_tracks() {
-        assert_eq!(job(&[("SLURM_JOB_ID", "15")]).unwrap(), "15");
-        assert_eq!(
-            job(&[("SLURM_JOB_ID", "16"), ("SLURM_ARRAY_JOB_ID", "12"), ("SLURM_ARRAY_TASK_ID", "4")]).unwrap(),
-            "12_4"
-        );
-        assert_eq!(job(&[("PBS_JOBID", "7[2].pbs01")]).unwrap(), "7[2].pbs01");
-        assert_eq!(
-            job(&[("JOB_ID", "9"), ("SGE_TASK_ID", "undefined"), ("SGE_ROOT", "/x")]).unwrap(),
-            "9"
-        );
-        assert_eq!(job(&[("JOB_ID", "9"), ("SGE_TASK_ID", "3")]).unwrap(), "9.3");
-        assert_eq!(job(&[("LSB_JOBID", "5"), ("LSB_JOBINDEX", "0")]).unwrap(), "5");
-        assert_eq!(job(&[("LSB_JOBID", "5"), ("LSB_JOBINDEX", "2")]).unwrap(), "5[2]");
-        assert_eq!(job(&[("CONDOR_JOB_ID", "42.0")]).unwrap(), "42.0");
-        assert_eq!(job(&[("JOB_ID", "1")]), None, "JOB_ID alone is not SGE");
-        assert_eq!(job(&[]), None);
-    }
 }

@@ -13,91 +13,24 @@ use bytes::Bytes;
 use ndarray::ArrayD;
 
 use super::{Cx, Job, JobEvent, Tx, Watchers, send};
-use crate::config::workload::Workload;
 use crate::core::{Accept, Core, Failure, GraphId, GraphSpec, TaskId, TaskKey, WorkerId};
-use crate::exec::geometry::{block_region, fmt_shape};
+use crate::exec::geometry::block_region;
 use crate::exec::plan::{Plan, StageKind, TaskMap, TaskRef};
 use crate::exec::reduce::Accumulator;
 use crate::exec::{self, BlockResult};
 use crate::proto::jobs::{Counts, JobInfo};
-use crate::proto::{self, OutputReport, PeerMsg, ServerMsg, Summary};
-use crate::server::journal::{Journal, Recovered};
+use crate::proto::{self, PeerMsg, ServerMsg, Summary};
 use crate::server::observe::Finished;
-use crate::server::writer::{Writer, output_files, temp_name};
+use crate::server::writer::Writer;
 
-/// A planned workload, built off the runtime (HDF5 inspection, output file creation).
-pub struct Prepared {
-    plan: Arc<Plan>,
-    graph: crate::core::Graph,
-    map: TaskMap,
-    writer: Writer,
-    recovered: Recovered,
-}
+pub use self::prepare::{Prepared, prepare};
 
-impl Prepared {
-    pub fn plan(&self) -> &Plan {
-        &self.plan
-    }
-}
-
-/// Plan a workload, open its journal (resuming when it matches), open the writer.
-pub fn prepare(workload: &Workload) -> Result<Prepared, (bool, String)> {
-    let plan = Plan::build(workload).map_err(|e| (true, e.to_string()))?;
-    let (graph, map) = plan.graph();
-    let (mut journal, mut recovered) = Journal::open(&plan, || tracing::info!("the workload or its inputs changed: starting afresh"))
-        .map_err(|e| {
-            (
-                false,
-                format!(
-                    "cannot open the run journal \"{}\": {e}",
-                    crate::server::journal::path_for(&plan).display()
-                ),
-            )
-        })?;
-    let temps_exist = output_files(&plan).iter().all(|f| temp_name(f).exists());
-    if !recovered.blocks.is_empty() && !temps_exist {
-        // Blocks were recorded in temporary files that are gone: start over.
-        journal.reset().map_err(|e| (false, format!("cannot reset the run journal: {e}")))?;
-        recovered = Recovered::default();
-    }
-    let reopen = temps_exist && !recovered.blocks.is_empty();
-    let writer = Writer::start(&plan, reopen, journal).map_err(|e| (false, e))?;
-    Ok(Prepared {
-        plan: Arc::new(plan),
-        graph,
-        map,
-        writer,
-        recovered,
-    })
-}
+mod describe;
+mod prepare;
 
 pub enum LocalOutcome {
     Block(Result<BlockResult, String>),
     Finalized(Result<Vec<(u32, ArrayD<f64>)>, String>),
-}
-
-/// The floating-point events of the stages output `o` is computed by: the stage that
-/// writes it and, through the consts it reads, every reduction before it.
-fn output_events(plan: &Plan, per_stage: &[[u64; 3]], o: u32) -> [u64; 3] {
-    let mut todo: Vec<usize> = plan
-        .stages
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.outputs().contains(&o))
-        .map(|(i, _)| i)
-        .collect();
-    let mut seen = vec![false; plan.stages.len()];
-    let mut sum = [0u64; 3];
-    while let Some(s) = todo.pop() {
-        if std::mem::replace(&mut seen[s], true) {
-            continue;
-        }
-        for (a, b) in sum.iter_mut().zip(per_stage.get(s).copied().unwrap_or_default()) {
-            *a += b;
-        }
-        todo.extend(plan.stages[s].consts().into_iter().map(|c| plan.consts[c as usize].stage as usize));
-    }
-    sum
 }
 
 enum Phase {
@@ -236,44 +169,6 @@ impl ArrayJob {
         self.phase = Phase::Ended(state);
         let info = self.info(core);
         self.watchers.job_ended(&info);
-    }
-
-    fn describe_task(&self, task: TaskId) -> String {
-        match self.map.locate(task) {
-            TaskRef::Block { stage, block } => {
-                let st = &self.plan.stages[stage as usize];
-                let region = block_region(&st.shape, &st.block, block);
-                let r: Vec<String> = region.iter().map(|r| format!("{}:{}", r.start, r.end)).collect();
-                format!(
-                    "task {task} (stage {stage}, block {block} = [{}] of shape {})",
-                    r.join(", "),
-                    fmt_shape(&st.shape)
-                )
-            }
-            TaskRef::Finalize { stage } => format!("task {task} (finalizing stage {stage})"),
-        }
-    }
-
-    fn describe_failure(&self, cx: &Cx, f: &Failure) -> String {
-        let name = |w: WorkerId| match cx.peers.get(&w) {
-            Some(e) => format!("{w} ({}:{})", e.info.host, e.info.pid),
-            None if w.0 == u32::MAX => "the server".into(),
-            None => w.to_string(),
-        };
-        match f {
-            Failure::TaskError { task, worker, message } => {
-                format!("{} failed on {}: {message}", self.describe_task(*task), name(*worker))
-            }
-            Failure::RetriesExhausted { task, workers } => {
-                let names: Vec<String> = workers.iter().map(|w| w.to_string()).collect();
-                format!(
-                    "{} was running on {} workers that all died ({}); this chunk may crash workers (memory, bad data)",
-                    self.describe_task(*task),
-                    workers.len(),
-                    names.join(", ")
-                )
-            }
-        }
     }
 
     /// Fail the job, telling its client.
@@ -453,40 +348,6 @@ impl ArrayJob {
         let err = self.writer.as_mut().and_then(|w| w.errors.try_recv().ok());
         if let Some(e) = err {
             self.fail(cx, format!("output writer failed: {e}"));
-        }
-    }
-
-    fn summary(&self, core: &Core, workers: usize) -> Summary {
-        let counters = core.graph_counters(GraphId(self.id));
-        let mut peaks: Vec<(WorkerId, u64)> = self.worker_peaks.iter().map(|(w, p)| (*w, *p)).collect();
-        peaks.sort_unstable();
-        Summary {
-            tasks_total: u64::from(self.tasks_total),
-            tasks_retried: counters.tasks_retried,
-            workers_lost: counters.workers_lost,
-            bytes_read: self.bytes_read,
-            seconds: self.started.elapsed().as_secs_f64(),
-            workers,
-            outputs: self
-                .plan
-                .user_outputs()
-                .iter()
-                .map(|o| OutputReport {
-                    file: o.file.display().to_string(),
-                    dataset: o.dataset.clone(),
-                    shape: o.shape.clone(),
-                    dtype: o.dtype.name().into(),
-                    expr: o.expr.clone(),
-                })
-                .collect(),
-            driver_peak_rss_bytes: None,
-            worker_peak_rss_bytes: self.worker_peaks.values().copied().max(),
-            workers_peak_rss_bytes: peaks.into_iter().map(|(_, p)| p).collect(),
-            workers_drained: self.workers_drained,
-            tasks_resumed: self.tasks_resumed,
-            fp_events: (0..self.plan.user_outputs().len() as u32)
-                .map(|o| output_events(&self.plan, &self.fp, o))
-                .collect(),
         }
     }
 
