@@ -46,7 +46,14 @@ stage_batch() {
     return "$rc"
 }
 
-DEFAULT_STAGES=(cargo_test e2e batch)
+# Several hosts: network namespaces from scripts/testbed/netns.sh (a login node and
+# three compute nodes with their own addresses and host names), always torn down.
+stage_netns() {
+    trap 'scripts/testbed/netns.sh down >/dev/null 2>&1 || true' EXIT
+    DROVER_BIN="${DROVER_BIN:-target/release/drover}" "$DROVER_PY" -m pytest tests/netns -q
+}
+
+DEFAULT_STAGES=(cargo_test e2e batch netns)
 
 # What the tests may leave in /tmp: nothing. The private folders of embedded runs
 # (/tmp/drover-XXXXXX; the testbed's own /tmp/drover-testbed excepted) and pytest's
@@ -114,6 +121,8 @@ setup_all() {
     # promtool checks the dashboard's /metrics; Chromium, driven by playwright-core
     # from web/node_modules, loads the dashboard and the report (tests/e2e/test_dashboard.py).
     ensure_debian_packages prometheus chromium
+    # iptables: loss and blocked UDP inside the netns testbed's nodes.
+    ensure_debian_packages iptables
     command -v npm >/dev/null 2>&1 || ensure_debian_packages nodejs npm
     if [ ! -d "$DROVER_ROOT/web/node_modules/playwright-core" ]; then
         log "npm ci in web/ (playwright-core for the browser tests; the page itself is prebuilt in web/dist)"

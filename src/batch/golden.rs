@@ -331,3 +331,14 @@ fn status_outputs_from_the_real_tools() {
             .all(|s| *s == JobState::Gone)
     );
 }
+
+#[test]
+fn shared_fs_reaches_the_worker_command() {
+    use crate::batch::runner::worker_command;
+    let exe = std::path::Path::new("/opt/drover/bin/drover");
+    let access = std::path::Path::new("/home/u/.drover/server/access.toml");
+    let cmd = |extra: &str| worker_command(exe, access, &site(&format!("scheduler = \"slurm\"\ncores = 4\n{extra}")));
+    assert!(cmd("shared_fs = true\n").ends_with(" --shared-fs"), "{}", cmd("shared_fs = true\n"));
+    assert!(cmd("shared_fs = false\n").ends_with(" --no-shared-fs"));
+    assert!(!cmd("").contains("shared-fs"));
+}

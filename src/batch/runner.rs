@@ -35,7 +35,17 @@ pub fn worker_command(exe: &Path, access: &Path, site: &Site) -> String {
     if let Some(m) = site.memory_per_worker() {
         cmd.push_str(&format!(" --memory-per-worker {m}"));
     }
+    cmd.push_str(shared_fs_flag(site));
     cmd
+}
+
+/// The worker's flag for the site's `shared_fs`.
+fn shared_fs_flag(site: &Site) -> &'static str {
+    match site.shared_fs {
+        Some(true) => " --shared-fs",
+        Some(false) => " --no-shared-fs",
+        None => "",
+    }
 }
 
 /// One line of a command's stderr (or stdout) for messages.
@@ -178,6 +188,7 @@ impl Runner {
                 .args(["--threads", &self.site.threads_per_worker().to_string()])
                 .args(["--death-timeout", &self.site.death_timeout.to_string()])
                 .args(["--processes", &self.site.processes.to_string()])
+                .args(shared_fs_flag(&self.site).split_whitespace())
                 .env("DROVER_LOCAL_JOB", &id.0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

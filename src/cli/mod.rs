@@ -16,7 +16,6 @@ mod serve;
 mod tasks;
 mod work;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
@@ -147,28 +146,7 @@ pub enum Cmd {
         dir: DirArg,
     },
     /// Run a worker that connects to the server named in an access file.
-    Worker {
-        /// The server's access.toml.
-        #[arg(long)]
-        access: PathBuf,
-        /// Task threads per worker (default: the cores of this machine).
-        #[arg(long)]
-        threads: Option<usize>,
-        /// Start this many worker processes on this node.
-        #[arg(long, default_value_t = 1)]
-        processes: u32,
-        /// Seconds to keep trying to reach a lost server before exiting.
-        #[arg(long, default_value_t = 60)]
-        death_timeout: u64,
-        /// The batch job's walltime in seconds, counted from $DROVER_JOB_START (set
-        /// by drover's job scripts) or from now: the worker drains before it ends.
-        #[arg(long)]
-        walltime: Option<u64>,
-        /// Memory this worker may use ("4 GiB", "500MB", bytes): it runs no more
-        /// tasks at once than fit (job scripts pass the site's memory / processes).
-        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-        memory_per_worker: Option<Size>,
-    },
+    Worker(work::WorkerArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -187,29 +165,7 @@ impl DirArg {
 #[derive(Subcommand, Debug)]
 pub enum ServerCmd {
     /// Start a server in the foreground until stopped (SIGINT/SIGTERM or `server stop`).
-    Start {
-        #[command(flatten)]
-        dir: DirArg,
-        /// UDP address to listen on.
-        #[arg(long, default_value = "0.0.0.0:0")]
-        bind: SocketAddr,
-        /// Host name or address workers dial (repeatable; default: the site's
-        /// interface, else this host's name and 127.0.0.1).
-        #[arg(long)]
-        advertise: Vec<String>,
-        /// Get workers through this site's batch system (bundled name or file).
-        #[arg(long)]
-        site: Option<String>,
-        /// Workers to hold from the start (with --site).
-        #[arg(long, default_value_t = 0)]
-        workers: u32,
-        /// Serve the dashboard here (`drover dashboard` prints its URL).
-        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
-        dashboard: SocketAddr,
-        /// No dashboard.
-        #[arg(long)]
-        no_dashboard: bool,
-    },
+    Start(serve::StartArgs),
     /// Stop a running server: its workers exit and its batch jobs are cancelled.
     Stop {
         #[command(flatten)]
@@ -405,15 +361,7 @@ fn hostname() -> String {
 pub fn main(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Cmd::Run(args) => run::run(args),
-        Cmd::Server(ServerCmd::Start {
-            dir,
-            bind,
-            advertise,
-            site,
-            workers,
-            dashboard,
-            no_dashboard,
-        }) => serve::start(&dir.get(), bind, advertise, site, workers, (!no_dashboard).then_some(dashboard)),
+        Cmd::Server(ServerCmd::Start(args)) => serve::start(&args),
         Cmd::Dashboard { dir } => serve::dashboard(&dir.get()),
         Cmd::Server(ServerCmd::Stop { dir }) => serve::stop(&dir.get()),
         Cmd::Status { dir, json } => serve::status(&dir.get(), json),
@@ -432,20 +380,6 @@ pub fn main(cli: Cli) -> Result<(), Failure> {
         } => tasks::wait(&dir.get(), &jobs, as_completed, json),
         Cmd::Cancel { job, tasks, dir } => tasks::cancel(&dir.get(), job, tasks.as_deref()),
         Cmd::Report { job, output, dir } => report::report(&dir.get(), job, output),
-        Cmd::Worker {
-            access,
-            threads,
-            processes,
-            death_timeout,
-            walltime,
-            memory_per_worker,
-        } => work::worker(
-            &access,
-            threads,
-            processes,
-            death_timeout,
-            walltime,
-            memory_per_worker.map(|s| s.bytes),
-        ),
+        Cmd::Worker(args) => work::worker(&args),
     }
 }

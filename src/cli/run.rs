@@ -187,6 +187,8 @@ fn print_summary(summary: &Summary, inputs: &[InputReport], replaced: &[std::pat
             "tasks_resumed": summary.tasks_resumed,
             "workers_lost": summary.workers_lost,
             "workers_drained": summary.workers_drained,
+            "blocks_written_by_workers": summary.blocks_written_by_workers,
+            "blocks_sent_to_writer": summary.blocks_sent_to_writer,
             "bytes_read": summary.bytes_read,
             "seconds": summary.seconds,
             "workers": summary.workers,

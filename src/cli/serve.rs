@@ -12,15 +12,50 @@ use crate::server::client::Session;
 use crate::server::{self, ServerOptions};
 use crate::transport::Access;
 
-pub fn start(
-    dir: &Path,
+/// `drover server start`.
+#[derive(clap::Args, Debug)]
+pub struct StartArgs {
+    #[command(flatten)]
+    dir: super::DirArg,
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:0")]
     bind: SocketAddr,
+    /// Host name or address workers dial (repeatable; default: --interface's address,
+    /// else the site's interface, else this host's name and 127.0.0.1).
+    #[arg(long, conflicts_with = "interface")]
     advertise: Vec<String>,
+    /// The network interface workers reach this host on (e.g. ib0): its address is
+    /// announced in the access file, and the server listens only there.
+    #[arg(long, value_name = "NAME")]
+    interface: Option<String>,
+    /// Get workers through this site's batch system (bundled name or file).
+    #[arg(long)]
     site: Option<String>,
+    /// Workers to hold from the start (with --site).
+    #[arg(long, default_value_t = 0)]
     workers: u32,
-    dashboard: Option<SocketAddr>,
-) -> Result<(), Failure> {
-    let site = site.as_deref().map(load_site_to_submit).transpose()?;
+    /// Serve the dashboard here (`drover dashboard` prints its URL).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
+    dashboard: SocketAddr,
+    /// No dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
+}
+
+pub fn start(args: &StartArgs) -> Result<(), Failure> {
+    let dir = &args.dir.get();
+    let (mut bind, advertise, workers) = (args.bind, args.advertise.clone(), args.workers);
+    let dashboard = (!args.no_dashboard).then_some(args.dashboard);
+    let site = args.site.as_deref().map(load_site_to_submit).transpose()?;
+    let iface_ip = match &args.interface {
+        Some(name) => Some(crate::transport::interface_addr(name).map_err(|e| input(anyhow!("--interface {name}: {e}")))?),
+        None => None,
+    };
+    if let Some(ip) = iface_ip
+        && bind.ip().is_unspecified()
+    {
+        bind.set_ip(ip);
+    }
     if workers > 0 && site.is_none() {
         return Err(input(anyhow!(
             "--workers {workers} needs --site: without a batch site, start workers with `drover worker --access`"
@@ -28,6 +63,8 @@ pub fn start(
     }
     let advertise = if !advertise.is_empty() {
         advertise
+    } else if let Some(ip) = iface_ip {
+        vec![ip.to_string()]
     } else if let Some(s) = &site {
         site_advertise(s)?
     } else if bind.ip().is_unspecified() {

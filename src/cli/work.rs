@@ -1,23 +1,63 @@
 //! `drover worker`: one worker, or a node agent starting several.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use tokio::process::Command;
 
 use super::{Failure, cores, input, runtime, runtime_builder};
-use crate::config::site::Bytes;
+use crate::exec::hdf::shared_fs::SharedFs;
 use crate::worker::{self, WorkerOptions};
 
-pub fn worker(
-    access: &Path,
-    threads: Option<usize>,
-    processes: u32,
-    death_timeout: u64,
-    walltime: Option<u64>,
-    memory: Option<Bytes>,
-) -> Result<(), Failure> {
+/// `drover worker`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// The server's access.toml.
+    #[arg(long)]
+    pub access: PathBuf,
+    /// Task threads per worker (default: the cores of this machine).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Start this many worker processes on this node.
+    #[arg(long, default_value_t = 1)]
+    pub processes: u32,
+    /// Seconds to keep trying to reach a lost server before exiting.
+    #[arg(long, default_value_t = 60)]
+    pub death_timeout: u64,
+    /// The batch job's walltime in seconds, counted from $DROVER_JOB_START (set
+    /// by drover's job scripts) or from now: the worker drains before it ends.
+    #[arg(long)]
+    pub walltime: Option<u64>,
+    /// Memory this worker may use ("4 GiB", "500MB", bytes): it runs no more
+    /// tasks at once than fit (job scripts pass the site's memory / processes).
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size)]
+    pub memory_per_worker: Option<super::Size>,
+    /// Write output chunks straight into the output file whenever this node sees the
+    /// same file (same inode) through a shared file system that keeps one coherent
+    /// file for all nodes (default: on the same host, or on Lustre, GPFS, BeeGFS or
+    /// WekaFS, recognised by statfs).
+    #[arg(long, conflicts_with = "no_shared_fs")]
+    pub shared_fs: bool,
+    /// Never write output chunks into the output file: send every block to the server.
+    #[arg(long)]
+    pub no_shared_fs: bool,
+}
+
+impl WorkerArgs {
+    fn shared_fs(&self) -> SharedFs {
+        match (self.shared_fs, self.no_shared_fs) {
+            (true, _) => SharedFs::On,
+            (_, true) => SharedFs::Off,
+            _ => SharedFs::Auto,
+        }
+    }
+}
+
+pub fn worker(args: &WorkerArgs) -> Result<(), Failure> {
+    let (access, threads, processes, death_timeout, walltime) =
+        (&args.access, args.threads, args.processes, args.death_timeout, args.walltime);
+    let memory = args.memory_per_worker.as_ref().map(|s| s.bytes);
     if threads == Some(0) {
         return Err(input(anyhow!("--threads 0: a worker needs at least one thread")));
     }
@@ -32,7 +72,7 @@ pub fn worker(
     let threads = threads.unwrap_or_else(|| (cores() / processes as usize).max(1));
     let rt = runtime_builder()?;
     if processes > 1 {
-        return rt.block_on(node_agent(access, threads, processes, death_timeout, walltime, memory));
+        return rt.block_on(node_agent(args, threads));
     }
     let opts = WorkerOptions {
         threads,
@@ -40,6 +80,7 @@ pub fn worker(
         death_timeout: Duration::from_secs(death_timeout),
         walltime: walltime.map(job_end),
         memory: memory.map(|b| b.0),
+        shared_fs: args.shared_fs(),
     };
     rt.block_on(worker::run(access, opts)).map_err(|e| Failure {
         input: e.is_input(),
@@ -65,14 +106,9 @@ fn job_end(walltime: u64) -> (std::time::Instant, Duration) {
 }
 
 /// Start `processes` single workers on this node, pass SIGTERM/SIGINT on, wait for all.
-async fn node_agent(
-    access: &Path,
-    threads: usize,
-    processes: u32,
-    death_timeout: u64,
-    walltime: Option<u64>,
-    memory: Option<Bytes>,
-) -> Result<(), Failure> {
+async fn node_agent(args: &WorkerArgs, threads: usize) -> Result<(), Failure> {
+    let (access, processes, death_timeout, walltime) = (&args.access, args.processes, args.death_timeout, args.walltime);
+    let memory = args.memory_per_worker.as_ref().map(|s| s.bytes);
     let exe = std::env::current_exe().map_err(runtime)?;
     let mut children = Vec::new();
     for _ in 0..processes {
@@ -87,6 +123,11 @@ async fn node_agent(
                     .map(|m| vec!["--memory-per-worker".to_string(), m.0.to_string()])
                     .unwrap_or_default(),
             )
+            .args(match args.shared_fs() {
+                SharedFs::On => vec!["--shared-fs"],
+                SharedFs::Off => vec!["--no-shared-fs"],
+                SharedFs::Auto => vec![],
+            })
             .kill_on_drop(true)
             .spawn()
             .map_err(runtime)?;

@@ -10,6 +10,7 @@
 //! nodes = 1
 //! walltime = "01:00:00"      # HH:MM:SS or D-HH:MM:SS
 //! interface = "hsn0"         # address the workers dial
+//! shared_fs = true            # workers write output chunks through the shared file system
 //! ```
 //!
 //! Validated once, at load: unknown keys (with a suggestion), units, ranges.
@@ -235,6 +236,10 @@ pub struct Site {
     pub death_timeout: u64,
     /// Size the pool from the backlog between these bounds (`adapt = { min, max }`).
     pub adapt: Option<crate::pool::Adapt>,
+    /// Workers write output chunks into the output file through the shared file
+    /// system (`true`), never (`false`), or when they recognise it (unset: the same
+    /// host, Lustre, GPFS, BeeGFS, WekaFS).
+    pub shared_fs: Option<bool>,
 }
 
 const KEYS: &[&str] = &[
@@ -261,6 +266,7 @@ const KEYS: &[&str] = &[
     "lsf_unit",
     "death_timeout",
     "adapt",
+    "shared_fs",
 ];
 
 #[derive(Deserialize)]
@@ -288,6 +294,7 @@ struct RawSite {
     lsf_unit: Option<String>,
     death_timeout: Option<i64>,
     adapt: Option<toml::Value>,
+    shared_fs: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -533,6 +540,7 @@ impl Site {
             walltime,
             gpus,
             interface: raw.interface,
+            shared_fs: raw.shared_fs,
             log_dir: raw.log_dir,
             job_name,
             prologue: match raw.prologue {

@@ -57,6 +57,9 @@ pub struct WorkerInfo {
     pub walltime_left_ms: Option<u64>,
     /// `--memory-per-worker`, when given.
     pub memory_bound: Option<u64>,
+    /// Whether it writes output chunks into output files through a shared file
+    /// system (`drover worker --shared-fs`, `--no-shared-fs`).
+    pub shared_fs: crate::exec::hdf::shared_fs::SharedFs,
 }
 
 /// A task handed to a worker.
@@ -305,6 +308,10 @@ pub struct Summary {
     pub workers_drained: u64,
     /// Tasks whose results were recovered from an interrupted run's journal.
     pub tasks_resumed: u64,
+    /// Output blocks the workers wrote into the output file themselves, and those
+    /// they sent to the server's writer.
+    pub blocks_written_by_workers: u64,
+    pub blocks_sent_to_writer: u64,
     /// Per output: floating-point events of the stages it was computed by (divisions
     /// by zero, invalid values, overflows), as numpy would warn of them.
     pub fp_events: Vec<[u64; 3]>,

@@ -57,6 +57,8 @@ pub struct WorkerOptions {
     pub death_timeout: Duration,
     /// `--memory-per-worker`: the worker runs no more tasks at once than fit it.
     pub memory: Option<u64>,
+    /// Whether it writes output chunks into the output file itself.
+    pub shared_fs: crate::exec::hdf::shared_fs::SharedFs,
 }
 
 struct JobCtx {
@@ -106,6 +108,7 @@ struct Shared {
     /// Tasks that may run at once: `threads`, or fewer under a memory bound.
     limit: std::sync::atomic::AtomicUsize,
     memory: Option<u64>,
+    shared_fs: crate::exec::hdf::shared_fs::SharedFs,
     queue: Mutex<Queue>,
     ready: Condvar,
     jobs: RwLock<HashMap<u64, Arc<JobCtx>>>,
@@ -229,6 +232,7 @@ async fn session(
             .iter()
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())),
         memory_bound: opts.memory,
+        shared_fs: opts.shared_fs,
         walltime_left_ms: opts
             .walltime
             .map(|(end, _)| end.saturating_duration_since(std::time::Instant::now()).as_millis() as u64),
@@ -273,6 +277,7 @@ async fn session(
         threads: opts.threads.max(1),
         limit: std::sync::atomic::AtomicUsize::new(opts.threads.max(1)),
         memory: opts.memory,
+        shared_fs: opts.shared_fs,
         queue: Mutex::new(Queue::default()),
         ready: Condvar::new(),
         jobs: RwLock::new(HashMap::new()),
@@ -402,7 +407,7 @@ async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::Un
                     .enumerate()
                     .map(|(i, out)| {
                         let d = direct.get(i)?.as_ref()?;
-                        let sink = exec::hdf::ChunkSink::open(d, &out.shape, out.dtype.size());
+                        let sink = exec::hdf::ChunkSink::open(d, &out.shape, out.dtype.size(), shared.shared_fs);
                         tracing::debug!(output = i, direct = sink.is_some(), "output blocks");
                         sink
                     })

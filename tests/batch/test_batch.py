@@ -161,6 +161,7 @@ def test_real_sge_accepts_rendered_scripts(sge_up, tmp_path):
     ('scheduler = "slurm"\ncores = 0\n', "cores = 0"),
     ('scheduler = "slurm"\nlsf_unit = "PB"\n', '"PB"'),
     ('scheduler = "slurm"\ncores = \n', "line 2"),
+    ('scheduler = "slurm"\nshared_fs = "yes"\n', "shared_fs"),
 ])
 def test_bad_site_files_are_refused_clearly(text, needle, tmp_path):
     site = tmp_path / "bad.toml"

@@ -18,6 +18,7 @@ pub mod filters;
 pub mod index;
 pub mod output;
 pub mod reader;
+pub mod shared_fs;
 
 pub use output::{ChunkSink, chunk_table, close_on_exec, compress_block, create_output, write_chunks, write_region};
 pub use reader::Reader;

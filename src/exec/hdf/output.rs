@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use ndarray::{ArrayD, IxDyn};
 
+use super::shared_fs::{Seen, SharedFs, may_write, parallel_fs};
 use super::{for_each_cell, hyperslab};
 use crate::config::workload::OutDtype;
 use crate::exec::geometry::for_each_row;
@@ -26,6 +27,9 @@ pub fn chunk_table(ds: &hdf5::Dataset, elem: usize) -> Option<Vec<u64>> {
 /// whole chunks, so no two workers ever write the same bytes.
 pub struct ChunkSink {
     file: std::fs::File,
+    /// Through another mount of a shared file system: each block is flushed to it
+    /// before it is reported done.
+    remote: bool,
     shape: Vec<usize>,
     chunk: Vec<usize>,
     grid: Vec<usize>,
@@ -34,12 +38,19 @@ pub struct ChunkSink {
 }
 
 impl ChunkSink {
-    /// Open the file if this process sees the one the server described (same device
-    /// and inode); `None` otherwise (another host, or the file is gone).
-    pub fn open(d: &crate::proto::DirectOutput, shape: &[usize], elem: usize) -> Option<Self> {
+    /// Open the file if this worker may write into it (see [`super::shared_fs`]):
+    /// the one the server described (same device and inode), or the same inode on a
+    /// shared parallel file system; `None` otherwise (another host, the file gone, or
+    /// direct writes turned off).
+    pub fn open(d: &crate::proto::DirectOutput, shape: &[usize], elem: usize, policy: SharedFs) -> Option<Self> {
         use std::os::unix::fs::MetadataExt;
+        if policy == SharedFs::Off {
+            return None;
+        }
         let meta = std::fs::metadata(&d.path).ok()?;
-        if meta.dev() != d.dev || meta.ino() != d.ino || d.chunk.len() != shape.len() || d.chunk.contains(&0) {
+        let seen = Seen::of(meta.dev(), meta.ino(), d.dev, d.ino);
+        let parallel = if seen == Seen::SameInode { parallel_fs(&d.path) } else { None };
+        if !may_write(policy, seen, parallel) || d.chunk.len() != shape.len() || d.chunk.contains(&0) {
             return None;
         }
         let grid: Vec<usize> = shape.iter().zip(&d.chunk).map(|(s, c)| s.div_ceil(*c)).collect();
@@ -48,6 +59,7 @@ impl ChunkSink {
         }
         let file = std::fs::OpenOptions::new().write(true).open(&d.path).ok()?;
         Some(Self {
+            remote: seen == Seen::SameInode,
             file,
             shape: shape.to_vec(),
             chunk: d.chunk.clone(),
@@ -82,7 +94,16 @@ impl ChunkSink {
                 .map_err(|e| hdf5::Error::from(e.to_string()))
         });
         crate::exec::buffers::PAYLOADS.give(buf);
-        result.map_err(|e| std::io::Error::other(e.to_string()))
+        result.map_err(|e| std::io::Error::other(e.to_string()))?;
+        if self.remote {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Written through another mount of a shared file system.
+    pub fn remote(&self) -> bool {
+        self.remote
     }
 }
 

@@ -97,6 +97,8 @@ impl ArrayJob {
             worker_peak_rss_bytes: self.worker_peaks.values().copied().max(),
             workers_peak_rss_bytes: peaks.into_iter().map(|(_, p)| p).collect(),
             workers_drained: self.workers_drained,
+            blocks_written_by_workers: self.blocks_direct,
+            blocks_sent_to_writer: self.blocks_sent,
             tasks_resumed: self.tasks_resumed,
             fp_events: (0..self.plan.user_outputs().len() as u32)
                 .map(|o| output_events(&self.plan, &self.fp, o))

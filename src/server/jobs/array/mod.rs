@@ -62,6 +62,11 @@ pub struct ArrayJob {
     worker_peaks: HashMap<WorkerId, u64>,
     /// Tasks recovered from the journal of an interrupted run.
     tasks_resumed: u64,
+    /// The parallel file system the outputs are on, if the server recognises one.
+    outputs_fs: Option<&'static str>,
+    /// Output blocks written by workers into the file, and sent to the writer.
+    blocks_direct: u64,
+    blocks_sent: u64,
     /// Floating-point events per stage (`exec::fpe`).
     fp: Vec<[u64; 3]>,
     phase: Phase,
@@ -78,6 +83,10 @@ impl ArrayJob {
     /// rest to the core.
     pub fn start(cx: &mut Cx, id: u64, client: Tx, p: Prepared) -> Self {
         let tasks_total = p.graph.len();
+        let outputs_fs = crate::server::writer::output_files(&p.plan)
+            .first()
+            .and_then(|f| f.parent().filter(|d| !d.as_os_str().is_empty()).or(Some(std::path::Path::new("."))))
+            .and_then(exec::hdf::shared_fs::parallel_fs);
         let n_consts = p.plan.consts.len();
         let mut acc: HashMap<u32, Accumulator> = p
             .plan
@@ -148,6 +157,9 @@ impl ArrayJob {
             workers_drained: 0,
             worker_peaks: HashMap::new(),
             tasks_resumed: done.len() as u64,
+            outputs_fs,
+            blocks_direct: 0,
+            blocks_sent: 0,
             fp: vec![[0; 3]; n_stages],
             phase: Phase::Running,
             watchers: Watchers::default(),
@@ -291,6 +303,7 @@ impl ArrayJob {
                     if let Some(w) = &self.writer {
                         w.written(task);
                     }
+                    self.blocks_direct += 1;
                     None
                 } else {
                     Some(format!(
@@ -299,10 +312,27 @@ impl ArrayJob {
                     ))
                 }
             }
-            StageKind::Write { .. } => self.write_block(st, block, task, &payload),
+            StageKind::Write { .. } => {
+                self.blocks_sent += 1;
+                self.write_block(st, block, task, &payload)
+            }
         };
         if let Some(message) = problem {
             self.fail(cx, message);
+        }
+    }
+
+    /// Whether to offer a worker the outputs' chunk tables (which it uses only if it
+    /// sees the same file, [`exec::hdf::shared_fs`]): workers on this host, workers
+    /// that vouch for their shared file system, and any worker when the outputs are
+    /// on a parallel file system. Not to others: a table can be megabytes, sent to
+    /// each worker.
+    fn may_write_directly(&self, w: &proto::WorkerInfo, host: &str) -> bool {
+        use exec::hdf::shared_fs::SharedFs;
+        match w.shared_fs {
+            SharedFs::Off => false,
+            SharedFs::On => true,
+            SharedFs::Auto => w.host == host || self.outputs_fs.is_some(),
         }
     }
 
@@ -426,6 +456,7 @@ impl Job for ArrayJob {
             return;
         }
         let Some(w) = cx.peers.get(&worker) else { return };
+        let direct = self.may_write_directly(&w.info, cx.host);
         let consts_sent = match self.sent.entry(worker) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -435,7 +466,7 @@ impl Job for ArrayJob {
                         job: self.id,
                         plan: (*self.plan).clone(),
                         direct: match &self.writer {
-                            Some(wr) if w.info.host == cx.host => wr.direct.clone(),
+                            Some(wr) if direct => wr.direct.clone(),
                             _ => Vec::new(),
                         },
                     },
