@@ -11,7 +11,7 @@
 #   ensure_build_deps    what the Rust build needs: a C toolchain and make (Debian), and
 #                        CMake >= 3.26 for the bundled HDF5 (PyPI, in .venv-build)
 #   ensure_venv          the venv with numpy, h5py, pytest (pip only when an import fails)
-#   cargo_release_build  cargo build --release
+#   cargo_release_build  cargo build --release, and the load generator example
 
 DROVER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DROVER_VENV="${DROVER_VENV:-$DROVER_ROOT/.venv}"
@@ -103,6 +103,7 @@ ensure_venv() {
 }
 
 cargo_release_build() {
-    log "cargo build --release"
-    (cd "$DROVER_ROOT" && cargo build --release)
+    # The load generator of the scale test and benchmark (examples/loadgen.rs) too.
+    log "cargo build --release (and --example loadgen)"
+    (cd "$DROVER_ROOT" && cargo build --release && cargo build --release --example loadgen)
 }
