@@ -13,6 +13,8 @@ from conftest import (REPO_ROOT, child_env, kill_group, kill_marked, new_mark, r
                       wait_for_access)
 
 LOADGEN = REPO_ROOT / "target" / "release" / "examples" / "loadgen"
+BROWSER = REPO_ROOT / "tests" / "e2e" / "browser" / "dashboard.mjs"
+SHOTS = REPO_ROOT / "tests" / "e2e" / "screenshots"
 
 
 def status(drover, srv) -> dict:
@@ -42,6 +44,14 @@ def test_two_thousand_workers_join_run_tiny_tasks_and_vanish(drover, tmp_path):
         st = wait_for(lambda: (s := status(drover, srv)) and len(s["workers"]) == 2000 and s, 60,
                       "2,000 workers in drover status", interval=0.5)
         assert len({w["host"] for w in st["workers"]}) == 2000 and len({w["id"] for w in st["workers"]}) == 2000
+        # The dashboard's workers table holds them all, sorts, and keeps up.
+        url = run_drover(drover, ["dashboard", "--dir", srv], timeout=30).stdout.strip()
+        SHOTS.mkdir(exist_ok=True)
+        p = subprocess.run(["node", str(BROWSER), "workers", url, str(SHOTS)], capture_output=True, text=True,
+                           timeout=180)
+        seen = json.loads((p.stdout.strip().splitlines() or ["{}"])[-1])
+        assert p.returncode == 0 and seen.get("ok") and seen["rows"] == 2000, (seen, p.stderr[-2000:])
+        assert (SHOTS / "workers-workers.png").stat().st_size > 10_000
 
         r = run_drover(drover, ["submit", "--dir", srv, "--array", "1-20000", "--stdout", "none", "--stderr", "none",
                                 "--wait", "--json", "--", "true"], timeout=300)

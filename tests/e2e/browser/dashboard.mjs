@@ -3,6 +3,8 @@
 //
 //   node dashboard.mjs live URL SHOTS_DIR        a server's dashboard while a run goes
 //   node dashboard.mjs report FILE SHOTS_DIR     a report file, with the network cut
+//   node dashboard.mjs workers URL SHOTS_DIR     the workers table of a large pool: rows,
+//                                                sorting, time to redraw after an update
 //   node dashboard.mjs watch URL TAB             keep TAB of a dashboard open (live) until
 //                                                stdin closes (the benchmark's browser)
 //
@@ -47,7 +49,32 @@ try {
   const shot = (name) => page.screenshot({ path: path.join(shots, `${mode}-${name}.png`) });
   const bars = () => page.$eval("#stream-canvas", (c) => Number(c.dataset.bars || 0)).catch(() => 0);
 
-  if (mode === "watch") {
+  if (mode === "workers") {
+    await page.goto(target);
+    await tab("workers");
+    const rows = () => page.$$eval("#workers-table tbody tr", (r) => r.length);
+    out.rows = await until("worker rows", rows);
+    const firstHost = () => page.$eval("#workers-table tbody tr td:nth-child(2)", (td) => td.textContent);
+    const before = await firstHost();
+    // Sort by host, descending: the first row changes.
+    await page.click('#workers-table th[data-key="host"]');
+    await page.click('#workers-table th[data-key="host"]');
+    await sleep(300);
+    out.sorted_first = await firstHost();
+    out.sort_changed = out.sorted_first !== before;
+    // How long the page spends redrawing the table on each snapshot.
+    out.redraw_ms = await page.evaluate(async () => {
+      const t0 = performance.now();
+      let busy = 0;
+      const obs = new PerformanceObserver((l) => { for (const e of l.getEntries()) busy += e.duration; });
+      try { obs.observe({ entryTypes: ["longtask"] }); } catch { /* not supported */ }
+      await new Promise((r) => setTimeout(r, 5000));
+      obs.disconnect();
+      return { long_tasks_ms: busy, window_ms: performance.now() - t0 };
+    });
+    await shot("workers");
+    out.ok = out.errors.length === 0 && out.sort_changed;
+  } else if (mode === "watch") {
     await page.goto(target);
     await tab(shots || "stream");
     console.log(JSON.stringify({ ready: true }));
