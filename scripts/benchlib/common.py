@@ -192,3 +192,21 @@ def jsonable(r: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+def kill_groups(procs) -> None:
+    """SIGKILL the process group of each Popen (started with start_new_session=True)
+    and reap it."""
+    import os
+    import signal
+    import subprocess
+
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass

@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .common import BENCH_DIR, OUT_DIR, ROOT, TINY_TASK, BenchError, log, rm, write_workload
+from .common import BENCH_DIR, OUT_DIR, ROOT, TINY_TASK, BenchError, kill_groups, log, rm, write_workload
 from .contenders import compare_arrays, last_json_line
 from .memory import _children
 
@@ -126,15 +126,7 @@ def teardown(bench, case: str) -> dict:
             subprocess.run([bench.args.drover, "server", "stop", "--dir", str(st.srv)], capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         pass
-    for p in st.procs:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            p.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+    kill_groups(st.procs)
     shutil.rmtree(st.srv, ignore_errors=True)
     cpu = st.browser_cpu
     return {"browser CPU seconds per run (median)": float(np.median(cpu))} if cpu else {}

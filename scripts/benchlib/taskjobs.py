@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .common import OUT_DIR, BenchError, log
+from .common import OUT_DIR, BenchError, kill_groups, log
 from .memory import status_kb
 
 CASES = {
@@ -165,15 +164,7 @@ def _stop_drover(bench, st: _State) -> None:
     except (OSError, subprocess.TimeoutExpired) as e:
         log(f"{st.case}: drover server stop: {e}")
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
+        kill_groups(procs)
 
 
 def _parsl_cmd(i: int, cmd: str) -> str:

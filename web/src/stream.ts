@@ -293,13 +293,16 @@ export class StreamPage implements Page {
         },
         () => {},
       )
-      .finally(() => {
-        this.inflight = false;
-        if (this.pending) {
-          this.pending = false;
-          this.fetch(false);
-        }
-      });
+      .finally(() => this.settled());
+  }
+
+  /** An answer came (or failed): the next fetch may go, and one asked meanwhile does. */
+  private settled(): void {
+    this.inflight = false;
+    if (this.pending) {
+      this.pending = false;
+      this.fetch(false);
+    }
   }
 
   private fetch(force: boolean): void {
@@ -328,13 +331,7 @@ export class StreamPage implements Page {
         },
         () => {},
       )
-      .finally(() => {
-        this.inflight = false;
-        if (this.pending) {
-          this.pending = false;
-          this.fetch(false);
-        }
-      });
+      .finally(() => this.settled());
   }
 
   private setData(d: StreamData, since: number, until: number): void {
