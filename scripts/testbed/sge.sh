@@ -160,10 +160,13 @@ apply() {
 configure() {
     local d="$STATE/conf" out
     mkdir -p "$d"
-    # global configuration: root may run jobs
+    # global configuration: root may run jobs; no job starts a login shell (bash -l
+    # would read the user's dotfiles: root's here run `pyenv rehash`, which waits 60 s
+    # on a lock that a job killed in the middle of it left behind)
     qconf -sconf global >"$d/global.cur" 2>/dev/null || qconf -sconf >"$d/global.cur"
     sed -e 's/^min_uid .*/min_uid                      0/' \
         -e 's/^min_gid .*/min_gid                      0/' \
+        -e 's/^login_shells .*/login_shells                 none/' \
         -e '/^#global:/d' "$d/global.cur" >"$d/global"
     if ! cmp -s <(grep -v '^#' "$d/global.cur") "$d/global"; then
         out="$(cd "$d" && qconf -Mconf global 2>&1)" || die "qconf -Mconf global: $out"

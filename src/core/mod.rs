@@ -23,11 +23,12 @@
 //! a million tasks costs tens of MiB at most.
 
 mod graph;
+mod workers;
 
 pub use graph::{Graph, GraphBuilder, TaskKind};
+use workers::{Open, Workers};
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 /// Index of a task inside its graph.
@@ -201,18 +202,6 @@ pub enum CoreError {
     UnknownWorker(WorkerId),
 }
 
-#[derive(Debug)]
-struct WorkerState {
-    slots: u32,
-    last_seen: Duration,
-    assigned: HashSet<TaskKey>,
-    /// Slots the assigned tasks take (their graphs' cores).
-    load: u32,
-    draining: bool,
-    /// When the worker's walltime ends.
-    deadline: Option<Duration>,
-}
-
 /// Counters that survive across graphs, for reports.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
@@ -251,7 +240,7 @@ impl GraphState {
 #[derive(Debug)]
 pub struct Core {
     cfg: CoreConfig,
-    workers: HashMap<WorkerId, WorkerState>,
+    workers: Workers,
     next_worker: u32,
     graphs: BTreeMap<GraphId, GraphState>,
     next_order: u64,
@@ -266,8 +255,8 @@ pub struct Core {
 impl Core {
     pub fn new(cfg: CoreConfig) -> Self {
         Self {
+            workers: Workers::new(cfg.queue_per_slot),
             cfg,
-            workers: HashMap::new(),
             next_worker: 0,
             graphs: BTreeMap::new(),
             next_order: 0,
@@ -291,6 +280,7 @@ impl Core {
     /// for short tasks so that workers never wait for a round trip.
     pub fn set_queue_per_slot(&mut self, n: u32) {
         self.cfg.queue_per_slot = n.max(1);
+        self.workers.set_depth(self.cfg.queue_per_slot);
         self.schedule();
     }
 
@@ -351,17 +341,7 @@ impl Core {
         self.at(now);
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
-        self.workers.insert(
-            id,
-            WorkerState {
-                slots: slots.max(1),
-                last_seen: now,
-                assigned: HashSet::new(),
-                load: 0,
-                draining: false,
-                deadline: None,
-            },
-        );
+        self.workers.join(id, slots, now);
         self.schedule();
         id
     }
@@ -369,8 +349,9 @@ impl Core {
     /// The worker's walltime ends at `deadline`: it gets no task whose graph's time
     /// limit would outlive it.
     pub fn set_deadline(&mut self, worker: WorkerId, deadline: Option<Duration>) -> Result<(), CoreError> {
-        let w = self.workers.get_mut(&worker).ok_or(CoreError::UnknownWorker(worker))?;
-        w.deadline = deadline;
+        if !self.workers.set_deadline(worker, deadline) {
+            return Err(CoreError::UnknownWorker(worker));
+        }
         self.schedule();
         Ok(())
     }
@@ -378,26 +359,23 @@ impl Core {
     /// The worker is alive (any message from it counts).
     pub fn heartbeat(&mut self, now: Duration, worker: WorkerId) {
         self.at(now);
-        if let Some(w) = self.workers.get_mut(&worker) {
-            w.last_seen = now;
-        }
+        self.workers.seen(worker, now);
     }
 
     /// Stop giving the worker new tasks; it keeps what it holds.
     pub fn drain(&mut self, worker: WorkerId) -> Result<(), CoreError> {
-        let w = self.workers.get_mut(&worker).ok_or(CoreError::UnknownWorker(worker))?;
-        w.draining = true;
+        if !self.workers.drain(worker) {
+            return Err(CoreError::UnknownWorker(worker));
+        }
         Ok(())
     }
 
     /// Take `task` off `worker`'s books; whether it held it.
     fn unassign(&mut self, worker: WorkerId, task: TaskKey) -> bool {
-        let Some(w) = self.workers.get_mut(&worker) else { return false };
-        if !w.assigned.remove(&task) {
+        let cores = self.graphs.get(&task.graph).map_or(1, |g| g.spec.res(task.task).0);
+        if !self.workers.unassign(worker, task, cores) {
             return false;
         }
-        let cores = self.graphs.get(&task.graph).map_or(1, |g| g.spec.res(task.task).0);
-        w.load = w.load.saturating_sub(cores);
         if let Some(g) = self.graphs.get_mut(&task.graph) {
             g.in_flight = g.in_flight.saturating_sub(u64::from(cores));
         }
@@ -423,7 +401,7 @@ impl Core {
     /// The worker is gone (disconnected, killed, or left). Its tasks go back to the queue.
     pub fn worker_left(&mut self, now: Duration, worker: WorkerId) {
         self.at(now);
-        let Some(w) = self.workers.remove(&worker) else { return };
+        let Some(w) = self.workers.remove(worker) else { return };
         let lost = u64::from(!w.assigned.is_empty());
         self.counters.workers_lost += lost;
         let mut tasks: Vec<TaskKey> = w.assigned.into_iter().collect();
@@ -520,17 +498,7 @@ impl Core {
     pub fn cancel_graph(&mut self, id: GraphId) {
         let Some(g) = self.graphs.remove(&id) else { return };
         self.ended.insert(id, g.counters);
-        for w in self.workers.values_mut() {
-            let mut freed = 0;
-            w.assigned.retain(|t| {
-                let gone = t.graph == id;
-                if gone {
-                    freed += g.spec.res(t.task).0;
-                }
-                !gone
-            });
-            w.load = w.load.saturating_sub(freed);
-        }
+        self.workers.forget_graph(id, |t| g.spec.res(t).0);
         self.schedule();
     }
 
@@ -553,10 +521,13 @@ impl Core {
         let gone: HashSet<TaskId> = cancelled.iter().copied().collect();
         g.ready.retain(|t| !gone.contains(t));
         let mut running = Vec::new();
-        let mut ws: Vec<WorkerId> = self.workers.keys().copied().collect();
+        let mut ws: Vec<WorkerId> = self.workers.ids().collect();
         ws.sort_unstable();
         for w in ws {
-            let held: Vec<TaskKey> = self.workers[&w]
+            let held: Vec<TaskKey> = self
+                .workers
+                .get(&w)
+                .expect("listed")
                 .assigned
                 .iter()
                 .filter(|k| k.graph == id && gone.contains(&k.task))
@@ -713,18 +684,24 @@ impl Core {
 
     /// The graph whose next ready task goes to a worker with `free` slots and
     /// `deadline`: the one with the smallest share (see [`GraphSpec::priority`]).
-    fn pick(&self, free: u32, deadline: Option<Duration>, queued: bool) -> Option<(GraphId, usize)> {
+    fn pick(&self, free: u32, deadline: Option<Duration>, queued: bool) -> Pick {
         let mut best: Option<(GraphId, &GraphState, usize)> = None;
+        let mut any = false;
         for (id, g) in &self.graphs {
-            if queued && !g.spec.prefetch {
+            if (queued && !g.spec.prefetch) || g.ready.is_empty() {
                 continue;
             }
+            any = true;
             let Some(at) = self.fitting(g, free, deadline) else { continue };
             if best.is_none_or(|(_, b, _)| g.before(b)) {
                 best = Some((*id, g, at));
             }
         }
-        best.map(|(id, _, at)| (id, at))
+        match best {
+            Some((id, _, at)) => Pick::Task(id, at),
+            None if any => Pick::NoFit,
+            None => Pick::Empty,
+        }
     }
 
     /// Where in `g`'s ready queue the first task is that fits `free` slots and a
@@ -747,38 +724,34 @@ impl Core {
 
     /// Hand ready tasks to workers: first fill every worker's slots, least loaded first,
     /// then their prefetch queues, so that a few tasks spread over many workers. Each
-    /// task comes from the graph with the smallest share of the slots in use.
+    /// task comes from the graph with the smallest share of the slots in use. Workers
+    /// are taken from the load index in (load, id) order; one given a task comes back
+    /// at its new load, one that fits no ready task is passed over, and the pass ends
+    /// as soon as no graph has a ready task for it: a freed slot costs O(log W).
     fn schedule(&mut self) {
         if self.graphs.values().all(|g| g.ready.is_empty()) {
             return;
         }
         let mut batches: HashMap<WorkerId, Vec<TaskKey>> = HashMap::new();
-        for depth in [1, self.cfg.queue_per_slot.max(1)] {
-            let mut heap: BinaryHeap<Reverse<(u32, WorkerId)>> = self
-                .workers
-                .iter()
-                .filter(|(_, w)| !w.draining && w.load < w.slots * depth)
-                .map(|(id, w)| Reverse((w.load, *id)))
-                .collect();
-            while let Some(Reverse((load, id))) = heap.pop() {
-                let w = &self.workers[&id];
+        for (which, depth) in [(Open::Slot, 1), (Open::Queue, self.workers.depth())] {
+            let mut after = None;
+            while let Some((load, id)) = self.workers.next_open(which, after) {
+                after = Some((load, id));
+                let w = self.workers.get(&id).expect("indexed");
                 let (cap, deadline) = (w.slots * depth, w.deadline);
                 // A task of several cores waits for a worker with that many free.
                 let free = w.slots.min(cap - load);
-                let Some((gid, at)) = self.pick(free, deadline, depth > 1) else {
-                    continue;
+                let (gid, at) = match self.pick(free, deadline, which == Open::Queue) {
+                    Pick::Task(gid, at) => (gid, at),
+                    Pick::NoFit => continue,
+                    Pick::Empty => break,
                 };
                 let g = self.graphs.get_mut(&gid).expect("picked");
                 let task = TaskKey::new(gid, g.ready.remove(at).expect("picked a ready task"));
                 let cores = g.spec.res(task.task).0;
                 g.in_flight += u64::from(cores);
-                let w = self.workers.get_mut(&id).expect("worker in heap");
-                w.assigned.insert(task);
-                w.load += cores;
+                self.workers.assign(id, task, cores);
                 batches.entry(id).or_default().push(task);
-                if w.load < cap {
-                    heap.push(Reverse((w.load, id)));
-                }
             }
         }
         let mut batches: Vec<_> = batches.into_iter().collect();
@@ -787,6 +760,22 @@ impl Core {
             self.actions.push_back(Action::Assign { worker, tasks });
         }
     }
+
+    /// Check the worker index against the books (tests).
+    #[cfg(test)]
+    pub(crate) fn check_index(&self) {
+        self.workers.check();
+    }
+}
+
+/// What [`Core::pick`] found for a worker.
+enum Pick {
+    /// This graph's ready task at this place in its queue.
+    Task(GraphId, usize),
+    /// Ready tasks exist, none fits this worker.
+    NoFit,
+    /// No graph has a ready task this pass could place.
+    Empty,
 }
 
 #[cfg(test)]

@@ -474,13 +474,15 @@ impl Sim {
         self.core.tick(self.now);
         self.actions();
         // The core's view: no dropped worker holds tasks.
-        for (id, w) in &self.core.workers {
+        for (id, w) in self.core.workers.iter() {
             assert!(
                 !self.dropped.contains(id) || w.assigned.is_empty(),
                 "seed {}: dropped {id} still holds tasks",
                 self.seed
             );
         }
+        // The load index agrees with the books after every step.
+        self.core.check_index();
     }
 }
 

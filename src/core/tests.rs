@@ -538,3 +538,85 @@ fn tasks_of_several_classes_take_their_own_cores_and_small_ones_pass_a_large_one
     assert_eq!(core.task_done(2 * S, w, TaskKey::new(G, 2)), Accept::Accepted);
     assert!(drain(&mut core).contains(&Action::GraphDone(G)));
 }
+
+// ---- machine scale (issue 15): the full 100,000 workers x 10,000,000 tasks run is
+// examples/core_scale.rs; here a tenth of the workers and a twenty-fifth of the tasks,
+// with 10% of the workers falling silent at once and declared lost by the heartbeat
+// check.
+
+/// Runs the scenario; returns a fingerprint of every action, in order.
+fn scale_run(workers: u32, tasks: u32) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let cfg = CoreConfig {
+        queue_per_slot: 2,
+        heartbeat_timeout: 10 * S,
+        ..Default::default()
+    };
+    let mut core = Core::new(cfg);
+    let mut now = Duration::ZERO;
+    let ids: Vec<WorkerId> = (0..workers).map(|i| core.worker_joined(now, 1 + i % 4)).collect();
+    let mut held: HashMap<WorkerId, Vec<TaskKey>> = HashMap::new();
+    let mut silent: HashSet<WorkerId> = HashSet::new();
+    let mut done = vec![false; tasks as usize];
+    let mut fp = std::collections::hash_map::DefaultHasher::new();
+    core.submit(G, independent(tasks), GraphSpec::default()).unwrap();
+    let (mut ended, mut completed, mut named_lost) = (false, 0u32, 0usize);
+    while !ended {
+        for a in drain(&mut core) {
+            format!("{a:?}").hash(&mut fp);
+            match a {
+                Action::Assign { worker, tasks } => {
+                    assert!(!silent.contains(&worker), "a task went to lost worker {worker}");
+                    held.entry(worker).or_default().extend(tasks);
+                }
+                Action::WorkerLost { worker, tasks } => {
+                    assert!(silent.contains(&worker), "healthy worker {worker} declared lost");
+                    let mut had = held.remove(&worker).unwrap_or_default();
+                    had.sort_unstable();
+                    assert_eq!(tasks, had, "WorkerLost names what {worker} held");
+                    named_lost += tasks.len();
+                }
+                Action::GraphDone(_) => ended = true,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        now += S;
+        if silent.is_empty() && completed >= tasks / 2 {
+            // 10% fall silent at once: they hold their tasks and never answer again.
+            silent.extend(ids.iter().copied().step_by(10));
+            core.check_index();
+        }
+        let mut ws: Vec<WorkerId> = held.keys().copied().filter(|w| !silent.contains(w)).collect();
+        ws.sort_unstable();
+        for w in ws {
+            // Each healthy worker finishes the oldest task of each of its slots.
+            let q = held.get_mut(&w).expect("listed");
+            let n = q.len().min(core.workers.get(&w).map_or(0, |s| s.slots as usize));
+            for t in q.drain(..n).collect::<Vec<_>>() {
+                assert_eq!(core.task_done(now, w, t), Accept::Accepted);
+                assert!(!std::mem::replace(&mut done[t.task as usize], true), "task {} done twice", t.task);
+                completed += 1;
+            }
+        }
+        for &w in &ids {
+            if !silent.contains(&w) {
+                core.heartbeat(now, w);
+            }
+        }
+        core.tick(now);
+    }
+    core.check_index();
+    assert_eq!(completed, tasks, "every task done exactly once");
+    assert!(done.iter().all(|&d| d));
+    let c = core.counters();
+    assert_eq!(c.workers_lost, u64::from(workers / 10), "exactly the silent workers were lost");
+    assert_eq!(c.tasks_retried as usize, named_lost, "every task they held ran again");
+    assert!(named_lost > 0);
+    fp.finish()
+}
+
+#[test]
+fn ten_thousand_workers_and_a_mass_failure_are_exact_and_deterministic() {
+    let a = scale_run(10_000, 400_000);
+    assert_eq!(a, scale_run(10_000, 400_000), "the same events give the same decisions");
+}
