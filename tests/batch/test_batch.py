@@ -412,7 +412,9 @@ def test_slurm_pool_in_the_dashboard_jobs_turn_into_workers_and_tasks_flow(syste
             driver = Path(__file__).resolve().parent.parent / "e2e" / "browser" / "dashboard.mjs"
             p = subprocess.run(["node", str(driver), "live", url, str(shots)], capture_output=True, text=True,
                                timeout=180)
-            seen = json.loads(p.stdout.strip().splitlines()[-1])
+            lines = p.stdout.strip().splitlines()
+            assert lines, f"the browser driver printed nothing (exit {p.returncode}): {p.stderr[-2000:]}"
+            seen = json.loads(lines[-1])
             assert p.returncode == 0 and seen["ok"] and seen["workers"] == 2, (seen, p.stderr[-2000:])
         assert drover(s, "wait", job, "--dir", server).returncode == 0
         snap = _dashboard_json(url, "/api/snapshot")
