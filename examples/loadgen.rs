@@ -105,6 +105,7 @@ async fn worker(i: usize, cx: Arc<Ctx>) -> Result<(), String> {
             walltime_left_ms: None,
             memory_bound: None,
             shared_fs: drover::exec::hdf::shared_fs::SharedFs::Off,
+            transport: "quic".into(),
         }),
     };
     proto::write_frame(&mut send, &PeerMsg::Hello(hello), &[])

@@ -121,8 +121,9 @@ setup_all() {
     # promtool checks the dashboard's /metrics; Chromium, driven by playwright-core
     # from web/node_modules, loads the dashboard and the report (tests/e2e/test_dashboard.py).
     ensure_debian_packages prometheus chromium
-    # iptables: loss and blocked UDP inside the netns testbed's nodes.
-    ensure_debian_packages iptables
+    # iptables: loss and blocked UDP inside the netns testbed's nodes; socat: a TCP
+    # port forward to the login node (the SSH -L case of tests/netns/test_transport.py).
+    ensure_debian_packages iptables socat
     command -v npm >/dev/null 2>&1 || ensure_debian_packages nodejs npm
     if [ ! -d "$DROVER_ROOT/web/node_modules/playwright-core" ]; then
         log "npm ci in web/ (playwright-core for the browser tests; the page itself is prebuilt in web/dist)"

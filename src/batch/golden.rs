@@ -342,3 +342,23 @@ fn shared_fs_reaches_the_worker_command() {
     assert!(cmd("shared_fs = false\n").ends_with(" --no-shared-fs"));
     assert!(!cmd("").contains("shared-fs"));
 }
+
+#[test]
+fn transport_reaches_the_worker_command_and_a_bad_one_is_refused() {
+    use crate::batch::runner::worker_command;
+    let exe = std::path::Path::new("/opt/drover/bin/drover");
+    let access = std::path::Path::new("/home/u/.drover/server/access.toml");
+    let cmd = |extra: &str| worker_command(exe, access, &site(&format!("scheduler = \"slurm\"\ncores = 4\n{extra}")));
+    assert!(
+        cmd("transport = \"tcp\"\n").ends_with(" --transport tcp"),
+        "{}",
+        cmd("transport = \"tcp\"\n")
+    );
+    assert!(cmd("transport = \"quic\"\n").ends_with(" --transport quic"));
+    assert!(!cmd("transport = \"auto\"\n").contains("--transport"));
+    assert!(!cmd("").contains("--transport"));
+    let e = Site::parse("t.toml", "t", "scheduler = \"slurm\"\ntransport = \"udp\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("transport") && e.contains("\"udp\"") && e.contains("\"tcp\""), "{e}");
+}

@@ -36,7 +36,17 @@ pub fn worker_command(exe: &Path, access: &Path, site: &Site) -> String {
         cmd.push_str(&format!(" --memory-per-worker {m}"));
     }
     cmd.push_str(shared_fs_flag(site));
+    cmd.push_str(transport_flag(site));
     cmd
+}
+
+/// The worker's flag for the site's `transport` (none for the default, auto).
+fn transport_flag(site: &Site) -> &'static str {
+    match site.transport {
+        crate::transport::Transport::Auto => "",
+        crate::transport::Transport::Quic => " --transport quic",
+        crate::transport::Transport::Tcp => " --transport tcp",
+    }
 }
 
 /// The worker's flag for the site's `shared_fs`.
@@ -189,6 +199,7 @@ impl Runner {
                 .args(["--death-timeout", &self.site.death_timeout.to_string()])
                 .args(["--processes", &self.site.processes.to_string()])
                 .args(shared_fs_flag(&self.site).split_whitespace())
+                .args(transport_flag(&self.site).split_whitespace())
                 .env("DROVER_LOCAL_JOB", &id.0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

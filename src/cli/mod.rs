@@ -32,8 +32,57 @@ use crate::transport::Access;
     about = "Chunked HDF5 array work on worker pools over authenticated QUIC"
 )]
 pub struct Cli {
+    /// How to reach the server: auto (QUIC; TLS over TCP when QUIC gets no answer
+    /// within 3 s), quic or tcp. Default: $DROVER_TRANSPORT, else auto.
+    #[arg(long, global = true, value_name = "auto|quic|tcp")]
+    pub transport: Option<crate::transport::Transport>,
+    /// Dial HOST:PORT instead of the addresses in the access file, such as the local
+    /// end of an SSH port forward (`ssh -L 7000:login1:PORT login1`, then
+    /// `--server-address 127.0.0.1:7000`). Default: $DROVER_SERVER_ADDRESS.
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub server_address: Option<String>,
     #[command(subcommand)]
     pub command: Cmd,
+}
+
+/// How this process dials servers, from the command line or the environment.
+#[derive(Clone, Debug, Default)]
+struct Dial {
+    transport: crate::transport::Transport,
+    address: Option<String>,
+}
+
+static DIAL: std::sync::OnceLock<Dial> = std::sync::OnceLock::new();
+
+fn dial() -> Dial {
+    DIAL.get().cloned().unwrap_or_default()
+}
+
+fn resolve_dial(transport: Option<crate::transport::Transport>, address: Option<String>) -> Result<Dial, Failure> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let transport = match (transport, env("DROVER_TRANSPORT")) {
+        (Some(t), _) => t,
+        (None, Some(v)) => v.parse().map_err(|e| input(anyhow!("DROVER_TRANSPORT=\"{v}\": {e}")))?,
+        (None, None) => crate::transport::Transport::Auto,
+    };
+    let address = match address {
+        Some(a) => Some(("--server-address", a)),
+        None => env("DROVER_SERVER_ADDRESS").map(|a| ("DROVER_SERVER_ADDRESS", a)),
+    };
+    if let Some((from, a)) = &address {
+        let ok = a
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            return Err(input(anyhow!(
+                "{from} \"{a}\" is not HOST:PORT; give the host and port to dial, e.g. 127.0.0.1:7000 for `ssh -L 7000:login1:PORT`"
+            )));
+        }
+    }
+    Ok(Dial {
+        transport,
+        address: address.map(|(_, a)| a),
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -322,7 +371,10 @@ fn load_access(dir: &Path, flag: &str) -> Result<Access, Failure> {
             dir.display()
         )));
     }
-    Access::load(&path).map_err(input)
+    let mut access = Access::load(&path).map_err(input)?;
+    let d = dial();
+    access.dial_via(d.transport, d.address.as_deref());
+    Ok(access)
 }
 
 fn load_site(name: &str) -> Result<Site, Failure> {
@@ -359,6 +411,7 @@ fn hostname() -> String {
 
 /// Run a parsed command line.
 pub fn main(cli: Cli) -> Result<(), Failure> {
+    let _ = DIAL.set(resolve_dial(cli.transport, cli.server_address)?);
     match cli.command {
         Cmd::Run(args) => run::run(args),
         Cmd::Server(ServerCmd::Start(args)) => serve::start(&args),

@@ -81,6 +81,8 @@ pub fn worker(args: &WorkerArgs) -> Result<(), Failure> {
         walltime: walltime.map(job_end),
         memory: memory.map(|b| b.0),
         shared_fs: args.shared_fs(),
+        transport: super::dial().transport,
+        address: super::dial().address,
     };
     rt.block_on(worker::run(access, opts)).map_err(|e| Failure {
         input: e.is_input(),
@@ -128,6 +130,13 @@ async fn node_agent(args: &WorkerArgs, threads: usize) -> Result<(), Failure> {
                 SharedFs::Off => vec!["--no-shared-fs"],
                 SharedFs::Auto => vec![],
             })
+            .args(["--transport", super::dial().transport.name()])
+            .args(
+                super::dial()
+                    .address
+                    .map(|a| vec!["--server-address".to_string(), a])
+                    .unwrap_or_default(),
+            )
             .kill_on_drop(true)
             .spawn()
             .map_err(runtime)?;

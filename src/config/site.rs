@@ -11,6 +11,7 @@
 //! walltime = "01:00:00"      # HH:MM:SS or D-HH:MM:SS
 //! interface = "hsn0"         # address the workers dial
 //! shared_fs = true            # workers write output chunks through the shared file system
+//! transport = "tcp"           # auto (default) | quic | tcp: how workers dial the server
 //! ```
 //!
 //! Validated once, at load: unknown keys (with a suggestion), units, ranges.
@@ -240,6 +241,8 @@ pub struct Site {
     /// system (`true`), never (`false`), or when they recognise it (unset: the same
     /// host, Lustre, GPFS, BeeGFS, WekaFS).
     pub shared_fs: Option<bool>,
+    /// How workers dial the server: QUIC falling back to TCP (auto), or one of them.
+    pub transport: crate::transport::Transport,
 }
 
 const KEYS: &[&str] = &[
@@ -267,6 +270,7 @@ const KEYS: &[&str] = &[
     "death_timeout",
     "adapt",
     "shared_fs",
+    "transport",
 ];
 
 #[derive(Deserialize)]
@@ -295,6 +299,7 @@ struct RawSite {
     death_timeout: Option<i64>,
     adapt: Option<toml::Value>,
     shared_fs: Option<bool>,
+    transport: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -520,6 +525,12 @@ impl Site {
             }
             Some(v) => return Err(bad("adapt", v.to_string(), "use adapt = { min = 1, max = 20 }".into())),
         };
+        let transport = match raw.transport.as_deref() {
+            None => crate::transport::Transport::Auto,
+            Some(t) => t
+                .parse()
+                .map_err(|_| bad("transport", format!("\"{t}\""), "use \"auto\", \"quic\" or \"tcp\"".into()))?,
+        };
         let job_name = raw.job_name.unwrap_or_else(|| "drover-worker".into());
         if job_name.is_empty() || job_name.chars().any(|c| c.is_whitespace() || c == '\'' || c == '"') {
             return Err(bad(
@@ -541,6 +552,7 @@ impl Site {
             gpus,
             interface: raw.interface,
             shared_fs: raw.shared_fs,
+            transport,
             log_dir: raw.log_dir,
             job_name,
             prologue: match raw.prologue {

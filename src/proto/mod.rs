@@ -60,6 +60,8 @@ pub struct WorkerInfo {
     /// Whether it writes output chunks into output files through a shared file
     /// system (`drover worker --shared-fs`, `--no-shared-fs`).
     pub shared_fs: crate::exec::hdf::shared_fs::SharedFs,
+    /// "quic" or "tcp": set by the server from the connection the worker came on.
+    pub transport: String,
 }
 
 /// A task handed to a worker.
@@ -379,6 +381,8 @@ pub struct WorkerStatus {
     pub assigned: usize,
     /// Draining before its walltime.
     pub draining: bool,
+    /// "quic" or "tcp".
+    pub transport: String,
 }
 
 /// Framing or decoding failure.
@@ -413,6 +417,9 @@ pub async fn write_frame<W: AsyncWrite + Unpin, M: Serialize>(w: &mut W, msg: &M
     if !payload.is_empty() {
         w.write_all(payload).await?;
     }
+    // Over TLS/TCP the last record may wait in the TLS layer until flushed (QUIC's
+    // flush does nothing).
+    w.flush().await?;
     Ok(())
 }
 

@@ -25,18 +25,17 @@ impl From<FrameError> for ClientError {
     }
 }
 
-impl From<quinn::ConnectionError> for ClientError {
-    fn from(e: quinn::ConnectionError) -> Self {
+impl From<transport::LinkError> for ClientError {
+    fn from(e: transport::LinkError) -> Self {
         ClientError::Lost(e.to_string())
     }
 }
 
 /// An authenticated client session.
 pub struct Session {
-    endpoint: quinn::Endpoint,
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    dialed: transport::Dialed,
+    send: transport::SendHalf,
+    recv: transport::RecvHalf,
     /// Wait briefly after closing so the close reaches the server before the process
     /// exits (not needed when the server runs in this process).
     linger: bool,
@@ -44,8 +43,8 @@ pub struct Session {
 
 impl Session {
     pub async fn open(access: &Access) -> Result<Self, ClientError> {
-        let (endpoint, conn) = transport::connect(access, Duration::from_secs(10), Duration::from_secs(60)).await?;
-        let (mut send, recv) = conn.open_bi().await?;
+        let dialed = transport::connect(access, access.transport, Duration::from_secs(10), Duration::from_secs(60)).await?;
+        let (mut send, recv) = dialed.conn.open_bi().await?;
         let hello = Hello {
             version: PROTOCOL_VERSION,
             role: Role::Client,
@@ -54,8 +53,7 @@ impl Session {
         };
         proto::write_frame(&mut send, &PeerMsg::Hello(hello), &[]).await?;
         Ok(Self {
-            endpoint,
-            conn,
+            dialed,
             send,
             recv,
             linger: true,
@@ -137,8 +135,8 @@ impl Session {
     /// Ask the server to stop; returns when the server closed the connection.
     pub async fn stop(mut self) -> Result<(), ClientError> {
         proto::write_frame(&mut self.send, &PeerMsg::Stop, &[]).await?;
-        let _ = self.send.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.conn.closed()).await;
+        self.send.finish().await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.recv.until_closed(&self.dialed.conn)).await;
         Ok(())
     }
 
@@ -228,12 +226,12 @@ impl Session {
     }
 
     async fn close(mut self) {
-        let _ = self.send.finish();
-        self.conn.close(quinn::VarInt::from_u32(0), b"done");
+        self.send.finish().await;
+        self.dialed.conn.close(0, b"done");
         // The close goes out at once; a short wait lets the endpoint send it without
         // sitting out the whole draining period (3 x PTO).
         if self.linger {
-            let _ = tokio::time::timeout(Duration::from_millis(10), self.endpoint.wait_idle()).await;
+            self.dialed.linger(Duration::from_millis(10)).await;
         }
     }
 }

@@ -9,25 +9,36 @@ use tracing::Instrument;
 
 use super::actor::{Event, Outgoing};
 use crate::proto::{self, Hello, PROTOCOL_VERSION, PeerMsg, Role, ServerMsg};
-use crate::transport::Token;
+use crate::transport::{Conn, SendHalf, Token};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The connections accepted so far that may still be open.
 #[derive(Clone, Default)]
-pub(super) struct Peers(Arc<std::sync::Mutex<Vec<quinn::Connection>>>);
+pub(super) struct Peers(Arc<std::sync::Mutex<Vec<Conn>>>);
 
 impl Peers {
-    fn add(&self, conn: &quinn::Connection) {
+    fn add(&self, conn: &Conn) {
         let mut all = self.0.lock().expect("peers lock");
-        all.retain(|c| c.close_reason().is_none());
+        all.retain(Conn::is_open);
         all.push(conn.clone());
     }
 
-    /// Whether some connection is still open: closing the endpoint must then send it
-    /// a close before the process exits.
-    pub(super) fn any_open(&self) -> bool {
-        self.0.lock().expect("peers lock").iter().any(|c| c.close_reason().is_none())
+    /// Whether some QUIC connection is still open: closing the endpoint must then send
+    /// it a close before the process exits.
+    pub(super) fn any_quic_open(&self) -> bool {
+        let all = self.0.lock().expect("peers lock");
+        all.iter()
+            .any(|c| c.is_open() && c.transport() == crate::transport::Transport::Quic)
+    }
+
+    /// Close the TCP connections still open (the QUIC endpoint closes its own).
+    pub(super) fn close_tcp(&self, reason: &[u8]) {
+        for c in self.0.lock().expect("peers lock").iter() {
+            if c.transport() == crate::transport::Transport::Tcp {
+                c.close(0, reason);
+            }
+        }
     }
 }
 
@@ -100,22 +111,23 @@ impl Drop for Held {
     }
 }
 
-pub(super) async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    token: Arc<Token>,
-    events: mpsc::UnboundedSender<Event>,
-    peers: Peers,
-    inbound: Inbound,
-) {
+/// What every connection's task needs from the server.
+#[derive(Clone)]
+pub(super) struct Accepting {
+    pub token: Arc<Token>,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub peers: Peers,
+    pub inbound: Inbound,
+}
+
+pub(super) async fn accept_loop(endpoint: quinn::Endpoint, cx: Accepting) {
     while let Some(incoming) = endpoint.accept().await {
-        let token = token.clone();
-        let events = events.clone();
+        let cx = cx.clone();
         let remote = incoming.remote_address();
-        let peers = peers.clone();
-        let inbound = inbound.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = handle(incoming, token, events, peers, inbound).await {
+                let r = async { handle(tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await??.into(), cx).await };
+                if let Err(e) = r.await {
                     tracing::debug!(error = %e, "connection ended");
                 }
             }
@@ -124,23 +136,53 @@ pub(super) async fn accept_loop(
     }
 }
 
-async fn reject(conn: &quinn::Connection, mut send: quinn::SendStream, reason: String) {
-    tracing::warn!(remote = %conn.remote_address(), %reason, "peer rejected");
-    let _ = proto::write_frame(&mut send, &ServerMsg::Rejected { reason }, &[]).await;
-    let _ = send.finish();
-    // Give the peer a moment to read the reason before closing.
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-    conn.close(quinn::VarInt::from_u32(1), b"rejected");
+/// TLS 1.3 over TCP beside QUIC: the same certificate, then the same handshake.
+pub(super) async fn accept_tcp_loop(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, cx: Accepting) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, remote) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: wait rather than spin.
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let cx = cx.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(
+            async move {
+                let r = async {
+                    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
+                    let conn = Conn::tcp(tokio_rustls::TlsStream::Server(tls), remote, crate::transport::SERVER_IDLE)?;
+                    handle(conn, cx).await
+                };
+                if let Err(e) = r.await {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+            }
+            .instrument(tracing::debug_span!("conn", %remote, transport = "tcp")),
+        );
+    }
 }
 
-async fn handle(
-    incoming: quinn::Incoming,
-    token: Arc<Token>,
-    events: mpsc::UnboundedSender<Event>,
-    peers: Peers,
-    inbound: Inbound,
-) -> anyhow::Result<()> {
-    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await??;
+async fn reject(conn: &Conn, mut send: SendHalf, reason: String) {
+    tracing::warn!(remote = %conn.remote_address(), %reason, "peer rejected");
+    let _ = proto::write_frame(&mut send, &ServerMsg::Rejected { reason }, &[]).await;
+    send.finish().await;
+    // Give the peer a moment to read the reason before closing.
+    let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+    conn.close(1, b"rejected");
+}
+
+async fn handle(conn: Conn, cx: Accepting) -> anyhow::Result<()> {
+    let Accepting {
+        token,
+        events,
+        peers,
+        inbound,
+    } = cx;
     peers.add(&conn);
     let (send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await??;
     let (hello, _): (PeerMsg, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, proto::read_frame(&mut recv)).await??;
@@ -169,12 +211,13 @@ async fn handle(
     let writer = tokio::spawn(write_loop(send, rx, conn.clone()));
     match role {
         Role::Worker => {
-            let Some(info) = worker else {
+            let Some(mut info) = worker else {
                 let _ = tx.send(Outgoing::msg(ServerMsg::Rejected {
                     reason: "worker without worker info".into(),
                 }));
                 return Ok(());
             };
+            info.transport = conn.transport().name().to_string();
             let (reply, id) = oneshot::channel();
             events.send(Event::WorkerConnected {
                 info,
@@ -217,7 +260,7 @@ async fn handle(
             // The worker finished its stream (it was asked to stop) or is gone: close
             // from this side, so a leaving worker need not sit out QUIC's draining
             // period to be sure its own close was sent.
-            conn.close(quinn::VarInt::from_u32(0), b"goodbye");
+            conn.close(0, b"goodbye");
             let _ = events.send(Event::WorkerGone { id, reason });
         }
         Role::Client => {
@@ -237,7 +280,7 @@ async fn handle(
     Ok(())
 }
 
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Outgoing>, conn: quinn::Connection) {
+async fn write_loop(mut send: SendHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>, conn: Conn) {
     while let Some(out) = rx.recv().await {
         let shutdown = matches!(out.msg, ServerMsg::Shutdown { .. });
         if let Err(e) = proto::write_frame(&mut send, &out.msg, &out.payload).await {
@@ -245,12 +288,12 @@ async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver
             return;
         }
         if shutdown {
-            let _ = send.finish();
+            send.finish().await;
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
             return;
         }
     }
-    let _ = send.finish();
+    send.finish().await;
 }
 
 #[cfg(test)]

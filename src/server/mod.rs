@@ -124,18 +124,33 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     let addr = endpoint
         .local_addr()
         .map_err(|source| TransportError::Bind { addr: opts.bind, source })?;
+    // TCP beside QUIC, on the same port number when it is free (one number to open in
+    // a firewall or forward over SSH).
+    let tcp = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(_) => {
+            let any = SocketAddr::new(addr.ip(), 0);
+            tokio::net::TcpListener::bind(any)
+                .await
+                .map_err(|source| TransportError::BindTcp { addr: any, source })?
+        }
+    };
+    let tcp_addr = tcp.local_addr().map_err(|source| TransportError::BindTcp { addr, source })?;
     let token = Token::generate();
-    let addresses = opts
-        .advertise
-        .iter()
-        .map(|h| {
-            if h.contains(':') && !h.starts_with('[') {
-                format!("[{h}]:{}", addr.port())
-            } else {
-                format!("{h}:{}", addr.port())
-            }
-        })
-        .collect();
+    let announce = |port: u16| -> Vec<String> {
+        opts.advertise
+            .iter()
+            .map(|h| {
+                if h.contains(':') && !h.starts_with('[') {
+                    format!("[{h}]:{port}")
+                } else {
+                    format!("{h}:{port}")
+                }
+            })
+            .collect()
+    };
+    let addresses = announce(addr.port());
+    let tcp_addresses = announce(tcp_addr.port());
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -151,9 +166,11 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     let access = Access {
         version: PROTOCOL_VERSION,
         addresses,
+        tcp_addresses,
         cert: identity.cert_pem,
         token: token.clone(),
         dashboard: dashboard_url.clone(),
+        transport: transport::Transport::Auto,
     };
     let access_path = access_path(&opts.dir);
     access.write(&access_path)?;
@@ -161,13 +178,14 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     let token = Arc::new(token);
     let peers = conn::Peers::default();
     let inbound = conn::Inbound::new(actor::DEFAULT_INBOUND);
-    let accept = tokio::spawn(conn::accept_loop(
-        endpoint.clone(),
+    let accepting = conn::Accepting {
         token,
-        events.clone(),
-        peers.clone(),
-        inbound.clone(),
-    ));
+        events: events.clone(),
+        peers: peers.clone(),
+        inbound: inbound.clone(),
+    };
+    let accept = tokio::spawn(conn::accept_loop(endpoint.clone(), accepting.clone()));
+    let accept_tcp = tokio::spawn(conn::accept_tcp_loop(tcp, identity.tls.clone(), accepting));
     let site = match opts.site {
         Some(site) => {
             let log_dir = site.log_dir.clone().unwrap_or_else(|| opts.dir.join("logs"));
@@ -192,10 +210,12 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         actor.run(rx).await;
         drop(dashboard);
         accept.abort();
+        accept_tcp.abort();
         // Peers still connected get a close; a short wait sends it without sitting out
         // the draining period. Connections already closed have nothing left to send.
-        let open = peers.any_open();
+        let open = peers.any_quic_open();
         endpoint.close(quinn::VarInt::from_u32(0), crate::proto::STOPPED_REASON);
+        peers.close_tcp(crate::proto::STOPPED_REASON);
         if open {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(20), endpoint.wait_idle()).await;
         }

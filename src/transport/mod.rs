@@ -1,4 +1,5 @@
-//! QUIC endpoints, certificates, the access file and authentication.
+//! QUIC endpoints and TCP fallback connections ([`link`]), certificates, the access
+//! file and authentication.
 //!
 //! The server makes a fresh self-signed certificate and a random token at every start
 //! and writes both, with its addresses, into `access.toml` (mode 0600). Peers pin
@@ -25,6 +26,10 @@ use subtle::ConstantTimeEq;
 
 use crate::proto::PROTOCOL_VERSION;
 
+mod link;
+
+pub use link::{Conn, Dialed, FALLBACK_AFTER, LinkError, RecvHalf, SendHalf, Transport, connect};
+
 /// TLS server name used by peers; the certificate carries it.
 pub const SERVER_NAME: &str = "drover";
 const ALPN: &[u8] = b"drover/1";
@@ -45,6 +50,8 @@ pub enum TransportError {
     Tls(String),
     #[error("cannot bind UDP {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen on TCP {addr}: {source}")]
+    BindTcp { addr: SocketAddr, source: std::io::Error },
 }
 
 /// The secret token; never printed.
@@ -80,14 +87,20 @@ impl fmt::Debug for Token {
 #[serde(deny_unknown_fields)]
 pub struct Access {
     pub version: u32,
-    /// "host:port" strings, tried in order.
+    /// "host:port" strings, tried in order (QUIC).
     pub addresses: Vec<String>,
+    /// The same hosts' TCP ports (TLS over TCP, where UDP does not get through).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_addresses: Vec<String>,
     /// The server certificate (PEM).
     pub cert: String,
     pub token: Token,
     /// The dashboard's URL with its read-only key (not the token), when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dashboard: Option<String>,
+    /// How this process dials (`--transport`; never in the file).
+    #[serde(skip)]
+    pub transport: Transport,
 }
 
 impl Access {
@@ -110,6 +123,16 @@ impl Access {
             .cert_der()
             .map_err(|reason| TransportError::BadAccess { path: path.into(), reason })?;
         Ok(access)
+    }
+
+    /// Dial with `transport`, and at `address` (HOST:PORT, an SSH port forward say)
+    /// instead of the addresses the server announced, for both QUIC and TCP.
+    pub fn dial_via(&mut self, transport: Transport, address: Option<&str>) {
+        self.transport = transport;
+        if let Some(a) = address {
+            self.addresses = vec![a.to_string()];
+            self.tcp_addresses = vec![a.to_string()];
+        }
     }
 
     pub fn cert_der(&self) -> Result<CertificateDer<'static>, String> {
@@ -195,11 +218,16 @@ fn transport_config(idle: Duration) -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
-/// A server identity: certificate (PEM and DER) and its QUIC server config.
+/// A server identity: certificate (PEM and DER), its QUIC server config, and the same
+/// TLS configuration for TCP.
 pub struct ServerIdentity {
     pub cert_pem: String,
     pub config: quinn::ServerConfig,
+    pub tls: Arc<rustls::ServerConfig>,
 }
+
+/// How long the server keeps a silent connection.
+pub const SERVER_IDLE: Duration = Duration::from_secs(60);
 
 /// Make a fresh self-signed certificate and the QUIC server config using it.
 pub fn server_identity(extra_names: &[String]) -> Result<ServerIdentity, TransportError> {
@@ -215,12 +243,14 @@ pub fn server_identity(extra_names: &[String]) -> Result<ServerIdentity, Transpo
         .with_single_cert(vec![cert_der], key)
         .map_err(|e| TransportError::Tls(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    let tcp = Arc::new(tls.clone());
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport_config(Duration::from_secs(60)));
+    config.transport_config(transport_config(SERVER_IDLE));
     Ok(ServerIdentity {
         cert_pem: ck.cert.pem(),
         config,
+        tls: tcp,
     })
 }
 
@@ -274,9 +304,9 @@ impl ServerCertVerifier for PinnedCert {
     }
 }
 
-/// A QUIC client config that trusts only `cert`; the flag is set when a server
+/// A TLS 1.3 client config that trusts only `cert`; the flag is set when a server
 /// presented another certificate.
-pub fn client_config(cert: CertificateDer<'static>, idle: Duration) -> Result<(quinn::ClientConfig, Arc<AtomicBool>), TransportError> {
+fn tls_client(cert: CertificateDer<'static>) -> Result<(rustls::ClientConfig, Arc<AtomicBool>), TransportError> {
     let mismatch = Arc::new(AtomicBool::new(false));
     let verifier = PinnedCert {
         cert,
@@ -290,6 +320,13 @@ pub fn client_config(cert: CertificateDer<'static>, idle: Duration) -> Result<(q
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    Ok((tls, mismatch))
+}
+
+/// A QUIC client config that trusts only `cert`; the flag is set when a server
+/// presented another certificate.
+pub fn client_config(cert: CertificateDer<'static>, idle: Duration) -> Result<(quinn::ClientConfig, Arc<AtomicBool>), TransportError> {
+    let (tls, mismatch) = tls_client(cert)?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(transport_config(idle));
@@ -322,63 +359,6 @@ pub fn client_for(access: &Access, idle: Duration) -> Result<quinn::ClientConfig
     Ok(client_config(cert, idle)?.0)
 }
 
-/// Connect to the first reachable address of an access file. The connection is
-/// declared dead after `idle` without any packet from the server (keep-alives flow
-/// every `idle / 3` on a quiet connection).
-pub async fn connect(
-    access: &Access,
-    connect_timeout: Duration,
-    idle: Duration,
-) -> Result<(quinn::Endpoint, quinn::Connection), ConnectError> {
-    let cert = access.cert_der().map_err(|reason| TransportError::BadAccess {
-        path: PathBuf::from("access file"),
-        reason,
-    })?;
-    let (config, mismatch) = client_config(cert, idle)?;
-    let mut last = String::from("no addresses listed");
-    for a in &access.addresses {
-        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(a.as_str()).await {
-            Ok(it) => it.collect(),
-            Err(e) => {
-                last = format!("{a}: {e}");
-                continue;
-            }
-        };
-        if addrs.is_empty() {
-            return Err(ConnectError::BadAddress(a.clone()));
-        }
-        for addr in addrs {
-            let bind: SocketAddr = if addr.is_ipv4() {
-                "0.0.0.0:0".parse().expect("addr")
-            } else {
-                "[::]:0".parse().expect("addr")
-            };
-            let endpoint = quinn::Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
-            let connecting = match endpoint.connect_with(config.clone(), addr, SERVER_NAME) {
-                Ok(c) => c,
-                Err(e) => {
-                    last = format!("{addr}: {e}");
-                    continue;
-                }
-            };
-            match tokio::time::timeout(connect_timeout, connecting).await {
-                Ok(Ok(conn)) => return Ok((endpoint, conn)),
-                Ok(Err(e)) => {
-                    if mismatch.load(Ordering::SeqCst) {
-                        return Err(ConnectError::CertificateMismatch { addr: addr.to_string() });
-                    }
-                    last = format!("{addr}: {e}");
-                }
-                Err(_) => last = format!("{addr}: no answer within {}s", connect_timeout.as_secs()),
-            }
-        }
-    }
-    Err(ConnectError::Unreachable {
-        tried: access.addresses.join(", "),
-        reason: last,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,9 +389,11 @@ mod tests {
         let a = Access {
             version: PROTOCOL_VERSION,
             addresses: vec!["127.0.0.1:9".into()],
+            tcp_addresses: vec!["127.0.0.1:9".into()],
             cert: id.cert_pem,
             token: Token::generate(),
             dashboard: Some("http://127.0.0.1:8/?key=abc".into()),
+            transport: Transport::Tcp,
         };
         let p = dir.path().join("access.toml");
         a.write(&p).unwrap();
@@ -420,5 +402,7 @@ mod tests {
         assert_eq!(b.token, a.token);
         assert_eq!(b.cert_der().unwrap(), a.cert_der().unwrap());
         assert_eq!(b.dashboard, a.dashboard);
+        assert_eq!(b.tcp_addresses, a.tcp_addresses);
+        assert_eq!(b.transport, Transport::Auto, "how to dial is this process's choice, not the file's");
     }
 }

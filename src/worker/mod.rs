@@ -59,6 +59,9 @@ pub struct WorkerOptions {
     pub memory: Option<u64>,
     /// Whether it writes output chunks into the output file itself.
     pub shared_fs: crate::exec::hdf::shared_fs::SharedFs,
+    /// How to dial the server, and an address to dial instead of the access file's.
+    pub transport: transport::Transport,
+    pub address: Option<String>,
 }
 
 struct JobCtx {
@@ -161,7 +164,8 @@ enum Out {
 /// until `death_timeout` has passed without a connection; then the worker exits, so a
 /// crashed server never leaves jobs burning allocation.
 pub async fn run(access_path: &Path, opts: WorkerOptions) -> Result<(), WorkerError> {
-    let access = Access::load(access_path)?;
+    let mut access = Access::load(access_path)?;
+    access.dial_via(opts.transport, opts.address.as_deref());
     use tokio::signal::unix::{SignalKind, signal};
     let mut signals = Signals {
         term: signal(SignalKind::terminate()).map_err(|e| WorkerError::Lost(format!("installing signal handlers: {e}")))?,
@@ -217,7 +221,9 @@ async fn session(
     signals: &mut Signals,
 ) -> Result<(), WorkerError> {
     let idle = (opts.death_timeout / 2).clamp(Duration::from_secs(5), Duration::from_secs(60));
-    let (endpoint, conn) = transport::connect(access, Duration::from_secs(10).min(budget), idle).await?;
+    let dialed = transport::connect(access, access.transport, Duration::from_secs(10).min(budget), idle).await?;
+    let conn = dialed.conn.clone();
+    tracing::debug!(transport = conn.transport().name(), remote = %conn.remote_address(), "connected");
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| WorkerError::Lost(e.to_string()))?;
     let info_host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -233,6 +239,7 @@ async fn session(
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())),
         memory_bound: opts.memory,
         shared_fs: opts.shared_fs,
+        transport: conn.transport().name().to_string(),
         walltime_left_ms: opts
             .walltime
             .map(|(end, _)| end.saturating_duration_since(std::time::Instant::now()).as_millis() as u64),
@@ -257,12 +264,12 @@ async fn session(
         Ok((other, _)) => return Err(WorkerError::Lost(format!("unexpected first message {other:?}"))),
         Err(e) => {
             // A rejection closes the connection; report its reason if that is what happened.
-            if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
+            if let Some(reason) = conn.peer_close_reason() {
                 if stopped_on_purpose(&conn) {
                     tracing::info!("the server stopped before this worker joined; leaving");
                     return Ok(());
                 }
-                return Err(WorkerError::Rejected(String::from_utf8_lossy(&c.reason).into_owned()));
+                return Err(WorkerError::Rejected(String::from_utf8_lossy(&reason).into_owned()));
             }
             return Err(lost(e));
         }
@@ -350,17 +357,18 @@ async fn session(
     // (a late `Draining` hand-back among them, which the server would then count as
     // lost tasks and retry), and a loaded login node can take over a second to get to
     // them. A drained worker leaves at least 10 s before its walltime.
-    let closed_by_server = !signalled && result.is_ok() && tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.is_ok();
+    let closed_by_server =
+        !signalled && result.is_ok() && tokio::time::timeout(Duration::from_secs(5), recv.until_closed(&conn)).await.is_ok();
     if !closed_by_server {
-        conn.close(quinn::VarInt::from_u32(0), b"worker exiting");
-        let _ = tokio::time::timeout(Duration::from_millis(100), endpoint.wait_idle()).await;
+        conn.close(0, b"worker exiting");
+        dialed.linger(Duration::from_millis(100)).await;
     }
     result
 }
 
 /// Whether the server closed the connection because it stopped on purpose.
-fn stopped_on_purpose(conn: &quinn::Connection) -> bool {
-    matches!(conn.close_reason(), Some(quinn::ConnectionError::ApplicationClosed(c)) if &c.reason[..] == proto::STOPPED_REASON)
+fn stopped_on_purpose(conn: &transport::Conn) -> bool {
+    conn.peer_close_reason().is_some_and(|r| r == proto::STOPPED_REASON)
 }
 
 /// Before the batch job's end, by a margin of at least 10 s and 3 times the longest
@@ -394,7 +402,7 @@ async fn drain_before_walltime(shared: &Shared, out: &mpsc::UnboundedSender<Out>
     tracing::warn!("no answer to draining from the server; leaving before the walltime");
 }
 
-async fn read_loop(recv: &mut quinn::RecvStream, shared: &Shared, out: &mpsc::UnboundedSender<Out>) -> Result<(), WorkerError> {
+async fn read_loop(recv: &mut transport::RecvHalf, shared: &Shared, out: &mpsc::UnboundedSender<Out>) -> Result<(), WorkerError> {
     loop {
         let (msg, payload) = proto::read_frame::<_, ServerMsg>(recv)
             .await

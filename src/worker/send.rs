@@ -14,7 +14,12 @@ use crate::proto::{self, PeerMsg};
 /// Most bytes of results gathered into one frame.
 const BATCH_BYTES: usize = 8 << 20;
 
-pub(super) async fn send_loop(send: quinn::SendStream, rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration, shared: Arc<Shared>) {
+pub(super) async fn send_loop(
+    send: crate::transport::SendHalf,
+    rx: mpsc::UnboundedReceiver<Out>,
+    heartbeat: Duration,
+    shared: Arc<Shared>,
+) {
     send_frames(send, rx, heartbeat, &shared).await;
     // Nothing more will be sent: task threads must not wait for room.
     shared.queue.lock().expect("queue lock").unsent_large = 0;
@@ -31,7 +36,7 @@ fn large_sent(shared: &Shared, n: usize) {
     }
 }
 
-async fn send_frames(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration, shared: &Shared) {
+async fn send_frames(mut send: crate::transport::SendHalf, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration, shared: &Shared) {
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: Option<Out> = None;
@@ -105,5 +110,5 @@ async fn send_frames(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceive
             return;
         }
     }
-    let _ = send.finish();
+    send.finish().await;
 }

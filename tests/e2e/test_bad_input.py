@@ -292,3 +292,20 @@ def test_a_missing_server_folder_names_the_flag_that_was_given(drover, tmp_path,
     line = assert_refused(run, [str(d / "access.toml"), f"pass the right {flag}"], tmp_path / "out.h5")
     other = "--dir" if flag == "--connect" else "--connect"
     assert f"right {other}" not in line, line
+
+
+@pytest.mark.parametrize("args,env,quoted", [
+    (["jobs", "--transport", "udp"], {}, ["'udp'", "auto, quic or tcp"]),
+    (["jobs"], {"DROVER_TRANSPORT": "udp"}, ['DROVER_TRANSPORT="udp"', "auto, quic or tcp"]),
+    (["jobs", "--server-address", "login1"], {}, ['--server-address "login1"', "HOST:PORT", "ssh -L"]),
+    (["status"], {"DROVER_SERVER_ADDRESS": "127.0.0.1:0"}, ['DROVER_SERVER_ADDRESS "127.0.0.1:0"', "HOST:PORT"]),
+    (["worker", "--access", "{d}/access.toml", "--transport", "sctp"], {}, ["'sctp'", "auto, quic or tcp"]),
+], ids=["flag", "env", "address", "address-env", "worker"])
+def test_a_bad_transport_or_server_address_is_refused(drover, tmp_path, args, env, quoted):
+    """How to dial (issue 15): a transport other than auto/quic/tcp, or an address
+    that is not HOST:PORT, from the command line or the environment, is refused in one
+    line before anything is dialled."""
+    d = tmp_path / "srv"
+    run = run_drover(drover, [a.format(d=d) for a in args] + ["--dir", str(d)] * (args[0] != "worker"),
+                     env=env, timeout=30)
+    assert_refused(run, quoted, tmp_path / "out.h5")

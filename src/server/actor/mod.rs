@@ -669,6 +669,7 @@ impl Actor {
                 node: w.info.node.clone(),
                 assigned: assigned.get(id).copied().unwrap_or(0),
                 draining: w.drain_acked,
+                transport: w.info.transport.clone(),
             })
             .collect();
         workers.sort_by_key(|w| w.id);

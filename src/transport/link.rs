@@ -1,0 +1,480 @@
+//! One connection between a peer and the server: QUIC, or TLS 1.3 over TCP where UDP
+//! does not get through (firewalls that pass only TCP, SSH port forwarding). Both carry
+//! one bidirectional byte stream of frames, behind the same certificate pinning and
+//! token; the rest of drover sees only [`Conn`], [`SendHalf`] and [`RecvHalf`].
+//!
+//! Choosing: [`Transport::Quic`] and [`Transport::Tcp`] use that transport only;
+//! [`Transport::Auto`] (the default) dials QUIC and falls back to TCP when the QUIC
+//! handshake gets no answer within [`FALLBACK_AFTER`]; a process that fell back once
+//! dials TCP first from then on (its network does not pass UDP).
+//!
+//! TCP connections are kept honest like QUIC's: no Nagle delay, keep-alive probes
+//! after a third of the idle timeout, and `TCP_USER_TIMEOUT` so that data left
+//! unacknowledged for the idle timeout ends the connection (a partitioned peer is
+//! noticed in the same time as over QUIC). What TCP cannot carry is QUIC's close
+//! reason: the server's deliberate stop reaches TCP peers as its `Shutdown` message.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsStream;
+
+use super::{Access, ConnectError, SERVER_NAME, TransportError, tls_client};
+
+/// How long `auto` waits for a QUIC handshake before trying TCP.
+pub const FALLBACK_AFTER: Duration = Duration::from_secs(3);
+
+/// Set once this process's QUIC handshakes went unanswered and TCP answered.
+static PREFER_TCP: AtomicBool = AtomicBool::new(false);
+
+/// Which transport to dial (`transport` in a site file, `--transport`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC, falling back to TCP when QUIC gets no answer.
+    #[default]
+    Auto,
+    Quic,
+    Tcp,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Auto => "auto",
+            Transport::Quic => "quic",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Transport::Auto),
+            "quic" => Ok(Transport::Quic),
+            "tcp" => Ok(Transport::Tcp),
+            other => Err(format!("unknown transport \"{other}\"; expected auto, quic or tcp")),
+        }
+    }
+}
+
+/// A connection lost or refused below the frames.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LinkError(pub String);
+
+impl From<quinn::ConnectionError> for LinkError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        LinkError(e.to_string())
+    }
+}
+
+type Tls = TlsStream<TcpStream>;
+
+/// An established, authenticated-by-certificate connection (the token comes next, in
+/// the first frame). Clones share the connection.
+#[derive(Clone)]
+pub struct Conn(Inner);
+
+#[derive(Clone)]
+enum Inner {
+    Quic(quinn::Connection),
+    Tcp(Arc<TcpConn>),
+}
+
+struct TcpConn {
+    remote: SocketAddr,
+    /// The one stream, until `open_bi`/`accept_bi` takes it.
+    stream: std::sync::Mutex<Option<Tls>>,
+    /// A duplicate of the socket, to shut it down from any clone of the connection.
+    fd: OwnedFd,
+    closed: tokio::sync::watch::Sender<bool>,
+}
+
+impl TcpConn {
+    fn shut(&self) {
+        let _ = nix::sys::socket::shutdown(std::os::fd::AsRawFd::as_raw_fd(&self.fd), nix::sys::socket::Shutdown::Both);
+        self.closed.send_replace(true);
+    }
+}
+
+impl Drop for TcpConn {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+impl From<quinn::Connection> for Conn {
+    fn from(c: quinn::Connection) -> Self {
+        Conn(Inner::Quic(c))
+    }
+}
+
+impl Conn {
+    /// A TLS connection over TCP whose handshake is done.
+    pub fn tcp(stream: Tls, remote: SocketAddr, idle: Duration) -> io::Result<Self> {
+        let tcp = stream.get_ref().0;
+        tune_tcp(tcp, idle)?;
+        let fd = tcp.as_fd().try_clone_to_owned()?;
+        let (closed, _) = tokio::sync::watch::channel(false);
+        Ok(Conn(Inner::Tcp(Arc::new(TcpConn {
+            remote,
+            stream: std::sync::Mutex::new(Some(stream)),
+            fd,
+            closed,
+        }))))
+    }
+
+    pub fn transport(&self) -> Transport {
+        match &self.0 {
+            Inner::Quic(_) => Transport::Quic,
+            Inner::Tcp(_) => Transport::Tcp,
+        }
+    }
+
+    pub fn remote_address(&self) -> SocketAddr {
+        match &self.0 {
+            Inner::Quic(c) => c.remote_address(),
+            Inner::Tcp(t) => t.remote,
+        }
+    }
+
+    fn take_stream(t: &Arc<TcpConn>) -> Result<(SendHalf, RecvHalf), LinkError> {
+        let s = t.stream.lock().expect("stream lock").take();
+        let s = s.ok_or_else(|| LinkError("a TCP connection carries one stream only".into()))?;
+        let (r, w) = tokio::io::split(s);
+        Ok((SendHalf(Send::Tcp(w)), RecvHalf(Recv::Tcp { read: r, conn: t.clone() })))
+    }
+
+    /// Open the connection's stream (the dialling side).
+    pub async fn open_bi(&self) -> Result<(SendHalf, RecvHalf), LinkError> {
+        match &self.0 {
+            Inner::Quic(c) => {
+                let (s, r) = c.open_bi().await?;
+                Ok((SendHalf(Send::Quic(s)), RecvHalf(Recv::Quic(r))))
+            }
+            Inner::Tcp(t) => Self::take_stream(t),
+        }
+    }
+
+    /// Accept the connection's stream (the server).
+    pub async fn accept_bi(&self) -> Result<(SendHalf, RecvHalf), LinkError> {
+        match &self.0 {
+            Inner::Quic(c) => {
+                let (s, r) = c.accept_bi().await?;
+                Ok((SendHalf(Send::Quic(s)), RecvHalf(Recv::Quic(r))))
+            }
+            Inner::Tcp(t) => Self::take_stream(t),
+        }
+    }
+
+    /// Close at once (with a reason the peer sees over QUIC).
+    pub fn close(&self, code: u32, reason: &[u8]) {
+        match &self.0 {
+            Inner::Quic(c) => c.close(quinn::VarInt::from_u32(code), reason),
+            Inner::Tcp(t) => t.shut(),
+        }
+    }
+
+    /// Until the connection is closed, by either side. Over TCP a peer's close is seen
+    /// by whoever reads the stream; see [`RecvHalf::until_closed`] when nobody does.
+    pub async fn closed(&self) {
+        match &self.0 {
+            Inner::Quic(c) => {
+                c.closed().await;
+            }
+            Inner::Tcp(t) => {
+                let mut rx = t.closed.subscribe();
+                let _ = rx.wait_for(|c| *c).await;
+            }
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        match &self.0 {
+            Inner::Quic(c) => c.close_reason().is_none(),
+            Inner::Tcp(t) => !*t.closed.borrow(),
+        }
+    }
+
+    /// The reason the peer gave when it closed the connection on purpose (QUIC only).
+    pub fn peer_close_reason(&self) -> Option<Vec<u8>> {
+        match &self.0 {
+            Inner::Quic(c) => match c.close_reason() {
+                Some(quinn::ConnectionError::ApplicationClosed(a)) => Some(a.reason.to_vec()),
+                _ => None,
+            },
+            Inner::Tcp(_) => None,
+        }
+    }
+}
+
+/// No Nagle delay; keep-alive probes after a third of `idle` of silence, three of
+/// them a ninth apart; unacknowledged data ends the connection after `idle`.
+fn tune_tcp(tcp: &TcpStream, idle: Duration) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    tcp.set_nodelay(true)?;
+    let secs = |d: Duration| (d.as_secs() as u32).max(1);
+    let fd = tcp.as_fd();
+    let err = |e: nix::Error| io::Error::from_raw_os_error(e as i32);
+    setsockopt(&fd, sockopt::KeepAlive, &true).map_err(err)?;
+    setsockopt(&fd, sockopt::TcpKeepIdle, &secs(idle / 3)).map_err(err)?;
+    setsockopt(&fd, sockopt::TcpKeepInterval, &secs(idle / 9)).map_err(err)?;
+    setsockopt(&fd, sockopt::TcpKeepCount, &3).map_err(err)?;
+    setsockopt(&fd, sockopt::TcpUserTimeout, &(idle.as_millis() as u32)).map_err(err)?;
+    Ok(())
+}
+
+enum Send {
+    Quic(quinn::SendStream),
+    Tcp(WriteHalf<Tls>),
+}
+
+/// The sending half of a connection's stream.
+pub struct SendHalf(Send);
+
+impl SendHalf {
+    /// No more data: the peer reads the end of the stream after what was sent.
+    pub async fn finish(&mut self) {
+        match &mut self.0 {
+            Send::Quic(s) => {
+                let _ = s.finish();
+            }
+            Send::Tcp(w) => {
+                let _ = w.shutdown().await;
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SendHalf {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().0 {
+            Send::Quic(s) => Pin::new(s).poll_write(cx, buf).map_err(io::Error::from),
+            Send::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Send::Quic(s) => Pin::new(s).poll_flush(cx),
+            Send::Tcp(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Send::Quic(s) => Pin::new(s).poll_shutdown(cx),
+            Send::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
+enum Recv {
+    Quic(quinn::RecvStream),
+    Tcp { read: ReadHalf<Tls>, conn: Arc<TcpConn> },
+}
+
+/// The receiving half of a connection's stream.
+pub struct RecvHalf(Recv);
+
+impl RecvHalf {
+    /// Until the peer closes the connection (its stream ends), reading and dropping
+    /// anything still sent.
+    pub async fn until_closed(&mut self, conn: &Conn) {
+        match &mut self.0 {
+            Recv::Quic(_) => conn.closed().await,
+            Recv::Tcp { .. } => {
+                let mut buf = [0u8; 4096];
+                while matches!(self.read(&mut buf).await, Ok(n) if n > 0) {}
+            }
+        }
+    }
+}
+
+impl AsyncRead for RecvHalf {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Recv::Quic(r) => Pin::new(r).poll_read(cx, buf),
+            Recv::Tcp { read, conn } => {
+                let before = buf.filled().len();
+                let r = Pin::new(read).poll_read(cx, buf);
+                // The end of the stream or an error: the connection is over.
+                if matches!(&r, Poll::Ready(Err(_))) || matches!(&r, Poll::Ready(Ok(())) if buf.filled().len() == before) {
+                    conn.closed.send_replace(true);
+                }
+                r
+            }
+        }
+    }
+}
+
+/// Connect to the server of an access file with `transport`. The connection is
+/// declared dead after `idle` without any packet from the server (keep-alives flow
+/// every `idle / 3` on a quiet connection). The client endpoint (QUIC) lives as long
+/// as any clone of the returned value's connection.
+pub async fn connect(access: &Access, transport: Transport, connect_timeout: Duration, idle: Duration) -> Result<Dialed, ConnectError> {
+    match transport {
+        Transport::Quic => connect_quic(access, connect_timeout, idle).await,
+        Transport::Tcp => connect_tcp(access, connect_timeout, idle).await,
+        Transport::Auto if access.tcp_addresses.is_empty() => connect_quic(access, connect_timeout, idle).await,
+        Transport::Auto if PREFER_TCP.load(Ordering::Relaxed) => match connect_tcp(access, connect_timeout, idle).await {
+            Ok(d) => Ok(d),
+            Err(ConnectError::Unreachable { .. }) => connect_quic(access, connect_timeout, idle).await,
+            Err(e) => Err(e),
+        },
+        Transport::Auto => match connect_quic(access, connect_timeout.min(FALLBACK_AFTER), idle).await {
+            Ok(d) => Ok(d),
+            Err(ConnectError::Unreachable { reason: quic, .. }) => match connect_tcp(access, connect_timeout, idle).await {
+                Ok(d) => {
+                    tracing::info!(quic = %quic, "QUIC got no answer; connected over TCP");
+                    PREFER_TCP.store(true, Ordering::Relaxed);
+                    Ok(d)
+                }
+                Err(ConnectError::Unreachable { tried, reason }) => Err(ConnectError::Unreachable {
+                    tried: format!("{} (QUIC) and {tried} (TCP)", access.addresses.join(", ")),
+                    reason: format!("QUIC: {quic}; TCP: {reason}"),
+                }),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// A connection and what must live as long as it (the QUIC client endpoint).
+pub struct Dialed {
+    pub conn: Conn,
+    endpoint: Option<quinn::Endpoint>,
+}
+
+impl Dialed {
+    /// Give a close just made a moment to leave before the process exits.
+    pub async fn linger(&self, within: Duration) {
+        if let Some(e) = &self.endpoint {
+            let _ = tokio::time::timeout(within, e.wait_idle()).await;
+        }
+    }
+}
+
+async fn resolve(a: &str) -> Result<Vec<SocketAddr>, String> {
+    match tokio::net::lookup_host(a).await {
+        Ok(it) => Ok(it.collect()),
+        Err(e) => Err(format!("{a}: {e}")),
+    }
+}
+
+fn cert(access: &Access) -> Result<rustls::pki_types::CertificateDer<'static>, ConnectError> {
+    Ok(access.cert_der().map_err(|reason| TransportError::BadAccess {
+        path: "access file".into(),
+        reason,
+    })?)
+}
+
+async fn connect_quic(access: &Access, connect_timeout: Duration, idle: Duration) -> Result<Dialed, ConnectError> {
+    let (config, mismatch) = super::client_config(cert(access)?, idle)?;
+    let mut last = String::from("no addresses listed");
+    for a in &access.addresses {
+        let addrs = match resolve(a).await {
+            Ok(v) => v,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        if addrs.is_empty() {
+            return Err(ConnectError::BadAddress(a.clone()));
+        }
+        for addr in addrs {
+            let bind: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0".parse().expect("addr")
+            } else {
+                "[::]:0".parse().expect("addr")
+            };
+            let endpoint = quinn::Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+            let connecting = match endpoint.connect_with(config.clone(), addr, SERVER_NAME) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!("{addr}: {e}");
+                    continue;
+                }
+            };
+            match tokio::time::timeout(connect_timeout, connecting).await {
+                Ok(Ok(conn)) => {
+                    return Ok(Dialed {
+                        conn: conn.into(),
+                        endpoint: Some(endpoint),
+                    });
+                }
+                Ok(Err(e)) => {
+                    if mismatch.load(Ordering::SeqCst) {
+                        return Err(ConnectError::CertificateMismatch { addr: addr.to_string() });
+                    }
+                    last = format!("{addr}: {e}");
+                }
+                Err(_) => last = format!("{addr}: no answer within {}s", connect_timeout.as_secs_f64()),
+            }
+        }
+    }
+    Err(ConnectError::Unreachable {
+        tried: access.addresses.join(", "),
+        reason: last,
+    })
+}
+
+async fn connect_tcp(access: &Access, connect_timeout: Duration, idle: Duration) -> Result<Dialed, ConnectError> {
+    let (tls, mismatch) = tls_client(cert(access)?)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("a valid server name");
+    let mut last = String::from("the access file lists no TCP address (a server older than TCP support?)");
+    for a in &access.tcp_addresses {
+        let addrs = match resolve(a).await {
+            Ok(v) => v,
+            Err(e) => {
+                last = e;
+                continue;
+            }
+        };
+        if addrs.is_empty() {
+            return Err(ConnectError::BadAddress(a.clone()));
+        }
+        for addr in addrs {
+            let dial = async {
+                let tcp = TcpStream::connect(addr).await?;
+                connector.connect(name.clone(), tcp).await
+            };
+            match tokio::time::timeout(connect_timeout, dial).await {
+                Ok(Ok(tls)) => {
+                    let conn = Conn::tcp(TlsStream::Client(tls), addr, idle).map_err(|e| ConnectError::Unreachable {
+                        tried: addr.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                    return Ok(Dialed { conn, endpoint: None });
+                }
+                Ok(Err(e)) => {
+                    if mismatch.load(Ordering::SeqCst) {
+                        return Err(ConnectError::CertificateMismatch { addr: addr.to_string() });
+                    }
+                    last = format!("{addr}: {e}");
+                }
+                Err(_) => last = format!("{addr}: no answer within {}s", connect_timeout.as_secs_f64()),
+            }
+        }
+    }
+    Err(ConnectError::Unreachable {
+        tried: access.tcp_addresses.join(", "),
+        reason: last,
+    })
+}
