@@ -103,7 +103,10 @@ ensure_venv() {
 }
 
 cargo_release_build() {
-    # The load generator of the scale test and benchmark (examples/loadgen.rs) too.
-    log "cargo build --release (and --example loadgen)"
-    (cd "$DROVER_ROOT" && cargo build --release && cargo build --release --example loadgen)
+    # The load generator of the scale test and benchmark (examples/loadgen.rs), the
+    # netns testbed's delay relay (examples/delay_relay.rs) and the hostile crowd of the
+    # hardening tests (examples/flood.rs) too.
+    log "cargo build --release (and --example loadgen, delay_relay, flood)"
+    (cd "$DROVER_ROOT" && cargo build --release &&
+        cargo build --release --example loadgen --example delay_relay --example flood)
 }

@@ -26,6 +26,9 @@ pub const STOPPED_REASON: &[u8] = b"server stopped";
 pub const MAX_HEADER: u32 = 64 << 20;
 /// Largest payload accepted.
 pub const MAX_PAYLOAD: u64 = 16 << 30;
+/// Largest first frame (a `Hello`, read before the peer's token is checked): a
+/// stranger makes the server allocate at most this much.
+pub const MAX_HELLO: u32 = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -423,6 +426,28 @@ pub async fn write_frame<W: AsyncWrite + Unpin, M: Serialize>(w: &mut W, msg: &M
     Ok(())
 }
 
+/// Read a peer's first frame as a stranger may send it: a message of at most
+/// [`MAX_HELLO`] bytes and no payload (checked before anything is allocated).
+pub async fn read_first<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(r: &mut R) -> Result<M, FrameError> {
+    let mut pre = [0u8; 12];
+    match r.read_exact(&mut pre).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let hlen = u32::from_le_bytes(pre[..4].try_into().expect("4 bytes"));
+    let plen = u64::from_le_bytes(pre[4..].try_into().expect("8 bytes"));
+    if hlen > MAX_HELLO {
+        return Err(FrameError::HeaderTooLarge(hlen));
+    }
+    if plen != 0 {
+        return Err(FrameError::PayloadTooLarge(plen));
+    }
+    let mut head = vec![0u8; hlen as usize];
+    r.read_exact(&mut head).await?;
+    Ok(postcard::from_bytes(&head)?)
+}
+
 /// Read one frame: the message and its payload.
 pub async fn read_frame<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(r: &mut R) -> Result<(M, Vec<u8>), FrameError> {
     let (msg, plen) = read_head(r).await?;
@@ -489,6 +514,25 @@ mod tests {
         let (got, p): (PeerMsg, Vec<u8>) = read_frame(&mut b).await.unwrap();
         assert!(matches!(got, PeerMsg::Heartbeat) && p.is_empty());
         assert!(matches!(read_frame::<_, PeerMsg>(&mut b).await, Err(FrameError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_first_frame_may_not_claim_a_large_header_or_any_payload() {
+        // A stranger's frame claiming 1 MiB of header or any payload is refused from its
+        // 12-byte prefix, before anything of that size is allocated or read.
+        for (hlen, plen) in [(MAX_HELLO + 1, 0u64), (16, 1), (16, MAX_PAYLOAD)] {
+            let (mut a, mut b) = tokio::io::duplex(64);
+            a.write_all(&hlen.to_le_bytes()).await.unwrap();
+            a.write_all(&plen.to_le_bytes()).await.unwrap();
+            let r = read_first::<_, PeerMsg>(&mut b).await;
+            assert!(
+                matches!(r, Err(FrameError::HeaderTooLarge(_) | FrameError::PayloadTooLarge(_))),
+                "{hlen} {plen}: {r:?}"
+            );
+        }
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_frame(&mut a, &PeerMsg::Heartbeat, &[]).await.unwrap();
+        assert!(matches!(read_first::<_, PeerMsg>(&mut b).await, Ok(PeerMsg::Heartbeat)));
     }
 
     #[tokio::test]

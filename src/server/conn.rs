@@ -13,6 +13,12 @@ use crate::transport::{Conn, SendHalf, Token};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections not yet authenticated (TLS handshake, stream, `Hello` with the token)
+/// held at once; more are refused (QUIC: first asked to prove their address with a
+/// stateless retry) until some finish or time out. Far above what workers joining at
+/// once need (the scale benchmark's load generator keeps 256 handshakes in flight).
+pub(super) const MAX_PENDING: usize = 1024;
+
 /// The connections accepted so far that may still be open.
 #[derive(Clone, Default)]
 pub(super) struct Peers(Arc<std::sync::Mutex<Vec<Conn>>>);
@@ -39,6 +45,23 @@ impl Peers {
                 c.close(0, reason);
             }
         }
+    }
+}
+
+/// The longest round trip seen to any worker, so that queues of prefetched tasks
+/// cover it (a worker far away would otherwise wait a round trip between tasks).
+#[derive(Clone, Default)]
+pub(super) struct Rtt(Arc<std::sync::atomic::AtomicU64>);
+
+impl Rtt {
+    fn observe(&self, conn: &Conn) {
+        if let Some(r) = conn.rtt() {
+            self.0.fetch_max(r.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn longest(&self) -> Duration {
+        Duration::from_micros(self.0.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -118,15 +141,49 @@ pub(super) struct Accepting {
     pub events: mpsc::UnboundedSender<Event>,
     pub peers: Peers,
     pub inbound: Inbound,
+    /// Permits for [`MAX_PENDING`] unauthenticated connections.
+    pub pending: Arc<tokio::sync::Semaphore>,
+    pub rtt: Rtt,
+}
+
+/// Holds one of the [`MAX_PENDING`] places until the peer has shown its token.
+type Pending = tokio::sync::OwnedSemaphorePermit;
+
+/// A place for one more unauthenticated connection, if any is left (says so at most
+/// every 10 s when none is).
+fn pending_place(cx: &Accepting) -> Option<Pending> {
+    static LAST_WARNED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let p = cx.pending.clone().try_acquire_owned().ok();
+    if p.is_none() {
+        let mut last = LAST_WARNED.lock().expect("warn lock");
+        if last.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            *last = Some(std::time::Instant::now());
+            tracing::warn!(
+                pending = MAX_PENDING,
+                "too many connections without a token yet; refusing new ones for now"
+            );
+        }
+    }
+    p
 }
 
 pub(super) async fn accept_loop(endpoint: quinn::Endpoint, cx: Accepting) {
     while let Some(incoming) = endpoint.accept().await {
+        let Some(place) = pending_place(&cx) else {
+            // Unproven addresses must come back with a retry token (a spoofed flood
+            // never does); proven ones are refused while the places are taken.
+            if incoming.remote_address_validated() {
+                incoming.refuse();
+            } else {
+                let _ = incoming.retry();
+            }
+            continue;
+        };
         let cx = cx.clone();
         let remote = incoming.remote_address();
         tokio::spawn(
             async move {
-                let r = async { handle(tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await??.into(), cx).await };
+                let r = async { handle(tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await??.into(), cx, place).await };
                 if let Err(e) = r.await {
                     tracing::debug!(error = %e, "connection ended");
                 }
@@ -149,6 +206,10 @@ pub(super) async fn accept_tcp_loop(listener: tokio::net::TcpListener, tls: Arc<
                 continue;
             }
         };
+        let Some(place) = pending_place(&cx) else {
+            drop(tcp);
+            continue;
+        };
         let cx = cx.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(
@@ -156,7 +217,7 @@ pub(super) async fn accept_tcp_loop(listener: tokio::net::TcpListener, tls: Arc<
                 let r = async {
                     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
                     let conn = Conn::tcp(tokio_rustls::TlsStream::Server(tls), remote, crate::transport::SERVER_IDLE)?;
-                    handle(conn, cx).await
+                    handle(conn, cx, place).await
                 };
                 if let Err(e) = r.await {
                     tracing::debug!(error = %e, "connection ended");
@@ -176,16 +237,34 @@ async fn reject(conn: &Conn, mut send: SendHalf, reason: String) {
     conn.close(1, b"rejected");
 }
 
-async fn handle(conn: Conn, cx: Accepting) -> anyhow::Result<()> {
+async fn handle(conn: Conn, cx: Accepting, place: Pending) -> anyhow::Result<()> {
     let Accepting {
         token,
         events,
         peers,
         inbound,
+        rtt,
+        ..
     } = cx;
     peers.add(&conn);
-    let (send, mut recv) = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await??;
-    let (hello, _): (PeerMsg, _) = tokio::time::timeout(HANDSHAKE_TIMEOUT, proto::read_frame(&mut recv)).await??;
+    // The stream and the first frame within one deadline; the frame read as a
+    // stranger's (small, no payload) until the token is checked.
+    let first = async {
+        let (send, mut recv) = conn.accept_bi().await?;
+        let hello = proto::read_first::<_, PeerMsg>(&mut recv).await?;
+        anyhow::Ok((send, recv, hello))
+    };
+    let (send, mut recv, hello) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, first).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            conn.close(1, b"protocol error");
+            return Err(e);
+        }
+        Err(_) => {
+            conn.close(1, b"no hello in time");
+            anyhow::bail!("no Hello within {}s", HANDSHAKE_TIMEOUT.as_secs());
+        }
+    };
     let PeerMsg::Hello(Hello {
         version,
         role,
@@ -207,6 +286,8 @@ async fn handle(conn: Conn, cx: Accepting) -> anyhow::Result<()> {
         reject(&conn, send, reason).await;
         return Ok(());
     }
+    // Authenticated: its place goes to the next stranger.
+    drop(place);
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(write_loop(send, rx, conn.clone()));
     match role {
@@ -247,6 +328,7 @@ async fn handle(conn: Conn, cx: Accepting) -> anyhow::Result<()> {
                     };
                     match frame.await {
                         Ok((msg, payload)) => {
+                            rtt.observe(&conn);
                             if events.send(Event::WorkerMsg { id, msg, payload }).is_err() {
                                 return "server stopping".to_string();
                             }
@@ -268,7 +350,13 @@ async fn handle(conn: Conn, cx: Accepting) -> anyhow::Result<()> {
                 match proto::read_frame::<_, PeerMsg>(&mut recv).await {
                     Ok((PeerMsg::Hello(_), _)) => tracing::debug!("a second Hello from a client"),
                     Ok((msg, _)) => events.send(Event::Client { msg, client: tx.clone() })?,
-                    Err(_) => break,
+                    Err(proto::FrameError::Closed) => break,
+                    Err(e) => {
+                        // Not a frame (or too large): nothing after it can be trusted.
+                        tracing::warn!(remote = %conn.remote_address(), error = %e, "client sent a bad frame; closing");
+                        conn.close(1, b"bad frame");
+                        break;
+                    }
                 }
             }
             // The client went away: an array workload it submitted is cancelled.

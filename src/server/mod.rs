@@ -120,7 +120,7 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     transport::make_private_dir(&opts.dir)?;
     let identity = transport::server_identity(&opts.advertise)?;
     let endpoint =
-        quinn::Endpoint::server(identity.config, opts.bind).map_err(|source| TransportError::Bind { addr: opts.bind, source })?;
+        transport::endpoint(Some(identity.config), opts.bind).map_err(|source| TransportError::Bind { addr: opts.bind, source })?;
     let addr = endpoint
         .local_addr()
         .map_err(|source| TransportError::Bind { addr: opts.bind, source })?;
@@ -178,11 +178,14 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     let token = Arc::new(token);
     let peers = conn::Peers::default();
     let inbound = conn::Inbound::new(actor::DEFAULT_INBOUND);
+    let rtt = conn::Rtt::default();
     let accepting = conn::Accepting {
         token,
         events: events.clone(),
         peers: peers.clone(),
         inbound: inbound.clone(),
+        pending: Arc::new(tokio::sync::Semaphore::new(conn::MAX_PENDING)),
+        rtt: rtt.clone(),
     };
     let accept = tokio::spawn(conn::accept_loop(endpoint.clone(), accepting.clone()));
     let accept_tcp = tokio::spawn(conn::accept_tcp_loop(tcp, identity.tls.clone(), accepting));
@@ -204,7 +207,9 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         }
         None => None,
     };
-    let actor = actor::Actor::new(opts.core, events.clone(), site, opts.workers, opts.dir.clone(), observer).with_inbound(inbound);
+    let actor = actor::Actor::new(opts.core, events.clone(), site, opts.workers, opts.dir.clone(), observer)
+        .with_inbound(inbound)
+        .with_rtt(rtt);
     let path = access_path.clone();
     let task = tokio::spawn(async move {
         actor.run(rx).await;

@@ -202,6 +202,14 @@ impl Conn {
         }
     }
 
+    /// The measured round trip (QUIC; unknown over TCP).
+    pub fn rtt(&self) -> Option<Duration> {
+        match &self.0 {
+            Inner::Quic(c) => Some(c.rtt()),
+            Inner::Tcp(_) => None,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         match &self.0 {
             Inner::Quic(c) => c.close_reason().is_none(),
@@ -403,8 +411,10 @@ async fn connect_quic(access: &Access, connect_timeout: Duration, idle: Duration
             } else {
                 "[::]:0".parse().expect("addr")
             };
-            let endpoint = quinn::Endpoint::client(bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
-            let connecting = match endpoint.connect_with(config.clone(), addr, SERVER_NAME) {
+            let endpoint = super::endpoint(None, bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+            let mut config = config.clone();
+            super::tune_client(&mut config, idle, addr);
+            let connecting = match endpoint.connect_with(config, addr, SERVER_NAME) {
                 Ok(c) => c,
                 Err(e) => {
                     last = format!("{addr}: {e}");

@@ -106,6 +106,22 @@ pub struct Access {
 impl Access {
     pub fn load(path: &Path) -> Result<Self, TransportError> {
         let text = std::fs::read_to_string(path).map_err(|source| TransportError::ReadAccess { path: path.into(), source })?;
+        // The token in it lets anyone run commands as this user on every worker: a copy
+        // others can read is refused, as ssh refuses a readable private key.
+        let mode = std::fs::metadata(path)
+            .map_err(|source| TransportError::ReadAccess { path: path.into(), source })?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(TransportError::BadAccess {
+                path: path.into(),
+                reason: format!(
+                    "it may be read by others (mode {:04o}) and its token runs commands as you; make it private with `chmod 600 {}`",
+                    mode & 0o7777,
+                    path.display()
+                ),
+            });
+        }
         let access: Access = toml::from_str(&text).map_err(|e| TransportError::BadAccess {
             path: path.into(),
             reason: crate::config::toml_error_line(path, &text, &e),
@@ -201,7 +217,98 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Knobs of QUIC's bulk path, measured one by one by `examples/quic_bulk.rs` (see
+/// docs/PERFORMANCE.md, "QUIC bulk path"): on a link of 1500 bytes, segmentation
+/// offload doubles what one core sends; on larger links (jumbo frames, IPoIB,
+/// loopback), datagrams as large as the link without offload (which quinn then breaks:
+/// its path MTU falls back to 1200) cut the CPU per byte by 2-2.6x.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// The largest UDP payload MTU discovery may probe for (quinn's default, 1452,
+    /// stays within Ethernet's 1500 bytes). A lost probe only ends the search.
+    pub mtu_upper_bound: u16,
+    /// UDP segmentation offload: one system call sends many datagrams.
+    pub gso: bool,
+}
+
+/// The largest UDP payload: what endpoints accept, whatever they send.
+pub const MAX_UDP_PAYLOAD: u16 = 65527;
+
+impl Tuning {
+    /// quinn's own defaults (and what the server sends with: its messages are small).
+    pub const QUINN: Tuning = Tuning {
+        mtu_upper_bound: 1452,
+        gso: true,
+    };
+
+    /// For a link of `mtu` bytes (IPv4 and UDP headers taken off).
+    pub fn for_link_mtu(mtu: u32) -> Tuning {
+        if mtu <= 1500 {
+            Tuning::QUINN
+        } else {
+            Tuning {
+                mtu_upper_bound: mtu.saturating_sub(28).clamp(1200, u32::from(MAX_UDP_PAYLOAD)) as u16,
+                gso: false,
+            }
+        }
+    }
+
+    /// For sending to `peer`: by the MTU of the interface this host would use to reach
+    /// it (the source address a connected UDP socket gets, matched to its interface);
+    /// quinn's defaults when that cannot be told.
+    pub fn for_peer(peer: SocketAddr) -> Tuning {
+        link_mtu_towards(peer).map_or(Tuning::QUINN, Tuning::for_link_mtu)
+    }
+}
+
+/// The MTU of the interface that carries traffic to `peer`, if it can be told.
+fn link_mtu_towards(peer: SocketAddr) -> Option<u32> {
+    let bind: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+    let probe = std::net::UdpSocket::bind(bind).ok()?;
+    probe.connect(peer).ok()?;
+    let local = probe.local_addr().ok()?.ip();
+    let name = nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        let sa = a.address.as_ref()?;
+        let ip: std::net::IpAddr = match (sa.as_sockaddr_in(), sa.as_sockaddr_in6()) {
+            (Some(v4), _) => v4.ip().into(),
+            (_, Some(v6)) => v6.ip().into(),
+            _ => return None,
+        };
+        (ip == local).then(|| a.interface_name.clone())
+    })?;
+    std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A QUIC endpoint on `bind` (a server's when `server` is given) that accepts
+/// datagrams of up to [`MAX_UDP_PAYLOAD`] bytes: quinn's endpoints cap them at 1472
+/// otherwise, whatever MTU discovery finds.
+pub fn endpoint(server: Option<quinn::ServerConfig>, bind: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    let socket = std::net::UdpSocket::bind(bind)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
+    quinn::Endpoint::new(config, server, socket, runtime)
+}
+
+/// The server's transport configuration, and the clients' before [`tune_client`].
 fn transport_config(idle: Duration) -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config_tuned(idle, Tuning::QUINN))
+}
+
+/// `config` with its transport tuned for sending to `peer` (workers send results in
+/// bulk).
+pub fn tune_client(config: &mut quinn::ClientConfig, idle: Duration, peer: SocketAddr) {
+    config.transport_config(Arc::new(transport_config_tuned(idle, Tuning::for_peer(peer))));
+}
+
+/// drover's QUIC transport configuration with `tuning` (benchmarks compare tunings).
+pub fn transport_config_tuned(idle: Duration, tuning: Tuning) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // A third of the idle timeout: a quiet connection survives two lost pings. Workers
     // send their load every few seconds anyway; faster pings cost the server CPU per
@@ -215,7 +322,11 @@ fn transport_config(idle: Duration) -> Arc<quinn::TransportConfig> {
     t.stream_receive_window(quinn::VarInt::from_u32(8 << 20));
     t.receive_window(quinn::VarInt::from_u32(16 << 20));
     t.send_window(8 << 20);
-    Arc::new(t)
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(tuning.mtu_upper_bound);
+    t.mtu_discovery_config(Some(mtu));
+    t.enable_segmentation_offload(tuning.gso);
+    t
 }
 
 /// A server identity: certificate (PEM and DER), its QUIC server config, and the same
@@ -325,6 +436,8 @@ fn tls_client(cert: CertificateDer<'static>) -> Result<(rustls::ClientConfig, Ar
 
 /// A QUIC client config that trusts only `cert`; the flag is set when a server
 /// presented another certificate.
+/// Its transport is tuned for sending to `peer` ([`Tuning::for_peer`]) by
+/// [`tune_client`].
 pub fn client_config(cert: CertificateDer<'static>, idle: Duration) -> Result<(quinn::ClientConfig, Arc<AtomicBool>), TransportError> {
     let (tls, mismatch) = tls_client(cert)?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TransportError::Tls(e.to_string()))?;

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import random
 import signal
@@ -25,6 +26,7 @@ import pytest
 
 from conftest import (
     Case,
+    assert_refused,
     Input,
     child_env,
     kill_group,
@@ -407,9 +409,20 @@ def test_status_and_stop_without_server_are_bad_input(drover, tmp_path):
         assert any(l.startswith("error: ") for l in run.stderr.splitlines()), run.describe()
 
 
-@pytest.mark.parametrize("kind", ["missing", "not_toml", "missing_token"])
+@pytest.mark.parametrize("kind", ["missing", "not_toml", "missing_token", "readable_by_others"])
 def test_worker_with_unusable_access_file(drover, tmp_path, kind):
     path = tmp_path / "access.toml"
+    if kind == "readable_by_others":
+        # A copy others may read (scp without -p, say): its token would let them run
+        # commands as this user; refused like ssh refuses a readable private key.
+        write_access(path, {"version": 1, "addresses": ["127.0.0.1:9"], "token": "0" * 64,
+                            "cert": "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"})
+        os.chmod(path, 0o644)
+        for args in (["worker", "--access", path], ["status", "--dir", tmp_path]):
+            run = run_drover(drover, args, timeout=60)
+            line = assert_refused(run, [str(path), "mode 0644", f"chmod 600 {path}"], tmp_path / "nothing")
+            assert "0" * 64 not in run.stderr, "the token is never printed"
+        return
     if kind == "not_toml":
         write_access(path, {})
         path.write_text("this is = = not toml\n")
@@ -422,3 +435,56 @@ def test_worker_with_unusable_access_file(drover, tmp_path, kind):
     assert any(l.startswith("error: ") for l in run.stderr.splitlines()), run.describe()
     quoted = "token" if kind == "missing_token" else str(path)
     assert quoted in run.stderr, f"stderr does not quote {quoted!r}\n{run.describe()}"
+
+
+FLOOD = Path(__file__).resolve().parents[2] / "target" / "release" / "examples" / "flood"
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.skipif(not FLOOD.exists(), reason="examples/flood.rs is not built (scripts/test.sh builds it)")
+def test_a_flood_of_strangers_and_bad_frames_leaves_the_workers_and_the_run_exact(drover, cluster, tmp_path):
+    """A hostile network (issue 16): 2,000 QUIC connections at once that never show a
+    token (1,200 silent after the TLS handshake, the rest a wrong token, a first frame
+    claiming 1 GiB, or random bytes), 100 MiB of garbage datagrams, and 4 peers with the right token that
+    then send a frame claiming 64 GiB, all while two workers run a workload. The run is
+    exact; the server keeps at most 1,024 strangers at once (the rest are refused after
+    a stateless retry), closes every stranger itself, disconnects every bad peer,
+    never allocates what the length fields claim, and welcomes a worker afterwards."""
+    a = cluster.start_server("srv")
+    workers = [cluster.start_worker(a.access_path, f"w{i}") for i in range(2)]
+    wait_for(lambda: len(status(drover, a.dir)["workers"]) == 2, 60, "two workers joined", interval=0.2)
+    rss_before = peak_rss_mib(a.proc.pid)
+    flood = subprocess.Popen([str(FLOOD), "--access", str(a.access_path), "--connections", "2000",
+                              "--garbage-mib", "100", "--bad-peers", "4"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        run = _connect_workload(drover, tmp_path / "job", a.dir)
+        assert run.rc == 0, run.describe()
+        out, err = flood.communicate(timeout=300)
+    finally:
+        kill_group(flood, grace=1.0)
+    assert flood.returncode == 0, err[-2000:]
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res["handshakes"] + res["refused"] == 2000, res
+    assert res["refused"] > 0 and res["handshakes"] >= 1024, f"the bound of 1,024 pending strangers held: {res}"
+    # Each stranger ends: closed by the server (its close seen), or, where the close
+    # was lost among the garbage, by the idle timeout; most see the close.
+    assert res["closed_by_server"] + res["timed_out"] == res["handshakes"], res
+    assert res["closed_by_server"] >= 0.9 * res["handshakes"], f"the server closed the strangers: {res}"
+    assert res["bad_peers_closed"] == 4 and res["garbage_bytes"] >= 100 << 20, (res, err[-2000:])
+    assert a.alive() and all(w.alive() for w in workers), a.describe()
+    print(f"flood: {res}; server peak RSS {peak_rss_mib(a.proc.pid):.0f} MiB (before {rss_before:.0f})")
+    # A 1 GiB or 64 GiB claim allocated would show here; 2,000 handshakes do not.
+    assert peak_rss_mib(a.proc.pid) < rss_before + 512, (rss_before, peak_rss_mib(a.proc.pid))
+    st = status(drover, a.dir)
+    assert len(st["workers"]) == 2 and st["workers_lost"] == 0, st
+    late = cluster.start_worker(a.access_path, "late")
+    wait_for(lambda: len(status(drover, a.dir)["workers"]) == 3, 60, "a worker joins after the flood", interval=0.2,
+             fail_fast=lambda: None if late.alive() else f"worker exited\n{late.describe()}")

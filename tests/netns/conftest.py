@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 NETNS = REPO / "scripts" / "testbed" / "netns.sh"
@@ -60,12 +61,30 @@ class Cluster:
         self.workers: dict[str, subprocess.Popen] = {}
 
     def spawn(self, node: str, name: str, *args) -> subprocess.Popen:
+        return self.spawn_program(node, name, drover_bin(), *args)
+
+    def spawn_program(self, node: str, name: str, program: Path, *args) -> subprocess.Popen:
         out = open(self.logs / f"{name}.log", "wb")
-        p = subprocess.Popen([str(NETNS), "exec", node, str(drover_bin()), *map(str, args)], stdin=subprocess.DEVNULL,
+        p = subprocess.Popen([str(NETNS), "exec", node, str(program), *map(str, args)], stdin=subprocess.DEVNULL,
                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         out.close()
         self.procs.append(p)
         return p
+
+    def start_relay(self, delay_ms: int) -> str:
+        """A delay relay on the login node in front of the server's QUIC port
+        (examples/delay_relay.rs): peers dialling the address returned get `delay_ms`
+        added each way."""
+        access = tomllib.loads((self.srv / "access.toml").read_text())
+        upstream = access["addresses"][0]
+        relay = REPO / "target" / "release" / "examples" / "delay_relay"
+        assert relay.exists(), f"{relay} is not built (cargo build --release --example delay_relay)"
+        p = self.spawn_program("login", "relay", relay, f"{upstream.rsplit(':', 1)[0]}:0", upstream, delay_ms)
+        deadline = time.monotonic() + 10
+        while "listening on" not in self.log("relay"):
+            assert p.poll() is None and time.monotonic() < deadline, f"relay: {self.log('relay')}"
+            time.sleep(0.05)
+        return self.log("relay").split("listening on", 1)[1].split()[0]
 
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")

@@ -95,6 +95,8 @@ pub struct Actor {
     site: Option<SitePool>,
     /// The budget of received result bytes, sized per job.
     inbound: Option<super::conn::Inbound>,
+    /// The longest round trip to a worker (prefetch covers it).
+    rtt: super::conn::Rtt,
     /// This host's name: only workers reporting it are offered direct output writes
     /// (the chunk table can be large; they still check the file's identity).
     host: String,
@@ -215,6 +217,7 @@ impl Actor {
             lost: VecDeque::new(),
             site,
             inbound: None,
+            rtt: super::conn::Rtt::default(),
             host: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -225,6 +228,11 @@ impl Actor {
     /// Size the connections' inbound budget per job.
     pub(super) fn with_inbound(mut self, inbound: super::conn::Inbound) -> Self {
         self.inbound = Some(inbound);
+        self
+    }
+
+    pub(super) fn with_rtt(mut self, rtt: super::conn::Rtt) -> Self {
+        self.rtt = rtt;
         self
     }
 
@@ -641,14 +649,14 @@ impl Actor {
         }
     }
 
-    /// Keep about 25 ms of work queued at each slot (at least 2 tasks, at most 256), so
-    /// that short tasks never wait for a round trip and long ones stay balanced.
+    /// Keep about 25 ms of work queued at each slot, plus the longest round trip to a
+    /// worker (at least 2 tasks, at most 256), so that short tasks never wait for a
+    /// round trip, far workers included, and long ones stay balanced.
     fn tune_prefetch(&mut self) {
         self.fold_finished();
         let Some(mean) = self.mean_task else { return };
-        let depth = (Duration::from_millis(25).as_secs_f64() / mean.as_secs_f64().max(1e-6))
-            .ceil()
-            .clamp(2.0, 256.0) as u32;
+        let ahead = Duration::from_millis(25) + self.rtt.longest();
+        let depth = (ahead.as_secs_f64() / mean.as_secs_f64().max(1e-6)).ceil().clamp(2.0, 256.0) as u32;
         if depth != self.prefetch {
             self.prefetch = depth;
             self.core.set_queue_per_slot(depth);

@@ -1,0 +1,146 @@
+//! Bytes per second of one QUIC connection carrying drover's result frames (issue 15):
+//! a client sends BYTES in frames of FRAME_MIB (as a worker sends blocks) over one or
+//! several streams of one connection to a server in the same process that reads them
+//! as the driver does (`read_head`, `read_payload`). Each knob of
+//! [`drover::transport::Tuning`] can be set alone, to measure what each one gives.
+//!
+//! Run: quic_bulk [--gib 2] [--frame-mib 8] [--streams 1] [--mtu 1452|8972|65527]
+//!                [--no-gso] [--server-no-gso] [--auto] [--addr 127.0.0.1]
+//! (`--auto`: the sender tuned as drover tunes workers, from the link's MTU)
+//! Prints one JSON line: GB/s, the process's CPU seconds, and bytes per CPU second.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use drover::proto::{self, Hello, PROTOCOL_VERSION, PeerMsg, Role};
+use drover::transport::{self, Tuning};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+
+/// This process's CPU time (user + system), from /proc (clock ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat").1.split_whitespace().collect();
+    (fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime")) / 100.0
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut gib = 2.0f64;
+    let mut frame_mib = 8usize;
+    let mut streams = 1usize;
+    let mut tuning = Tuning::QUINN;
+    let mut auto = false;
+    let mut server_gso = true;
+    let mut addr = String::from("127.0.0.1");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--gib" => gib = val()?.parse()?,
+            "--frame-mib" => frame_mib = val()?.parse()?,
+            "--streams" => streams = val()?.parse()?,
+            "--mtu" => tuning.mtu_upper_bound = val()?.parse()?,
+            "--no-gso" => tuning.gso = false,
+            "--server-no-gso" => server_gso = false,
+            "--addr" => addr = val()?,
+            "--auto" => auto = true,
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    let idle = Duration::from_secs(60);
+    let id = transport::server_identity(&[])?;
+    let mut server_config = id.config;
+    let server_tuning = Tuning { gso: server_gso, ..tuning };
+    server_config.transport_config(Arc::new(transport::transport_config_tuned(idle, server_tuning)));
+    let bind: SocketAddr = format!("{addr}:0").parse()?;
+    let server = transport::endpoint(Some(server_config), bind)?;
+    let server_addr = server.local_addr()?;
+
+    let frame = frame_mib << 20;
+    let frames = ((gib * (1u64 << 30) as f64) as usize).div_ceil(frame);
+    let total = (frames * frame) as u64;
+
+    // The driver's side: read frames until every stream ends.
+    let reader = tokio::spawn(async move {
+        let conn = server.accept().await.expect("incoming").await.expect("handshake");
+        let mut tasks = Vec::new();
+        for _ in 0..streams {
+            let (_, mut recv) = conn.accept_bi().await.expect("stream");
+            tasks.push(tokio::spawn(async move {
+                let mut got = 0u64;
+                loop {
+                    match proto::read_head::<_, PeerMsg>(&mut recv).await {
+                        Ok((_, len)) => {
+                            let p = proto::read_payload(&mut recv, len).await.expect("payload");
+                            got += p.len() as u64;
+                        }
+                        Err(_) => return got,
+                    }
+                }
+            }));
+        }
+        let mut got = 0;
+        for t in tasks {
+            got += t.await.expect("reader");
+        }
+        (got, Instant::now(), conn)
+    });
+
+    let cert = CertificateDer::from_pem_slice(id.cert_pem.as_bytes())?;
+    let (client_config, _) = transport::client_config(cert, idle)?;
+    let mut client_config = client_config;
+    if auto {
+        tuning = Tuning::for_peer(server_addr);
+    }
+    client_config.transport_config(Arc::new(transport::transport_config_tuned(idle, tuning)));
+    let client = transport::endpoint(None, format!("{addr}:0").parse()?)?;
+    let conn = client.connect_with(client_config, server_addr, transport::SERVER_NAME)?.await?;
+    let payload = Arc::new(vec![7u8; frame]);
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let mut senders = Vec::new();
+    for s in 0..streams {
+        let (mut send, _recv) = conn.open_bi().await?;
+        let payload = payload.clone();
+        let mine = (s..frames).step_by(streams).count();
+        senders.push(tokio::spawn(async move {
+            let hello = PeerMsg::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Client,
+                token: String::new(),
+                worker: None,
+            });
+            for _ in 0..mine {
+                proto::write_frame(&mut send, &hello, &payload).await.expect("send");
+            }
+            send.finish().expect("finish");
+            // Keep the receive half until the server has read everything.
+            _recv
+        }));
+    }
+    let mut keep = Vec::new();
+    for s in senders {
+        keep.push(s.await?);
+    }
+    let (got, end, _conn) = reader.await?;
+    let secs = (end - t0).as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let stats = conn.stats();
+    println!(
+        "{{\"mtu_upper_bound\": {}, \"gso\": {}, \"streams\": {streams}, \"frame_mib\": {frame_mib}, \"bytes\": {got}, \
+         \"seconds\": {secs:.3}, \"gb_per_s\": {:.3}, \"cpu_s\": {cpu:.2}, \"gb_per_cpu_s\": {:.3}, \"path_mtu\": {}, \
+         \"datagrams_sent\": {}}}",
+        tuning.mtu_upper_bound,
+        tuning.gso,
+        got as f64 / secs / 1e9,
+        got as f64 / cpu / 1e9,
+        stats.path.current_mtu,
+        stats.udp_tx.datagrams,
+    );
+    assert_eq!(got, total, "every byte arrived");
+    drop(keep);
+    conn.close(0u32.into(), b"done");
+    Ok(())
+}
