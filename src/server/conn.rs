@@ -350,13 +350,16 @@ async fn handle(conn: Conn, cx: Accepting, place: Pending) -> anyhow::Result<()>
                 match proto::read_frame::<_, PeerMsg>(&mut recv).await {
                     Ok((PeerMsg::Hello(_), _)) => tracing::debug!("a second Hello from a client"),
                     Ok((msg, _)) => events.send(Event::Client { msg, client: tx.clone() })?,
-                    Err(proto::FrameError::Closed) => break,
-                    Err(e) => {
+                    Err(
+                        e @ (proto::FrameError::HeaderTooLarge(_) | proto::FrameError::PayloadTooLarge(_) | proto::FrameError::Decode(_)),
+                    ) => {
                         // Not a frame (or too large): nothing after it can be trusted.
                         tracing::warn!(remote = %conn.remote_address(), error = %e, "client sent a bad frame; closing");
                         conn.close(1, b"bad frame");
                         break;
                     }
+                    // The end of its stream, or of its connection.
+                    Err(_) => break,
                 }
             }
             // The client went away: an array workload it submitted is cancelled.

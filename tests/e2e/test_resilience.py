@@ -339,3 +339,51 @@ def test_an_input_truncated_during_a_run_fails_it_with_a_clear_error(drover, tmp
     assert f"was {size} bytes" in line and "now 4096 bytes" in line, line
     assert survivors == [], f"processes left: {survivors}"
     assert not (tmp_path / "slow.h5").exists(), "no final output from a failed run"
+
+
+def test_a_worker_stopped_with_sigstop_is_declared_lost_and_its_tasks_run_elsewhere(
+        drover, tmp_path):
+    """A hung worker (issue 16, item 4): SIGSTOP freezes one of three workers mid-run,
+    heartbeats included. The server declares it lost after the heartbeat timeout, its
+    tasks run on the others, and the result is exact; the run takes the stuck worker
+    along at its end (one still there is resumed with SIGCONT and must leave)."""
+    rows = rows_for(drover, tmp_path, 8.0)
+    w = make_slow(tmp_path, rows)
+    mark = new_mark()
+    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "3", "--json"], env=child_env(mark),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    victim = None
+    try:
+        deadline = time.monotonic() + 20
+        while len(children_of(proc.pid)) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, "workers did not start"
+            time.sleep(0.05)
+        wait_for_journal_records(tmp_path / ".slow.h5.drover-journal", proc)
+        victim = children_of(proc.pid)[0]
+        os.kill(victim, signal.SIGSTOP)
+        # The run ends without the frozen worker: after the heartbeat timeout its tasks
+        # are handed to the others.
+        t0 = time.monotonic()
+        out, err = proc.communicate(timeout=150)
+        print(f"run ended {time.monotonic() - t0:.1f} s after the SIGSTOP: {out.strip()[:400]}")
+        # An embedded run takes its workers along at its end (SIGKILL reaches a stopped
+        # process); one still there is resumed and must leave by itself.
+        if Path(f"/proc/{victim}").exists():
+            os.kill(victim, signal.SIGCONT)
+            deadline = time.monotonic() + 20
+            while Path(f"/proc/{victim}").exists() and open(f"/proc/{victim}/stat").read().split(")")[1].split()[0] != "Z":
+                assert time.monotonic() < deadline, "the resumed worker did not exit"
+                time.sleep(0.1)
+    finally:
+        if victim is not None:
+            try:
+                os.kill(victim, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        kill_group(proc)
+        kill_marked(mark)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out)
+    assert summary["workers_lost"] >= 1 and summary["tasks_retried"] >= 1, summary
+    with h5py.File(tmp_path / "slow.h5") as f:
+        np.testing.assert_allclose(f["s"][...], oracle(tmp_path), rtol=1e-9)
