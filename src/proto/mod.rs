@@ -429,23 +429,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin, M: Serialize>(w: &mut W, msg: &M
 /// Read a peer's first frame as a stranger may send it: a message of at most
 /// [`MAX_HELLO`] bytes and no payload (checked before anything is allocated).
 pub async fn read_first<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(r: &mut R) -> Result<M, FrameError> {
-    let mut pre = [0u8; 12];
-    match r.read_exact(&mut pre).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Closed),
-        Err(e) => return Err(e.into()),
-    }
-    let hlen = u32::from_le_bytes(pre[..4].try_into().expect("4 bytes"));
-    let plen = u64::from_le_bytes(pre[4..].try_into().expect("8 bytes"));
-    if hlen > MAX_HELLO {
-        return Err(FrameError::HeaderTooLarge(hlen));
-    }
-    if plen != 0 {
-        return Err(FrameError::PayloadTooLarge(plen));
-    }
-    let mut head = vec![0u8; hlen as usize];
-    r.read_exact(&mut head).await?;
-    Ok(postcard::from_bytes(&head)?)
+    let (msg, _) = read_bounded(r, MAX_HELLO, 0).await?;
+    Ok(msg)
 }
 
 /// Read one frame: the message and its payload.
@@ -457,6 +442,16 @@ pub async fn read_frame<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(r: &
 /// Read a frame's message and its payload's length; the payload follows
 /// ([`read_payload`]).
 pub async fn read_head<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(r: &mut R) -> Result<(M, u64), FrameError> {
+    read_bounded(r, MAX_HEADER, MAX_PAYLOAD).await
+}
+
+/// A frame's message (at most `max_header` bytes) and its payload's length (at most
+/// `max_payload`), both checked from the 12-byte prefix before anything is allocated.
+async fn read_bounded<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(
+    r: &mut R,
+    max_header: u32,
+    max_payload: u64,
+) -> Result<(M, u64), FrameError> {
     let mut pre = [0u8; 12];
     match r.read_exact(&mut pre).await {
         Ok(_) => {}
@@ -465,10 +460,10 @@ pub async fn read_head<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(r: &m
     }
     let hlen = u32::from_le_bytes(pre[..4].try_into().expect("4 bytes"));
     let plen = u64::from_le_bytes(pre[4..].try_into().expect("8 bytes"));
-    if hlen > MAX_HEADER {
+    if hlen > max_header {
         return Err(FrameError::HeaderTooLarge(hlen));
     }
-    if plen > MAX_PAYLOAD {
+    if plen > max_payload {
         return Err(FrameError::PayloadTooLarge(plen));
     }
     let mut head = vec![0u8; hlen as usize];

@@ -391,10 +391,23 @@ fn cert(access: &Access) -> Result<rustls::pki_types::CertificateDer<'static>, C
     })?)
 }
 
-async fn connect_quic(access: &Access, connect_timeout: Duration, idle: Duration) -> Result<Dialed, ConnectError> {
-    let (config, mismatch) = super::client_config(cert(access)?, idle)?;
-    let mut last = String::from("no addresses listed");
-    for a in &access.addresses {
+/// Dial each address of `list` in turn (every address a name resolves to) until one
+/// answers within `connect_timeout`. `dial` fails for good with a `ConnectError` (no
+/// socket), or for this address with a message; a certificate other than the pinned
+/// one (`mismatch`) ends the search at once.
+async fn dial_each<F, Fut>(
+    list: &[String],
+    none: &str,
+    connect_timeout: Duration,
+    mismatch: &AtomicBool,
+    mut dial: F,
+) -> Result<Dialed, ConnectError>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<Result<Dialed, String>, ConnectError>>,
+{
+    let mut last = none.to_string();
+    for a in list {
         let addrs = match resolve(a).await {
             Ok(v) => v,
             Err(e) => {
@@ -406,85 +419,69 @@ async fn connect_quic(access: &Access, connect_timeout: Duration, idle: Duration
             return Err(ConnectError::BadAddress(a.clone()));
         }
         for addr in addrs {
-            let bind: SocketAddr = if addr.is_ipv4() {
-                "0.0.0.0:0".parse().expect("addr")
-            } else {
-                "[::]:0".parse().expect("addr")
-            };
-            let endpoint = super::endpoint(None, bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
-            let mut config = config.clone();
-            super::tune_client(&mut config, idle, addr);
-            let connecting = match endpoint.connect_with(config, addr, SERVER_NAME) {
-                Ok(c) => c,
-                Err(e) => {
-                    last = format!("{addr}: {e}");
-                    continue;
-                }
-            };
-            match tokio::time::timeout(connect_timeout, connecting).await {
-                Ok(Ok(conn)) => {
-                    return Ok(Dialed {
-                        conn: conn.into(),
-                        endpoint: Some(endpoint),
-                    });
-                }
-                Ok(Err(e)) => {
-                    if mismatch.load(Ordering::SeqCst) {
-                        return Err(ConnectError::CertificateMismatch { addr: addr.to_string() });
+            match tokio::time::timeout(connect_timeout, dial(addr)).await {
+                Ok(r) => match r? {
+                    Ok(d) => return Ok(d),
+                    Err(e) => {
+                        if mismatch.load(Ordering::SeqCst) {
+                            return Err(ConnectError::CertificateMismatch { addr: addr.to_string() });
+                        }
+                        last = format!("{addr}: {e}");
                     }
-                    last = format!("{addr}: {e}");
-                }
+                },
                 Err(_) => last = format!("{addr}: no answer within {}s", connect_timeout.as_secs_f64()),
             }
         }
     }
     Err(ConnectError::Unreachable {
-        tried: access.addresses.join(", "),
+        tried: list.join(", "),
         reason: last,
     })
+}
+
+async fn connect_quic(access: &Access, connect_timeout: Duration, idle: Duration) -> Result<Dialed, ConnectError> {
+    let (config, mismatch) = super::client_config(cert(access)?, idle)?;
+    dial_each(&access.addresses, "no addresses listed", connect_timeout, &mismatch, |addr| {
+        let mut config = config.clone();
+        async move {
+            let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("addr");
+            let endpoint = super::endpoint(None, bind).map_err(|source| TransportError::Bind { addr: bind, source })?;
+            super::tune_client(&mut config, idle, addr);
+            let connecting = match endpoint.connect_with(config, addr, SERVER_NAME) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e.to_string())),
+            };
+            Ok(match connecting.await {
+                Ok(conn) => Ok(Dialed {
+                    conn: conn.into(),
+                    endpoint: Some(endpoint),
+                }),
+                Err(e) => Err(e.to_string()),
+            })
+        }
+    })
+    .await
 }
 
 async fn connect_tcp(access: &Access, connect_timeout: Duration, idle: Duration) -> Result<Dialed, ConnectError> {
     let (tls, mismatch) = tls_client(cert(access)?)?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
     let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("a valid server name");
-    let mut last = String::from("the access file lists no TCP address (a server older than TCP support?)");
-    for a in &access.tcp_addresses {
-        let addrs = match resolve(a).await {
-            Ok(v) => v,
-            Err(e) => {
-                last = e;
-                continue;
-            }
-        };
-        if addrs.is_empty() {
-            return Err(ConnectError::BadAddress(a.clone()));
-        }
-        for addr in addrs {
-            let dial = async {
+    let none = "the access file lists no TCP address (a server older than TCP support?)";
+    dial_each(&access.tcp_addresses, none, connect_timeout, &mismatch, |addr| {
+        let (connector, name) = (connector.clone(), name.clone());
+        async move {
+            let tls = async {
                 let tcp = TcpStream::connect(addr).await?;
-                connector.connect(name.clone(), tcp).await
+                connector.connect(name, tcp).await
             };
-            match tokio::time::timeout(connect_timeout, dial).await {
-                Ok(Ok(tls)) => {
-                    let conn = Conn::tcp(TlsStream::Client(tls), addr, idle).map_err(|e| ConnectError::Unreachable {
-                        tried: addr.to_string(),
-                        reason: e.to_string(),
-                    })?;
-                    return Ok(Dialed { conn, endpoint: None });
-                }
-                Ok(Err(e)) => {
-                    if mismatch.load(Ordering::SeqCst) {
-                        return Err(ConnectError::CertificateMismatch { addr: addr.to_string() });
-                    }
-                    last = format!("{addr}: {e}");
-                }
-                Err(_) => last = format!("{addr}: no answer within {}s", connect_timeout.as_secs_f64()),
-            }
+            Ok(match tls.await {
+                Ok(tls) => Conn::tcp(TlsStream::Client(tls), addr, idle)
+                    .map(|conn| Dialed { conn, endpoint: None })
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            })
         }
-    }
-    Err(ConnectError::Unreachable {
-        tried: access.tcp_addresses.join(", "),
-        reason: last,
     })
+    .await
 }

@@ -168,3 +168,13 @@ def check_anomaly(tmp: Path, x: np.ndarray) -> None:
     with h5py.File(tmp / "out.h5", "r") as f:
         np.testing.assert_allclose(f["anom"][()], x - x.mean(axis=0), rtol=1e-12, atol=1e-9)
         np.testing.assert_allclose(f["mean"][()], x.mean(axis=0), rtol=1e-12)
+
+
+def run_anomaly(cluster: Cluster, tmp: Path, seed: int, steps: int = 240) -> dict:
+    """`drover run --connect` of the anomaly workload on the cluster's server; the
+    outputs checked against numpy; returns the run's JSON summary."""
+    wl, x = anomaly_workload(tmp, np.random.default_rng(seed), steps=steps)
+    r = cluster.drover("run", wl, "--connect", cluster.srv, "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    check_anomaly(tmp, x)
+    return json.loads(r.stdout)

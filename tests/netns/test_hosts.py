@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tomllib
 
-from conftest import NODES, anomaly_workload, check_anomaly, netns
+from conftest import NODES, anomaly_workload, check_anomaly, netns, run_anomaly
 
 
 def three_workers(cluster, *extra) -> dict:
@@ -32,11 +32,7 @@ def test_three_hosts_compute_exactly_with_remote_writes_on_and_off(cluster, tmp_
     assert access["addresses"] == [f"10.77.0.1:{access['addresses'][0].rsplit(':', 1)[1]}"], access["addresses"]
     st = three_workers(cluster, *([flag] if flag else []))
     assert sorted(w["host"] for w in st["workers"]) == NODES, "each worker on its own host"
-    wl, x = anomaly_workload(tmp_path, np.random.default_rng(1))
-    r = cluster.drover("run", wl, "--connect", cluster.srv, "--json")
-    assert r.returncode == 0, r.stderr[-3000:]
-    summary = json.loads(r.stdout)
-    check_anomaly(tmp_path, x)
+    summary = run_anomaly(cluster, tmp_path, 1)
     written, sent = summary["blocks_written_by_workers"], summary["blocks_sent_to_writer"]
     if direct:
         assert written == 30 and sent == 1, summary   # the mean's one block is the server's
@@ -53,11 +49,7 @@ def test_one_percent_loss_on_every_node_still_exact(cluster, tmp_path):
     for node in NODES:
         netns("loss", node, "1")
     three_workers(cluster, "--no-shared-fs")
-    wl, x = anomaly_workload(tmp_path, np.random.default_rng(2), steps=480)
-    r = cluster.drover("run", wl, "--connect", cluster.srv, "--json")
-    assert r.returncode == 0, r.stderr[-3000:]
-    check_anomaly(tmp_path, x)
-    summary = json.loads(r.stdout)
+    summary = run_anomaly(cluster, tmp_path, 2, steps=480)
     assert summary["workers_lost"] == 0 and summary["blocks_sent_to_writer"] == 61, summary
     # The rules dropped datagrams (the blocks sent make thousands of them: at 1%, tens).
     listing = "".join(netns("exec", node, "iptables", "-L", "-v", "-x", "-n").stdout for node in NODES)
@@ -78,11 +70,7 @@ def test_one_percent_loss_and_20_ms_round_trips_still_exact(cluster, tmp_path):
         cluster.start_worker(node, "--no-shared-fs", "--server-address", relay, "--transport", "quic")
     st = cluster.wait_status(lambda st: len(st["workers"]) == 3, 60, "three workers joined through the relay")
     assert {w["transport"] for w in st["workers"]} == {"quic"}
-    wl, x = anomaly_workload(tmp_path, np.random.default_rng(8), steps=480)
-    r = cluster.drover("run", wl, "--connect", cluster.srv, "--json")
-    assert r.returncode == 0, r.stderr[-3000:]
-    check_anomaly(tmp_path, x)
-    summary = json.loads(r.stdout)
+    summary = run_anomaly(cluster, tmp_path, 8, steps=480)
     assert summary["workers_lost"] == 0 and summary["blocks_sent_to_writer"] == 61, summary
     # Every worker's datagrams went through the relay.
     peers = [l for l in cluster.log("relay").splitlines() if l.startswith("peer ")]
@@ -125,10 +113,7 @@ def test_a_two_minute_partition_loses_the_worker_and_the_run_goes_on(cluster, tm
     netns("cut", "n3")
     st = cluster.wait_status(lambda st: len(st["workers"]) == 2, 60, "the cut-off worker declared lost")
     assert "n3" not in {w["host"] for w in st["workers"]}
-    wl, x = anomaly_workload(tmp_path, np.random.default_rng(4))
-    r = cluster.drover("run", wl, "--connect", cluster.srv, "--json")
-    assert r.returncode == 0, r.stderr[-3000:]
-    check_anomaly(tmp_path, x)
+    run_anomaly(cluster, tmp_path, 4)
     w = cluster.workers["n3"]
     w.wait(timeout=max(1.0, 120 - (time.monotonic() - t0)) + 30)
     netns("mend", "n3")
@@ -146,10 +131,7 @@ def test_the_server_announces_and_listens_on_the_chosen_interface(cluster, tmp_p
     mine = [l for l in sockets.splitlines() if f":{port} " in l]
     assert mine and all("10.78.0.1:" in l for l in mine), sockets
     st = three_workers(cluster)
-    wl, x = anomaly_workload(tmp_path, np.random.default_rng(5))
-    r = cluster.drover("run", wl, "--connect", cluster.srv, "--json")
-    assert r.returncode == 0, r.stderr[-3000:]
-    check_anomaly(tmp_path, x)
+    run_anomaly(cluster, tmp_path, 5)
 
     bad = cluster.spawn("login", "bad-server", "server", "start", "--dir", tmp_path / "srv2", "--interface", "ib9")
     assert bad.wait(timeout=30) == 2

@@ -12,11 +12,10 @@ import socket
 import subprocess
 import time
 
-import numpy as np
 import pytest
 import tomllib
 
-from conftest import NODES, anomaly_workload, check_anomaly, netns
+from conftest import NODES, netns, run_anomaly
 
 
 def test_workers_behind_a_udp_firewall_use_tcp_and_the_run_is_exact(cluster, tmp_path):
@@ -42,11 +41,7 @@ def test_workers_behind_a_udp_firewall_use_tcp_and_the_run_is_exact(cluster, tmp
     for node, octet in (("n1", 11), ("n2", 12)):
         assert f"10.77.0.{octet}:" in sockets, f"no TCP connection from {node}:\n{sockets}"
 
-    wl, x = anomaly_workload(tmp_path, np.random.default_rng(7), steps=480)
-    r = cluster.drover("run", wl, "--connect", cluster.srv, "--json")
-    assert r.returncode == 0, r.stderr[-3000:]
-    check_anomaly(tmp_path, x)
-    summary = json.loads(r.stdout)
+    summary = run_anomaly(cluster, tmp_path, 7, steps=480)
     assert summary["blocks_sent_to_writer"] == 61 and summary["blocks_written_by_workers"] == 0, summary
     st = cluster.status()
     assert len(st["workers"]) == 3 and st["workers_lost"] == 0, st
