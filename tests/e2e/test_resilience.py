@@ -96,19 +96,26 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
-def test_a_worker_killed_mid_run_is_replaced_by_the_others(drover, tmp_path):
-    rows = rows_for(drover, tmp_path, 8.0)
-    w = make_slow(tmp_path, rows)
-    mark = new_mark()
+def run_with_three_workers(drover: Path, tmp: Path, mark: str) -> subprocess.Popen:
+    """`drover run slow.toml --workers 3 --json`, returned once its three workers run
+    and results are being recorded (every worker holds queued tasks then)."""
+    w = make_slow(tmp, rows_for(drover, tmp, 8.0))
     proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "3", "--json"], env=child_env(mark),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while len(children_of(proc.pid)) < 3:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            kill_group(proc)
+            raise AssertionError("workers did not start")
+        time.sleep(0.05)
+    wait_for_journal_records(tmp / ".slow.h5.drover-journal", proc)
+    return proc
+
+
+def test_a_worker_killed_mid_run_is_replaced_by_the_others(drover, tmp_path):
+    mark = new_mark()
+    proc = run_with_three_workers(drover, tmp_path, mark)
     try:
-        deadline = time.monotonic() + 20
-        while len(children_of(proc.pid)) < 3:
-            assert time.monotonic() < deadline and proc.poll() is None, "workers did not start"
-            time.sleep(0.05)
-        # Mid-run: results are being recorded, and every worker holds queued tasks.
-        wait_for_journal_records(tmp_path / ".slow.h5.drover-journal", proc)
         victim = children_of(proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
         out, err = proc.communicate(timeout=120)
@@ -347,18 +354,10 @@ def test_a_worker_stopped_with_sigstop_is_declared_lost_and_its_tasks_run_elsewh
     heartbeats included. The server declares it lost after the heartbeat timeout, its
     tasks run on the others, and the result is exact; the run takes the stuck worker
     along at its end (one still there is resumed with SIGCONT and must leave)."""
-    rows = rows_for(drover, tmp_path, 8.0)
-    w = make_slow(tmp_path, rows)
     mark = new_mark()
-    proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "3", "--json"], env=child_env(mark),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = run_with_three_workers(drover, tmp_path, mark)
     victim = None
     try:
-        deadline = time.monotonic() + 20
-        while len(children_of(proc.pid)) < 3:
-            assert time.monotonic() < deadline and proc.poll() is None, "workers did not start"
-            time.sleep(0.05)
-        wait_for_journal_records(tmp_path / ".slow.h5.drover-journal", proc)
         victim = children_of(proc.pid)[0]
         os.kill(victim, signal.SIGSTOP)
         # The run ends without the frozen worker: after the heartbeat timeout its tasks
