@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from benchlib.common import kill_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 DROVER = ROOT / "target" / "release" / "drover"
@@ -115,12 +115,7 @@ class Setup:
     def stop(self) -> None:
         if (self.srv / "access.toml").exists():
             drover("server", "stop", "--dir", self.srv, timeout=60)
-        for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            p.wait()
+        kill_groups(self.procs)
         for node in ["login", *NODES]:
             netns("clear", node, check=False)
 

@@ -74,6 +74,7 @@ pub fn worker(args: &WorkerArgs) -> Result<(), Failure> {
     if processes > 1 {
         return rt.block_on(node_agent(args, threads));
     }
+    let dial = super::dial();
     let opts = WorkerOptions {
         threads,
         heartbeat: Duration::from_secs(5),
@@ -81,8 +82,8 @@ pub fn worker(args: &WorkerArgs) -> Result<(), Failure> {
         walltime: walltime.map(job_end),
         memory: memory.map(|b| b.0),
         shared_fs: args.shared_fs(),
-        transport: super::dial().transport,
-        address: super::dial().address,
+        transport: dial.transport,
+        address: dial.address,
     };
     rt.block_on(worker::run(access, opts)).map_err(|e| Failure {
         input: e.is_input(),
@@ -112,6 +113,7 @@ async fn node_agent(args: &WorkerArgs, threads: usize) -> Result<(), Failure> {
     let (access, processes, death_timeout, walltime) = (&args.access, args.processes, args.death_timeout, args.walltime);
     let memory = args.memory_per_worker.as_ref().map(|s| s.bytes);
     let exe = std::env::current_exe().map_err(runtime)?;
+    let dial = super::dial();
     let mut children = Vec::new();
     for _ in 0..processes {
         let child = Command::new(&exe)
@@ -130,13 +132,8 @@ async fn node_agent(args: &WorkerArgs, threads: usize) -> Result<(), Failure> {
                 SharedFs::Off => vec!["--no-shared-fs"],
                 SharedFs::Auto => vec![],
             })
-            .args(["--transport", super::dial().transport.name()])
-            .args(
-                super::dial()
-                    .address
-                    .map(|a| vec!["--server-address".to_string(), a])
-                    .unwrap_or_default(),
-            )
+            .args(["--transport", dial.transport.name()])
+            .args(dial.address.iter().flat_map(|a| ["--server-address", a.as_str()]))
             .kill_on_drop(true)
             .spawn()
             .map_err(runtime)?;

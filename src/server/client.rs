@@ -43,7 +43,7 @@ pub struct Session {
 
 impl Session {
     pub async fn open(access: &Access) -> Result<Self, ClientError> {
-        let dialed = transport::connect(access, access.transport, Duration::from_secs(10), Duration::from_secs(60)).await?;
+        let dialed = transport::connect(access, Duration::from_secs(10), Duration::from_secs(60)).await?;
         let (mut send, recv) = dialed.conn.open_bi().await?;
         let hello = Hello {
             version: PROTOCOL_VERSION,

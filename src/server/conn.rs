@@ -299,6 +299,7 @@ async fn handle(conn: Conn, cx: Accepting, place: Pending) -> anyhow::Result<()>
                 return Ok(());
             };
             info.transport = conn.transport().name().to_string();
+            rtt.observe(&conn);
             let (reply, id) = oneshot::channel();
             events.send(Event::WorkerConnected {
                 info,
@@ -328,7 +329,11 @@ async fn handle(conn: Conn, cx: Accepting, place: Pending) -> anyhow::Result<()>
                     };
                     match frame.await {
                         Ok((msg, payload)) => {
-                            rtt.observe(&conn);
+                            // quinn's estimate takes its connection lock: read it with
+                            // the heartbeats (every few seconds), not every result.
+                            if matches!(msg, PeerMsg::Load { .. } | PeerMsg::Heartbeat) {
+                                rtt.observe(&conn);
+                            }
                             if events.send(Event::WorkerMsg { id, msg, payload }).is_err() {
                                 return "server stopping".to_string();
                             }

@@ -329,12 +329,12 @@ impl AsyncRead for RecvHalf {
     }
 }
 
-/// Connect to the server of an access file with `transport`. The connection is
-/// declared dead after `idle` without any packet from the server (keep-alives flow
-/// every `idle / 3` on a quiet connection). The client endpoint (QUIC) lives as long
-/// as any clone of the returned value's connection.
-pub async fn connect(access: &Access, transport: Transport, connect_timeout: Duration, idle: Duration) -> Result<Dialed, ConnectError> {
-    match transport {
+/// Connect to the server of an access file, by its transport ([`Access::dial_via`]).
+/// The connection is declared dead after `idle` without any packet from the server
+/// (keep-alives flow every `idle / 3` on a quiet connection). The client endpoint
+/// (QUIC) lives in the returned [`Dialed`].
+pub async fn connect(access: &Access, connect_timeout: Duration, idle: Duration) -> Result<Dialed, ConnectError> {
+    match access.transport {
         Transport::Quic => connect_quic(access, connect_timeout, idle).await,
         Transport::Tcp => connect_tcp(access, connect_timeout, idle).await,
         Transport::Auto if access.tcp_addresses.is_empty() => connect_quic(access, connect_timeout, idle).await,

@@ -28,7 +28,7 @@ use crate::proto::PROTOCOL_VERSION;
 
 mod link;
 
-pub use link::{Conn, Dialed, FALLBACK_AFTER, LinkError, RecvHalf, SendHalf, Transport, connect};
+pub use link::{Conn, Dialed, LinkError, RecvHalf, SendHalf, Transport, connect};
 
 /// TLS server name used by peers; the certificate carries it.
 pub const SERVER_NAME: &str = "drover";

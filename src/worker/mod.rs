@@ -221,7 +221,7 @@ async fn session(
     signals: &mut Signals,
 ) -> Result<(), WorkerError> {
     let idle = (opts.death_timeout / 2).clamp(Duration::from_secs(5), Duration::from_secs(60));
-    let dialed = transport::connect(access, access.transport, Duration::from_secs(10).min(budget), idle).await?;
+    let dialed = transport::connect(access, Duration::from_secs(10).min(budget), idle).await?;
     let conn = dialed.conn.clone();
     tracing::debug!(transport = conn.transport().name(), remote = %conn.remote_address(), "connected");
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| WorkerError::Lost(e.to_string()))?;

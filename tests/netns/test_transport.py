@@ -15,7 +15,7 @@ import time
 import pytest
 import tomllib
 
-from conftest import NODES, netns, run_anomaly
+from conftest import NODES, drover_bin, netns, run_anomaly
 
 
 def test_workers_behind_a_udp_firewall_use_tcp_and_the_run_is_exact(cluster, tmp_path):
@@ -96,7 +96,7 @@ def test_a_client_reaches_the_server_through_a_tcp_port_forward(cluster, tmp_pat
         jobs = json.loads(r.stdout)
         assert [j["counts"]["succeeded"] for j in jobs] == [20], jobs
         env = {**os.environ, "DROVER_SERVER_ADDRESS": local, "DROVER_TRANSPORT": "tcp"}
-        r = subprocess.run([str(cluster_bin()), "status", "--dir", str(cluster.srv), "--json"], capture_output=True,
+        r = subprocess.run([str(drover_bin()), "status", "--dir", str(cluster.srv), "--json"], capture_output=True,
                            text=True, timeout=60, env=env)
         assert r.returncode == 0 and len(json.loads(r.stdout)["workers"]) == 1, r.stderr
         # With the forward gone, the same command fails in one line naming both tries.
@@ -111,8 +111,3 @@ def test_a_client_reaches_the_server_through_a_tcp_port_forward(cluster, tmp_pat
         except ProcessLookupError:
             pass
         fwd.wait(timeout=10)
-
-
-def cluster_bin():
-    from conftest import drover_bin
-    return drover_bin()
