@@ -27,6 +27,12 @@ stage_cargo_test() {
     cargo test --release
 }
 
+# Coverage-guided fuzzing of every decoder of outside bytes: each target 10 s from
+# its seed corpus (scripts/fuzz.sh; campaigns run it longer).
+stage_fuzz() {
+    scripts/fuzz.sh "${DROVER_FUZZ_SECONDS:-10}"
+}
+
 # End-to-end tests of the real binary, numpy + h5py as the oracle.
 stage_e2e() {
     DROVER_BIN="${DROVER_BIN:-target/release/drover}" \
@@ -53,7 +59,7 @@ stage_netns() {
     DROVER_BIN="${DROVER_BIN:-target/release/drover}" "$DROVER_PY" -m pytest tests/netns -q
 }
 
-DEFAULT_STAGES=(cargo_test e2e batch netns)
+DEFAULT_STAGES=(cargo_test fuzz e2e batch netns)
 
 # What the tests may leave in /tmp: nothing. The private folders of embedded runs
 # (/tmp/drover-XXXXXX; the testbed's own /tmp/drover-testbed excepted) and pytest's
@@ -130,6 +136,7 @@ setup_all() {
         (cd "$DROVER_ROOT/web" && npm ci --no-audit --no-fund)
     fi
     ensure_build_deps
+    ensure_cargo_fuzz
     ensure_venv
     cargo_release_build
 }

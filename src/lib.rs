@@ -10,6 +10,7 @@ pub mod config;
 pub mod core;
 pub mod dashboard;
 pub mod exec;
+pub mod fuzzing;
 pub mod pool;
 pub mod proto;
 pub mod server;

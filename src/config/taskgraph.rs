@@ -76,7 +76,12 @@ pub struct TaskEntry {
 /// Read a graph file: one line naming the file, line and key on error.
 pub fn load(path: &Path) -> Result<GraphFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
-    let g: GraphFile = toml::from_str(&text).map_err(|e| super::toml_error_line(path, &text, &e))?;
+    parse(path, &text)
+}
+
+/// Parse a graph file's text (`path` names it in messages).
+pub fn parse(path: &Path, text: &str) -> Result<GraphFile, String> {
+    let g: GraphFile = toml::from_str(text).map_err(|e| super::toml_error_line(path, text, &e))?;
     if g.task.is_empty() {
         return Err(format!(
             "{}: no [[task]] entry; each needs name = \"...\" and command = \"...\"",

@@ -30,10 +30,16 @@ impl BufPool {
     /// A buffer of `len` bytes whose contents are unspecified (zero when new, stale
     /// when reused): the caller overwrites all of it.
     pub fn take(&self, len: usize) -> Vec<u8> {
+        self.take_kept(len).unwrap_or_else(|| vec![0; len])
+    }
+
+    /// A kept buffer of `len` bytes (contents unspecified), if one is large enough;
+    /// nothing is allocated.
+    pub fn take_kept(&self, len: usize) -> Option<Vec<u8>> {
         if len < LARGE {
-            return vec![0; len];
+            return None;
         }
-        let reused = {
+        let mut v = {
             let mut bufs = self.bufs.lock().expect("buffer pool");
             // The smallest kept buffer that is large enough.
             let best = bufs
@@ -41,16 +47,11 @@ impl BufPool {
                 .enumerate()
                 .filter(|(_, b)| b.capacity() >= len)
                 .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i);
-            best.map(|i| bufs.swap_remove(i))
+                .map(|(i, _)| i)?;
+            bufs.swap_remove(best)
         };
-        let mut v = reused.unwrap_or_default();
-        if v.len() >= len {
-            v.truncate(len);
-        } else {
-            v.resize(len, 0);
-        }
-        v
+        v.resize(len, 0);
+        Some(v)
     }
 
     /// Hand a buffer back for reuse.

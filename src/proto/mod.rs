@@ -466,18 +466,37 @@ async fn read_bounded<R: AsyncRead + Unpin, M: for<'de> Deserialize<'de>>(
     if plen > max_payload {
         return Err(FrameError::PayloadTooLarge(plen));
     }
-    let mut head = vec![0u8; hlen as usize];
-    r.read_exact(&mut head).await?;
+    let head = read_growing(r, hlen as usize).await?;
     Ok((postcard::from_bytes(&head)?, plen))
 }
 
+/// The most a payload's buffer grows ahead of the bytes received.
+pub const PAYLOAD_STEP: usize = 1 << 20;
+
 /// Read a payload of `len` bytes (at most [`MAX_PAYLOAD`], checked by [`read_head`]).
+///
+/// A buffer kept for reuse is filled when one is large enough; otherwise the buffer
+/// grows as bytes arrive (doubling, from [`PAYLOAD_STEP`]), so that a peer claiming a
+/// large payload it does not send makes the reader allocate at most twice what it
+/// received plus one step.
 pub async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u64) -> Result<Vec<u8>, FrameError> {
-    let mut payload = crate::exec::buffers::PAYLOADS.take(len as usize);
-    if len > 0 {
+    let len = len as usize;
+    if let Some(mut payload) = crate::exec::buffers::PAYLOADS.take_kept(len) {
         r.read_exact(&mut payload).await?;
+        return Ok(payload);
     }
-    Ok(payload)
+    Ok(read_growing(r, len).await?)
+}
+
+/// Read `len` bytes into a buffer that grows as they arrive (see [`read_payload`]).
+async fn read_growing<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    while buf.len() < len {
+        let have = buf.len();
+        buf.resize(len.min(have.max(PAYLOAD_STEP / 2) * 2), 0);
+        r.read_exact(&mut buf[have..]).await?;
+    }
+    Ok(buf)
 }
 
 #[cfg(test)]

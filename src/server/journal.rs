@@ -87,18 +87,22 @@ fn record(kind: u8, task: u32, payload: &[u8]) -> Vec<u8> {
     r
 }
 
-/// Parse records; returns what was read and the length of the valid prefix.
-fn parse(bytes: &[u8]) -> (Recovered, usize) {
+/// Parse records (the bytes after the header); returns what was read and the length
+/// of the valid prefix.
+pub fn parse(bytes: &[u8]) -> (Recovered, usize) {
     let mut rec = Recovered::default();
     let mut off = 0;
     while off + 13 <= bytes.len() {
         let kind = bytes[off];
         let task = u32::from_le_bytes(bytes[off + 1..off + 5].try_into().expect("4 bytes"));
         let len = u64::from_le_bytes(bytes[off + 5..off + 13].try_into().expect("8 bytes")) as usize;
-        let end = match (off + 13).checked_add(len) {
-            Some(e) if e + 4 <= bytes.len() => e,
-            _ => break,
-        };
+        // The payload and its checksum must fit in what is left (a corrupted length
+        // may be anything: no sum of it may overflow).
+        let room = bytes.len() - (off + 13);
+        if room < 4 || len > room - 4 {
+            break;
+        }
+        let end = off + 13 + len;
         let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes"));
         if crc32fast::hash(&bytes[off..end]) != crc {
             break;
@@ -208,5 +212,10 @@ mod tests {
         let mut bad = record(PARTIAL, 1, &[1]);
         bad[14] ^= 0xff;
         assert_eq!(parse(&bad).1, 0, "a bad checksum ends the valid prefix");
+        // Found by fuzzing: a length near usize::MAX overflowed the bounds check.
+        let mut huge = vec![PARTIAL, 0, 0, 0, 0];
+        huge.extend_from_slice(&(u64::MAX - 2).to_le_bytes());
+        huge.extend_from_slice(&[0; 4]);
+        assert_eq!(parse(&huge).1, 0, "a record longer than the file ends the valid prefix");
     }
 }

@@ -122,9 +122,14 @@ impl Access {
                 ),
             });
         }
-        let access: Access = toml::from_str(&text).map_err(|e| TransportError::BadAccess {
+        Self::parse(path, &text)
+    }
+
+    /// Parse and check an access file's text (`path` names it in messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, TransportError> {
+        let access: Access = toml::from_str(text).map_err(|e| TransportError::BadAccess {
             path: path.into(),
-            reason: crate::config::toml_error_line(path, &text, &e),
+            reason: crate::config::toml_error_line(path, text, &e),
         })?;
         if access.version != PROTOCOL_VERSION {
             return Err(TransportError::BadAccess {
