@@ -102,11 +102,19 @@ ensure_venv() {
     ensure_python_env "$DROVER_VENV" "numpy, h5py, hdf5plugin, pytest, xarray, netCDF4, h5netcdf, cftime, iris_sample_data" -r "$DROVER_ROOT/tests/e2e/requirements.txt"
 }
 
+# cargo-fuzz, for scripts/fuzz.sh (the test suite's fuzz stage).
+ensure_cargo_fuzz() {
+    command -v cargo-fuzz >/dev/null 2>&1 && return 0
+    log "cargo install cargo-fuzz --locked (the fuzz stage's driver)"
+    cargo install cargo-fuzz --locked --quiet
+}
+
 cargo_release_build() {
     # The load generator of the scale test and benchmark (examples/loadgen.rs), the
     # netns testbed's delay relay (examples/delay_relay.rs) and the hostile crowd of the
-    # hardening tests (examples/flood.rs) too.
-    log "cargo build --release (and --example loadgen, delay_relay, flood)"
+    # hardening tests (examples/flood.rs) and the failing FUSE file system of the
+    # input-fault tests (examples/faultfs.rs) too.
+    log "cargo build --release (and --example loadgen, delay_relay, flood, faultfs)"
     (cd "$DROVER_ROOT" && cargo build --release &&
-        cargo build --release --example loadgen --example delay_relay --example flood)
+        cargo build --release --example loadgen --example delay_relay --example flood --example faultfs)
 }

@@ -6,7 +6,9 @@
 //! succeeded, so an output file appears only when complete. Written blocks are
 //! recorded in the journal after the temporary file was flushed; reduction partials
 //! are recorded as they come. On failure the temporary files and the journal are
-//! removed; a run abandoned by its client keeps both, so the same run resumes.
+//! removed, unless the file system refused a write (full, over quota, read-only, an
+//! I/O error): then, as when a client abandons its run, both stay and the same
+//! command resumes once the fault is gone.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -41,7 +43,7 @@ enum Cmd {
         output: u32,
         reply: tokio::sync::oneshot::Sender<Result<(), String>>,
     },
-    Finish(tokio::sync::oneshot::Sender<Result<(), String>>),
+    Finish(tokio::sync::oneshot::Sender<Result<(), WriteFailure>>),
     Abandon,
 }
 
@@ -50,9 +52,72 @@ pub struct Writer {
     tx: Option<mpsc::Sender<Cmd>>,
     thread: Option<JoinHandle<()>>,
     /// Write errors are reported here as they happen.
-    pub errors: tokio::sync::mpsc::UnboundedReceiver<String>,
+    pub errors: tokio::sync::mpsc::UnboundedReceiver<WriteFailure>,
     /// Per output: where workers on this host may write blocks themselves.
     pub direct: Vec<Option<crate::proto::DirectOutput>>,
+}
+
+/// A write of an output or of the journal that failed.
+#[derive(Debug)]
+pub struct WriteFailure {
+    /// One line naming the file and the error.
+    pub message: String,
+    /// The file system refused the write (full, over quota, read-only, no permission,
+    /// an I/O error): what was made durable stays with the journal, so that the same
+    /// command resumes once the fault is gone.
+    pub resumable: bool,
+}
+
+impl WriteFailure {
+    /// `what` (e.g. `writing "FILE"`) failed with `err`.
+    fn io(what: String, err: &std::io::Error) -> Self {
+        use nix::errno::Errno;
+        let resumable = err.raw_os_error().is_some_and(|n| {
+            [
+                Errno::ENOSPC,
+                Errno::EDQUOT,
+                Errno::EROFS,
+                Errno::EACCES,
+                Errno::EPERM,
+                Errno::EIO,
+                Errno::EFBIG,
+            ]
+            .contains(&Errno::from_raw(n))
+        });
+        let message = if resumable {
+            format!("{what}: {err}; free space (or make it writable) and run the same command again: it resumes from what was written")
+        } else {
+            format!("{what}: {err}")
+        };
+        Self { message, resumable }
+    }
+
+    /// `what` failed in the HDF5 library: resumable when the library's own write or
+    /// flush failed with an OS error (its error stack carries the errno).
+    fn hdf(what: String, err: &hdf5::Error) -> Self {
+        match os_error(err) {
+            Some(os) => Self::io(what, &os),
+            None => Self {
+                message: format!("{what}: {err}"),
+                resumable: false,
+            },
+        }
+    }
+
+    fn other(message: String) -> Self {
+        Self { message, resumable: false }
+    }
+}
+
+/// The OS error under an HDF5 error: its file driver records `errno = N` in the
+/// innermost frame of a failed read, write or flush.
+fn os_error(err: &hdf5::Error) -> Option<std::io::Error> {
+    err.stack()?.iter().rev().find_map(|frame| {
+        let desc = frame.desc();
+        let at = desc.find("errno = ")? + "errno = ".len();
+        let digits: String = desc[at..].chars().take_while(char::is_ascii_digit).collect();
+        Some(std::io::Error::from_raw_os_error(digits.parse().ok()?))
+    })
 }
 
 /// Whether workers may write output `output`'s blocks into `temp` themselves, and
@@ -223,7 +288,7 @@ impl Writer {
                     compressed,
                     journal: Some(journal),
                     errors: etx,
-                    failed: false,
+                    failed: None,
                 }
                 .run(rx)
             })
@@ -266,7 +331,7 @@ impl Writer {
     }
 
     /// Close the files, rename them to their final names, remove the journal.
-    pub fn finish(mut self) -> tokio::sync::oneshot::Receiver<Result<(), String>> {
+    pub fn finish(mut self) -> tokio::sync::oneshot::Receiver<Result<(), WriteFailure>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.send(Cmd::Finish(tx));
         self.tx.take();
@@ -306,36 +371,43 @@ struct WriterThread {
     /// The chunk shape of each compressed output (its blocks come as compressed chunks).
     compressed: Vec<Option<Vec<usize>>>,
     journal: Option<Journal>,
-    errors: tokio::sync::mpsc::UnboundedSender<String>,
-    failed: bool,
+    errors: tokio::sync::mpsc::UnboundedSender<WriteFailure>,
+    /// The first failure, once there was one.
+    failed: Option<bool>,
 }
 
 impl WriterThread {
-    fn report(&mut self, e: String) {
-        if !self.failed {
-            self.failed = true;
+    fn report(&mut self, e: WriteFailure) {
+        if self.failed.is_none() {
+            self.failed = Some(e.resumable);
             let _ = self.errors.send(e);
         }
     }
 
+    fn journal_failure(j: &Journal, e: &std::io::Error) -> WriteFailure {
+        WriteFailure::io(format!("cannot write the journal \"{}\"", j.path().display()), e)
+    }
+
     /// Flush the temporary files, then record the blocks they now hold.
     fn make_durable(&mut self, pending: &mut Vec<u32>) {
-        if pending.is_empty() || self.failed {
+        if pending.is_empty() || self.failed.is_some() {
             return;
         }
         for f in &self.files {
             if let Some(file) = &f.file
                 && let Err(e) = file.flush()
             {
-                let msg = format!("flushing \"{}\": {e}", f.temp.display());
-                self.report(msg);
+                let failure = WriteFailure::hdf(format!("cannot write \"{}\"", f.temp.display()), &e);
+                self.report(failure);
                 return;
             }
         }
         if let Some(j) = &mut self.journal
             && let Err(e) = j.blocks(pending)
         {
-            tracing::warn!(error = %e, journal = %j.path().display(), "cannot record blocks in the journal");
+            let failure = Self::journal_failure(j, &e);
+            self.report(failure);
+            return;
         }
         pending.clear();
     }
@@ -344,19 +416,23 @@ impl WriterThread {
     /// the file.
     fn sync(&mut self, pending: &mut Vec<u32>) {
         self.make_durable(pending);
-        if let Some(j) = &mut self.journal {
-            let _ = j.flush();
+        if let Some(j) = &mut self.journal
+            && self.failed.is_none()
+            && let Err(e) = j.flush()
+        {
+            let failure = Self::journal_failure(j, &e);
+            self.report(failure);
         }
     }
 
-    fn close_files(&mut self) -> Result<(), String> {
+    fn close_files(&mut self) -> Result<(), WriteFailure> {
         self.datasets.clear();
         let mut result = Ok(());
         for f in &mut self.files {
             if let Some(file) = f.file.take()
                 && let Err(e) = file.close()
             {
-                result = Err(format!("closing \"{}\": {e}", f.temp.display()));
+                result = Err(WriteFailure::hdf(format!("cannot write \"{}\"", f.temp.display()), &e));
             }
         }
         result
@@ -388,11 +464,11 @@ impl WriterThread {
             };
             match cmd {
                 None => {}
-                Some(Cmd::Write { parts, region, task }) if !self.failed => {
+                Some(Cmd::Write { parts, region, task }) if self.failed.is_none() => {
                     let mut ok = true;
                     for (output, bytes) in parts {
                         let Some(ds) = &self.datasets[output as usize] else {
-                            self.report(format!("writing output {output}: its file was already closed"));
+                            self.report(WriteFailure::other(format!("writing output {output}: its file was already closed")));
                             ok = false;
                             break;
                         };
@@ -401,7 +477,8 @@ impl WriterThread {
                             None => hdf::write_region(ds, &region, self.dtypes[output as usize], &bytes),
                         };
                         if let Err(e) = written {
-                            self.report(format!("writing output {output}: {e}"));
+                            let temp = &self.files[self.file_of[output as usize]].temp;
+                            self.report(WriteFailure::hdf(format!("cannot write \"{}\"", temp.display()), &e));
                             ok = false;
                             break;
                         }
@@ -415,14 +492,16 @@ impl WriterThread {
                 Some(Cmd::Written { task }) => pending.push(task),
                 Some(Cmd::Partial { task, bytes }) => {
                     if let Some(j) = &mut self.journal
+                        && self.failed.is_none()
                         && let Err(e) = j.partial(task, &bytes)
                     {
-                        tracing::warn!(error = %e, "cannot record a partial in the journal");
+                        let failure = Self::journal_failure(j, &e);
+                        self.report(failure);
                     }
                 }
                 Some(Cmd::Settle { output, reply }) => {
                     self.sync(&mut pending);
-                    let result = if self.failed {
+                    let result = if self.failed.is_some() {
                         Err("an earlier write failed".into())
                     } else {
                         self.datasets[output as usize] = None;
@@ -435,9 +514,13 @@ impl WriterThread {
                     let _ = reply.send(result);
                 }
                 Some(Cmd::Finish(reply)) => {
+                    self.sync(&mut pending);
                     let mut result = self.close_files();
-                    if self.failed && result.is_ok() {
-                        result = Err("an earlier write failed".into());
+                    if let (Some(resumable), Ok(())) = (self.failed, &result) {
+                        result = Err(WriteFailure {
+                            message: "an earlier write failed".into(),
+                            resumable,
+                        });
                     }
                     if result.is_ok() {
                         for f in &self.files {
@@ -446,17 +529,21 @@ impl WriterThread {
                                 continue;
                             }
                             if let Err(e) = std::fs::rename(&f.temp, &f.final_path) {
-                                result = Err(format!("renaming \"{}\" to \"{}\": {e}", f.temp.display(), f.final_path.display()));
+                                let what = format!("cannot rename \"{}\" to \"{}\"", f.temp.display(), f.final_path.display());
+                                result = Err(WriteFailure::io(what, &e));
                                 break;
                             }
                         }
                     }
-                    if result.is_ok() {
-                        if let Some(j) = self.journal.take() {
-                            j.remove();
+                    match &result {
+                        Ok(()) => {
+                            if let Some(j) = self.journal.take() {
+                                j.remove();
+                            }
                         }
-                    } else {
-                        self.remove_all();
+                        // The journal and the files it speaks of stay for the resume.
+                        Err(f) if f.resumable => {}
+                        Err(_) => self.remove_all(),
                     }
                     let _ = reply.send(result);
                     return;

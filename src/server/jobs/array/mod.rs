@@ -377,7 +377,13 @@ impl ArrayJob {
     fn check_writer(&mut self, cx: &mut Cx) {
         let err = self.writer.as_mut().and_then(|w| w.errors.try_recv().ok());
         if let Some(e) = err {
-            self.fail(cx, format!("output writer failed: {e}"));
+            if e.resumable
+                && let Some(w) = self.writer.take()
+            {
+                // What is durable stays with the journal: the same command resumes.
+                w.abandon();
+            }
+            self.fail(cx, e.message);
         }
     }
 
@@ -654,7 +660,10 @@ impl Job for ArrayJob {
         let notify = cx.notify.clone();
         let id = self.id;
         tokio::spawn(async move {
-            let result = done.await.unwrap_or_else(|_| Err("the writer thread died".into()));
+            let result = done
+                .await
+                .map_err(|_| "the writer thread died".to_string())
+                .and_then(|r| r.map_err(|f| f.message));
             notify(id, JobEvent::Finished(result));
         });
         tracing::info!(job = id, seconds = summary.seconds, "job done");
