@@ -72,6 +72,8 @@ pub enum ExecError {
         "input \"{input}\" (\"{file}\") changed during the run: {reason}; a run's input files must not be modified until it finishes (run again to start over)"
     )]
     Changed { input: String, file: String, reason: String },
+    #[error("input \"{input}\" (\"{file}\") could not be read: {reason}; check its file system, then run again")]
+    Unreadable { input: String, file: String, reason: String },
     #[error(
         "outputs[{index}] (\"{file}\":{dataset}): the value {value} cannot be stored as {dtype} (NaN, infinite or out of range); mask it first, e.g. where(isnan(x), 0, x), or write a float dtype"
     )]
@@ -161,7 +163,7 @@ impl Source {
 
     /// Whether the input is as it was when opened (generated inputs always are; a
     /// staging copy not yet opened is not checked).
-    pub fn unchanged(&self) -> Result<(), String> {
+    pub fn unchanged(&self) -> Result<(), hdf::reader::InputFault> {
         match self {
             Source::Hdf(r, _) => r.unchanged(),
             Source::Staged(s) => match s.reader.get() {
@@ -281,10 +283,12 @@ pub fn execute_block(
 
 fn inputs_unchanged(plan: &Plan, datasets: &[Source]) -> Result<(), ExecError> {
     for (inp, r) in plan.inputs.iter().zip(datasets) {
-        r.unchanged().map_err(|reason| ExecError::Changed {
-            input: inp.name.clone(),
-            file: inp.file.display().to_string(),
-            reason,
+        r.unchanged().map_err(|fault| {
+            let (input, file) = (inp.name.clone(), inp.file.display().to_string());
+            match fault {
+                hdf::reader::InputFault::Changed(reason) => ExecError::Changed { input, file, reason },
+                hdf::reader::InputFault::Io(reason) => ExecError::Unreadable { input, file, reason },
+            }
         })?;
     }
     Ok(())

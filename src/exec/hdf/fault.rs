@@ -4,8 +4,9 @@
 //! mapped) raises SIGBUS, whose default action kills the process: every worker reading
 //! that input would die in turn. Mapped inputs are registered here; a SIGBUS inside a
 //! registered map replaces the faulting page with a page of zeros and lets the read go
-//! on. The caller then finds the file changed ([`super::Reader::unchanged`]) and
-//! discards what it read. A SIGBUS anywhere else restores the default action, so the
+//! on. The caller then finds the file changed ([`super::Reader::unchanged`]), or, when
+//! it did not change, that a read of its pages failed (an I/O error of its file
+//! system: the map counts its faults), and discards what it read. A SIGBUS anywhere else restores the default action, so the
 //! fault repeats and ends the process as it would have.
 
 use std::sync::Once;
@@ -23,11 +24,21 @@ static RANGES: [(AtomicUsize, AtomicUsize); SLOTS] = [const { (AtomicUsize::new(
 /// Faults absorbed so far (for tests and logs).
 static FAULTS: AtomicUsize = AtomicUsize::new(0);
 
+/// Faults absorbed in each slot's map since it was registered.
+static SLOT_FAULTS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+
 static INSTALL: Once = Once::new();
 
 /// A registered map; dropping it unregisters the map (before the map is unmapped).
 pub struct Guard {
     slot: usize,
+}
+
+impl Guard {
+    /// Read faults absorbed in this map since it was registered.
+    pub fn faults(&self) -> usize {
+        SLOT_FAULTS[self.slot].load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Guard {
@@ -47,6 +58,7 @@ pub fn register(ptr: *const u8, len: usize) -> Option<Guard> {
     let start = ptr as usize;
     for (slot, (s, e)) in RANGES.iter().enumerate() {
         if s.compare_exchange(0, start, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            SLOT_FAULTS[slot].store(0, Ordering::SeqCst);
             e.store(start + len, Ordering::SeqCst);
             return Some(Guard { slot });
         }
@@ -79,11 +91,11 @@ fn install() -> bool {
 extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
     let addr = unsafe { (*info).si_addr() } as usize;
-    let inside = RANGES.iter().any(|(s, e)| {
+    let inside = RANGES.iter().position(|(s, e)| {
         let start = s.load(Ordering::SeqCst);
         start != 0 && addr >= start && addr < e.load(Ordering::SeqCst)
     });
-    if inside {
+    if let Some(slot) = inside {
         // SAFETY: sysconf is async-signal-safe in practice (a constant lookup).
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
         let at = addr & !(page - 1);
@@ -102,6 +114,7 @@ extern "C" fn on_sigbus(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
         };
         if p != libc::MAP_FAILED {
             FAULTS.fetch_add(1, Ordering::Relaxed);
+            SLOT_FAULTS[slot].fetch_add(1, Ordering::SeqCst);
             return;
         }
     }
@@ -141,6 +154,7 @@ mod tests {
         let tail = std::hint::black_box(&map[(16 << 10)..(48 << 10)]);
         assert!(tail.iter().all(|&b| b == 0), "pages past the end read as zeros");
         assert!(faults() > before, "the fault was counted");
+        assert!(guard.faults() > 0, "in its map's count too");
         assert_eq!(map[100], 7, "pages before the end keep their bytes");
         drop(guard);
     }

@@ -58,10 +58,19 @@ impl Stamp {
     }
 }
 
+/// Why what was read of an input cannot be trusted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputFault {
+    /// The file changed (size or modification time) since the run opened it.
+    Changed(String),
+    /// Its file system failed a read.
+    Io(String),
+}
+
 struct Mapped {
     /// Read faults in the map become zero pages (declared before `map`: fields drop in
     /// order, so the map is unregistered before it is unmapped).
-    _fault: Option<fault::Guard>,
+    fault: Option<fault::Guard>,
     map: memmap2::Mmap,
     /// The same file, for positioned reads of compressed chunks.
     file: std::fs::File,
@@ -192,19 +201,30 @@ impl Reader {
 
     /// Whether the file is still as it was when opened (one `fstat`): a file truncated
     /// or rewritten while a run reads it would give wrong results, or a read fault on
-    /// its mapped pages. The error says what changed.
-    pub fn unchanged(&self) -> Result<(), String> {
+    /// its mapped pages. The error says what changed, or that a read of its mapped
+    /// pages failed on a file that did not change (an I/O error).
+    pub fn unchanged(&self) -> Result<(), InputFault> {
         let s = &self.stamp;
-        let m = s.file.metadata().map_err(|e| format!("cannot check the file: {e}"))?;
+        let m = s
+            .file
+            .metadata()
+            .map_err(|e| InputFault::Io(format!("cannot check the file: {e}")))?;
         if m.len() != s.len {
-            return Err(format!(
+            return Err(InputFault::Changed(format!(
                 "it was {} bytes when the run opened it and is now {} bytes",
                 s.len,
                 m.len()
-            ));
+            )));
         }
         if m.modified().ok() != s.modified {
-            return Err("it was modified after the run opened it".into());
+            return Err(InputFault::Changed("it was modified after the run opened it".into()));
+        }
+        if let Some(faults) = self.mapped.as_ref().and_then(|m| m.fault.as_ref()).map(fault::Guard::faults)
+            && faults > 0
+        {
+            return Err(InputFault::Io(format!(
+                "its file system failed to read {faults} page(s) of it (an I/O error; the system log may say more)"
+            )));
         }
         Ok(())
     }
@@ -399,7 +419,7 @@ impl Mapped {
         }
         let budget = (2 * cell_bytes as usize).clamp(16 << 20, 64 << 20);
         Ok(Some(Self {
-            _fault: fault::register(map.as_ptr(), map.len()),
+            fault: fault::register(map.as_ptr(), map.len()),
             map,
             file: f,
             dtype,

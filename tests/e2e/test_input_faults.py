@@ -1,0 +1,72 @@
+"""Input faults (issue 16): an input on a file system that returns EIO, served by a
+real FUSE file system (examples/faultfs.rs) whose reads past a point fail. The run
+fails once, with one line naming the input, its file and the I/O error; no worker
+crashes in turn, no output is written, no process is left."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import run_drover
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/dev/fuse").exists(), reason="mounts a FUSE file system (needs root and /dev/fuse)"
+)
+
+
+def faultfs_bin(drover: Path) -> Path:
+    exe = drover.parent / "examples" / "faultfs"
+    assert exe.exists(), f"{exe} is missing: scripts/test.sh builds it (cargo build --release --example faultfs)"
+    return exe
+
+
+@contextlib.contextmanager
+def faulty(drover: Path, source: Path, mountpoint: Path, mode: str, start: int):
+    """Serve `source` at mountpoint/<its name>, reads from byte `start` failing."""
+    mountpoint.mkdir()
+    proc = subprocess.Popen([str(faultfs_bin(drover)), str(source), str(mountpoint), mode, str(start)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "mounted", f"faultfs did not mount: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        yield mountpoint / source.name
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"], ids=["mapped", "gzip"])
+def test_an_input_whose_file_system_returns_eio_fails_the_run_once_naming_it(drover, tmp_path, compression):
+    n = 4_000_000
+    src = tmp_path / "x.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("x", data=np.linspace(0.0, 1.0, n), chunks=(100_000,) if compression else None,
+                         compression=compression)
+    size = src.stat().st_size
+    with faulty(drover, src, tmp_path / "mnt", "eio", size * 2 // 3) as x:
+        w = tmp_path / "w.toml"
+        w.write_text(
+            f'[inputs.x]\nfile = "{x}"\ndataset = "/x"\nchunks = [200000]\n'
+            f'[[outputs]]\nexpr = "x * 2"\nfile = "{tmp_path / "out.h5"}"\ndataset = "/y"\n'
+        )
+        r = run_drover(drover, ["run", w, "--workers", "2"])
+    assert r.rc == 1, r.describe()
+    assert "panicked" not in r.stderr and "lost" not in r.stderr, r.stderr[-3000:]
+    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, r.stderr
+    assert str(x) in lines[0] and 'input "x"' in lines[0], lines[0]
+    assert "I/O error" in lines[0] or "Input/output error" in lines[0], lines[0]
+    assert r.leftover_pids == []
+    assert not (tmp_path / "out.h5").exists()
