@@ -1,10 +1,13 @@
 //! A one-file FUSE file system that fails like broken storage, for the input-fault
 //! tests (tests/e2e/test_input_faults.py): it serves a copy of SOURCE's bytes under
-//! MOUNTPOINT/<SOURCE's name>, and every read that reaches byte FROM or beyond
-//! either fails with EIO (`eio`) or is never answered (`hang`, a file server that
-//! went away: the reader waits until it is killed).
+//! MOUNTPOINT/<SOURCE's name>, and
+//! - `eio`: every read that reaches byte FROM or beyond fails with EIO;
+//! - `hang`: every read of byte FROM is never answered (a file server that went
+//!   away: the reader waits until it is killed);
+//! - `hang-once`: the first read of byte FROM is never answered, later ones are (a
+//!   server that lost one request).
 //!
-//!     faultfs SOURCE MOUNTPOINT eio|hang FROM
+//!     faultfs SOURCE MOUNTPOINT eio|hang|hang-once FROM
 //!
 //! Prints "mounted" once the file can be opened; unmounts on SIGTERM or SIGINT.
 //! Needs root (it mounts without fusermount).
@@ -16,14 +19,15 @@ use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, INodeNo, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyEntry, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, INodeNo, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyEntry, ReplyOpen, Request,
 };
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Eio,
     Hang,
+    HangOnce,
 }
 
 struct FaultFs {
@@ -78,6 +82,19 @@ impl Filesystem for FaultFs {
         }
     }
 
+    /// In the hang modes the file is opened for direct I/O: each read is a request of
+    /// its own, not a page of the one page cache every process of this machine shares
+    /// (a read waiting on a held request keeps its pages locked, so every other worker
+    /// here would wait too; on a cluster, the other nodes have page caches of their
+    /// own). Mapping such a file fails, and drover reads it through the HDF5 library.
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let flags = match self.mode {
+            Mode::Eio => FopenFlags::empty(),
+            Mode::Hang | Mode::HangOnce => FopenFlags::FOPEN_DIRECT_IO,
+        };
+        reply.opened(FileHandle(0), flags);
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn read(
         &self,
@@ -94,12 +111,20 @@ impl Filesystem for FaultFs {
             reply.error(Errno::ENOENT);
             return;
         }
-        if offset + u64::from(size) > self.from && offset < self.attr.size {
-            match self.mode {
-                Mode::Eio => reply.error(Errno::EIO),
-                Mode::Hang => self.held.lock().expect("held reads").push(reply),
+        let end = offset + u64::from(size);
+        let past = end > self.from && offset < self.attr.size;
+        let covers = offset <= self.from && self.from < end;
+        match self.mode {
+            Mode::Eio if past => return reply.error(Errno::EIO),
+            Mode::Hang | Mode::HangOnce if covers => {
+                let mut held = self.held.lock().expect("held reads");
+                if self.mode == Mode::Hang || held.is_empty() {
+                    eprintln!("faultfs: holding a read of {size} bytes at {offset}");
+                    held.push(reply);
+                    return;
+                }
             }
-            return;
+            _ => {}
         }
         let mut buf = vec![0u8; size as usize];
         match self.source.read_at(&mut buf, offset) {
@@ -129,7 +154,7 @@ impl Filesystem for FaultFs {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: faultfs SOURCE MOUNTPOINT eio|hang FROM";
+    let usage = "usage: faultfs SOURCE MOUNTPOINT eio|hang|hang-once FROM";
     let [_, source, mountpoint, mode, from] = &args[..] else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -137,8 +162,9 @@ fn main() {
     let mode = match mode.as_str() {
         "eio" => Mode::Eio,
         "hang" => Mode::Hang,
+        "hang-once" => Mode::HangOnce,
         other => {
-            eprintln!("faultfs: mode \"{other}\": use eio or hang");
+            eprintln!("faultfs: mode \"{other}\": use eio, hang or hang-once");
             std::process::exit(2);
         }
     };

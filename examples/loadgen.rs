@@ -147,7 +147,7 @@ async fn worker(i: usize, cx: Arc<Ctx>) -> Result<(), String> {
                 Some(_) => {}
             },
             _ = beat.tick() => {
-                let load = PeerMsg::Load { rss_bytes: 16 << 20, cpu_ms: 0 };
+                let load = PeerMsg::Load { rss_bytes: 16 << 20, cpu_ms: 0, running_ms: 0 };
                 proto::write_frame(&mut send, &load, &[]).await.map_err(|e| e.to_string())?;
             }
         }

@@ -265,6 +265,7 @@ mod tests {
                 &PeerMsg::Load {
                     rss_bytes: 1 << 30,
                     cpu_ms: 1200,
+                    running_ms: 3400,
                 },
                 &[],
             ),

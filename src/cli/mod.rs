@@ -260,6 +260,11 @@ pub struct RunArgs {
     /// Serve the live dashboard while the run goes (its URL is printed on stderr).
     #[arg(long, conflicts_with = "connect")]
     pub dashboard: bool,
+    /// How long a task may run before its worker is taken for stuck (a read that never
+    /// returns) and its tasks run elsewhere: a multiple of the slowest task so far
+    /// ("10x", the default, never under 10 minutes) or a duration ("90s", "5m").
+    #[arg(long, value_name = "LIMIT", value_parser = crate::server::actor::hung::TaskTimeout::parse, conflicts_with = "connect")]
+    pub task_timeout: Option<crate::server::actor::hung::TaskTimeout>,
 }
 
 /// A size argument as given, and its bytes.

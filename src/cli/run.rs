@@ -61,6 +61,7 @@ pub fn run(args: RunArgs) -> Result<(), Failure> {
         report: args.report.clone(),
         dashboard: args.dashboard,
         workload: std::fs::read_to_string(&args.workload).ok(),
+        task_timeout: args.task_timeout.unwrap_or_default(),
     };
     let rt = runtime_builder()?;
     let progress = (!args.json && std::io::stdout().is_terminal()).then(|| progress_message(&decoded));
@@ -343,6 +344,7 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Opt
         workers,
         give_up_after: Some(3),
         dashboard: extras.dashboard_addr(),
+        task_timeout: extras.task_timeout,
     };
     let handle = server::start(opts).await.map_err(runtime)?;
     extras.announce(&handle);
@@ -385,6 +387,7 @@ async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option
         workers: 0,
         give_up_after: None,
         dashboard: extras.dashboard_addr(),
+        task_timeout: extras.task_timeout,
     };
     let handle = server::start(opts).await.map_err(runtime)?;
     extras.announce(&handle);
@@ -455,7 +458,12 @@ async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option
     }
     for c in children.iter_mut() {
         if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
-            let _ = c.kill().await;
+            // A worker stuck in the kernel (a read its file server never answers) ends
+            // only when that read does: it is not waited for.
+            let _ = c.start_kill();
+            if tokio::time::timeout(Duration::from_secs(5), c.wait()).await.is_err() {
+                tracing::warn!(pid = c.id(), "a worker process does not end (stuck in the kernel); leaving it");
+            }
         }
     }
     handle.stop().await;
@@ -468,6 +476,7 @@ struct Extras {
     report: Option<PathBuf>,
     dashboard: bool,
     workload: Option<String>,
+    task_timeout: server::actor::hung::TaskTimeout,
 }
 
 impl Extras {

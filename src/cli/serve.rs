@@ -40,6 +40,11 @@ pub struct StartArgs {
     /// No dashboard.
     #[arg(long)]
     no_dashboard: bool,
+    /// How long a task may run before its worker is taken for stuck and its tasks run
+    /// elsewhere: a multiple of the slowest task so far ("10x", the default, never
+    /// under 10 minutes) or a duration ("90s", "5m").
+    #[arg(long, value_name = "LIMIT", value_parser = crate::server::actor::hung::TaskTimeout::parse)]
+    task_timeout: Option<crate::server::actor::hung::TaskTimeout>,
 }
 
 pub fn start(args: &StartArgs) -> Result<(), Failure> {
@@ -94,6 +99,7 @@ pub fn start(args: &StartArgs) -> Result<(), Failure> {
             workers,
             give_up_after: None,
             dashboard,
+            task_timeout: args.task_timeout.unwrap_or_default(),
         };
         let handle = server::start(opts).await.map_err(|e| match e {
             e @ server::StartError::Dashboard { .. } => input(e),

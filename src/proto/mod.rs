@@ -16,7 +16,7 @@ use crate::config::workload::Workload;
 use crate::exec::plan::Plan;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The reason the server closes every connection with when it stops (workers still
 /// joining then leave quietly).
@@ -157,6 +157,11 @@ pub enum ServerMsg {
     Shutdown {
         reason: String,
     },
+    /// Exit now, without waiting for running tasks (one of them is stuck: the server
+    /// runs its tasks elsewhere).
+    Exit {
+        reason: String,
+    },
     /// The server has seen the worker's first `Draining`: it assigns nothing more, so
     /// once its running tasks are reported the worker may leave without losing any.
     Drained,
@@ -212,10 +217,12 @@ pub enum ServerMsg {
 pub enum PeerMsg {
     Hello(Hello),
     Heartbeat,
-    /// A heartbeat with the worker's resident memory and CPU time so far.
+    /// A heartbeat with the worker's resident memory and CPU time so far, and how long
+    /// its longest-running array task has been running (0: none runs).
     Load {
         rss_bytes: u64,
         cpu_ms: u64,
+        running_ms: u64,
     },
     /// Results of finished tasks; payload: their bytes, concatenated in order.
     /// `peak_rss`: the worker's peak resident memory so far (VmHWM), in bytes.

@@ -46,6 +46,8 @@ pub struct ServerOptions {
     pub give_up_after: Option<u32>,
     /// Serve the dashboard on this address (`None`: no dashboard).
     pub dashboard: Option<SocketAddr>,
+    /// How long an array task may run before its worker is taken for stuck.
+    pub task_timeout: actor::hung::TaskTimeout,
 }
 
 /// A running server.
@@ -209,7 +211,8 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     };
     let actor = actor::Actor::new(opts.core, events.clone(), site, opts.workers, opts.dir.clone(), observer)
         .with_inbound(inbound)
-        .with_rtt(rtt);
+        .with_rtt(rtt)
+        .with_task_timeout(opts.task_timeout);
     let path = access_path.clone();
     let task = tokio::spawn(async move {
         actor.run(rx).await;

@@ -35,6 +35,8 @@ pub enum WorkerError {
     Rejected(String),
     #[error("lost the connection to the server: {0}")]
     Lost(String),
+    #[error("the server told this worker to exit: {0}")]
+    Told(String),
     #[error("could not reach the server for {secs} s (death timeout), giving up; last error: {last}")]
     DeathTimeout { secs: u64, last: String },
 }
@@ -126,6 +128,21 @@ struct Shared {
     host: String,
     /// Longest task seen, in milliseconds (sizes the walltime margin).
     longest_task_ms: std::sync::atomic::AtomicU64,
+    /// Per task thread, when its running array task started (heartbeats report the
+    /// oldest, so that the server sees a task stuck in a read that never returns).
+    running_since: Vec<Mutex<Option<std::time::Instant>>>,
+}
+
+impl Shared {
+    /// How long the longest-running array task has been running.
+    fn running_for(&self) -> Duration {
+        self.running_since
+            .iter()
+            .filter_map(|s| *s.lock().expect("running lock"))
+            .map(|t| t.elapsed())
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 enum Out {
@@ -179,7 +196,10 @@ pub async fn run(access_path: &Path, opts: WorkerOptions) -> Result<(), WorkerEr
         match session(&access, &opts, budget, &mut registered, &mut signals).await {
             Ok(()) => return Ok(()),
             Err(
-                e @ (WorkerError::Rejected(_) | WorkerError::Access(_) | WorkerError::Connect(ConnectError::CertificateMismatch { .. })),
+                e @ (WorkerError::Rejected(_)
+                | WorkerError::Told(_)
+                | WorkerError::Access(_)
+                | WorkerError::Connect(ConnectError::CertificateMismatch { .. })),
             ) => {
                 return Err(e);
             }
@@ -294,6 +314,7 @@ async fn session(
         walltime_end: opts.walltime.map(|(end, _)| end),
         host: info_host.clone(),
         longest_task_ms: std::sync::atomic::AtomicU64::new(0),
+        running_since: (0..opts.threads.max(1)).map(|_| Mutex::new(None)).collect(),
     });
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Out>();
     let threads: Vec<_> = (0..opts.threads.max(1))
@@ -302,7 +323,7 @@ async fn session(
             let out = out_tx.clone();
             std::thread::Builder::new()
                 .name(format!("drover-task-{i}"))
-                .spawn(move || task_loop(&shared, &out))
+                .spawn(move || task_loop(&shared, &out, i))
                 .expect("spawn task thread")
         })
         .collect();
@@ -325,6 +346,9 @@ async fn session(
         }
         r => r,
     };
+    // Told to exit (a task is stuck): leave like a signalled worker, without waiting
+    // for the stuck task.
+    signalled |= matches!(result, Err(WorkerError::Told(_)));
     let finishing = {
         let mut q = shared.queue.lock().expect("queue lock");
         q.stop = true;
@@ -474,6 +498,10 @@ async fn read_loop(recv: &mut transport::RecvHalf, shared: &Shared, out: &mpsc::
                 tracing::info!(%reason, "server asked to stop");
                 return Ok(());
             }
+            ServerMsg::Exit { reason } => {
+                tracing::warn!(%reason, "server told this worker to exit now");
+                return Err(WorkerError::Told(reason));
+            }
             ServerMsg::Drained => {
                 tracing::info!("server saw the drain; finishing running tasks");
                 return Ok(());
@@ -526,7 +554,7 @@ fn tasks_within(plan: &Plan, threads: usize, bound: u64) -> usize {
     n.clamp(1, threads)
 }
 
-fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
+fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>, index: usize) {
     loop {
         let (job, item, slots) = {
             let mut q = shared.queue.lock().expect("queue lock");
@@ -576,6 +604,7 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
             continue;
         };
         let started = std::time::Instant::now();
+        *shared.running_since[index].lock().expect("running lock") = Some(started);
         let span = tracing::debug_span!("task", job, task = t.task, stage = t.stage, block = t.block);
         let _e = span.enter();
         let run = || -> Result<exec::BlockResult, String> {
@@ -627,6 +656,7 @@ fn task_loop(shared: &Shared, out: &mpsc::UnboundedSender<Out>) {
                 }
             }
         };
+        *shared.running_since[index].lock().expect("running lock") = None;
         shared
             .longest_task_ms
             .fetch_max(started.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);

@@ -51,7 +51,11 @@ async fn send_frames(mut send: crate::transport::SendHalf, mut rx: mpsc::Unbound
                 },
                 _ = beat.tick() => {
                     let beat = match load() {
-                        Some((rss_bytes, cpu_ms)) => PeerMsg::Load { rss_bytes, cpu_ms },
+                        Some((rss_bytes, cpu_ms)) => PeerMsg::Load {
+                            rss_bytes,
+                            cpu_ms,
+                            running_ms: shared.running_for().as_millis() as u64,
+                        },
                         None => PeerMsg::Heartbeat,
                     };
                     if proto::write_frame(&mut send, &beat, &[]).await.is_err() {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import h5py
@@ -70,3 +71,48 @@ def test_an_input_whose_file_system_returns_eio_fails_the_run_once_naming_it(dro
     assert "I/O error" in lines[0] or "Input/output error" in lines[0], lines[0]
     assert r.leftover_pids == []
     assert not (tmp_path / "out.h5").exists()
+
+
+def test_a_task_stuck_in_a_read_that_never_returns_runs_elsewhere_and_the_result_is_exact(drover, tmp_path):
+    """A file server loses one read request: the worker reading it waits forever (its
+    heartbeats go on). Past the task time limit its tasks run on the other worker, it
+    is told to exit (which ends the stuck read), and the result is exact."""
+    n, block = 4_000_000, 200_000
+    src = tmp_path / "x.h5"
+    x = np.linspace(0.0, 1.0, n)
+    with h5py.File(src, "w") as f:
+        f.create_dataset("x", data=x)
+        start = f["x"].id.get_offset()
+    # The middle of block 7: its first read of that byte is never answered.
+    stuck_at = start + (7 * block + block // 2) * 8
+    with faulty(drover, src, tmp_path / "mnt", "hang-once", stuck_at) as path:
+        w = tmp_path / "w.toml"
+        w.write_text(
+            f'[inputs.x]\nfile = "{path}"\ndataset = "/x"\nchunks = [{block}]\n'
+            f'[[outputs]]\nexpr = "x * 2 + 1"\nfile = "{tmp_path / "out.h5"}"\ndataset = "/y"\n'
+            f'[[outputs]]\nexpr = "sum(x)"\nfile = "{tmp_path / "out.h5"}"\ndataset = "/total"\n'
+        )
+        r = run_drover(drover, ["run", w, "--workers", "2", "--json", "--task-timeout", "3s"], timeout=120)
+    # The stuck worker waits in the kernel until the file server answers or goes away
+    # (as on a hard-mounted NFS): gone now, it must end.
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{p}").exists() for p in r.leftover_pids):
+        assert time.monotonic() < deadline, f"the stuck worker outlived its file server: {r.leftover_pids}"
+        time.sleep(0.1)
+    assert r.rc == 0, r.describe()
+    summary = r.json()
+    assert summary["workers_lost"] >= 1 and summary["tasks_retried"] >= 1, summary
+    assert "task time limit of 3 s" in r.stderr, r.stderr[-2000:]
+    with h5py.File(tmp_path / "out.h5") as f:
+        np.testing.assert_array_equal(f["y"][...], x * 2 + 1)
+        np.testing.assert_allclose(f["total"][()], x.sum(), rtol=1e-12)
+
+
+def test_a_bad_task_timeout_is_refused_quoting_it(drover, tmp_path):
+    w = tmp_path / "w.toml"
+    w.write_text('[inputs.x]\ngenerate = "ones"\nshape = [10]\n[[outputs]]\nexpr = "x"\nfile = "o.h5"\ndataset = "/y"\n')
+    for bad in ["1x", "soon"]:
+        r = run_drover(drover, ["run", w, "--task-timeout", bad])
+        assert r.rc == 2, r.describe()
+        assert f'"{bad}"' in r.stderr and "10x" in r.stderr, r.stderr
+        assert not (tmp_path / "o.h5").exists()

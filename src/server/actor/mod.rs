@@ -102,6 +102,11 @@ pub struct Actor {
     host: String,
     /// The server's folder.
     dir: PathBuf,
+    /// Stuck tasks: the limit, the slowest task finished so far, and what each worker
+    /// last said of its oldest running task.
+    task_timeout: hung::TaskTimeout,
+    slowest_task: Option<Duration>,
+    running: HashMap<WorkerId, hung::Running>,
 }
 
 /// The inbound budget before any job sets one.
@@ -124,6 +129,7 @@ macro_rules! cx {
 
 // After the macro: they use it.
 mod clients;
+pub mod hung;
 mod site;
 
 impl Actor {
@@ -222,7 +228,15 @@ impl Actor {
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             dir,
+            task_timeout: hung::TaskTimeout::default(),
+            slowest_task: None,
+            running: HashMap::new(),
         }
+    }
+
+    pub(super) fn with_task_timeout(mut self, t: hung::TaskTimeout) -> Self {
+        self.task_timeout = t;
+        self
     }
 
     /// Size the connections' inbound budget per job.
@@ -252,6 +266,7 @@ impl Actor {
                 _ = tick.tick() => {
                     let now = self.now();
                     self.core.tick(now);
+                    self.check_hung(now);
                     for job in self.jobs.values_mut() {
                         job.tick(&mut cx!(self, now));
                     }
@@ -444,7 +459,15 @@ impl Actor {
         self.core.heartbeat(now, id);
         match msg {
             PeerMsg::Heartbeat => {}
-            PeerMsg::Load { rss_bytes, cpu_ms } => self.observer.load(now, id.0, rss_bytes, cpu_ms),
+            PeerMsg::Load {
+                rss_bytes,
+                cpu_ms,
+                running_ms,
+            } => {
+                self.observer.load(now, id.0, rss_bytes, cpu_ms);
+                let for_ = Duration::from_millis(running_ms);
+                self.running.insert(id, hung::Running { for_, at: now });
+            }
             PeerMsg::Results { job, .. }
             | PeerMsg::TaskError { job, .. }
             | PeerMsg::TaskStarted { job, .. }
@@ -729,6 +752,9 @@ impl Actor {
         let now = self.now();
         for f in std::mem::take(&mut self.finished) {
             if f.worker != u32::MAX {
+                if f.ok {
+                    self.slowest_task = self.slowest_task.max(Some(f.took));
+                }
                 self.mean_task = Some(match self.mean_task {
                     Some(m) => (m * 7 + f.took) / 8,
                     None => f.took,
