@@ -170,12 +170,19 @@ struct Parser<'a> {
     src: &'a str,
     toks: Vec<(Tok, usize)>,
     i: usize,
+    /// Levels of the tree above the cursor (nesting and operator chains).
+    depth: usize,
 }
+
+/// The deepest expression tree accepted: every pass over the tree recurses, and a
+/// deeper one (ten thousand parentheses, or `x + x + ... + x` with ten thousand
+/// terms) would overflow a thread's stack instead of being refused.
+pub const MAX_DEPTH: usize = 200;
 
 /// Parse an expression.
 pub fn parse(src: &str) -> Result<Ast, SyntaxError> {
     let toks = lex(src)?;
-    let mut p = Parser { src, toks, i: 0 };
+    let mut p = Parser { src, toks, i: 0, depth: 0 };
     if p.peek() == &Tok::End {
         return Err(p.error_here("the expression is empty".into()));
     }
@@ -245,13 +252,28 @@ impl Parser<'_> {
     /// A left-associative level: `next (op next)*` for the operators `symbols`.
     fn left_assoc(&mut self, symbols: &[&str], next: fn(&mut Self) -> Result<Ast, SyntaxError>) -> Result<Ast, SyntaxError> {
         let mut lhs = next(self)?;
+        let outer = self.depth;
         while let Some(op) = self.peek_op(symbols) {
+            // Each operator of a chain is a level of the tree above its left side.
+            self.deeper()?;
             let pos = self.pos();
             self.next();
             let rhs = next(self)?;
             lhs = Ast::Bin(op, Box::new(lhs), Box::new(rhs), pos);
         }
+        self.depth = outer;
         Ok(lhs)
+    }
+
+    /// One level deeper, refused past [`MAX_DEPTH`].
+    fn deeper(&mut self) -> Result<(), SyntaxError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(self.error_here(format!(
+                "the expression nests more than {MAX_DEPTH} levels deep (parentheses, calls, chained operators); name parts of it in [let]"
+            )));
+        }
+        Ok(())
     }
 
     fn bor(&mut self) -> Result<Ast, SyntaxError> {
@@ -271,6 +293,13 @@ impl Parser<'_> {
     }
 
     fn unary(&mut self) -> Result<Ast, SyntaxError> {
+        self.deeper()?;
+        let ast = self.unary_inner();
+        self.depth -= 1;
+        ast
+    }
+
+    fn unary_inner(&mut self) -> Result<Ast, SyntaxError> {
         let pos = self.pos();
         match self.peek() {
             Tok::Op("-") => {

@@ -177,3 +177,23 @@ fn errors_carry_columns() {
     assert_eq!(parse("x.foo").unwrap_err().column, 3);
     assert_eq!(parse("x.").unwrap_err().column, 3);
 }
+
+#[test]
+fn trees_deeper_than_the_limit_are_refused_not_a_stack_overflow() {
+    // Found by fuzzing: a few hundred nested parentheses overflowed the stack.
+    let ok = format!("{}x{}", "(".repeat(150), ")".repeat(150));
+    assert!(parse(&ok).is_ok());
+    for deep in [
+        format!("{}x{}", "(".repeat(100_000), ")".repeat(100_000)),
+        format!("{}x", "-".repeat(100_000)),
+        format!("x{}", " + x".repeat(100_000)),
+        format!("x{}", " ** x".repeat(100_000)),
+        format!("{}x{}", "sqrt(".repeat(100_000), ")".repeat(100_000)),
+    ] {
+        let e = parse(&deep).unwrap_err();
+        assert!(e.message.contains(&format!("more than {MAX_DEPTH} levels")), "{}", e.message);
+    }
+    // Chains within the limit at every level are fine.
+    let wide = format!("x{}", " + x * x".repeat(150));
+    assert!(parse(&wide).is_ok());
+}
