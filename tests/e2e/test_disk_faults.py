@@ -95,12 +95,12 @@ def test_an_output_file_system_that_fills_up_fails_cleanly_and_resumes_once_spac
         assert sorted(p.name for p in out.iterdir()) == ["out.h5"]
 
 
-def run_until_journaled(drover: Path, w: Path, journal: Path, action, env: dict | None = None):
-    """Start the run, wait until its journal holds records, call `action()`, and wait
-    for the run to end. Returns (exit code, stderr)."""
+def run_until_journaled(drover: Path, w: Path, journal: Path, action, env: dict | None = None, prefix: tuple = ()):
+    """Start the run (its command line after `prefix`), wait until its journal holds
+    records, call `action()`, and wait for the run to end. Returns (exit code, stderr)."""
     mark = new_mark()
     with tempfile.TemporaryFile() as err_f:
-        proc = subprocess.Popen([str(drover), "run", str(w), "--workers", "2"], env=child_env(mark, env),
+        proc = subprocess.Popen([*prefix, str(drover), "run", str(w), "--workers", "2"], env=child_env(mark, env),
                                 stdout=subprocess.DEVNULL, stderr=err_f, start_new_session=True)
         try:
             deadline = time.monotonic() + 60
@@ -169,25 +169,8 @@ def test_an_output_folder_made_read_only_mid_run_fails_it_naming_the_folder(drov
         nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
         env = {"HOME": str(work), "TMPDIR": str(work)}
         journal = out / ".slow.h5.drover-journal"
-        mark = new_mark()
-        with tempfile.TemporaryFile() as err_f:
-            proc = subprocess.Popen([*nobody, str(drover), "run", str(w), "--workers", "2"], env=child_env(mark, env),
-                                    stdout=subprocess.DEVNULL, stderr=err_f, start_new_session=True)
-            try:
-                deadline = time.monotonic() + 60
-                while not (journal.exists() and journal.stat().st_size > 82 + 64):
-                    assert proc.poll() is None, "the run ended before journaling anything"
-                    assert time.monotonic() < deadline
-                    time.sleep(0.01)
-                os.chmod(out, 0o555)
-                proc.wait(timeout=120)
-                assert not wait_marked_gone(mark, 15.0)
-            finally:
-                kill_group(proc)
-                kill_marked(mark)
-            err_f.seek(0)
-            err = err_f.read().decode(errors="replace")
-        assert proc.returncode == 1, err
+        rc, err = run_until_journaled(drover, w, journal, lambda: os.chmod(out, 0o555), env=env, prefix=tuple(nobody))
+        assert rc == 1, err
         lines = error_lines(err)
         assert len(lines) == 1, err
         assert "Permission denied" in lines[0] and str(out) in lines[0], lines[0]
