@@ -219,7 +219,7 @@ mod tests {
     #[test]
     #[ignore = "writes fuzz/corpus; run by scripts/fuzz_seeds.py"]
     fn write_binary_seeds() {
-        use crate::proto::{Hello, TaskResult};
+        use crate::proto::Hello;
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
         let put = |target: &str, name: &str, bytes: &[u8]| {
             let dir = root.join(target);
@@ -246,18 +246,7 @@ mod tests {
         });
         put("frame_stranger", "hello", &frame(&hello, &[]));
         put("frame_stranger", "heartbeat", &frame(&PeerMsg::Heartbeat, &[]));
-        let results = PeerMsg::Results {
-            job: 1,
-            results: vec![TaskResult {
-                task: 3,
-                bytes_read: 80,
-                len: 16,
-                micros: 5,
-                written: false,
-                fp: [0, 1, 0],
-            }],
-            peak_rss: 1 << 20,
-        };
+        let results = proto::sample_results();
         let w = crate::config::workload::Workload::parse(Path::new("/fuzz/w.toml"), SEED_WORKLOAD).unwrap();
         let stream = [
             frame(&hello, &[]),
@@ -304,19 +293,11 @@ mod tests {
         for (i, f) in stream.iter().enumerate() {
             put("frame_peer", &format!("frame{i}"), f);
         }
-        let rec = |kind: u8, task: u32, payload: &[u8]| {
-            let mut r = vec![kind];
-            r.extend_from_slice(&task.to_le_bytes());
-            r.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-            r.extend_from_slice(payload);
-            let crc = crc32fast::hash(&r);
-            r.extend_from_slice(&crc.to_le_bytes());
-            r
-        };
+        use crate::server::journal::{BLOCKS, PARTIAL, record as rec};
         let j = [
-            rec(1, 7, &[1, 2, 3, 4, 5, 6, 7, 8]),
-            rec(2, 0, &[5, 0, 0, 0, 9, 0, 0, 0]),
-            rec(1, 8, &[0; 24]),
+            rec(PARTIAL, 7, &[1, 2, 3, 4, 5, 6, 7, 8]),
+            rec(BLOCKS, 0, &[5, 0, 0, 0, 9, 0, 0, 0]),
+            rec(PARTIAL, 8, &[0; 24]),
         ]
         .concat();
         put("journal", "records", &j);

@@ -506,6 +506,23 @@ async fn read_growing<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> std::io::R
     Ok(buf)
 }
 
+/// A worker's results message for one task of 16 bytes (tests, fuzz seeds).
+#[cfg(test)]
+pub(crate) fn sample_results() -> PeerMsg {
+    PeerMsg::Results {
+        job: 7,
+        results: vec![TaskResult {
+            task: 3,
+            bytes_read: 80,
+            len: 16,
+            micros: 5,
+            written: false,
+            fp: [1, 0, 2],
+        }],
+        peak_rss: 1,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,18 +530,7 @@ mod tests {
     #[tokio::test]
     async fn frames_round_trip_with_payload() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let msg = PeerMsg::Results {
-            job: 7,
-            results: vec![TaskResult {
-                task: 3,
-                bytes_read: 80,
-                len: 16,
-                micros: 5,
-                written: false,
-                fp: [1, 0, 2],
-            }],
-            peak_rss: 1,
-        };
+        let msg = sample_results();
         let payload: Vec<u8> = (0..16).collect();
         write_frame(&mut a, &msg, &payload).await.unwrap();
         write_frame(&mut a, &PeerMsg::Heartbeat, &[]).await.unwrap();

@@ -21,8 +21,8 @@ use sha2::{Digest, Sha256};
 use crate::exec::plan::Plan;
 
 const MAGIC: &[u8] = b"DROVER-JOURNAL 1\n";
-const PARTIAL: u8 = 1;
-const BLOCKS: u8 = 2;
+pub(crate) const PARTIAL: u8 = 1;
+pub(crate) const BLOCKS: u8 = 2;
 
 /// Results recovered from an earlier run.
 #[derive(Debug, Default)]
@@ -76,7 +76,8 @@ pub fn fingerprint(plan: &Plan) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn record(kind: u8, task: u32, payload: &[u8]) -> Vec<u8> {
+/// One record: kind, task, payload length and payload, then a CRC of them all.
+pub(crate) fn record(kind: u8, task: u32, payload: &[u8]) -> Vec<u8> {
     let mut r = Vec::with_capacity(17 + payload.len());
     r.push(kind);
     r.extend_from_slice(&task.to_le_bytes());

@@ -104,6 +104,11 @@ impl WriteFailure {
         }
     }
 
+    /// Writing (or flushing, closing) the temporary output `temp` failed.
+    fn temp(temp: &Path, err: &hdf5::Error) -> Self {
+        Self::hdf(format!("cannot write \"{}\"", temp.display()), err)
+    }
+
     fn other(message: String) -> Self {
         Self { message, resumable: false }
     }
@@ -397,7 +402,7 @@ impl WriterThread {
             if let Some(file) = &f.file
                 && let Err(e) = file.flush()
             {
-                let failure = WriteFailure::hdf(format!("cannot write \"{}\"", f.temp.display()), &e);
+                let failure = WriteFailure::temp(&f.temp, &e);
                 self.report(failure);
                 return;
             }
@@ -432,7 +437,7 @@ impl WriterThread {
             if let Some(file) = f.file.take()
                 && let Err(e) = file.close()
             {
-                result = Err(WriteFailure::hdf(format!("cannot write \"{}\"", f.temp.display()), &e));
+                result = Err(WriteFailure::temp(&f.temp, &e));
             }
         }
         result
@@ -478,7 +483,7 @@ impl WriterThread {
                         };
                         if let Err(e) = written {
                             let temp = &self.files[self.file_of[output as usize]].temp;
-                            self.report(WriteFailure::hdf(format!("cannot write \"{}\"", temp.display()), &e));
+                            self.report(WriteFailure::temp(temp, &e));
                             ok = false;
                             break;
                         }
@@ -514,7 +519,6 @@ impl WriterThread {
                     let _ = reply.send(result);
                 }
                 Some(Cmd::Finish(reply)) => {
-                    self.sync(&mut pending);
                     let mut result = self.close_files();
                     if let (Some(resumable), Ok(())) = (self.failed, &result) {
                         result = Err(WriteFailure {
@@ -531,6 +535,11 @@ impl WriterThread {
                             if let Err(e) = std::fs::rename(&f.temp, &f.final_path) {
                                 let what = format!("cannot rename \"{}\" to \"{}\"", f.temp.display(), f.final_path.display());
                                 result = Err(WriteFailure::io(what, &e));
+                                // The closed files hold every block: record those not yet
+                                // journaled, so that the resume has nothing to redo.
+                                if let Some(j) = &mut self.journal {
+                                    let _ = j.blocks(&pending);
+                                }
                                 break;
                             }
                         }

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import h5py
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import child_env, kill_group, kill_marked, new_mark, run_drover, wait_marked_gone
+from test_resilience import make_slow, oracle, rows_for, wait_for_journal_records
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts tmpfs file systems (needs root)")
 
@@ -103,11 +103,7 @@ def run_until_journaled(drover: Path, w: Path, journal: Path, action, env: dict 
         proc = subprocess.Popen([*prefix, str(drover), "run", str(w), "--workers", "2"], env=child_env(mark, env),
                                 stdout=subprocess.DEVNULL, stderr=err_f, start_new_session=True)
         try:
-            deadline = time.monotonic() + 60
-            while not (journal.exists() and journal.stat().st_size > 82 + 64):
-                assert proc.poll() is None, "the run ended before journaling anything"
-                assert time.monotonic() < deadline, "nothing was journaled"
-                time.sleep(0.01)
+            wait_for_journal_records(journal, proc)
             action()
             proc.wait(timeout=120)
             assert not wait_marked_gone(mark, 15.0)
@@ -119,8 +115,6 @@ def run_until_journaled(drover: Path, w: Path, journal: Path, action, env: dict 
 
 
 def test_a_journal_that_can_no_longer_be_written_fails_the_run_naming_it(drover, tmp_path):
-    from test_resilience import make_slow, oracle, rows_for
-
     rows = rows_for(drover, tmp_path, 8.0)
     with tmpfs(tmp_path / "out", "32m") as out:
         w = make_slow(tmp_path, rows)
@@ -152,8 +146,6 @@ def test_a_journal_that_can_no_longer_be_written_fails_the_run_naming_it(drover,
 
 def test_an_output_folder_made_read_only_mid_run_fails_it_naming_the_folder(drover, tmp_path):
     """Run as an unprivileged user (root writes into read-only folders)."""
-    from test_resilience import make_slow, oracle, rows_for
-
     rows = rows_for(drover, tmp_path, 6.0)
     base = Path(tempfile.mkdtemp(prefix="ro-output-"))
     try:
