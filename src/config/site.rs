@@ -165,7 +165,11 @@ impl Walltime {
         if m >= 60 || sec >= 60 || (days > 0 && h >= 24) {
             return Err(format!("minutes and seconds must be below 60 (hours below 24 with days); {hint}"));
         }
-        let total = days * 86400 + h * 3600 + m * 60 + sec;
+        let total = days
+            .checked_mul(86400)
+            .zip(h.checked_mul(3600))
+            .and_then(|(d, h)| d.checked_add(h)?.checked_add(m * 60 + sec))
+            .ok_or_else(|| format!("too long; {hint}"))?;
         if total == 0 {
             return Err("must be longer than zero".into());
         }

@@ -81,14 +81,18 @@ pub fn parse_time_limit(s: &str) -> Result<Duration, TaskSpecError> {
     let bad = || TaskSpecError::TimeLimit(s.to_string());
     if let Some(unit) = t.chars().last().filter(|c| c.is_ascii_alphabetic()) {
         let n: u64 = t[..t.len() - 1].parse().map_err(|_| bad())?;
-        let secs = match unit {
-            's' => n,
-            'm' => n * 60,
-            'h' => n * 3600,
-            'd' => n * 86400,
+        let per = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
             _ => return Err(bad()),
         };
-        return if secs == 0 { Err(bad()) } else { Ok(Duration::from_secs(secs)) };
+        // A limit past u64 seconds is no limit a user means (and must not wrap).
+        return match n.checked_mul(per) {
+            Some(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+            _ => Err(bad()),
+        };
     }
     if !t.contains(':') {
         return Err(bad());
@@ -176,7 +180,20 @@ mod tests {
         assert_eq!(parse_time_limit("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_time_limit("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_time_limit("01:30:00").unwrap(), Duration::from_secs(5400));
-        for bad in ["", "0s", "10", "5x", "1.5h", "-3m", "99:99:99"] {
+        // The last ones overflow u64 seconds (found by the fuzzer: they wrapped).
+        for bad in [
+            "",
+            "0s",
+            "10",
+            "5x",
+            "1.5h",
+            "-3m",
+            "99:99:99",
+            "80000000000000000h",
+            "18446744073709551615d",
+            "5124095576030432:00:00",
+            "213503982334602-00:00:00",
+        ] {
             let e = parse_time_limit(bad).unwrap_err().to_string();
             assert_eq!(e, format!("--time-limit \"{bad}\": not a duration; use 90s, 10m, 2h or HH:MM:SS"));
         }
