@@ -135,7 +135,10 @@ async fn bad_peer(endpoint: quinn::Endpoint, config: quinn::ClientConfig, addr: 
     pre.extend_from_slice(&(64u64 << 30).to_le_bytes());
     let _ = send.write_all(&pre).await;
     match tokio::time::timeout(Duration::from_secs(30), conn.closed()).await {
-        Ok(quinn::ConnectionError::ApplicationClosed(_)) => {
+        // The server's close, or, when that datagram was lost in the flood, the
+        // stateless reset its endpoint answers with once it has forgotten the
+        // connection: either way the server dropped it.
+        Ok(quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::Reset) => {
             c.bad_peers_closed.fetch_add(1, Ordering::Relaxed);
         }
         other => eprintln!("flood: a bad peer's connection ended otherwise: {other:?}"),
