@@ -404,7 +404,7 @@ fn site_advertise(site: &Site) -> Result<Vec<String>, Failure> {
         Some(iface) => crate::transport::interface_addr(iface)
             .map(|ip| vec![ip.to_string()])
             .map_err(|e| input(anyhow!("site {}: interface = \"{iface}\": {e}", site.name))),
-        None => Ok(vec![hostname()]),
+        None => crate::transport::listen::default_announced(&hostname(), false).map_err(runtime),
     }
 }
 

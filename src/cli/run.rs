@@ -337,7 +337,7 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Opt
     let advertise = site_advertise(&site)?;
     let opts = ServerOptions {
         dir: dir.clone(),
-        bind: "0.0.0.0:0".parse().expect("address"),
+        listen: server::Listen::Announced { port: 0 },
         advertise,
         core: CoreConfig::default(),
         site: Some(site),
@@ -380,7 +380,7 @@ async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option
         .map_err(runtime)?;
     let opts = ServerOptions {
         dir: dir.path().to_path_buf(),
-        bind: "127.0.0.1:0".parse().expect("loopback address"),
+        listen: server::Listen::On("127.0.0.1:0".parse().expect("loopback address")),
         advertise: vec!["127.0.0.1".into()],
         core: CoreConfig::default(),
         site: None,

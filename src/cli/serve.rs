@@ -17,11 +17,17 @@ use crate::transport::Access;
 pub struct StartArgs {
     #[command(flatten)]
     dir: super::DirArg,
-    /// UDP address to listen on.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    bind: SocketAddr,
+    /// Listen on exactly this address (UDP for QUIC, TCP beside it) instead of the
+    /// announced ones: e.g. 0.0.0.0:7000 for every address, behind NAT or a port forward.
+    #[arg(long, value_name = "ADDR:PORT")]
+    bind: Option<SocketAddr>,
+    /// The port to listen on, on every announced address (default: a free one).
+    #[arg(long, default_value_t = 0, conflicts_with = "bind")]
+    port: u16,
     /// Host name or address workers dial (repeatable; default: --interface's address,
-    /// else the site's interface, else this host's name and 127.0.0.1).
+    /// else the site's interface, else this host's name, its interfaces' addresses when
+    /// the name resolves here to loopback only, and 127.0.0.1). The server listens on
+    /// these addresses only, unless --bind says otherwise.
     #[arg(long, conflicts_with = "interface")]
     advertise: Vec<String>,
     /// The network interface workers reach this host on (e.g. ib0): its address is
@@ -49,18 +55,21 @@ pub struct StartArgs {
 
 pub fn start(args: &StartArgs) -> Result<(), Failure> {
     let dir = &args.dir.get();
-    let (mut bind, advertise, workers) = (args.bind, args.advertise.clone(), args.workers);
+    let (advertise, workers) = (args.advertise.clone(), args.workers);
     let dashboard = (!args.no_dashboard).then_some(args.dashboard);
     let site = args.site.as_deref().map(load_site_to_submit).transpose()?;
     let iface_ip = match &args.interface {
         Some(name) => Some(crate::transport::interface_addr(name).map_err(|e| input(anyhow!("--interface {name}: {e}")))?),
         None => None,
     };
-    if let Some(ip) = iface_ip
-        && bind.ip().is_unspecified()
-    {
-        bind.set_ip(ip);
-    }
+    let listen = match (args.bind, iface_ip) {
+        (Some(mut bind), Some(ip)) if bind.ip().is_unspecified() => {
+            bind.set_ip(ip);
+            server::Listen::On(bind)
+        }
+        (Some(bind), _) => server::Listen::On(bind),
+        (None, _) => server::Listen::Announced { port: args.port },
+    };
     if workers > 0 && site.is_none() {
         return Err(input(anyhow!(
             "--workers {workers} needs --site: without a batch site, start workers with `drover worker --access`"
@@ -72,10 +81,13 @@ pub fn start(args: &StartArgs) -> Result<(), Failure> {
         vec![ip.to_string()]
     } else if let Some(s) = &site {
         site_advertise(s)?
-    } else if bind.ip().is_unspecified() {
-        vec![hostname(), "127.0.0.1".into()]
     } else {
-        vec![bind.ip().to_string()]
+        match listen {
+            server::Listen::On(bind) if !bind.ip().is_unspecified() => vec![bind.ip().to_string()],
+            server::Listen::On(_) | server::Listen::Announced { .. } => {
+                crate::transport::listen::default_announced(&hostname(), true).map_err(runtime)?
+            }
+        }
     };
     let rt = runtime_builder()?;
     rt.block_on(async {
@@ -92,7 +104,7 @@ pub fn start(args: &StartArgs) -> Result<(), Failure> {
         }
         let opts = ServerOptions {
             dir: dir.to_path_buf(),
-            bind,
+            listen,
             advertise,
             core: CoreConfig::default(),
             site,
@@ -102,12 +114,15 @@ pub fn start(args: &StartArgs) -> Result<(), Failure> {
             task_timeout: args.task_timeout.unwrap_or_default(),
         };
         let handle = server::start(opts).await.map_err(|e| match e {
-            e @ server::StartError::Dashboard { .. } => input(e),
+            e @ (server::StartError::Dashboard { .. }
+            | server::StartError::Listen(crate::transport::listen::ListenError::NotLocal { .. })
+            | server::StartError::Listen(crate::transport::listen::ListenError::Nothing { .. })) => input(e),
             e => runtime(e),
         })?;
+        let addrs: Vec<String> = handle.addrs.iter().map(ToString::to_string).collect();
         eprintln!(
             "drover: server listening on {}; access file {}",
-            handle.addr,
+            addrs.join(", "),
             handle.access_path.display()
         );
         if handle.dashboard.is_some() {

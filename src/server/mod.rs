@@ -26,6 +26,8 @@ use crate::batch::runner::Runner;
 use crate::config::site::Site;
 use crate::core::CoreConfig;
 use crate::proto::PROTOCOL_VERSION;
+pub use crate::transport::listen::Listen;
+use crate::transport::listen::{self, ListenError};
 use crate::transport::{self, Access, Token, TransportError};
 
 /// How to start a server.
@@ -33,7 +35,8 @@ use crate::transport::{self, Access, Token, TransportError};
 pub struct ServerOptions {
     /// Folder for access.toml (created 0700).
     pub dir: PathBuf,
-    pub bind: SocketAddr,
+    /// Where to listen: the announced addresses, or one chosen address.
+    pub listen: Listen,
     /// Host names or addresses workers should dial, in order (the port is appended).
     pub advertise: Vec<String>,
     pub core: CoreConfig,
@@ -53,7 +56,8 @@ pub struct ServerOptions {
 /// A running server.
 pub struct ServerHandle {
     pub access_path: PathBuf,
-    pub addr: SocketAddr,
+    /// The QUIC addresses listened on (the TCP listeners are on the same addresses).
+    pub addrs: Vec<SocketAddr>,
     /// The dashboard's URL (with its key), when it runs.
     pub dashboard: Option<String>,
     observed: crate::dashboard::Observed,
@@ -92,6 +96,8 @@ pub enum StartError {
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
     Batch(#[from] crate::batch::BatchError),
     #[error("cannot locate the drover executable for workers: {0}; set DROVER_WORKER_EXE")]
     Exe(std::io::Error),
@@ -114,6 +120,12 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         ),
         None => None,
     };
+    // Before anything is written: an address this host does not have is refused.
+    let (ips, port) = match opts.listen {
+        Listen::Announced { port } => (listen::listen_ips(&opts.advertise)?, port),
+        Listen::On(addr) => (vec![addr.ip()], addr.port()),
+    };
+    let (udp, tcp) = listen::sockets(&ips, port)?;
     // Job scripts and workers run elsewhere: every path handed to them is absolute.
     opts.dir = std::path::absolute(&opts.dir).map_err(|source| TransportError::Dir {
         path: opts.dir.clone(),
@@ -121,23 +133,19 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     })?;
     transport::make_private_dir(&opts.dir)?;
     let identity = transport::server_identity(&opts.advertise)?;
-    let endpoint =
-        transport::endpoint(Some(identity.config), opts.bind).map_err(|source| TransportError::Bind { addr: opts.bind, source })?;
-    let addr = endpoint
-        .local_addr()
-        .map_err(|source| TransportError::Bind { addr: opts.bind, source })?;
-    // TCP beside QUIC, on the same port number when it is free (one number to open in
-    // a firewall or forward over SSH).
-    let tcp = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(_) => {
-            let any = SocketAddr::new(addr.ip(), 0);
-            tokio::net::TcpListener::bind(any)
-                .await
-                .map_err(|source| TransportError::BindTcp { addr: any, source })?
-        }
-    };
-    let tcp_addr = tcp.local_addr().map_err(|source| TransportError::BindTcp { addr, source })?;
+    let (mut endpoints, mut addrs, mut listeners) = (Vec::new(), Vec::new(), Vec::new());
+    for socket in udp {
+        let addr = socket.local_addr().map_err(ListenError::Local)?;
+        let e = transport::endpoint_on(Some(identity.config.clone()), socket).map_err(|source| ListenError::Udp { addr, source })?;
+        endpoints.push(e);
+        addrs.push(addr);
+    }
+    let mut tcp_port = 0;
+    for l in tcp {
+        tcp_port = l.local_addr().map_err(ListenError::Local)?.port();
+        listeners.push(tokio::net::TcpListener::from_std(l).map_err(ListenError::Local)?);
+    }
+    let quic_port = addrs[0].port();
     let token = Token::generate();
     let announce = |port: u16| -> Vec<String> {
         opts.advertise
@@ -151,8 +159,8 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
             })
             .collect()
     };
-    let addresses = announce(addr.port());
-    let tcp_addresses = announce(tcp_addr.port());
+    let addresses = announce(quic_port);
+    let tcp_addresses = announce(tcp_port);
     let host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -189,8 +197,13 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         pending: Arc::new(tokio::sync::Semaphore::new(conn::MAX_PENDING)),
         rtt: rtt.clone(),
     };
-    let accept = tokio::spawn(conn::accept_loop(endpoint.clone(), accepting.clone()));
-    let accept_tcp = tokio::spawn(conn::accept_tcp_loop(tcp, identity.tls.clone(), accepting));
+    let mut accepts: Vec<JoinHandle<()>> = endpoints
+        .iter()
+        .map(|e| tokio::spawn(conn::accept_loop(e.clone(), accepting.clone())))
+        .collect();
+    for l in listeners {
+        accepts.push(tokio::spawn(conn::accept_tcp_loop(l, identity.tls.clone(), accepting.clone())));
+    }
     let site = match opts.site {
         Some(site) => {
             let log_dir = site.log_dir.clone().unwrap_or_else(|| opts.dir.join("logs"));
@@ -217,23 +230,29 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
     let task = tokio::spawn(async move {
         actor.run(rx).await;
         drop(dashboard);
-        accept.abort();
-        accept_tcp.abort();
+        for a in &accepts {
+            a.abort();
+        }
         // Peers still connected get a close; a short wait sends it without sitting out
         // the draining period. Connections already closed have nothing left to send.
         let open = peers.any_quic_open();
-        endpoint.close(quinn::VarInt::from_u32(0), crate::proto::STOPPED_REASON);
+        for e in &endpoints {
+            e.close(quinn::VarInt::from_u32(0), crate::proto::STOPPED_REASON);
+        }
         peers.close_tcp(crate::proto::STOPPED_REASON);
         if open {
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(20), endpoint.wait_idle()).await;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
+            for e in &endpoints {
+                let _ = tokio::time::timeout_at(deadline, e.wait_idle()).await;
+            }
         }
         let _ = std::fs::remove_file(&path);
     });
     // `drover server start` says so on stdout; the log has it for debugging only.
-    tracing::debug!(%addr, access = %access_path.display(), "server listening");
+    tracing::debug!(?addrs, access = %access_path.display(), "server listening");
     Ok(ServerHandle {
         access_path,
-        addr,
+        addrs,
         dashboard: dashboard_url,
         observed,
         events,

@@ -27,6 +27,7 @@ use subtle::ConstantTimeEq;
 use crate::proto::PROTOCOL_VERSION;
 
 mod link;
+pub mod listen;
 
 pub use link::{Conn, Dialed, LinkError, RecvHalf, SendHalf, Transport, connect};
 
@@ -292,11 +293,15 @@ fn link_mtu_towards(peer: SocketAddr) -> Option<u32> {
 /// datagrams of up to [`MAX_UDP_PAYLOAD`] bytes: quinn's endpoints cap them at 1472
 /// otherwise, whatever MTU discovery finds.
 pub fn endpoint(server: Option<quinn::ServerConfig>, bind: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    endpoint_on(server, std::net::UdpSocket::bind(bind)?)
+}
+
+/// [`endpoint`] on a socket already bound.
+pub fn endpoint_on(server: Option<quinn::ServerConfig>, socket: std::net::UdpSocket) -> std::io::Result<quinn::Endpoint> {
     let mut config = quinn::EndpointConfig::default();
     config
         .max_udp_payload_size(MAX_UDP_PAYLOAD)
         .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
-    let socket = std::net::UdpSocket::bind(bind)?;
     let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime for QUIC"))?;
     quinn::Endpoint::new(config, server, socket, runtime)
 }

@@ -309,3 +309,18 @@ def test_a_bad_transport_or_server_address_is_refused(drover, tmp_path, args, en
     run = run_drover(drover, [a.format(d=d) for a in args] + ["--dir", str(d)] * (args[0] != "worker"),
                      env=env, timeout=30)
     assert_refused(run, quoted, tmp_path / "out.h5")
+
+
+@pytest.mark.parametrize("args,quoted", [
+    (["--advertise", "203.0.113.9"], ['"203.0.113.9"', "not an address of this host", "--bind 0.0.0.0:PORT"]),
+    (["--advertise", "no-such-host.invalid"], ["no-such-host.invalid", "none of the announced addresses", "--bind 0.0.0.0:PORT"]),
+    (["--bind", "0.0.0.0:0", "--port", "7000"], ["--port", "--bind"]),
+], ids=["not-this-host", "unresolvable", "bind-and-port"])
+def test_a_server_is_not_started_on_an_address_this_host_lacks(drover, tmp_path, args, quoted):
+    """Issue 16: the server listens only on what it announces, so an announced address
+    that is not this host's (TEST-NET-3 here) or that nothing resolves is refused in one
+    line naming it, with the way to listen on every address; nothing is written."""
+    d = tmp_path / "srv"
+    run = run_drover(drover, ["server", "start", "--dir", str(d), "--no-dashboard", *args], timeout=30)
+    assert_refused(run, quoted, tmp_path / "out.h5")
+    assert not d.exists(), "no server folder is left"

@@ -140,6 +140,53 @@ def test_the_server_announces_and_listens_on_the_chosen_interface(cluster, tmp_p
     assert not (tmp_path / "srv2" / "access.toml").exists()
 
 
+def listening(node: str, port: str) -> dict[str, list[str]]:
+    """The local addresses of the UDP and TCP sockets listening on `port` on `node`."""
+    out = {}
+    for proto in ("u", "t"):
+        lines = netns("exec", node, "ss", f"-{proto}", "-l", "-n", "-H").stdout.splitlines()
+        out[proto] = sorted(l.split()[3].rsplit(":", 1)[0] for l in lines if l.split()[3].endswith(f":{port}"))
+    return out
+
+
+def test_by_default_the_server_listens_only_on_the_addresses_it_announces(cluster, tmp_path):
+    """No flags: the login node's name (which it cannot resolve itself, as on many
+    clusters where only other hosts' DNS knows it), then its interfaces' addresses, then
+    127.0.0.1 are announced, and the QUIC and TCP sockets listen on exactly those
+    addresses, never on 0.0.0.0; workers on other hosts join and compute exactly. An
+    address this host does not have is refused in one line, before anything is written;
+    --bind 0.0.0.0:PORT listens on every address when asked (NAT, port forwards)."""
+    cluster.start_server()
+    access = tomllib.loads((cluster.srv / "access.toml").read_text())
+    port = access["addresses"][0].rsplit(":", 1)[1]
+    assert access["addresses"] == [f"{h}:{port}" for h in ("login", "10.77.0.1", "10.78.0.1", "127.0.0.1")], access
+    tcp_port = access["tcp_addresses"][0].rsplit(":", 1)[1]
+    assert access["tcp_addresses"] == [f"{h}:{tcp_port}" for h in ("login", "10.77.0.1", "10.78.0.1", "127.0.0.1")]
+    got = listening("login", port)
+    assert got["u"] == ["10.77.0.1", "10.78.0.1", "127.0.0.1"], got
+    assert listening("login", tcp_port)["t"] == ["10.77.0.1", "10.78.0.1", "127.0.0.1"], listening("login", tcp_port)
+    three_workers(cluster)
+    run_anomaly(cluster, tmp_path, 6)
+
+    bad = cluster.spawn("login", "bad-server", "server", "start", "--dir", tmp_path / "srv2", "--advertise", "10.77.0.11")
+    assert bad.wait(timeout=30) == 2
+    msg = cluster.log("bad-server").strip()
+    assert '"10.77.0.11"' in msg and "not an address of this host" in msg and "--bind 0.0.0.0:PORT" in msg, msg
+    assert len(msg.splitlines()) == 1, msg
+    assert not (tmp_path / "srv2").exists(), "nothing written"
+
+    wild = cluster.spawn("login", "wild-server", "server", "start", "--dir", tmp_path / "srv3", "--bind", "0.0.0.0:0")
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "srv3" / "access.toml").exists():
+        assert wild.poll() is None and time.monotonic() < deadline, cluster.log("wild-server")
+        time.sleep(0.1)
+    wport = tomllib.loads((tmp_path / "srv3" / "access.toml").read_text())["addresses"][0].rsplit(":", 1)[1]
+    assert listening("login", wport)["u"] == ["0.0.0.0"], listening("login", wport)
+    r = cluster.drover("server", "stop", "--dir", tmp_path / "srv3", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert wild.wait(timeout=30) == 0
+
+
 def cluster_bin():
     from conftest import drover_bin
     return drover_bin()
