@@ -362,6 +362,11 @@ impl Core {
         self.workers.seen(worker, now);
     }
 
+    /// When the worker was last heard from (`None`: not a worker of the core).
+    pub fn last_seen(&self, worker: WorkerId) -> Option<Duration> {
+        self.workers.get(&worker).map(|w| w.last_seen)
+    }
+
     /// Stop giving the worker new tasks; it keeps what it holds.
     pub fn drain(&mut self, worker: WorkerId) -> Result<(), CoreError> {
         if !self.workers.drain(worker) {

@@ -33,6 +33,8 @@ pub struct JobInfo {
     pub retiring: bool,
     /// Near its walltime: a replacement is on the way.
     pub expiring: bool,
+    /// Cancelled by drover: its workers stopped answering (hung node, frozen process).
+    pub abandoned: bool,
     /// Seconds since submission.
     pub age: f64,
 }
@@ -42,6 +44,7 @@ struct PoolJob {
     state: JobState,
     retiring: bool,
     expiring: bool,
+    abandoned: bool,
     submitted_at: Duration,
     /// When its first worker connected.
     started_at: Option<Duration>,
@@ -54,6 +57,7 @@ impl PoolJob {
             state: JobState::Pending,
             retiring: false,
             expiring: false,
+            abandoned: false,
             submitted_at: now,
             started_at: None,
             walltime,
@@ -235,6 +239,7 @@ impl Pool {
                 state: j.state,
                 retiring: j.retiring,
                 expiring: j.expiring,
+                abandoned: j.abandoned,
                 age: now.saturating_sub(j.submitted_at).as_secs_f64(),
             })
             .collect()
@@ -314,6 +319,21 @@ impl Pool {
                 });
             }
         }
+    }
+
+    /// The job's workers stopped answering (a hung node, a frozen process): cancel it
+    /// through the batch system and let the pool replace it, rather than hold its place
+    /// until its walltime. `false` when the job is unknown or already gone.
+    pub fn abandon(&mut self, now: Duration, job: &JobId) -> bool {
+        let Some(j) = self.jobs.get_mut(job) else { return false };
+        if j.state == JobState::Gone {
+            return false;
+        }
+        j.state = JobState::Gone;
+        j.abandoned = true;
+        self.actions.push(PoolAction::Cancel(vec![job.clone()]));
+        self.step(now);
+        true
     }
 
     /// The workers of a retiring job hold no task any more: cancel it.
@@ -512,6 +532,26 @@ mod tests {
         // A fixed target ends adaptive sizing.
         p.set_target(s(42), 3);
         assert_eq!(p.adapt(), None);
+    }
+
+    #[test]
+    fn abandoned_jobs_are_cancelled_once_and_replaced() {
+        let mut p = Pool::new(1);
+        p.set_target(T0, 2);
+        p.take_actions();
+        p.submitted(T0, Ok(ids(&["1", "2"]).into_iter().map(|i| (i, None)).collect()));
+        p.worker_seen(T0, &JobId("1".into()));
+        assert!(p.abandon(T0, &JobId("1".into())));
+        assert_eq!(
+            p.take_actions(),
+            vec![PoolAction::Cancel(ids(&["1"])), PoolAction::Submit { jobs: 1 }]
+        );
+        assert!(!p.abandon(T0, &JobId("1".into())), "already gone");
+        assert!(!p.abandon(T0, &JobId("9".into())), "not the pool's");
+        // The batch system still listing it a moment later does not bring it back.
+        p.status(T0, &[(JobId("1".into()), JobState::Running)].into());
+        assert!(p.take_actions().is_empty());
+        assert_eq!(p.live_jobs(), ids(&["2"]));
     }
 
     #[test]

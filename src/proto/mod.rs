@@ -16,7 +16,7 @@ use crate::config::workload::Workload;
 use crate::exec::plan::Plan;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The reason the server closes every connection with when it stops (workers still
 /// joining then leave quietly).
@@ -377,6 +377,8 @@ pub struct JobStatus {
     pub id: String,
     pub state: String,
     pub retiring: bool,
+    /// Cancelled by drover: its workers stopped answering.
+    pub abandoned: bool,
     pub workers: usize,
 }
 

@@ -479,3 +479,57 @@ def test_slurm_worker_whose_job_ended_is_lost_at_once_not_after_the_idle_timeout
         r = stop_server(s, server, proc)
     assert r.returncode == 0, r.stderr
     assert s.wait_no_jobs() == []
+
+
+def test_slurm_job_of_a_frozen_worker_is_cancelled_through_slurm_and_replaced(system_env, tmp_path):
+    """A worker frozen with SIGSTOP (a hung node: no heartbeats, and it cannot obey an
+    order to exit) is declared lost once it has been silent too long; its tasks run
+    elsewhere, and once no worker of its SLURM job has come back within the grace
+    period, the server cancels that job with scancel and the pool submits a new one:
+    the frozen process is gone, every task succeeded once, and no job is left."""
+    import os
+    import signal as sig
+
+    s = system_env("slurm")
+    site = write_site(tmp_path / "site.toml", s, cores=2)
+    server = tmp_path / "srv"
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = start_server(s, server, site, 2)
+    victim = None
+    try:
+        st = wait_status(s, server, lambda st: len(st["workers"]) == 2)
+        r = drover(s, "submit", "--dir", server, "--array", "1-12", "--", "sh", "-c",
+                   f"sleep 3; echo $DROVER_TASK_ID >> {out}/{{task}}")
+        assert r.returncode == 0, r.stderr
+        job = int(r.stdout.split()[0])
+        st = wait_status(s, server, lambda st: all(w["assigned"] > 0 for w in st["workers"]), timeout=60)
+        victim = st["workers"][0]
+        os.kill(victim["pid"], sig.SIGSTOP)
+        st = wait_status(s, server, lambda st: any(l["pid"] == victim["pid"] for l in st["lost_workers"]), timeout=60)
+        lost = next(l for l in st["lost_workers"] if l["pid"] == victim["pid"])
+        # Its connection times out (the site's death timeout of 20 s gives a 10 s idle
+        # timeout) before the server's heartbeat timeout of 30 s.
+        assert lost["reason"] and lost["batch_job"] == victim["batch_job"], lost
+        # Nothing else ends that job (10 minutes of walltime): only the server's scancel.
+        st = wait_status(s, server, lambda st: any(j["id"] == victim["batch_job"] and j["abandoned"]
+                                                   for j in st["jobs"]), timeout=40)
+        wait_status(s, server, lambda st: not any(l.split()[0] == victim["batch_job"] for l in s.live_jobs()), timeout=60)
+        st = wait_status(s, server, lambda st: len(st["workers"]) == 2
+                         and victim["batch_job"] not in {w["batch_job"] for w in st["workers"]}, timeout=90)
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{victim['pid']}").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not Path(f"/proc/{victim['pid']}").exists(), "SLURM killed the frozen worker with its job"
+        w = drover(s, "wait", job, "--dir", server, timeout=180)
+        assert w.returncode == 0, w.stderr
+        tasks = json.loads(drover(s, "tasks", job, "--dir", server, "--json").stdout)
+        assert len(tasks) == 12 and all(t["state"] == "succeeded" for t in tasks), tasks
+        files = sorted(out.iterdir(), key=lambda p: int(p.name))
+        assert [p.name for p in files] == [str(i) for i in range(1, 13)]
+    finally:
+        if victim is not None and Path(f"/proc/{victim['pid']}").exists():
+            os.kill(victim["pid"], sig.SIGKILL)
+        r = stop_server(s, server, proc)
+    assert r.returncode == 0, r.stderr
+    assert s.wait_no_jobs() == []

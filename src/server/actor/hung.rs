@@ -119,6 +119,7 @@ impl Actor {
             if let Some(w) = self.workers.remove(&id) {
                 super::send(&w.tx, ServerMsg::Exit { reason: reason.clone() });
                 self.note_lost(id, &w.info, format!("stuck: {reason}"), tasks.len());
+                self.unresponsive(now, &w.info);
             }
             self.requeued(&tasks);
         }

@@ -107,6 +107,8 @@ pub struct Actor {
     task_timeout: hung::TaskTimeout,
     slowest_task: Option<Duration>,
     running: HashMap<WorkerId, hung::Running>,
+    /// Batch jobs with a worker that stopped answering, and since when.
+    unresponsive: HashMap<JobId, Duration>,
 }
 
 /// The inbound budget before any job sets one.
@@ -231,6 +233,7 @@ impl Actor {
             task_timeout: hung::TaskTimeout::default(),
             slowest_task: None,
             running: HashMap::new(),
+            unresponsive: HashMap::new(),
         }
     }
 
@@ -592,6 +595,7 @@ impl Actor {
                             },
                         );
                         self.note_lost(worker, &w.info, "no heartbeat within the timeout".into(), tasks.len());
+                        self.unresponsive(self.now(), &w.info);
                     }
                     self.requeued(&tasks);
                 }
@@ -645,8 +649,13 @@ impl Actor {
     /// back to the queue. Idempotent.
     fn worker_gone(&mut self, now: Duration, id: WorkerId, reason: String) {
         let held = self.core.held(id);
+        let silent = self.core.last_seen(id).is_some_and(|t| now.saturating_sub(t) >= site::SILENT);
         if let Some(w) = self.workers.remove(&id) {
             tracing::info!(worker = %id, %reason, "worker left");
+            if silent {
+                // Its connection timed out after it had gone quiet: hung, not gone.
+                self.unresponsive(now, &w.info);
+            }
             self.note_lost(id, &w.info, reason, held.len());
             self.observer.worker_left(id.0);
         }
@@ -720,6 +729,7 @@ impl Actor {
                         id: j.id.0,
                         state: format!("{:?}", j.state).to_lowercase(),
                         retiring: j.retiring,
+                        abandoned: j.abandoned,
                     })
                     .collect(),
                 Some(s.pool.target()),

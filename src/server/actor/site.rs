@@ -40,6 +40,15 @@ impl SitePool {
 /// How often the batch system is asked for job states.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
+/// How long a batch job whose worker stopped answering may stay without any worker
+/// connected before it is cancelled: time for a worker told to exit to end its job, or
+/// for one cut off by a network blip to dial again.
+pub(super) const UNRESPONSIVE_GRACE: Duration = Duration::from_secs(15);
+
+/// A worker not heard from for this long had gone quiet (workers send their load every
+/// 5 s): if its connection then ends, it timed out rather than closed.
+pub(super) const SILENT: Duration = Duration::from_secs(8);
+
 impl Actor {
     /// Workers whose batch job the batch system no longer runs are gone, though their
     /// connections have not timed out yet (a node that died or hung, a worker killed
@@ -68,6 +77,41 @@ impl Actor {
                 );
             }
             self.worker_gone(now, id, format!("its batch job {job} ended (the batch system no longer runs it)"));
+        }
+    }
+
+    /// A worker stopped answering (no heartbeats, or its connection timed out after it
+    /// went quiet) or is stuck in a task: remember its
+    /// batch job, which [`Self::cancel_unresponsive_jobs`] cancels if none of its workers
+    /// is back by then. A hung node must not hold a place of the pool until its
+    /// walltime, and a frozen process cannot obey an order to exit.
+    pub(super) fn unresponsive(&mut self, now: Duration, info: &crate::proto::WorkerInfo) {
+        if self.site.is_some()
+            && let Some(job) = &info.batch_job
+        {
+            self.unresponsive.entry(JobId(job.clone())).or_insert(now);
+        }
+    }
+
+    /// Cancel (through the batch system) and replace the batch jobs of unresponsive
+    /// workers once [`UNRESPONSIVE_GRACE`] has passed without a worker of theirs
+    /// connected; a job with a worker connected is trusted again.
+    fn cancel_unresponsive_jobs(&mut self, now: Duration) {
+        let Some(s) = &mut self.site else { return };
+        let workers = &self.workers;
+        let connected = |job: &JobId| workers.values().any(|w| w.info.batch_job.as_deref() == Some(job.0.as_str()));
+        self.unresponsive.retain(|job, _| !connected(job));
+        let due: Vec<JobId> = self
+            .unresponsive
+            .iter()
+            .filter(|(_, since)| now.saturating_sub(**since) >= UNRESPONSIVE_GRACE)
+            .map(|(job, _)| job.clone())
+            .collect();
+        for job in due {
+            self.unresponsive.remove(&job);
+            if s.pool.abandon(now, &job) {
+                tracing::warn!(job = %job, "cancelling batch job: its workers stopped answering; a new job replaces it");
+            }
         }
     }
 
@@ -111,6 +155,8 @@ impl Actor {
             );
         }
         s.pool.step(now);
+        self.cancel_unresponsive_jobs(now);
+        let Some(s) = &mut self.site else { return };
         let live = s.pool.live_jobs();
         if !s.polling && !live.is_empty() && s.last_poll.is_none_or(|t| t.elapsed() >= POLL_INTERVAL) {
             s.polling = true;
