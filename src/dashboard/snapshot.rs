@@ -50,6 +50,8 @@ pub struct WorkerView {
     pub queued: u32,
     pub batch_job: Option<String>,
     pub node: Option<String>,
+    /// How it is connected: "quic" or "tcp".
+    pub transport: String,
     pub rss_bytes: Option<u64>,
     pub memory_bound_bytes: Option<u64>,
     pub cpu_percent: Option<f64>,

@@ -178,6 +178,7 @@ impl Observer {
                     queued: w.assigned as u32 - busy,
                     batch_job: w.batch_job.clone(),
                     node: w.node.clone(),
+                    transport: w.transport.clone(),
                     rss_bytes: s.and_then(|s| s.rss),
                     memory_bound_bytes: s.and_then(|s| s.memory_bound),
                     cpu_percent: s.and_then(|s| s.cpu_percent),

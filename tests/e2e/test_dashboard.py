@@ -162,7 +162,7 @@ def test_snapshots_stream_and_metrics_follow_a_run(drover, tmp_path, rng):
         wait_for(settled, 10, "both jobs ended in the snapshot", interval=0.3)
         snap = settled()
         w = snap["workers"][0]
-        assert w["threads"] == 2 and w["tasks_done"] >= 30 and w["host"], w
+        assert w["threads"] == 2 and w["tasks_done"] >= 30 and w["host"] and w["transport"] == "quic", w
         assert w["rss_bytes"] and w["rss_bytes"] > 1 << 20, w
         tasks = next(j for j in snap["jobs"] if j["kind"] == "tasks")
         assert tasks["counts"]["failed"] == 1 and tasks["counts"]["succeeded"] == 29, tasks
@@ -280,6 +280,7 @@ def test_the_dashboard_in_a_browser_shows_workers_progress_and_tasks_flowing(dro
         job = int(r.stdout.split()[0])
         seen = browse("live", url)
         assert seen["workers"] == 2 and seen["url_after_login"] == "/", seen
+        assert seen["links"] == ["QUIC", "QUIC"], f"the workers table names each worker's transport: {seen}"
         run_drover(drover, ["cancel", job, "--dir", s.srv], timeout=60)
     for name in ("overview", "jobs", "stream", "workers", "logs"):
         assert (SHOTS / f"live-{name}.png").stat().st_size > 10_000, name

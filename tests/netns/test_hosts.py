@@ -103,12 +103,18 @@ def test_a_three_second_outage_loses_no_worker(cluster, tmp_path):
     assert sorted(w["id"] for w in st["workers"]) == ids, "the same three workers"
 
 
-def test_a_two_minute_partition_loses_the_worker_and_the_run_goes_on(cluster, tmp_path):
+@pytest.mark.parametrize("transport", ["quic", "tcp"])
+def test_a_two_minute_partition_loses_the_worker_and_the_run_goes_on(cluster, tmp_path, transport):
     """A node cut off for two minutes: the server declares its worker lost (its tasks
     run elsewhere, the result is exact), and the worker, unable to reach the server
-    for longer than its death timeout, exits on its own."""
+    for longer than its death timeout, exits on its own; over QUIC, and over TCP,
+    where a connection with unacknowledged bytes could otherwise hang for many
+    minutes of kernel retransmissions (TCP_USER_TIMEOUT ends it)."""
     cluster.start_server("--interface", "eth0")
-    three_workers(cluster)
+    for node in NODES:
+        cluster.start_worker(node, *(["--transport", "tcp"] if node == "n3" and transport == "tcp" else []))
+    st = cluster.wait_status(lambda st: len(st["workers"]) == 3, 60, "three workers joined")
+    assert {w["host"]: w["transport"] for w in st["workers"]}["n3"] == transport, st["workers"]
     t0 = time.monotonic()
     netns("cut", "n3")
     st = cluster.wait_status(lambda st: len(st["workers"]) == 2, 60, "the cut-off worker declared lost")

@@ -266,7 +266,7 @@ try {
       now: 3.2,
       server: { host: "login1", version: "0.1.0", started_unix: 1764900000 },
       workers: [
-        { id: 1, host: "n1", pid: 7, threads: 1, busy: 0, queued: 0, batch_job: null, node: null, rss_bytes: null, memory_bound_bytes: null, cpu_percent: null, tasks_done: 0, bytes_read: 0, walltime_left_s: null, state: "running" },
+        { id: 1, host: "n1", pid: 7, threads: 1, busy: 0, queued: 0, batch_job: null, node: null, transport: "quic", rss_bytes: null, memory_bound_bytes: null, cpu_percent: null, tasks_done: 0, bytes_read: 0, walltime_left_s: null, state: "running" },
       ],
       pool: { target: null, adapt: null, submit_failure: "sbatch: error: invalid partition specified: gpu", jobs: [] },
       jobs: [{ id: 1, name: "x", kind: "tasks", state: "waiting", tasks: 0, counts: { waiting: 0, running: 0, succeeded: 0, failed: 0, timeout: 0, cancelled: 0 }, priority: 0, started: null, ended: null, eta_s: null, retries: 0, workers_lost: 0, stages: [] }],

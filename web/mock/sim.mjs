@@ -333,6 +333,7 @@ export class Sim {
         queued: Math.floor(this.rand() * 3),
         batch_job: w.batch.id,
         node: w.host,
+        transport: w.id % 10 === 7 ? "tcp" : "quic",
         rss_bytes: Math.round(w.rss),
         memory_bound_bytes: w.bound,
         cpu_percent: round((w.busy ?? 0) * 93 + this.rand() * 6, 1),

@@ -18,6 +18,8 @@ export interface Worker {
   queued: number;
   batch_job: string | null;
   node: string | null;
+  /** "quic", or "tcp" when QUIC did not get through. */
+  transport: string;
   rss_bytes: number | null;
   memory_bound_bytes: number | null;
   cpu_percent: number | null;

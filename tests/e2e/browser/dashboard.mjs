@@ -91,6 +91,8 @@ try {
     out.url_after_login = new URL(page.url()).pathname + new URL(page.url()).search;
     await tab("workers");
     out.workers = await until("worker rows", async () => (await page.$$("#workers-table tbody tr")).length);
+    const linkCol = await page.$$eval("#workers-table thead th", (ths) => ths.findIndex((th) => th.dataset.key === "transport"));
+    out.links = await page.$$eval("#workers-table tbody tr", (trs, i) => trs.map((tr) => tr.children[i]?.textContent ?? null), linkCol);
     const t0 = await page.textContent("#updated-at");
     await until("the server time to move", async () => (await page.textContent("#updated-at")) !== t0, 5000);
     out.time_moved = true;
