@@ -4,9 +4,15 @@
 //! as the driver does (`read_head`, `read_payload`). Each knob of
 //! [`drover::transport::Tuning`] can be set alone, to measure what each one gives.
 //!
-//! Run: quic_bulk [--gib 2] [--frame-mib 8] [--streams 1] [--mtu 1452|8972|65527]
-//!                [--no-gso] [--server-no-gso] [--auto] [--addr 127.0.0.1]
-//! (`--auto`: the sender tuned as drover tunes workers, from the link's MTU)
+//! Run: quic_bulk [--gib 2] [--frame-mib 8 | --frame-kib N] [--streams 1]
+//!                [--mtu 1452|8972|65527] [--no-gso] [--server-no-gso] [--auto]
+//!                [--addr 127.0.0.1] [--server-port P --via RELAY_ADDR] [--gap-ms G]
+//!                [--cc cubic|bbr|newreno] [--initial-window BYTES]
+//! (`--auto`: the sender tuned as drover tunes workers, from the link's MTU; `--via`:
+//! dial a relay, e.g. examples/delay_relay, in front of the server's fixed port;
+//! `--gap-ms`: an idle gap after each frame, as between a worker's results, and the
+//! figures count only the time spent sending; `--cc`, `--initial-window`: the
+//! sender's congestion controller)
 //! Prints one JSON line: GB/s, the process's CPU seconds, and bytes per CPU second.
 
 use std::net::SocketAddr;
@@ -34,6 +40,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut auto = false;
     let mut server_gso = true;
     let mut addr = String::from("127.0.0.1");
+    let mut frame_kib: Option<usize> = None;
+    let mut server_port = 0u16;
+    let mut via: Option<SocketAddr> = None;
+    let mut gap = Duration::ZERO;
+    let mut cc = String::from("cubic");
+    let mut initial_window: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -46,6 +58,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--server-no-gso" => server_gso = false,
             "--addr" => addr = val()?,
             "--auto" => auto = true,
+            "--frame-kib" => frame_kib = Some(val()?.parse()?),
+            "--server-port" => server_port = val()?.parse()?,
+            "--via" => via = Some(val()?.parse()?),
+            "--gap-ms" => gap = Duration::from_millis(val()?.parse()?),
+            "--cc" => cc = val()?,
+            "--initial-window" => initial_window = Some(val()?.parse()?),
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -54,11 +72,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut server_config = id.config;
     let server_tuning = Tuning { gso: server_gso, ..tuning };
     server_config.transport_config(Arc::new(transport::transport_config_tuned(idle, server_tuning)));
-    let bind: SocketAddr = format!("{addr}:0").parse()?;
+    let bind: SocketAddr = format!("{addr}:{server_port}").parse()?;
     let server = transport::endpoint(Some(server_config), bind)?;
     let server_addr = server.local_addr()?;
 
-    let frame = frame_mib << 20;
+    let frame = frame_kib.map_or(frame_mib << 20, |k| k << 10);
     let frames = ((gib * (1u64 << 30) as f64) as usize).div_ceil(frame);
     let total = (frames * frame) as u64;
 
@@ -94,9 +112,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if auto {
         tuning = Tuning::for_peer(server_addr);
     }
-    client_config.transport_config(Arc::new(transport::transport_config_tuned(idle, tuning)));
+    let mut sender_transport = transport::transport_config_tuned(idle, tuning);
+    match cc.as_str() {
+        "cubic" => {
+            let mut c = quinn::congestion::CubicConfig::default();
+            if let Some(w) = initial_window {
+                c.initial_window(w);
+            }
+            sender_transport.congestion_controller_factory(Arc::new(c));
+        }
+        "bbr" => {
+            let mut c = quinn::congestion::BbrConfig::default();
+            if let Some(w) = initial_window {
+                c.initial_window(w);
+            }
+            sender_transport.congestion_controller_factory(Arc::new(c));
+        }
+        "newreno" => {
+            let mut c = quinn::congestion::NewRenoConfig::default();
+            if let Some(w) = initial_window {
+                c.initial_window(w);
+            }
+            sender_transport.congestion_controller_factory(Arc::new(c));
+        }
+        other => return Err(format!("--cc {other}: cubic, bbr or newreno").into()),
+    }
+    client_config.transport_config(Arc::new(sender_transport));
     let client = transport::endpoint(None, format!("{addr}:0").parse()?)?;
-    let conn = client.connect_with(client_config, server_addr, transport::SERVER_NAME)?.await?;
+    let conn = client
+        .connect_with(client_config, via.unwrap_or(server_addr), transport::SERVER_NAME)?
+        .await?;
     let payload = Arc::new(vec![7u8; frame]);
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
@@ -114,6 +159,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             });
             for _ in 0..mine {
                 proto::write_frame(&mut send, &hello, &payload).await.expect("send");
+                if !gap.is_zero() {
+                    tokio::time::sleep(gap).await;
+                }
             }
             send.finish().expect("finish");
             // Keep the receive half until the server has read everything.
@@ -125,19 +173,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         keep.push(s.await?);
     }
     let (got, end, _conn) = reader.await?;
-    let secs = (end - t0).as_secs_f64();
+    let gaps = gap.as_secs_f64() * frames.div_ceil(streams) as f64;
+    let secs = (end - t0).as_secs_f64() - gaps;
     let cpu = cpu_seconds() - cpu0;
     let stats = conn.stats();
     println!(
         "{{\"mtu_upper_bound\": {}, \"gso\": {}, \"streams\": {streams}, \"frame_mib\": {frame_mib}, \"bytes\": {got}, \
          \"seconds\": {secs:.3}, \"gb_per_s\": {:.3}, \"cpu_s\": {cpu:.2}, \"gb_per_cpu_s\": {:.3}, \"path_mtu\": {}, \
-         \"datagrams_sent\": {}}}",
+         \"datagrams_sent\": {}, \"rtt_ms\": {:.1}, \"cwnd\": {}, \"lost_packets\": {}, \"cc\": \"{cc}\", \"gap_ms\": {}}}",
         tuning.mtu_upper_bound,
         tuning.gso,
         got as f64 / secs / 1e9,
         got as f64 / cpu / 1e9,
         stats.path.current_mtu,
         stats.udp_tx.datagrams,
+        stats.path.rtt.as_secs_f64() * 1e3,
+        stats.path.cwnd,
+        stats.path.lost_packets,
+        gap.as_millis(),
     );
     assert_eq!(got, total, "every byte arrived");
     drop(keep);
