@@ -61,7 +61,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let upstream: SocketAddr = upstream.parse().map_err(|e| format!("upstream \"{upstream}\": {e}"))?;
     let delay = Duration::from_millis(delay.parse().map_err(|e| format!("delay \"{delay}\": {e}"))?);
-    let front = Arc::new(UdpSocket::bind(listen.as_str()).await?);
+    // A network's buffers, not the kernel's 208 KiB default (which drops bursts).
+    let front = UdpSocket::bind(listen.as_str()).await?;
+    drover::transport::enlarge_socket_buffers(&front);
+    let front = Arc::new(front);
     println!("listening on {}", front.local_addr()?);
     let mut peers: HashMap<SocketAddr, DelayLine> = HashMap::new();
     let mut buf = vec![0u8; 65536];
@@ -71,7 +74,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(tx) => tx.clone(),
             None => {
                 let bind: SocketAddr = if upstream.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-                let back = Arc::new(UdpSocket::bind(bind).await?);
+                let back = UdpSocket::bind(bind).await?;
+                drover::transport::enlarge_socket_buffers(&back);
+                let back = Arc::new(back);
                 back.connect(upstream).await?;
                 // Server -> peer: through the front socket, after the delay.
                 let to_peer = DelayLine::new(delay, front.clone(), Some(from));

@@ -364,6 +364,9 @@ async fn on_site(workload: Workload, mut site: Site, workers: u32, progress: Opt
     result
 }
 
+/// Seconds without any connected worker after which an embedded run gives up.
+const DESERTED_AFTER: u32 = 15;
+
 /// The embedded local cluster: a server in this process and `n` worker processes over
 /// loopback QUIC, stopped at the end whatever happens.
 async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option<String>, extras: &Extras) -> Result<Summary, Failure> {
@@ -434,6 +437,23 @@ async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option
             }
             codes
         };
+        // Workers that joined and are all gone (lost, told to exit as stuck) while one
+        // of their processes cannot end (stuck in the kernel): nothing would run the
+        // tasks left, and `all_exited` would wait for that process forever.
+        let deserted = async {
+            let (mut joined, mut alone) = (false, 0u32);
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if handle.workers_connected() > 0 {
+                    (joined, alone) = (true, 0);
+                } else if joined {
+                    alone += 1;
+                    if alone >= DESERTED_AFTER {
+                        return;
+                    }
+                }
+            }
+        };
         match session {
             Err(e) => Err(e),
             Ok(session) => tokio::select! {
@@ -441,6 +461,9 @@ async fn embedded(workload: Workload, n: usize, threads: usize, progress: Option
                 codes = all_exited => Err(runtime(anyhow!(
                     "all {n} worker processes exited before the run finished ({}); see their messages above",
                     codes.join(", ")
+                ))),
+                _ = deserted => Err(runtime(anyhow!(
+                    "no worker has been connected for {DESERTED_AFTER} s (each exited, was lost or was told to exit); see their messages above"
                 ))),
                 why = interrupted() => Err(runtime(anyhow!("{why}"))),
             },

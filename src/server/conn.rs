@@ -144,6 +144,9 @@ pub(super) struct Accepting {
     /// Permits for [`MAX_PENDING`] unauthenticated connections.
     pub pending: Arc<tokio::sync::Semaphore>,
     pub rtt: Rtt,
+    /// The QUIC server configuration (certificate); each connection's transport is
+    /// chosen by its peer's address ([`crate::transport::server_transport`]).
+    pub quic: quinn::ServerConfig,
 }
 
 /// Holds one of the [`MAX_PENDING`] places until the peer has shown its token.
@@ -181,9 +184,18 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, cx: Accepting) {
         };
         let cx = cx.clone();
         let remote = incoming.remote_address();
+        let mut config = cx.quic.clone();
+        config.transport_config(crate::transport::server_transport(remote.ip()));
+        let connecting = match incoming.accept_with(Arc::new(config)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, %remote, "handshake refused");
+                continue;
+            }
+        };
         tokio::spawn(
             async move {
-                let r = async { handle(tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await??.into(), cx, place).await };
+                let r = async { handle(tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await??.into(), cx, place).await };
                 if let Err(e) = r.await {
                     tracing::debug!(error = %e, "connection ended");
                 }

@@ -81,6 +81,11 @@ impl ServerHandle {
         self.events.clone()
     }
 
+    /// Workers connected at the last snapshot (published once a second).
+    pub fn workers_connected(&self) -> usize {
+        self.observed.snapshots.borrow().workers.len()
+    }
+
     /// The report of the whole run so far (a snapshot made now, the whole task stream).
     pub async fn report(&self, workload: Option<&str>, summary: Option<&serde_json::Value>) -> String {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -196,6 +201,7 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         inbound: inbound.clone(),
         pending: Arc::new(tokio::sync::Semaphore::new(conn::MAX_PENDING)),
         rtt: rtt.clone(),
+        quic: identity.config.clone(),
     };
     let mut accepts: Vec<JoinHandle<()>> = endpoints
         .iter()

@@ -92,7 +92,7 @@ def test_a_task_stuck_in_a_read_that_never_returns_runs_elsewhere_and_the_result
             f'[[outputs]]\nexpr = "x * 2 + 1"\nfile = "{tmp_path / "out.h5"}"\ndataset = "/y"\n'
             f'[[outputs]]\nexpr = "sum(x)"\nfile = "{tmp_path / "out.h5"}"\ndataset = "/total"\n'
         )
-        r = run_drover(drover, ["run", w, "--workers", "2", "--json", "--task-timeout", "3s"], timeout=120)
+        r = run_drover(drover, ["run", w, "--workers", "2", "--json", "--task-timeout", "6s"], timeout=120)
     # The stuck worker waits in the kernel until the file server answers or goes away
     # (as on a hard-mounted NFS): gone now, it must end.
     deadline = time.monotonic() + 20
@@ -102,10 +102,39 @@ def test_a_task_stuck_in_a_read_that_never_returns_runs_elsewhere_and_the_result
     assert r.rc == 0, r.describe()
     summary = r.json()
     assert summary["workers_lost"] >= 1 and summary["tasks_retried"] >= 1, summary
-    assert "task time limit of 3 s" in r.stderr, r.stderr[-2000:]
+    assert "task time limit of 6 s" in r.stderr, r.stderr[-2000:]
     with h5py.File(tmp_path / "out.h5") as f:
         np.testing.assert_array_equal(f["y"][...], x * 2 + 1)
         np.testing.assert_allclose(f["total"][()], x.sum(), rtol=1e-12)
+
+
+def test_a_run_whose_every_worker_gets_stuck_fails_instead_of_waiting_forever(drover, tmp_path):
+    """Every read of one byte is lost (`hang`): each worker that reads it gets stuck,
+    is told to exit past the task time limit, and cannot end while its read waits in
+    the kernel. With no worker left, the run fails in one line after 15 s instead of
+    waiting for processes that cannot end; no output is left."""
+    n, block = 1_000_000, 100_000
+    src = tmp_path / "x.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("x", data=np.arange(n, dtype=np.float64))
+        start = f["x"].id.get_offset()
+    stuck_at = start + (3 * block + 10) * 8
+    with faulty(drover, src, tmp_path / "mnt", "hang", stuck_at) as path:
+        w = tmp_path / "w.toml"
+        w.write_text(
+            f'[inputs.x]\nfile = "{path}"\ndataset = "/x"\nchunks = [{block}]\n'
+            f'[[outputs]]\nexpr = "x + 1"\nfile = "{tmp_path / "out.h5"}"\ndataset = "/y"\n'
+        )
+        r = run_drover(drover, ["run", w, "--workers", "2", "--task-timeout", "4s"], timeout=150)
+    deadline = time.monotonic() + 20
+    while any(Path(f"/proc/{p}").exists() for p in r.leftover_pids):
+        assert time.monotonic() < deadline, f"the stuck workers outlived their file server: {r.leftover_pids}"
+        time.sleep(0.1)
+    assert r.rc == 1, r.describe()
+    lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
+    assert lines and "no worker has been connected for 15 s" in lines[-1], r.stderr[-3000:]
+    assert "panicked" not in r.stderr, r.stderr[-3000:]
+    assert not (tmp_path / "out.h5").exists()
 
 
 def test_a_bad_task_timeout_is_refused_quoting_it(drover, tmp_path):
