@@ -13,7 +13,9 @@ runs), in four set-ups measured in the same run:
   relay that adds 10 ms each way (examples/delay_relay.rs; this kernel has no netem),
   without and with the loss;
 - 3-hosts-1%-loss-sent: as the second, but every block travels to the server's
-  writer (--no-shared-fs).
+  writer (--no-shared-fs);
+- 3-hosts-sent and 3-hosts-sent-tcp: every block to the writer without loss, over
+  QUIC and over the TCP fallback (--transport tcp).
 
 Target (issue 15): 3-hosts-1%-loss within 1.3x of one-host. Reported, never asserted.
 Needs root (namespaces); brings the testbed up and down unless it was already up.
@@ -139,6 +141,8 @@ CASES = [
     ("3-hosts-20ms", NODES, ["--shared-fs"], False, 10),
     ("3-hosts-1%-loss-20ms", NODES, ["--shared-fs"], True, 10),
     ("3-hosts-1%-loss-sent", NODES, ["--no-shared-fs"], True, 0),
+    ("3-hosts-sent", NODES, ["--no-shared-fs"], False, 0),
+    ("3-hosts-sent-tcp", NODES, ["--no-shared-fs", "--transport", "tcp"], False, 0),
 ]
 
 
