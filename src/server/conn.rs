@@ -144,9 +144,9 @@ pub(super) struct Accepting {
     /// Permits for [`MAX_PENDING`] unauthenticated connections.
     pub pending: Arc<tokio::sync::Semaphore>,
     pub rtt: Rtt,
-    /// The QUIC server configuration (certificate); each connection's transport is
-    /// chosen by its peer's address ([`crate::transport::server_transport`]).
-    pub quic: quinn::ServerConfig,
+    /// The QUIC server configurations, with Cubic and with BBR, made once; each
+    /// connection takes one by its peer's address ([`crate::transport::bbr_towards`]).
+    pub quic: [Arc<quinn::ServerConfig>; 2],
 }
 
 /// Holds one of the [`MAX_PENDING`] places until the peer has shown its token.
@@ -184,9 +184,8 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, cx: Accepting) {
         };
         let cx = cx.clone();
         let remote = incoming.remote_address();
-        let mut config = cx.quic.clone();
-        config.transport_config(crate::transport::server_transport(remote.ip()));
-        let connecting = match incoming.accept_with(Arc::new(config)) {
+        let config = cx.quic[usize::from(crate::transport::bbr_towards(remote.ip()))].clone();
+        let connecting = match incoming.accept_with(config) {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, %remote, "handshake refused");

@@ -201,7 +201,11 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         inbound: inbound.clone(),
         pending: Arc::new(tokio::sync::Semaphore::new(conn::MAX_PENDING)),
         rtt: rtt.clone(),
-        quic: identity.config.clone(),
+        quic: [false, true].map(|bbr| {
+            let mut c = identity.config.clone();
+            c.transport_config(transport::server_transport(bbr));
+            Arc::new(c)
+        }),
     };
     let mut accepts: Vec<JoinHandle<()>> = endpoints
         .iter()

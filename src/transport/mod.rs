@@ -280,24 +280,20 @@ impl Tuning {
 
 /// Whether connections with `peer` use BBR: across a network, not over loopback,
 /// unless `DROVER_QUIC_CC` is `cubic` or `bbr`.
-fn bbr_towards(peer: std::net::IpAddr) -> bool {
-    match std::env::var("DROVER_QUIC_CC").as_deref() {
-        Ok("cubic") => false,
-        Ok("bbr") => true,
-        _ => !peer.is_loopback(),
-    }
+pub fn bbr_towards(peer: std::net::IpAddr) -> bool {
+    static CHOSEN: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let chosen = CHOSEN.get_or_init(|| match std::env::var("DROVER_QUIC_CC").as_deref() {
+        Ok("cubic") => Some(false),
+        Ok("bbr") => Some(true),
+        _ => None,
+    });
+    chosen.unwrap_or(!peer.is_loopback())
 }
 
-/// The server's transport for a connection from `peer` (it sends tasks, constants and
-/// answers: quinn's defaults but for the congestion controller, [`Tuning::bbr`]).
-pub fn server_transport(peer: std::net::IpAddr) -> Arc<quinn::TransportConfig> {
-    Arc::new(transport_config_tuned(
-        SERVER_IDLE,
-        Tuning {
-            bbr: bbr_towards(peer),
-            ..Tuning::QUINN
-        },
-    ))
+/// The server's transport (it sends tasks, constants and answers: quinn's defaults but
+/// for the congestion controller, [`Tuning::bbr`], chosen per peer by [`bbr_towards`]).
+pub fn server_transport(bbr: bool) -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config_tuned(SERVER_IDLE, Tuning { bbr, ..Tuning::QUINN }))
 }
 
 /// The MTU of the interface that carries traffic to `peer`, if it can be told.
