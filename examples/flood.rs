@@ -11,9 +11,9 @@
 //!   flood --access SRV/access.toml --connections 2000 [--garbage-mib 100] [--bad-peers 4]
 //!
 //! Prints one JSON line when every connection has ended: how many completed the
-//! handshake, were refused or retried past, were closed by the server (and the
-//! longest wait for that) or ended by the idle timeout, and whether each bad peer was
-//! disconnected.
+//! handshake, were refused (after a retry) or lost otherwise, the most open at once,
+//! how many were closed by the server (and the longest wait for that) or ended by the
+//! idle timeout, and whether each bad peer was disconnected.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +27,14 @@ use tokio::sync::Semaphore;
 #[derive(Default)]
 struct Counts {
     handshakes: AtomicU64,
+    /// Turned away by the server (`CONNECTION_REFUSED`, after a stateless retry).
     refused: AtomicU64,
+    /// Handshakes that failed otherwise (datagrams lost on a flooded socket, the
+    /// server's handshake timeout): the server may have held a place for them.
+    lost: AtomicU64,
+    /// Strangers past the handshake and not yet closed, and the most at once.
+    open: AtomicU64,
+    open_peak: AtomicU64,
     closed_by_server: AtomicU64,
     /// Ended by the idle timeout: the server's close was lost (or never sent).
     timed_out: AtomicU64,
@@ -46,17 +53,23 @@ async fn stranger(kind: usize, endpoint: quinn::Endpoint, config: quinn::ClientC
     let conn = match endpoint.connect_with(config, addr, transport::SERVER_NAME) {
         Ok(connecting) => match connecting.await {
             Ok(conn) => conn,
-            Err(_) => {
+            Err(quinn::ConnectionError::ConnectionClosed(close)) if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
                 c.refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {
+                c.lost.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         },
         Err(_) => {
-            c.refused.fetch_add(1, Ordering::Relaxed);
+            c.lost.fetch_add(1, Ordering::Relaxed);
             return;
         }
     };
     c.handshakes.fetch_add(1, Ordering::Relaxed);
+    let open = c.open.fetch_add(1, Ordering::Relaxed) + 1;
+    c.open_peak.fetch_max(open, Ordering::Relaxed);
     let t0 = Instant::now();
     let talk = async {
         if kind == 0 {
@@ -96,6 +109,7 @@ async fn stranger(kind: usize, endpoint: quinn::Endpoint, config: quinn::ClientC
             c.closed_by_server.fetch_add(1, Ordering::Relaxed)
         }
     };
+    c.open.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// A peer with the right token that then sends a frame claiming 64 GiB. Like a
@@ -166,7 +180,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .ok_or("cannot resolve the server")?;
     let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-    let endpoint = quinn::Endpoint::client(bind)?;
+    let endpoint = transport::endpoint(None, bind)?;
     let c = Arc::new(Counts::default());
     // Every connection at once: more than the server keeps without a token.
     let gate = Arc::new(Semaphore::new(n.max(1)));
@@ -203,10 +217,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         t.await?;
     }
     println!(
-        "{{\"connections\": {n}, \"handshakes\": {}, \"refused\": {}, \"closed_by_server\": {}, \"timed_out\": {}, \
-         \"longest_s\": {:.1}, \"garbage_bytes\": {sent}, \"bad_peers\": {bad}, \"bad_peers_closed\": {}}}",
+        "{{\"connections\": {n}, \"handshakes\": {}, \"refused\": {}, \"lost\": {}, \"open_peak\": {}, \
+         \"closed_by_server\": {}, \"timed_out\": {}, \"longest_s\": {:.1}, \"garbage_bytes\": {sent}, \"bad_peers\": {bad}, \"bad_peers_closed\": {}}}",
         c.handshakes.load(Ordering::Relaxed),
         c.refused.load(Ordering::Relaxed),
+        c.lost.load(Ordering::Relaxed),
+        c.open_peak.load(Ordering::Relaxed),
         c.closed_by_server.load(Ordering::Relaxed),
         c.timed_out.load(Ordering::Relaxed),
         c.longest_ms.load(Ordering::Relaxed) as f64 / 1e3,

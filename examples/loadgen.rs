@@ -183,7 +183,9 @@ async fn main() {
             std::process::exit(2)
         });
     let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("address");
-    let endpoint = quinn::Endpoint::client(bind).unwrap_or_else(|e| {
+    // One socket for all, with the buffers each worker's own socket gets: the default
+    // would drop the server's answers to hundreds of handshakes at once.
+    let endpoint = transport::endpoint(None, bind).unwrap_or_else(|e| {
         eprintln!("loadgen: {e}");
         std::process::exit(1)
     });

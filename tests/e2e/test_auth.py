@@ -472,8 +472,13 @@ def test_a_flood_of_strangers_and_bad_frames_leaves_the_workers_and_the_run_exac
         kill_group(flood, grace=1.0)
     assert flood.returncode == 0, err[-2000:]
     res = json.loads(out.strip().splitlines()[-1])
-    assert res["handshakes"] + res["refused"] == 2000, res
-    assert res["refused"] > 0 and res["handshakes"] >= 1024, f"the bound of 1,024 pending strangers held: {res}"
+    assert res["handshakes"] + res["refused"] + res["lost"] == 2000, res
+    # The server takes strangers up to its bound and refuses the rest: those it took
+    # finished the handshake or lost it among the garbage (their place held until the
+    # server's handshake timeout). Seen from the flood, at most the bound are open at
+    # once (a few more only while a close is still on its way).
+    assert res["refused"] > 0 and res["handshakes"] + res["lost"] >= 1024, f"the server admits 1,024 strangers: {res}"
+    assert res["open_peak"] <= 1024 + 8, f"the bound of 1,024 pending strangers held: {res}"
     # Each stranger ends: closed by the server (its close seen), or, where the close
     # was lost among the garbage, by the idle timeout; most see the close.
     assert res["closed_by_server"] + res["timed_out"] == res["handshakes"], res
