@@ -17,6 +17,11 @@ runs), in four set-ups measured in the same run:
 - 3-hosts-sent and 3-hosts-sent-tcp: every block to the writer without loss, over
   QUIC and over the TCP fallback (--transport tcp).
 
+Each case also reports, as fractions of the runs' wall time, the server's CPU time
+(`server_cpu`, all its threads) and its writer's working time (`writer_busy`, from
+the run's `writer_busy_seconds`; a writer busy all the time would be the bottleneck
+of the runs that send blocks).
+
 Target (issue 15): 3-hosts-1%-loss within 1.3x of one-host. Reported, never asserted.
 Needs root (namespaces); brings the testbed up and down unless it was already up.
 
@@ -122,6 +127,26 @@ class Setup:
             netns("clear", node, check=False)
 
 
+def server_pid(srv: Path) -> int | None:
+    """The pid of the drover server serving `srv` (started through `ip netns exec`)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"drover") and b"server" in argv and str(srv).encode() in argv:
+            return int(d.name)
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of `pid`, all its threads."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def workload(tmp: Path, steps: int, size: int) -> tuple[Path, np.ndarray]:
     rng = np.random.default_rng(15)
     x = rng.normal(280.0, 12.0, size=(steps, size, size))
@@ -178,23 +203,31 @@ def main() -> int:
             s = Setup(tmp, name.replace("%", "pct"))
             try:
                 s.start(nodes, wargs, loss, delay)
-                times, summary = [], {}
+                times, summary, server_cpu, writer_busy = [], {}, [], []
+                pid = server_pid(s.srv)
                 for _ in range(a.repeat):
                     (tmp / "out.h5").unlink(missing_ok=True)
+                    cpu0 = cpu_seconds(pid) if pid else None
                     t0 = time.perf_counter()
                     r = drover("run", wl, "--connect", s.srv, "--json")
                     took = time.perf_counter() - t0
+                    cpu1 = cpu_seconds(pid) if pid else None
                     if r.returncode != 0:
                         raise RuntimeError(f"{name}: {r.stderr[-2000:]}")
                     summary = json.loads(r.stdout)
                     times.append(took)
+                    if cpu0 is not None and cpu1 is not None:
+                        server_cpu.append((cpu1 - cpu0) / took)
+                    writer_busy.append(summary["writer_busy_seconds"] / took)
                 with h5py.File(tmp / "out.h5") as f:
                     exact = bool(np.allclose(f["mean"][()], want_mean, rtol=1e-12)
                                  and np.allclose(f["anom"][-1], x[-1] - want_mean, rtol=1e-12, atol=1e-9))
                 res = {"case": name, "seconds": round(statistics.median(times), 3), "runs": [round(t, 3) for t in times],
                        "blocks_written_by_workers": summary.get("blocks_written_by_workers"),
                        "blocks_sent_to_writer": summary.get("blocks_sent_to_writer"),
-                       "workers_lost": summary.get("workers_lost"), "exact": exact}
+                       "workers_lost": summary.get("workers_lost"), "exact": exact,
+                       "server_cpu": round(statistics.median(server_cpu), 2) if server_cpu else None,
+                       "writer_busy": round(statistics.median(writer_busy), 2) if writer_busy else None}
                 log(json.dumps(res))
                 results.append(res)
             finally:
@@ -204,10 +237,11 @@ def main() -> int:
         if not was_up:
             netns("down", check=False)
     base = results[0]["seconds"]
-    print(f"{'case':<24} {'seconds':>8} {'x one-host':>10}  written/sent  exact")
+    print(f"{'case':<24} {'seconds':>8} {'x one-host':>10}  written/sent  exact  server CPU  writer busy")
     for r in results:
         print(f"{r['case']:<24} {r['seconds']:>8.2f} {r['seconds'] / base:>10.2f}  "
-              f"{r['blocks_written_by_workers']}/{r['blocks_sent_to_writer']:<10}  {r['exact']}")
+              f"{r['blocks_written_by_workers']}/{r['blocks_sent_to_writer']:<10}  {r['exact']!s:<5}  "
+              f"{r['server_cpu']!s:>10}  {r['writer_busy']!s:>11}")
     lossy = next((r for r in results if r["case"] == "3-hosts-1%-loss"), None)
     if lossy:
         x = lossy["seconds"] / base

@@ -190,6 +190,7 @@ fn print_summary(summary: &Summary, inputs: &[InputReport], replaced: &[std::pat
             "workers_drained": summary.workers_drained,
             "blocks_written_by_workers": summary.blocks_written_by_workers,
             "blocks_sent_to_writer": summary.blocks_sent_to_writer,
+            "writer_busy_seconds": summary.writer_busy_seconds,
             "bytes_read": summary.bytes_read,
             "seconds": summary.seconds,
             "workers": summary.workers,

@@ -16,7 +16,7 @@ use crate::config::workload::Workload;
 use crate::exec::plan::Plan;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The reason the server closes every connection with when it stops (workers still
 /// joining then leave quietly).
@@ -324,6 +324,9 @@ pub struct Summary {
     /// they sent to the server's writer.
     pub blocks_written_by_workers: u64,
     pub blocks_sent_to_writer: u64,
+    /// The time the server's writer spent writing (blocks, partials, flushes, closing
+    /// the files): near `seconds`, the writer bounded the run.
+    pub writer_busy_seconds: f64,
     /// Per output: floating-point events of the stages it was computed by (divisions
     /// by zero, invalid values, overflows), as numpy would warn of them.
     pub fp_events: Vec<[u64; 3]>,

@@ -12,6 +12,8 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -55,6 +57,23 @@ pub struct Writer {
     pub errors: tokio::sync::mpsc::UnboundedReceiver<WriteFailure>,
     /// Per output: where workers on this host may write blocks themselves.
     pub direct: Vec<Option<crate::proto::DirectOutput>>,
+    busy: Busy,
+}
+
+/// The time the writer thread has spent working (writing blocks and partials,
+/// flushing, closing), as opposed to waiting for work: close to a run's whole time,
+/// the writer bounded the run. Readable while the writer works and after it ended.
+#[derive(Clone, Default)]
+pub struct Busy(Arc<AtomicU64>);
+
+impl Busy {
+    pub fn seconds(&self) -> f64 {
+        self.0.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    fn add(&self, since: Instant) {
+        self.0.fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// A write of an output or of the journal that failed.
@@ -282,6 +301,8 @@ impl Writer {
             .collect();
         let (tx, rx) = mpsc::channel::<Cmd>();
         let (etx, errors) = tokio::sync::mpsc::unbounded_channel();
+        let busy = Busy::default();
+        let thread_busy = busy.clone();
         let thread = std::thread::Builder::new()
             .name("drover-writer".into())
             .spawn(move || {
@@ -294,6 +315,7 @@ impl Writer {
                     journal: Some(journal),
                     errors: etx,
                     failed: None,
+                    busy: thread_busy,
                 }
                 .run(rx)
             })
@@ -303,7 +325,13 @@ impl Writer {
             thread: Some(thread),
             errors,
             direct,
+            busy,
         })
+    }
+
+    /// The writer thread's working time, also after [`Writer::finish`].
+    pub fn busy(&self) -> Busy {
+        self.busy.clone()
     }
 
     fn send(&self, cmd: Cmd) {
@@ -379,6 +407,7 @@ struct WriterThread {
     errors: tokio::sync::mpsc::UnboundedSender<WriteFailure>,
     /// The first failure, once there was one.
     failed: Option<bool>,
+    busy: Busy,
 }
 
 impl WriterThread {
@@ -467,6 +496,7 @@ impl WriterThread {
                     return;
                 }
             };
+            let working = Instant::now();
             match cmd {
                 None => {}
                 Some(Cmd::Write { parts, region, task }) if self.failed.is_none() => {
@@ -554,6 +584,7 @@ impl WriterThread {
                         Err(f) if f.resumable => {}
                         Err(_) => self.remove_all(),
                     }
+                    self.busy.add(working);
                     let _ = reply.send(result);
                     return;
                 }
@@ -567,6 +598,7 @@ impl WriterThread {
                 self.sync(&mut pending);
                 last_flush = Instant::now();
             }
+            self.busy.add(working);
         }
     }
 }

@@ -10,6 +10,7 @@ log says which path each input took, and that choice is checked too.
 from __future__ import annotations
 
 import re
+import time
 
 import h5py
 import numpy as np
@@ -173,9 +174,13 @@ def test_large_output_from_three_workers(drover, tmp_path, rng, writes):
     env = {"DROVER_LOG": "drover=debug"}
     if writes == "driver":
         env["DROVER_DIRECT_WRITES"] = "0"
+    t0 = time.monotonic()
     run, result, _ = run_workload(drover, tmp_path, inputs, cases, workers=3, env=env)
+    wall = time.monotonic() - t0
     assert result["tasks_retried"] == 0, run.describe()
     assert _output_flags(run) == ({"true"} if writes == "workers" else set()), run.describe()
+    # The writer's working time is counted, and lies within the run's.
+    assert 0 < result["writer_busy_seconds"] < wall, (result["writer_busy_seconds"], wall)
 
 
 def test_blocks_not_made_of_whole_output_chunks_go_to_the_driver(drover, tmp_path, rng):

@@ -99,6 +99,7 @@ impl ArrayJob {
             workers_drained: self.workers_drained,
             blocks_written_by_workers: self.blocks_direct,
             blocks_sent_to_writer: self.blocks_sent,
+            writer_busy_seconds: self.writer_busy.seconds(),
             tasks_resumed: self.tasks_resumed,
             fp_events: (0..self.plan.user_outputs().len() as u32)
                 .map(|o| output_events(&self.plan, &self.fp, o))

@@ -21,7 +21,7 @@ use crate::exec::{self, BlockResult};
 use crate::proto::jobs::{Counts, JobInfo};
 use crate::proto::{self, PeerMsg, ServerMsg, Summary};
 use crate::server::observe::Finished;
-use crate::server::writer::Writer;
+use crate::server::writer::{Busy, Writer};
 
 pub use self::prepare::{Prepared, prepare};
 
@@ -67,6 +67,7 @@ pub struct ArrayJob {
     /// Output blocks written by workers into the file, and sent to the writer.
     blocks_direct: u64,
     blocks_sent: u64,
+    writer_busy: Busy,
     /// Floating-point events per stage (`exec::fpe`).
     fp: Vec<[u64; 3]>,
     phase: Phase,
@@ -144,6 +145,7 @@ impl ArrayJob {
             client,
             plan: p.plan,
             map: p.map,
+            writer_busy: p.writer.busy(),
             writer: Some(p.writer),
             acc,
             consts: vec![None; n_consts],
@@ -578,7 +580,12 @@ impl Job for ArrayJob {
                 };
                 match result {
                     Ok(()) => {
-                        send(&self.client, ServerMsg::Finished { summary: *summary });
+                        // The writer has ended: all of its time counts.
+                        let summary = Summary {
+                            writer_busy_seconds: self.writer_busy.seconds(),
+                            ..*summary
+                        };
+                        send(&self.client, ServerMsg::Finished { summary });
                         self.end(cx.core, "succeeded");
                     }
                     Err(message) => {
