@@ -69,9 +69,49 @@ impl BufPool {
 /// The process's pool of payload-sized buffers.
 pub static PAYLOADS: BufPool = BufPool::new(2);
 
+/// A buffer shared as [`bytes::Bytes`] that goes back to [`PAYLOADS`] once its last
+/// share is dropped (a result payload handed to QUIC without a copy: dropped once the
+/// driver has acknowledged it).
+pub fn shared_payload(v: Vec<u8>) -> bytes::Bytes {
+    shared_in(&PAYLOADS, v)
+}
+
+fn shared_in(pool: &'static BufPool, v: Vec<u8>) -> bytes::Bytes {
+    bytes::Bytes::from_owner(Pooled(v, pool))
+}
+
+struct Pooled(Vec<u8>, &'static BufPool);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        self.1.give(std::mem::take(&mut self.0));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_buffer_returns_to_its_pool_when_the_last_share_is_dropped() {
+        static POOL: BufPool = BufPool::new(1);
+        let v = vec![3u8; LARGE];
+        let ptr = v.as_ptr();
+        let whole = shared_in(&POOL, v);
+        let part = whole.slice(10..20);
+        drop(whole);
+        assert!(POOL.take_kept(LARGE).is_none(), "a slice still shares it");
+        assert_eq!(&part[..], &[3u8; 10]);
+        drop(part);
+        let back = POOL.take_kept(LARGE).expect("back in the pool");
+        assert_eq!(back.as_ptr(), ptr, "the same buffer, not a copy");
+    }
 
     #[test]
     fn buffers_are_reused_and_sized() {

@@ -390,7 +390,8 @@ async fn handle(conn: Conn, cx: Accepting, place: Pending) -> anyhow::Result<()>
 async fn write_loop(mut send: SendHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>, conn: Conn) {
     while let Some(out) = rx.recv().await {
         let shutdown = matches!(out.msg, ServerMsg::Shutdown { .. });
-        if let Err(e) = proto::write_frame(&mut send, &out.msg, &out.payload).await {
+        // Payloads (a stage's constants go to every worker) are shared, not copied.
+        if let Err(e) = send.write_frame_shared(&out.msg, out.payload).await {
             tracing::debug!(error = %e, "send failed");
             return;
         }

@@ -254,6 +254,28 @@ enum Send {
 pub struct SendHalf(Send);
 
 impl SendHalf {
+    /// Write one frame ([`crate::proto::write_frame`]'s format) whose payload is shared
+    /// bytes: QUIC takes them as they are, without a copy, and keeps them until the
+    /// peer has acknowledged them (a buffer shared by several streams, or one whose
+    /// owner gives it back to a pool once dropped); over TCP they are written.
+    pub async fn write_frame_shared<M: Serialize>(&mut self, msg: &M, payload: bytes::Bytes) -> Result<(), crate::proto::FrameError> {
+        let head = crate::proto::encode(msg, payload.len() as u64)?;
+        match &mut self.0 {
+            Send::Quic(s) => {
+                s.write_chunk(head.into()).await.map_err(io::Error::from)?;
+                if !payload.is_empty() {
+                    s.write_chunk(payload).await.map_err(io::Error::from)?;
+                }
+            }
+            Send::Tcp(w) => {
+                w.write_all(&head).await?;
+                w.write_all(&payload).await?;
+                w.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// No more data: the peer reads the end of the stream after what was sent.
     pub async fn finish(&mut self) {
         match &mut self.0 {

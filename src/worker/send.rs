@@ -95,17 +95,18 @@ async fn send_frames(mut send: crate::transport::SendHalf, mut rx: mpsc::Unbound
                 if peak.1.elapsed() >= Duration::from_millis(100) {
                     peak = (peak_rss().unwrap_or(peak.0), std::time::Instant::now());
                 }
-                let res = proto::write_frame(
-                    &mut send,
-                    &PeerMsg::Results {
-                        job,
-                        results,
-                        peak_rss: peak.0,
-                    },
-                    &bytes,
-                )
-                .await;
-                exec::buffers::PAYLOADS.give(bytes);
+                // Handed to QUIC without a copy; the buffer returns to the pool once
+                // the driver has acknowledged it.
+                let res = send
+                    .write_frame_shared(
+                        &PeerMsg::Results {
+                            job,
+                            results,
+                            peak_rss: peak.0,
+                        },
+                        exec::buffers::shared_payload(bytes),
+                    )
+                    .await;
                 large_sent(shared, large);
                 res
             }
