@@ -44,7 +44,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from benchlib.common import kill_groups
+from benchlib.common import cpu_seconds, kill_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 DROVER = ROOT / "target" / "release" / "drover"
@@ -73,6 +73,8 @@ class Setup:
         self.dir.mkdir()
         self.srv = self.dir / "srv"
         self.procs: list[subprocess.Popen] = []
+        # The server itself: netns.sh `exec` ends in an exec of drover.
+        self.server: subprocess.Popen | None = None
 
     def spawn(self, node: str, name: str, *argv) -> subprocess.Popen:
         out = open(self.dir / f"{name}.log", "wb")
@@ -86,7 +88,7 @@ class Setup:
         return (self.dir / f"{name}.log").read_text(errors="replace")
 
     def start(self, nodes: list[str], worker_args: list[str], loss: bool, delay_ms: int) -> None:
-        server = self.spawn("login", "server", DROVER, "server", "start", "--dir", self.srv, "--interface", "eth0",
+        server = self.server = self.spawn("login", "server", DROVER, "server", "start", "--dir", self.srv, "--interface", "eth0",
                             "--no-dashboard")
         deadline = time.monotonic() + 30
         while not (self.srv / "access.toml").exists():
@@ -125,26 +127,6 @@ class Setup:
         kill_groups(self.procs)
         for node in ["login", *NODES]:
             netns("clear", node, check=False)
-
-
-def server_pid(srv: Path) -> int | None:
-    """The pid of the drover server serving `srv` (started through `ip netns exec`)."""
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            argv = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"drover") and b"server" in argv and str(srv).encode() in argv:
-            return int(d.name)
-    return None
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) of `pid`, all its threads."""
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def workload(tmp: Path, steps: int, size: int) -> tuple[Path, np.ndarray]:
@@ -204,20 +186,19 @@ def main() -> int:
             try:
                 s.start(nodes, wargs, loss, delay)
                 times, summary, server_cpu, writer_busy = [], {}, [], []
-                pid = server_pid(s.srv)
+                pid = s.server.pid
                 for _ in range(a.repeat):
                     (tmp / "out.h5").unlink(missing_ok=True)
-                    cpu0 = cpu_seconds(pid) if pid else None
+                    cpu0 = cpu_seconds(pid)
                     t0 = time.perf_counter()
                     r = drover("run", wl, "--connect", s.srv, "--json")
                     took = time.perf_counter() - t0
-                    cpu1 = cpu_seconds(pid) if pid else None
+                    cpu1 = cpu_seconds(pid)
                     if r.returncode != 0:
                         raise RuntimeError(f"{name}: {r.stderr[-2000:]}")
                     summary = json.loads(r.stdout)
                     times.append(took)
-                    if cpu0 is not None and cpu1 is not None:
-                        server_cpu.append((cpu1 - cpu0) / took)
+                    server_cpu.append((cpu1 - cpu0) / took)
                     writer_busy.append(summary["writer_busy_seconds"] / took)
                 with h5py.File(tmp / "out.h5") as f:
                     exact = bool(np.allclose(f["mean"][()], want_mean, rtol=1e-12)
@@ -226,8 +207,8 @@ def main() -> int:
                        "blocks_written_by_workers": summary.get("blocks_written_by_workers"),
                        "blocks_sent_to_writer": summary.get("blocks_sent_to_writer"),
                        "workers_lost": summary.get("workers_lost"), "exact": exact,
-                       "server_cpu": round(statistics.median(server_cpu), 2) if server_cpu else None,
-                       "writer_busy": round(statistics.median(writer_busy), 2) if writer_busy else None}
+                       "server_cpu": round(statistics.median(server_cpu), 2),
+                       "writer_busy": round(statistics.median(writer_busy), 2)}
                 log(json.dumps(res))
                 results.append(res)
             finally:

@@ -33,20 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib.common import cpu_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
 DROVER = ROOT / "target" / "release" / "drover"
 LOADGEN = ROOT / "target" / "release" / "examples" / "loadgen"
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg: str) -> None:
     print(f"[scale {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def rss(pid: int) -> int:
@@ -90,7 +85,7 @@ def one(n: int, tasks: int, vanish: int) -> dict:
             time.sleep(0.05)
         time.sleep(1)
         base = rss(server.pid)
-        c0 = cpu_s(server.pid)
+        c0 = cpu_seconds(server.pid)
         t0 = time.perf_counter()
         main, reg = loadgen(srv, n - vanish)
         gens.append(main)
@@ -98,7 +93,7 @@ def one(n: int, tasks: int, vanish: int) -> dict:
         if extra:
             gens.append(extra)
         wall = time.perf_counter() - t0
-        reg_cpu = cpu_s(server.pid) - c0
+        reg_cpu = cpu_seconds(server.pid) - c0
         held = workers_now(srv)
         while held < n and time.perf_counter() - t0 < 180:
             time.sleep(0.5)
@@ -108,9 +103,9 @@ def one(n: int, tasks: int, vanish: int) -> dict:
             log(f"only {held} of {n} workers joined within 180 s; load generators said: {reg} {reg2}")
         time.sleep(5)
         per_worker = (rss(server.pid) - base) / n
-        c0 = cpu_s(server.pid)
+        c0 = cpu_seconds(server.pid)
         time.sleep(10)
-        idle = (cpu_s(server.pid) - c0) / 10 * 100
+        idle = (cpu_seconds(server.pid) - c0) / 10 * 100
         t0 = time.perf_counter()
         r = drover("submit", "--dir", srv, "--array", f"1-{tasks}", "--stdout", "none", "--stderr", "none", "--wait",
                    "--", "true")

@@ -62,10 +62,10 @@ stage_netns() {
 DEFAULT_STAGES=(cargo_test fuzz e2e batch netns)
 
 # What the tests may leave in /tmp: nothing. The private folders of embedded runs
-# (/tmp/drover-XXXXXX; the testbed's own /tmp/drover-testbed excepted) and pytest's
-# base folder, whose retention keeps no test's files.
+# (/tmp/drover-XXXXXX) and pytest's base folder, whose retention keeps no test's
+# files. (The batch testbeds keep their state in /var/tmp/drover-testbed.)
 tmp_snapshot() {
-    find /tmp -maxdepth 1 -mindepth 1 -name 'drover-*' ! -name drover-testbed -printf '%f\n' 2>/dev/null | sort
+    find /tmp -maxdepth 1 -mindepth 1 -name 'drover-*' -printf '%f\n' 2>/dev/null | sort
 }
 
 tmp_kib() {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -192,6 +193,13 @@ def jsonable(r: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid`, all its threads, from /proc."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def kill_groups(procs) -> None:

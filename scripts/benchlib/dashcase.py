@@ -29,7 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .common import BENCH_DIR, OUT_DIR, ROOT, TINY_TASK, BenchError, kill_groups, log, rm, write_workload
+from .common import BENCH_DIR, OUT_DIR, ROOT, TINY_TASK, BenchError, cpu_seconds, kill_groups, log, rm, write_workload
 from .contenders import compare_arrays, last_json_line
 from .memory import _children
 
@@ -134,7 +134,6 @@ def teardown(bench, case: str) -> dict:
 
 def _tree_cpu(root: int) -> float:
     """CPU seconds (user + system) of ROOT and its descendants alive now."""
-    tick = os.sysconf("SC_CLK_TCK")
     seen, todo, total = set(), [root], 0.0
     while todo:
         pid = todo.pop()
@@ -142,9 +141,7 @@ def _tree_cpu(root: int) -> float:
             continue
         seen.add(pid)
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            total += cpu_seconds(pid)
         except (OSError, IndexError, ValueError):
             continue
         todo.extend(_children(pid))

@@ -30,10 +30,10 @@
 #
 # Walltime: `-l h_rt=HH:MM:SS` (seconds work: h_rt=0:0:5) is enforced by execd.
 # State (object files, pid list, saved /etc/hosts) lives in
-# ${DROVER_TESTBED_DIR:-/tmp/drover-testbed}/sge. Needs root.
+# ${DROVER_TESTBED_DIR:-/var/tmp/drover-testbed}/sge. Needs root.
 set -euo pipefail
 
-STATE="${DROVER_TESTBED_DIR:-/tmp/drover-testbed}/sge"
+STATE="${DROVER_TESTBED_DIR:-/var/tmp/drover-testbed}/sge"
 HOST="$(hostname -s)"
 TIMEOUT="${DROVER_SGE_TIMEOUT:-60}"
 export SGE_ROOT=/var/lib/gridengine SGE_CELL=default

@@ -28,13 +28,13 @@
 # the limit, plus KillWait.
 #
 # State (pid files, logs, spool, saved controller state) lives in
-# ${DROVER_TESTBED_DIR:-/tmp/drover-testbed}/slurm. munged is started if it is not
+# ${DROVER_TESTBED_DIR:-/var/tmp/drover-testbed}/slurm. munged is started if it is not
 # running and is LEFT RUNNING by `down` (it is harmless, shared by any other munge
 # user, and restarting it is the slow part). Needs root. Never run cargo here: this
 # script only installs Debian packages and starts daemons.
 set -euo pipefail
 
-STATE="${DROVER_TESTBED_DIR:-/tmp/drover-testbed}/slurm"
+STATE="${DROVER_TESTBED_DIR:-/var/tmp/drover-testbed}/slurm"
 CONF=/etc/slurm/slurm.conf
 HOST="$(hostname -s)"
 NODES=(n1 n2 n3)

@@ -259,19 +259,13 @@ impl SendHalf {
     /// peer has acknowledged them (a buffer shared by several streams, or one whose
     /// owner gives it back to a pool once dropped); over TCP they are written.
     pub async fn write_frame_shared<M: Serialize>(&mut self, msg: &M, payload: bytes::Bytes) -> Result<(), crate::proto::FrameError> {
+        let Send::Quic(s) = &mut self.0 else {
+            return crate::proto::write_frame(self, msg, &payload).await;
+        };
         let head = crate::proto::encode(msg, payload.len() as u64)?;
-        match &mut self.0 {
-            Send::Quic(s) => {
-                s.write_chunk(head.into()).await.map_err(io::Error::from)?;
-                if !payload.is_empty() {
-                    s.write_chunk(payload).await.map_err(io::Error::from)?;
-                }
-            }
-            Send::Tcp(w) => {
-                w.write_all(&head).await?;
-                w.write_all(&payload).await?;
-                w.flush().await?;
-            }
+        s.write_chunk(head.into()).await.map_err(io::Error::from)?;
+        if !payload.is_empty() {
+            s.write_chunk(payload).await.map_err(io::Error::from)?;
         }
         Ok(())
     }

@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import run_drover
+from conftest import run_drover, wait_for
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not Path("/dev/fuse").exists(), reason="mounts a FUSE file system (needs root and /dev/fuse)"
@@ -95,10 +94,8 @@ def test_a_task_stuck_in_a_read_that_never_returns_runs_elsewhere_and_the_result
         r = run_drover(drover, ["run", w, "--workers", "2", "--json", "--task-timeout", "6s"], timeout=120)
     # The stuck worker waits in the kernel until the file server answers or goes away
     # (as on a hard-mounted NFS): gone now, it must end.
-    deadline = time.monotonic() + 20
-    while any(Path(f"/proc/{p}").exists() for p in r.leftover_pids):
-        assert time.monotonic() < deadline, f"the stuck worker outlived its file server: {r.leftover_pids}"
-        time.sleep(0.1)
+    wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in r.leftover_pids), 20,
+             f"the stuck worker {r.leftover_pids} to end with its file server", interval=0.1)
     assert r.rc == 0, r.describe()
     summary = r.json()
     assert summary["workers_lost"] >= 1 and summary["tasks_retried"] >= 1, summary
@@ -126,10 +123,8 @@ def test_a_run_whose_every_worker_gets_stuck_fails_instead_of_waiting_forever(dr
             f'[[outputs]]\nexpr = "x + 1"\nfile = "{tmp_path / "out.h5"}"\ndataset = "/y"\n'
         )
         r = run_drover(drover, ["run", w, "--workers", "2", "--task-timeout", "4s"], timeout=150)
-    deadline = time.monotonic() + 20
-    while any(Path(f"/proc/{p}").exists() for p in r.leftover_pids):
-        assert time.monotonic() < deadline, f"the stuck workers outlived their file server: {r.leftover_pids}"
-        time.sleep(0.1)
+    wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in r.leftover_pids), 20,
+             f"the stuck workers {r.leftover_pids} to end with their file server", interval=0.1)
     assert r.rc == 1, r.describe()
     lines = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
     assert lines and "no worker has been connected for 15 s" in lines[-1], r.stderr[-3000:]
