@@ -582,34 +582,79 @@ pub fn fold_rows<T: Elem>(acc: &mut [f64], data: &[T], f: impl Fn(f64, f64) -> f
     fold_rows_by(acc, data, T::f64, f)
 }
 
+/// Accumulator elements folded over all rows at a time: 8 KiB of f64, which stay in
+/// the L1 cache while every row's stretch of them is folded in. A whole accumulator
+/// row (a 181 x 360 grid is 509 KiB) would instead be loaded and stored from L2 or
+/// beyond once per four rows.
+const FOLD_STRIP: usize = 1024;
+
 /// [`fold_rows`] of values seen through `conv` (CF decoding, say) as they are folded.
+/// Each element still sees the rows in order, so the result is the same to the bit.
+///
+/// Compiled twice: for the baseline x86-64 (SSE2: two values converted to f64 per
+/// instruction) and with AVX2 (four), chosen at run time by the CPU. Rust never
+/// fuses a multiply and an add by itself, so both give the same bits.
 #[inline(always)]
 pub fn fold_rows_by<T: Copy>(acc: &mut [f64], data: &[T], conv: impl Fn(T) -> f64, f: impl Fn(f64, f64) -> f64) {
-    let inner = acc.len();
-    let quads = data.chunks_exact(4 * inner);
-    let rest = quads.remainder();
-    for q in quads {
-        let (r0, q) = q.split_at(inner);
-        let (r1, q) = q.split_at(inner);
-        let (r2, r3) = q.split_at(inner);
-        for i in 0..inner {
-            acc[i] = f(f(f(f(acc[i], conv(r0[i])), conv(r1[i])), conv(r2[i])), conv(r3[i]));
-        }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        return unsafe { fold_rows_avx2(acc, data, conv, f) };
     }
-    for row in rest.chunks_exact(inner) {
-        acc.iter_mut().zip(row).for_each(|(a, &x)| *a = f(*a, conv(x)));
+    fold_rows_strips(acc, data, conv, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fold_rows_avx2<T: Copy>(acc: &mut [f64], data: &[T], conv: impl Fn(T) -> f64, f: impl Fn(f64, f64) -> f64) {
+    fold_rows_strips(acc, data, conv, f)
+}
+
+#[inline(always)]
+fn fold_rows_strips<T: Copy>(acc: &mut [f64], data: &[T], conv: impl Fn(T) -> f64, f: impl Fn(f64, f64) -> f64) {
+    let inner = acc.len();
+    if inner == 0 {
+        return;
+    }
+    let rows = data.len() / inner;
+    for start in (0..inner).step_by(FOLD_STRIP) {
+        let end = (start + FOLD_STRIP).min(inner);
+        let acc = &mut acc[start..end];
+        let row = |r: usize| &data[r * inner + start..r * inner + end];
+        let mut r = 0;
+        while r + 4 <= rows {
+            let (r0, r1, r2, r3) = (row(r), row(r + 1), row(r + 2), row(r + 3));
+            for i in 0..acc.len() {
+                acc[i] = f(f(f(f(acc[i], conv(r0[i])), conv(r1[i])), conv(r2[i])), conv(r3[i]));
+            }
+            r += 4;
+        }
+        for r in r..rows {
+            acc.iter_mut().zip(row(r)).for_each(|(a, &x)| *a = f(*a, conv(x)));
+        }
     }
 }
 
 /// The NaN-skipping sum and the count of non-NaN values of rows, in one pass (a
 /// nanmean's two folds, [`fold_rows`] each, without reading and decoding twice).
+/// Strips of [`FOLD_STRIP`] elements as there.
 pub fn nan_sum_count_rows<T: Copy>(sum: &mut [f64], count: &mut [f64], data: &[T], conv: impl Fn(T) -> f64) {
-    for row in data.chunks_exact(sum.len()) {
-        for ((s, c), &x) in sum.iter_mut().zip(count.iter_mut()).zip(row) {
-            let v = conv(x);
-            if !v.is_nan() {
-                *s += v;
-                *c += 1.0;
+    let inner = sum.len();
+    if inner == 0 {
+        return;
+    }
+    let rows = data.len() / inner;
+    for start in (0..inner).step_by(FOLD_STRIP) {
+        let end = (start + FOLD_STRIP).min(inner);
+        let (sum, count) = (&mut sum[start..end], &mut count[start..end]);
+        for r in 0..rows {
+            let row = &data[r * inner + start..r * inner + end];
+            for ((s, c), &x) in sum.iter_mut().zip(count.iter_mut()).zip(row) {
+                let v = conv(x);
+                if !v.is_nan() {
+                    *s += v;
+                    *c += 1.0;
+                }
             }
         }
     }

@@ -261,3 +261,42 @@ fn grouped_reductions_merge_blocks_and_pieces_into_their_groups() {
         }
     }
 }
+
+/// The strip-wise row folds give each element the rows in order: the same bits as a
+/// plain fold of one row after another, whatever the row length against the strip.
+#[test]
+fn row_folds_in_strips_equal_plain_row_order() {
+    for inner in [1, 7, FOLD_STRIP - 1, FOLD_STRIP, FOLD_STRIP + 1, 2 * FOLD_STRIP + 333] {
+        for rows in [0, 1, 3, 4, 5, 9] {
+            let data: Vec<f32> = (0..inner * rows)
+                .map(|i| {
+                    if i % 13 == 5 {
+                        f32::NAN
+                    } else {
+                        ((i * 7919) % 1009) as f32 * 0.013 - 3.1
+                    }
+                })
+                .collect();
+            let start: Vec<f64> = (0..inner).map(|i| i as f64 * 1e-3).collect();
+            let mut want = start.clone();
+            let (mut want_sum, mut want_count) = (start.clone(), vec![0.0; inner]);
+            for row in data.chunks_exact(inner) {
+                for (i, &x) in row.iter().enumerate() {
+                    want[i] += x as f64 * 1.5;
+                    if !x.is_nan() {
+                        want_sum[i] += x as f64;
+                        want_count[i] += 1.0;
+                    }
+                }
+            }
+            let mut got = start.clone();
+            fold_rows_by(&mut got, &data, |x| x as f64 * 1.5, |a, x| a + x);
+            let (mut sum, mut count) = (start.clone(), vec![0.0; inner]);
+            nan_sum_count_rows(&mut sum, &mut count, &data, |x| x as f64);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "fold_rows_by, {rows} rows of {inner}");
+            assert_eq!(bits(&sum), bits(&want_sum), "nan sums, {rows} rows of {inner}");
+            assert_eq!(count, want_count, "nan counts, {rows} rows of {inner}");
+        }
+    }
+}
