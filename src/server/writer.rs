@@ -196,10 +196,17 @@ struct OutFile {
     file: Option<hdf5::File>,
     /// A staging copy: removed at the end, not renamed.
     staging: bool,
+    /// The temporary file opened again, to start the writeback of its pages
+    /// ([`WriterThread::start_writeback`]); `None` if it could not be opened.
+    pages: Option<std::fs::File>,
 }
 
 /// How often written blocks are made durable (flush + journal record).
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// Bytes of blocks written by the writer after which it starts their writeback
+/// ([`WriterThread::start_writeback`]), besides every [`FLUSH_EVERY`].
+const WRITEBACK_EVERY: usize = 16 << 20;
 
 impl Writer {
     /// Create the temporary files and datasets of every output, or reopen them when
@@ -231,6 +238,7 @@ impl Writer {
                         f
                     }),
                     staging: plan.outputs.iter().any(|o| o.file == path && o.staging.is_some()),
+                    pages: std::fs::File::open(&temp).ok(),
                     temp,
                     final_path: path,
                 }),
@@ -459,6 +467,22 @@ impl WriterThread {
         }
     }
 
+    /// Start the kernel writing the outputs' dirty pages (the writer's and those the
+    /// workers wrote into the same files) to disk, without waiting for it. Left until
+    /// the end, they pile up: many GiB of them throttle every writer, and on ext4 the
+    /// rename that replaces an existing output writes them all back first
+    /// (`auto_da_alloc`): 0.34 s at the end of a run with a 500 MB output, measured
+    /// here, against nothing now. A hint only: a file system without it loses nothing.
+    fn start_writeback(&self) {
+        use std::os::fd::AsRawFd;
+        for f in self.files.iter().filter(|f| !f.staging) {
+            if let Some(pages) = &f.pages {
+                // SAFETY: a descriptor open as long as `pages`; no memory is passed.
+                unsafe { nix::libc::sync_file_range(pages.as_raw_fd(), 0, 0, nix::libc::SYNC_FILE_RANGE_WRITE) };
+            }
+        }
+    }
+
     fn close_files(&mut self) -> Result<(), WriteFailure> {
         self.datasets.clear();
         let mut result = Ok(());
@@ -486,6 +510,7 @@ impl WriterThread {
     fn run(mut self, rx: mpsc::Receiver<Cmd>) {
         let mut pending: Vec<u32> = Vec::new();
         let mut last_flush = Instant::now();
+        let mut unflushed = 0usize;
         loop {
             let cmd = match rx.recv_timeout(FLUSH_EVERY) {
                 Ok(c) => Some(c),
@@ -500,6 +525,7 @@ impl WriterThread {
             match cmd {
                 None => {}
                 Some(Cmd::Write { parts, region, task }) if self.failed.is_none() => {
+                    let sent: usize = parts.iter().map(|(_, b)| b.len()).sum();
                     let mut ok = true;
                     for (output, bytes) in parts {
                         let Some(ds) = &self.datasets[output as usize] else {
@@ -521,6 +547,13 @@ impl WriterThread {
                     // Recorded only once every output of the task holds its block.
                     if ok {
                         pending.push(task);
+                    }
+                    // Writeback started every few blocks, not only every second: what
+                    // is still dirty at the end is what the rename may wait for.
+                    unflushed += sent;
+                    if unflushed >= WRITEBACK_EVERY {
+                        self.start_writeback();
+                        unflushed = 0;
                     }
                 }
                 Some(Cmd::Write { .. }) => {}
@@ -596,7 +629,8 @@ impl WriterThread {
             }
             if last_flush.elapsed() >= FLUSH_EVERY || pending.len() >= 256 {
                 self.sync(&mut pending);
-                last_flush = Instant::now();
+                self.start_writeback();
+                (last_flush, unflushed) = (Instant::now(), 0);
             }
             self.busy.add(working);
         }
