@@ -277,7 +277,15 @@ pub fn compress_block(
     let mut shuffled = vec![0u8; if c.shuffle { cbytes } else { 0 }];
     let bshape: Vec<usize> = region.iter().map(|r| r.len()).collect();
     let region_start: Vec<usize> = region.iter().map(|r| r.start).collect();
-    let mut out = Vec::with_capacity(bytes.len() / 2);
+    // A kept payload buffer when there is one (the block's previous compressed payload
+    // or an earlier block's values, idle in the pool and resident all the same).
+    let mut out = crate::exec::buffers::PAYLOADS
+        .take_kept(bytes.len() / 2)
+        .map(|mut v| {
+            v.clear();
+            v
+        })
+        .unwrap_or_else(|| Vec::with_capacity(bytes.len() / 2));
     DEFLATE.with_borrow_mut(|slot| {
         let level = i32::from(c.level);
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
