@@ -588,6 +588,10 @@ impl Plan {
             // chunk by chunk where it is computed. (A 0-d output has no chunks: stored
             // plain.)
             let compression = out.compression.filter(|_| chunk.is_some());
+            let block = match compression {
+                Some(_) if out.chunks.is_none() && !local && contract.is_none() => low.compressed_block(&kernel, shape, &block),
+                _ => block,
+            };
             let chunk = match compression {
                 Some(_) if out.chunks.is_none() => Some(super::geometry::tiling_chunk(&block, dtype.size(), 4 << 20)),
                 _ => chunk,
@@ -953,6 +957,33 @@ mod tests {
         assert_eq!(map.locate(3), TaskRef::Finalize { stage: 0 });
         assert_eq!(map.locate(4), TaskRef::Block { stage: 1, block: 0 });
         assert_eq!(map.locate(8), TaskRef::Block { stage: 3, block: 0 });
+    }
+
+    #[test]
+    fn compressed_outputs_get_half_blocks_of_whole_input_chunks() {
+        let chunked = |chunk: &[usize], block: &[usize]| InputSpec {
+            hdf5_chunk: Some(chunk.to_vec()),
+            ..spec("x", &[2920, 181, 360], block)
+        };
+        let half = |inputs: Vec<InputSpec>| {
+            let low = Lowering {
+                inputs: &inputs,
+                consts: vec![],
+                stages: vec![],
+                const_shapes: vec![],
+                target: DEFAULT_BLOCK_ELEMS,
+            };
+            let kernel = Kernel::Input(0);
+            let shape = inputs[0].shape.clone();
+            let (block, _) = low.stage_block(&kernel, &shape);
+            low.compressed_block(&kernel, &shape, &block)
+        };
+        // 16 chunks of 8 steps: halves of 8 chunks each.
+        assert_eq!(half(vec![chunked(&[8, 181, 360], &[128, 181, 360])]), vec![64, 181, 360]);
+        // One chunk per block: halving would decode each chunk twice.
+        assert_eq!(half(vec![chunked(&[128, 181, 360], &[128, 181, 360])]), vec![128, 181, 360]);
+        // Small blocks stay as they are.
+        assert_eq!(half(vec![spec("x", &[10, 6], &[4, 6])]), vec![4, 6]);
     }
 
     #[test]
