@@ -6,7 +6,7 @@
 //! modification time), then append-only records, each with a CRC:
 //! - a reduction partial as the worker sent it (task id + raw bytes);
 //! - write-stage blocks, recorded only after the temporary output file holding them
-//!   was flushed.
+//!   was flushed to disk (`H5Fflush`, then `fdatasync`).
 //!
 //! A different fingerprint (changed expression, modified input, other version) means
 //! the journal is stale: it is discarded with its temporary files and the run starts

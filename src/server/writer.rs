@@ -197,7 +197,8 @@ struct OutFile {
     /// A staging copy: removed at the end, not renamed.
     staging: bool,
     /// The temporary file opened again, to start the writeback of its pages
-    /// ([`WriterThread::start_writeback`]); `None` if it could not be opened.
+    /// ([`WriterThread::start_writeback`]) and to sync them before the journal records
+    /// blocks ([`WriterThread::make_durable`]); `None` if it could not be opened.
     pages: Option<std::fs::File>,
 }
 
@@ -430,16 +431,24 @@ impl WriterThread {
         WriteFailure::io(format!("cannot write the journal \"{}\"", j.path().display()), e)
     }
 
-    /// Flush the temporary files, then record the blocks they now hold.
+    /// Flush the temporary files down to the disk, then record the blocks they now
+    /// hold. `H5Fflush` takes HDF5's buffers only as far as the kernel: without the
+    /// `fdatasync` a crash of this machine (not only of drover) could leave a journal
+    /// that names blocks the disk never got, and the resumed run would skip them. The
+    /// writeback started as blocks landed leaves it little to wait for.
     fn make_durable(&mut self, pending: &mut Vec<u32>) {
         if pending.is_empty() || self.failed.is_some() {
             return;
         }
         for f in &self.files {
-            if let Some(file) = &f.file
-                && let Err(e) = file.flush()
-            {
+            let Some(file) = &f.file else { continue };
+            if let Err(e) = file.flush() {
                 let failure = WriteFailure::temp(&f.temp, &e);
+                self.report(failure);
+                return;
+            }
+            if let Some(Err(e)) = f.pages.as_ref().map(std::fs::File::sync_data) {
+                let failure = WriteFailure::io(format!("cannot flush \"{}\" to disk", f.temp.display()), &e);
                 self.report(failure);
                 return;
             }
