@@ -403,7 +403,9 @@ def test_slurm_pool_in_the_dashboard_jobs_turn_into_workers_and_tasks_flow(syste
         assert set(pool) <= {j.split()[0] for j in s.live_jobs()}, "the jobs the dashboard shows are SLURM's"
         assert snap["pool"]["target"] == 2
 
-        r = drover(s, "submit", "--dir", server, "--array", "1-300", "--", "sleep", "0.05")
+        # 300 x 0.2 s on 4 slots: 15 s, so that the job still runs while the browser
+        # (slow to start on a loaded machine) walks through the tabs to the task stream.
+        r = drover(s, "submit", "--dir", server, "--array", "1-300", "--", "sleep", "0.2")
         assert r.returncode == 0, r.stderr
         job = int(r.stdout.split()[0])
         if shutil.which("node") and Path("/usr/bin/chromium").exists():
@@ -417,8 +419,14 @@ def test_slurm_pool_in_the_dashboard_jobs_turn_into_workers_and_tasks_flow(syste
             seen = json.loads(lines[-1])
             assert p.returncode == 0 and seen["ok"] and seen["workers"] == 2, (seen, p.stderr[-2000:])
         assert drover(s, "wait", job, "--dir", server).returncode == 0
-        snap = _dashboard_json(url, "/api/snapshot")
-        tasks = next(j for j in snap["jobs"] if j["id"] == job)
+        # Snapshots are published once a second: the one just after the end may not show it.
+        deadline = time.monotonic() + 10
+        while True:
+            snap = _dashboard_json(url, "/api/snapshot")
+            tasks = next(j for j in snap["jobs"] if j["id"] == job)
+            if tasks["counts"]["succeeded"] == 300 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert tasks["counts"]["succeeded"] == 300 and sum(w["tasks_done"] for w in snap["workers"]) >= 300
         stream = _dashboard_json(url, "/api/stream?since=0")
         assert sum(1 for b in stream["bars"] if b["job"] == job) == 300
