@@ -32,8 +32,9 @@ use crate::transport::Access;
     about = "Chunked HDF5 array work on worker pools over authenticated QUIC"
 )]
 pub struct Cli {
-    /// How to reach the server: auto (QUIC; TLS over TCP when QUIC gets no answer
-    /// within 3 s), quic or tcp. Default: $DROVER_TRANSPORT, else auto.
+    /// How to reach the server: auto (its Unix socket on its own host; elsewhere QUIC,
+    /// and TLS over TCP when QUIC gets no answer within 3 s), quic or tcp. Default:
+    /// $DROVER_TRANSPORT, else auto.
     #[arg(long, global = true, value_name = "auto|quic|tcp")]
     pub transport: Option<crate::transport::Transport>,
     /// Dial HOST:PORT instead of the addresses in the access file, such as the local

@@ -189,7 +189,10 @@ pub fn status(dir: &Path, json: bool) -> Result<(), Failure> {
     for w in &status.workers {
         let job = w.batch_job.as_deref().unwrap_or("-");
         let node = w.node.as_deref().map(|n| format!(" node={n}")).unwrap_or_default();
-        let via = if w.transport == "tcp" { " transport=tcp" } else { "" };
+        let via = match w.transport.as_str() {
+            "quic" => String::new(),
+            other => format!(" transport={other}"),
+        };
         println!(
             "  w{:<5} {}:{} threads={} queued={} batch-job={job}{node}{via}",
             w.id, w.host, w.pid, w.threads, w.assigned

@@ -11,7 +11,7 @@
 //! walltime = "01:00:00"      # HH:MM:SS or D-HH:MM:SS
 //! interface = "hsn0"         # address the workers dial
 //! shared_fs = true            # workers write output chunks through the shared file system
-//! transport = "tcp"           # auto (default) | quic | tcp: how workers dial the server
+//! transport = "tcp"           # auto (default) | quic | tcp: how workers dial the server (auto: its Unix socket on its host)
 //! ```
 //!
 //! Validated once, at load: unknown keys (with a suggestion), units, ranges.

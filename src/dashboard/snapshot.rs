@@ -50,7 +50,7 @@ pub struct WorkerView {
     pub queued: u32,
     pub batch_job: Option<String>,
     pub node: Option<String>,
-    /// How it is connected: "quic" or "tcp".
+    /// How it is connected: "quic", "tcp" or "unix" (on the server's host).
     pub transport: String,
     pub rss_bytes: Option<u64>,
     pub memory_bound_bytes: Option<u64>,

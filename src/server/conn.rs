@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::actor::{Event, Outgoing};
 use crate::proto::{self, Hello, PROTOCOL_VERSION, PeerMsg, Role, ServerMsg};
-use crate::transport::{Conn, SendHalf, Token};
+use crate::transport::{Conn, LinkKind, SendHalf, Token};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,14 +34,13 @@ impl Peers {
     /// it a close before the process exits.
     pub(super) fn any_quic_open(&self) -> bool {
         let all = self.0.lock().expect("peers lock");
-        all.iter()
-            .any(|c| c.is_open() && c.transport() == crate::transport::Transport::Quic)
+        all.iter().any(|c| c.is_open() && c.kind() == LinkKind::Quic)
     }
 
-    /// Close the TCP connections still open (the QUIC endpoint closes its own).
-    pub(super) fn close_tcp(&self, reason: &[u8]) {
+    /// Close the TCP and Unix connections still open (the QUIC endpoint closes its own).
+    pub(super) fn close_streams(&self, reason: &[u8]) {
         for c in self.0.lock().expect("peers lock").iter() {
-            if c.transport() == crate::transport::Transport::Tcp {
+            if c.kind() != LinkKind::Quic {
                 c.close(0, reason);
             }
         }
@@ -239,6 +238,35 @@ pub(super) async fn accept_tcp_loop(listener: tokio::net::TcpListener, tls: Arc<
     }
 }
 
+/// Peers on the server's host, over its Unix socket (`path`, for messages).
+pub(super) async fn accept_unix_loop(listener: tokio::net::UnixListener, path: String, cx: Accepting) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "Unix socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Some(place) = pending_place(&cx) else {
+            drop(stream);
+            continue;
+        };
+        let cx = cx.clone();
+        let path = path.clone();
+        tokio::spawn(
+            async move {
+                let r = async { handle(Conn::unix(stream, &path)?, cx, place).await };
+                if let Err(e) = r.await {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+            }
+            .instrument(tracing::debug_span!("conn", transport = "unix")),
+        );
+    }
+}
+
 async fn reject(conn: &Conn, mut send: SendHalf, reason: String) {
     tracing::warn!(remote = %conn.remote_address(), %reason, "peer rejected");
     let _ = proto::write_frame(&mut send, &ServerMsg::Rejected { reason }, &[]).await;
@@ -309,7 +337,7 @@ async fn handle(conn: Conn, cx: Accepting, place: Pending) -> anyhow::Result<()>
                 }));
                 return Ok(());
             };
-            info.transport = conn.transport().name().to_string();
+            info.transport = conn.kind().name().to_string();
             rtt.observe(&conn);
             let (reply, id) = oneshot::channel();
             events.send(Event::WorkerConnected {

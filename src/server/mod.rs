@@ -178,10 +178,13 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         _ => None,
     };
     let dashboard_url = dashboard.as_ref().map(|d| d.url());
+    let unix = transport::unix_listener(&opts.dir);
     let access = Access {
         version: PROTOCOL_VERSION,
         addresses,
         tcp_addresses,
+        unix: unix.as_ref().map(|(_, p)| p.clone()),
+        unix_host: unix.as_ref().and_then(|_| transport::host_id()),
         cert: identity.cert_pem,
         token: token.clone(),
         dashboard: dashboard_url.clone(),
@@ -213,6 +216,10 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         .collect();
     for l in listeners {
         accepts.push(tokio::spawn(conn::accept_tcp_loop(l, identity.tls.clone(), accepting.clone())));
+    }
+    let socket_path = unix.as_ref().map(|(_, p)| PathBuf::from(p));
+    if let Some((l, p)) = unix {
+        accepts.push(tokio::spawn(conn::accept_unix_loop(l, p, accepting.clone())));
     }
     let site = match opts.site {
         Some(site) => {
@@ -249,7 +256,7 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         for e in &endpoints {
             e.close(quinn::VarInt::from_u32(0), crate::proto::STOPPED_REASON);
         }
-        peers.close_tcp(crate::proto::STOPPED_REASON);
+        peers.close_streams(crate::proto::STOPPED_REASON);
         if open {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
             for e in &endpoints {
@@ -257,6 +264,9 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
             }
         }
         let _ = std::fs::remove_file(&path);
+        if let Some(p) = &socket_path {
+            let _ = std::fs::remove_file(p);
+        }
     });
     // `drover server start` says so on stdout; the log has it for debugging only.
     tracing::debug!(?addrs, access = %access_path.display(), "server listening");

@@ -29,7 +29,7 @@ use crate::proto::PROTOCOL_VERSION;
 mod link;
 pub mod listen;
 
-pub use link::{Conn, Dialed, LinkError, RecvHalf, SendHalf, Transport, connect};
+pub use link::{Conn, Dialed, LinkError, LinkKind, RecvHalf, SendHalf, Transport, connect, host_id};
 
 /// TLS server name used by peers; the certificate carries it.
 pub const SERVER_NAME: &str = "drover";
@@ -96,6 +96,12 @@ pub struct Access {
     /// The server certificate (PEM).
     pub cert: String,
     pub token: Token,
+    /// The server's Unix socket for peers on its host ([`link::host_id`] equal to
+    /// `unix_host`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix_host: Option<String>,
     /// The dashboard's URL with its read-only key (not the token), when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dashboard: Option<String>,
@@ -154,6 +160,7 @@ impl Access {
         if let Some(a) = address {
             self.addresses = vec![a.to_string()];
             self.tcp_addresses = vec![a.to_string()];
+            self.unix = None;
         }
     }
 
@@ -344,6 +351,34 @@ pub fn enlarge_socket_buffers(socket: &impl std::os::fd::AsFd) -> usize {
         let _ = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER);
     }
     getsockopt(socket, sockopt::RcvBuf).map_or(0, |b| b / 2)
+}
+
+/// What a Unix link's sender may have in flight: the kernel's default (208 KiB) makes
+/// a block of megabytes leave in many small writes, each waking the reader.
+const UNIX_SEND_BUFFER: usize = 4 << 20;
+
+/// Ask for [`UNIX_SEND_BUFFER`] on a Unix stream socket (a Unix stream's receive
+/// buffer is the sender's send buffer).
+pub fn enlarge_send_buffer(socket: &impl std::os::fd::AsFd) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::SndBufForce, &UNIX_SEND_BUFFER).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &UNIX_SEND_BUFFER);
+    }
+}
+
+/// The server's Unix socket in its private folder, for peers on its host. None when
+/// the path is too long for a socket address (108 bytes) or binding fails: those peers
+/// then dial over the network like the others.
+pub fn unix_listener(dir: &Path) -> Option<(tokio::net::UnixListener, String)> {
+    let path = dir.join("link.sock");
+    let _ = std::fs::remove_file(&path);
+    match tokio::net::UnixListener::bind(&path) {
+        Ok(l) => Some((l, path.to_string_lossy().into_owned())),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "no Unix socket for same-host peers");
+            None
+        }
+    }
 }
 
 /// [`endpoint`] on a socket already bound.
@@ -578,6 +613,8 @@ mod tests {
             tcp_addresses: vec!["127.0.0.1:9".into()],
             cert: id.cert_pem,
             token: Token::generate(),
+            unix: Some("/run/x/link.sock".into()),
+            unix_host: host_id(),
             dashboard: Some("http://127.0.0.1:8/?key=abc".into()),
             transport: Transport::Tcp,
         };
@@ -588,6 +625,8 @@ mod tests {
         assert_eq!(b.token, a.token);
         assert_eq!(b.cert_der().unwrap(), a.cert_der().unwrap());
         assert_eq!(b.dashboard, a.dashboard);
+        assert_eq!((&b.unix, &b.unix_host), (&a.unix, &a.unix_host));
+        assert!(a.unix_host.as_ref().is_some_and(|h| h.contains("/net:[")), "{:?}", a.unix_host);
         assert_eq!(b.tcp_addresses, a.tcp_addresses);
         assert_eq!(b.transport, Transport::Auto, "how to dial is this process's choice, not the file's");
     }

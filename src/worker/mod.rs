@@ -243,7 +243,7 @@ async fn session(
     let idle = (opts.death_timeout / 2).clamp(Duration::from_secs(5), Duration::from_secs(60));
     let dialed = transport::connect(access, Duration::from_secs(10).min(budget), idle).await?;
     let conn = dialed.conn.clone();
-    tracing::debug!(transport = conn.transport().name(), remote = %conn.remote_address(), "connected");
+    tracing::debug!(transport = conn.kind().name(), remote = %conn.remote_address(), "connected");
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| WorkerError::Lost(e.to_string()))?;
     let info_host = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
@@ -259,7 +259,7 @@ async fn session(
             .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty())),
         memory_bound: opts.memory,
         shared_fs: opts.shared_fs,
-        transport: conn.transport().name().to_string(),
+        transport: conn.kind().name().to_string(),
         walltime_left_ms: opts
             .walltime
             .map(|(end, _)| end.saturating_duration_since(std::time::Instant::now()).as_millis() as u64),

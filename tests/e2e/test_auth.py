@@ -324,9 +324,10 @@ def test_access_file_auth_garbage_and_real_run(drover, cluster, tmp_path):
     assert bad_token not in run.stdout + run.stderr, "worker printed the token of its access file"
     assert a.alive(), f"server died after a wrong token\n{a.describe()}"
 
-    # 2. another server's certificate
+    # 2. another server's certificate (what QUIC and TCP check; on this host the Unix
+    # socket in the server's private folder stands for it: see the test below)
     wrong_cert = write_access(tmp_path / "wrong-cert.toml", {**doc_a, "cert": doc_b["cert"]})
-    run = run_drover(drover, ["worker", "--access", wrong_cert], timeout=60)
+    run = run_drover(drover, ["worker", "--access", wrong_cert, "--transport", "quic"], timeout=60)
     assert run.rc != 0 and not run.timed_out, f"worker with a wrong certificate\n{run.describe()}"
     assert "certificate" in run.stderr.lower(), run.describe()
     assert "panicked" not in run.stderr, run.describe()
@@ -379,6 +380,58 @@ def test_access_file_auth_garbage_and_real_run(drover, cluster, tmp_path):
             if p.name == "access.toml" or not p.is_file():
                 continue
             assert token.encode() not in p.read_bytes(), f"the token appears in {p}"
+
+
+def transports(drover: Path, d: Path, n: int, procs: list[Proc]) -> list[str]:
+    """Each worker's link once `n` workers are registered."""
+    def ready():
+        ws = status(drover, d)["workers"]
+        return ws if len(ws) >= n else None
+    ws = wait_for(ready, 60, f"{n} workers in `drover status --json`", interval=0.2,
+                  fail_fast=lambda: next((f"worker exited\n{p.describe()}" for p in procs if not p.alive()), None))
+    return sorted(w["transport"] for w in ws)
+
+
+def test_same_host_peers_take_the_unix_socket_and_fall_back_to_the_network(drover, cluster, tmp_path):
+    """Peers on the server's host (same kernel boot and network namespace) reach it
+    over the Unix socket in its private folder; `--transport quic` keeps one on QUIC;
+    a socket that does not answer (gone, or a server on another host sharing the
+    folder) and an access file naming another host fall back to QUIC; results are
+    exact over both; the socket goes with the server."""
+    a = cluster.start_server("server-u")
+    doc = check_access_file(a)
+    sock = Path(doc["unix"])
+    assert sock.parent == a.dir and stat.S_ISSOCK(sock.stat().st_mode), doc["unix"]
+    assert stat.S_IMODE(a.dir.stat().st_mode) == 0o700, "only the user may reach the socket"
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert doc["unix_host"] == f"{boot}/{os.readlink('/proc/self/ns/net')}", doc["unix_host"]
+
+    w1 = cluster.start_worker(a.access_path, "auto")
+    w2 = spawn(drover, ["worker", "--access", a.access_path, "--transport", "quic"], tmp_path / "logs", "worker-quic")
+    cluster.procs.append(w2)
+    assert transports(drover, a.dir, 2, [w1, w2]) == ["quic", "unix"]
+    plain = run_drover(drover, ["status", "--dir", a.dir], timeout=30)
+    assert plain.rc == 0 and plain.stdout.count("transport=unix") == 1, plain.describe()
+    run = _connect_workload(drover, tmp_path / "job", a.dir)
+    assert run.rc == 0 and w1.alive() and w2.alive(), run.describe()
+
+    # Another host's access file (a copy carried over a shared folder): the network.
+    other = write_access(tmp_path / "other-host.toml", {**doc, "unix_host": "0" * 36 + "/net:[1]"})
+    w3 = cluster.start_worker(other, "other-host")
+    assert transports(drover, a.dir, 3, [w3]) == ["quic", "quic", "unix"]
+    # A socket that does not answer: the network, without a word to the user.
+    sock.unlink()
+    w4 = cluster.start_worker(a.access_path, "no-socket")
+    assert transports(drover, a.dir, 4, [w4]) == ["quic", "quic", "quic", "unix"]
+    assert "error" not in w4.output().lower(), w4.describe()
+    run = _connect_workload(drover, tmp_path / "job2", a.dir)
+    assert run.rc == 0, run.describe()
+
+    again = cluster.start_server("server-u2")
+    sock2 = Path(again.access()["unix"])
+    assert sock2.exists()
+    assert cluster.stop_server(again) == 0
+    assert not sock2.exists(), "the server removes its socket when it stops"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

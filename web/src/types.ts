@@ -18,7 +18,7 @@ export interface Worker {
   queued: number;
   batch_job: string | null;
   node: string | null;
-  /** "quic", or "tcp" when QUIC did not get through. */
+  /** "quic"; "tcp" when QUIC did not get through; "unix" on the server's host. */
   transport: string;
   rss_bytes: number | null;
   memory_bound_bytes: number | null;
