@@ -37,8 +37,9 @@ Method (docs/PERFORMANCE.md has the long form):
   drover (the whole `drover run W.toml --workers 2 --json` command, wall time measured
   here), dask threads (num_workers=2, `da.from_array(h5py_dataset)`) and
   dask.distributed on a warm LocalCluster (2 processes x 1 thread, started once outside
-  any timed region; it reads through H5Source, a picklable stand-in for the h5py
-  dataset). dask gets drover's block shape for /x, the HDF5 chunks for the compressed
+  any timed region, its processes stopped with SIGSTOP while the other contenders run so
+  that its timers take no CPU from them; it reads through H5Source, a picklable
+  stand-in for the h5py dataset). dask gets drover's block shape for /x, the HDF5 chunks for the compressed
   files. The decode limit (compressed and tiny-chunk cases): `decode_limit FILE /t
   --threads N`, every chunk decoded without HDF5 on all cores; its own `seconds`. For
   tiny tasks dask runs a prefix of /t (a rate; the whole would take minutes).
