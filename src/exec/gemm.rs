@@ -28,9 +28,28 @@ unsafe extern "C" {
 
 /// Make BLAS single-threaded: the parallelism is drover's (tasks on worker threads);
 /// OpenBLAS's own threads on top would oversubscribe the cores.
+///
+/// OpenBLAS built with pthreads (Debian's default) starts its thread pool when the
+/// library is loaded, before `main`, and each pool thread waits for work spinning on
+/// `sched_yield` for about 2^28 cycles before it sleeps: in every drover process, CPU
+/// taken from the task threads at the start of each run (943 `sched_yield` calls in one
+/// `drover run` of the int16 mean; perf: about 7% of its CPU). Setting the count does not
+/// stop threads already started, so the pool is shut down here (the call OpenBLAS's own
+/// fork handler makes); with one thread later products run in the caller and start none.
+/// Looked up at run time: serial and OpenMP builds may not have it.
 pub fn single_threaded_blas() {
     // SAFETY: a setter of an integer in OpenBLAS, called before any matrix product.
     unsafe { openblas_set_num_threads(1) }
+    // SAFETY: dlsym with a NUL-terminated name; the symbol, when present, is OpenBLAS's
+    // `int blas_thread_shutdown_(void)`, called once from `main` before any thread
+    // could be in a BLAS call.
+    unsafe {
+        let f = nix::libc::dlsym(nix::libc::RTLD_DEFAULT, c"blas_thread_shutdown_".as_ptr());
+        if !f.is_null() {
+            let shutdown: extern "C" fn() -> std::ffi::c_int = std::mem::transmute(f);
+            shutdown();
+        }
+    }
 }
 
 /// What a stage axis is to a contraction.
