@@ -588,6 +588,11 @@ pub fn fold_rows<T: Elem>(acc: &mut [f64], data: &[T], f: impl Fn(f64, f64) -> f
 /// beyond once per four rows.
 const FOLD_STRIP: usize = 1024;
 
+/// The strips of an accumulator of `inner` elements, in order.
+fn strips(inner: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    (0..inner).step_by(FOLD_STRIP).map(move |start| start..(start + FOLD_STRIP).min(inner))
+}
+
 /// [`fold_rows`] of values seen through `conv` (CF decoding, say) as they are folded.
 /// Each element still sees the rows in order, so the result is the same to the bit.
 ///
@@ -617,10 +622,9 @@ fn fold_rows_strips<T: Copy>(acc: &mut [f64], data: &[T], conv: impl Fn(T) -> f6
         return;
     }
     let rows = data.len() / inner;
-    for start in (0..inner).step_by(FOLD_STRIP) {
-        let end = (start + FOLD_STRIP).min(inner);
-        let acc = &mut acc[start..end];
-        let row = |r: usize| &data[r * inner + start..r * inner + end];
+    for strip in strips(inner) {
+        let acc = &mut acc[strip.clone()];
+        let row = |r: usize| &data[r * inner + strip.start..r * inner + strip.end];
         let mut r = 0;
         while r + 4 <= rows {
             let (r0, r1, r2, r3) = (row(r), row(r + 1), row(r + 2), row(r + 3));
@@ -644,11 +648,10 @@ pub fn nan_sum_count_rows<T: Copy>(sum: &mut [f64], count: &mut [f64], data: &[T
         return;
     }
     let rows = data.len() / inner;
-    for start in (0..inner).step_by(FOLD_STRIP) {
-        let end = (start + FOLD_STRIP).min(inner);
-        let (sum, count) = (&mut sum[start..end], &mut count[start..end]);
+    for strip in strips(inner) {
+        let (sum, count) = (&mut sum[strip.clone()], &mut count[strip.clone()]);
         for r in 0..rows {
-            let row = &data[r * inner + start..r * inner + end];
+            let row = &data[r * inner + strip.start..r * inner + strip.end];
             for ((s, c), &x) in sum.iter_mut().zip(count.iter_mut()).zip(row) {
                 let v = conv(x);
                 if !v.is_nan() {
