@@ -452,12 +452,13 @@ def test_slurm_worker_whose_job_ended_is_lost_at_once_not_after_the_idle_timeout
     elsewhere, and every task succeeds. (A lost worker's commands run again: at least
     once. This testbed's SLURM tracks processes with proctrack/linuxproc, so the
     killed worker's commands, orphaned, may finish too; with cgroups they die with
-    the job.)"""
+    the job.) The workers dial QUIC, as on a compute node: this testbed's nodes are
+    the server's host, where the Unix link would tell the server at once."""
     import os
     import signal as sig
 
     s = system_env("slurm")
-    site = write_site(tmp_path / "site.toml", s, cores=2)
+    site = write_site(tmp_path / "site.toml", s, cores=2, transport="quic")
     server = tmp_path / "srv"
     out = tmp_path / "out"
     out.mkdir()

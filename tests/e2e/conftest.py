@@ -107,11 +107,33 @@ def kill_marked(mark: str) -> list[int]:
     return pids
 
 
-def wait_marked_gone(mark: str, timeout: float) -> list[int]:
-    """Poll until no process carries the mark; return the survivors at timeout."""
+def marked_pids(mark: str) -> list[int]:
+    """The live processes carrying the mark now (to wait for them by pid later)."""
+    return _marked_pids(mark)
+
+
+def _not_yet_dead(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie. A process being torn down loses its
+    environment (its memory) before its files and mappings are released, and a lock
+    it held on a file (HDF5's flock) goes only with those: until it is a zombie it may
+    still hold one, though `_marked_pids` no longer sees it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def wait_marked_gone(mark: str, timeout: float, known: Iterable[int] = ()) -> list[int]:
+    """Poll until no process carries the mark and every process seen carrying it (and
+    every pid of `known`, taken before a kill) has finished exiting; return the
+    survivors at timeout."""
     deadline = time.monotonic() + timeout
+    seen = set(known)
     while True:
-        left = _marked_pids(mark)
+        seen.update(_marked_pids(mark))
+        left = sorted(p for p in seen if _not_yet_dead(p))
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.05)

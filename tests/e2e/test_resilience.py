@@ -14,7 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import child_env, kill_group, kill_marked, new_mark, run_drover, spawn_logged, wait_for_access, wait_marked_gone
+from conftest import (child_env, kill_group, kill_marked, marked_pids, new_mark, run_drover, spawn_logged, wait_for_access,
+                      wait_marked_gone)
 
 # Much compute from little data: (rows, 1) x (1, cols) broadcast, reduced per row.
 EXPR = "sum(sin(a * b) ** 2 + cos(a + b) * exp(-a * b), axis=1)"
@@ -77,11 +78,12 @@ def kill_once_journaled(args: list[str], journal: Path, out: Path) -> None:
     try:
         wait_for_journal_records(journal, proc)
         assert proc.poll() is None, "the run must still be going when it is killed"
+        workers = marked_pids(mark)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         assert not out.exists(), "no final output from a killed run"
         assert journal.exists()
-        survivors = wait_marked_gone(mark, 40.0)
+        survivors = wait_marked_gone(mark, 40.0, known=workers)
         assert survivors == [], f"workers outlived their death timeout: {survivors}"
     finally:
         kill_group(proc)
@@ -209,9 +211,11 @@ def test_a_changed_workload_or_input_starts_fresh(drover, tmp_path, change):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         wait_for_journal_records(tmp_path / ".slow.h5.drover-journal", proc)
+        workers = marked_pids(mark)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-        wait_marked_gone(mark, 40.0)
+        # every worker gone, its HDF5 file lock with it, before bc.h5 is rewritten
+        assert wait_marked_gone(mark, 40.0, known=workers) == []
     finally:
         kill_group(proc)
         kill_marked(mark)
