@@ -113,16 +113,19 @@ def marked_pids(mark: str) -> list[int]:
 
 
 def _not_yet_dead(pid: int) -> bool:
-    """Whether `pid` exists and is not a zombie. A process being torn down loses its
-    environment (its memory) before its files and mappings are released, and a lock
-    it held on a file (HDF5's flock) goes only with those: until it is a zombie it may
-    still hold one, though `_marked_pids` no longer sees it."""
+    """Whether process `pid` still exists beyond a zombie. A process being torn down
+    loses its environment (its memory) before its files and mappings are released, and
+    a lock it held on a file (HDF5's flock) goes only with those: until then it may
+    still hold one, though `_marked_pids` no longer sees it. Its main thread can be a
+    zombie while its other threads are still exiting (they share the files): only a
+    zombie without other threads is done."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             state = fh.read().rsplit(b")", 1)[1].split()[0]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except (OSError, IndexError):
         return False
-    return state not in (b"Z", b"X")
+    return state not in (b"Z", b"X") or threads > 1
 
 
 def wait_marked_gone(mark: str, timeout: float, known: Iterable[int] = ()) -> list[int]:

@@ -57,6 +57,33 @@ def rows_for(drover: Path, tmp: Path, seconds: float) -> int:
     return max(int(seconds / per_row) // 20 * 20, 2000)
 
 
+def lock_holders(path: Path) -> list[str]:
+    """The file locks (/proc/locks) held on `path`, each with its owner's state."""
+    st = path.stat()
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    found = []
+    with open("/proc/locks") as fh:
+        for line in fh:
+            f = line.split()
+            if len(f) > 5 and f[5] == dev:
+                try:
+                    with open(f"/proc/{f[4]}/stat") as s:
+                        who = s.read().rsplit(")", 1)[0] + ")"
+                except OSError:
+                    who = "gone"
+                found.append(f"{' '.join(f[1:5])} ({who})")
+    return found
+
+
+def wait_unlocked(path: Path, timeout: float) -> None:
+    """Until nobody holds a lock on `path` (a process still exiting may), or fail
+    naming the holders."""
+    deadline = time.monotonic() + timeout
+    while holders := lock_holders(path):
+        assert time.monotonic() < deadline, f"{path} is still locked {timeout} s after its readers ended: {holders}"
+        time.sleep(0.05)
+
+
 def wait_for_journal_records(journal: Path, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     """Wait until the running `proc` has durably recorded some results in `journal`
     (the file grows past its header line), so that killing it leaves work to resume."""
@@ -222,6 +249,7 @@ def test_a_changed_workload_or_input_starts_fresh(drover, tmp_path, change):
     assert (tmp_path / ".slow.h5.drover-journal").exists()
     if change == "input":
         before = (tmp_path / "bc.h5").stat().st_mtime_ns
+        wait_unlocked(tmp_path / "bc.h5", 10.0)
         make_slow(tmp_path, rows, scale=1.5)  # same shape, new values and mtime
         st = (tmp_path / "bc.h5").stat()
         if st.st_mtime_ns == before:  # a coarse clock: make the change visible
