@@ -590,7 +590,9 @@ const FOLD_STRIP: usize = 1024;
 
 /// The strips of an accumulator of `inner` elements, in order.
 fn strips(inner: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
-    (0..inner).step_by(FOLD_STRIP).map(move |start| start..(start + FOLD_STRIP).min(inner))
+    (0..inner)
+        .step_by(FOLD_STRIP)
+        .map(move |start| start..(start + FOLD_STRIP).min(inner))
 }
 
 /// [`fold_rows`] of values seen through `conv` (CF decoding, say) as they are folded.
