@@ -191,80 +191,87 @@ pub(super) async fn accept_loop(endpoint: quinn::Endpoint, cx: Accepting) {
                 continue;
             }
         };
-        tokio::spawn(
-            async move {
-                let r = async { handle(tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await??.into(), cx, place).await };
-                if let Err(e) = r.await {
-                    tracing::debug!(error = %e, "connection ended");
-                }
-            }
-            .instrument(tracing::debug_span!("conn", %remote)),
+        serve(
+            async move { handle(tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await??.into(), cx, place).await },
+            tracing::debug_span!("conn", %remote),
         );
+    }
+}
+
+/// Run one accepted connection's handshake and frames in a task of its own, in `span`.
+fn serve(conn: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static, span: tracing::Span) {
+    tokio::spawn(
+        async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        }
+        .instrument(span),
+    );
+}
+
+/// The accept loop of a stream listener (TCP, Unix), until aborted: accept errors (out
+/// of descriptors and the like) are waited out rather than spun on, and while too many
+/// connections are pending new ones are dropped; each other one goes to `serve_one`
+/// with its pending place.
+async fn accept_streams<S, F: std::future::Future<Output = std::io::Result<S>>>(
+    what: &'static str,
+    mut accept: impl FnMut() -> F,
+    cx: &Accepting,
+    mut serve_one: impl FnMut(S, Pending),
+) {
+    loop {
+        let stream = match accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Some(place) = pending_place(cx) {
+            serve_one(stream, place);
+        }
     }
 }
 
 /// TLS 1.3 over TCP beside QUIC: the same certificate, then the same handshake.
 pub(super) async fn accept_tcp_loop(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, cx: Accepting) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    loop {
-        let (tcp, remote) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of descriptors and the like: wait rather than spin.
-                tracing::warn!(error = %e, "TCP accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Some(place) = pending_place(&cx) else {
-            drop(tcp);
-            continue;
-        };
-        let cx = cx.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(
-            async move {
-                let r = async {
-                    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
-                    let conn = Conn::tcp(tokio_rustls::TlsStream::Server(tls), remote, crate::transport::SERVER_IDLE)?;
-                    handle(conn, cx, place).await
-                };
-                if let Err(e) = r.await {
-                    tracing::debug!(error = %e, "connection ended");
-                }
-            }
-            .instrument(tracing::debug_span!("conn", %remote, transport = "tcp")),
-        );
-    }
+    let listener = &listener;
+    accept_streams(
+        "TCP",
+        move || listener.accept(),
+        &cx,
+        |(tcp, remote), place| {
+            let (cx, acceptor) = (cx.clone(), acceptor.clone());
+            let conn = async move {
+                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await??;
+                let conn = Conn::tcp(tokio_rustls::TlsStream::Server(tls), remote, crate::transport::SERVER_IDLE)?;
+                handle(conn, cx, place).await
+            };
+            serve(conn, tracing::debug_span!("conn", %remote, transport = "tcp"));
+        },
+    )
+    .await
 }
 
 /// Peers on the server's host, over its Unix socket (`path`, for messages).
 pub(super) async fn accept_unix_loop(listener: tokio::net::UnixListener, path: String, cx: Accepting) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "Unix socket accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let Some(place) = pending_place(&cx) else {
-            drop(stream);
-            continue;
-        };
-        let cx = cx.clone();
-        let path = path.clone();
-        tokio::spawn(
-            async move {
-                let r = async { handle(Conn::unix(stream, &path)?, cx, place).await };
-                if let Err(e) = r.await {
-                    tracing::debug!(error = %e, "connection ended");
-                }
-            }
-            .instrument(tracing::debug_span!("conn", transport = "unix")),
-        );
-    }
+    let listener = &listener;
+    accept_streams(
+        "Unix socket",
+        move || listener.accept(),
+        &cx,
+        |(stream, _), place| {
+            let (cx, path) = (cx.clone(), path.clone());
+            serve(
+                async move { handle(Conn::unix(stream, &path)?, cx, place).await },
+                tracing::debug_span!("conn", transport = "unix"),
+            );
+        },
+    )
+    .await
 }
 
 async fn reject(conn: &Conn, mut send: SendHalf, reason: String) {

@@ -112,43 +112,10 @@ impl From<quinn::ConnectionError> for LinkError {
 
 type Tls = TlsStream<TcpStream>;
 
-/// The byte stream under a connection that is not QUIC.
-enum Stream {
-    Tls(Box<Tls>),
-    Unix(UnixStream),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+/// The byte stream under a connection that is not QUIC: TLS over TCP, or a Unix socket.
+trait ByteStream: AsyncRead + AsyncWrite + std::marker::Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + std::marker::Send + Unpin> ByteStream for T {}
+type Stream = Box<dyn ByteStream>;
 
 /// Small frames are gathered here and leave in one write (a TLS record, a system
 /// call) when the frame is flushed; payloads larger than this pass straight through.
@@ -213,12 +180,7 @@ impl Conn {
         let tcp = stream.get_ref().0;
         tune_tcp(tcp, idle)?;
         let fd = tcp.as_fd().try_clone_to_owned()?;
-        Ok(StreamConn::conn(
-            LinkKind::Tcp,
-            remote.to_string(),
-            Stream::Tls(Box::new(stream)),
-            fd,
-        ))
+        Ok(StreamConn::conn(LinkKind::Tcp, remote.to_string(), Box::new(stream), fd))
     }
 
     /// A Unix socket connection whose peer runs as this process's user, either side
@@ -227,7 +189,7 @@ impl Conn {
         same_user(&stream)?;
         let fd = stream.as_fd().try_clone_to_owned()?;
         super::enlarge_send_buffer(&stream);
-        Ok(StreamConn::conn(LinkKind::Unix, format!("unix:{path}"), Stream::Unix(stream), fd))
+        Ok(StreamConn::conn(LinkKind::Unix, format!("unix:{path}"), Box::new(stream), fd))
     }
 
     pub fn kind(&self) -> LinkKind {

@@ -347,10 +347,16 @@ pub fn enlarge_socket_buffers(socket: &impl std::os::fd::AsFd) -> usize {
     if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
         let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);
     }
-    if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
-        let _ = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER);
-    }
+    ask_send_buffer(socket, SOCKET_BUFFER);
     getsockopt(socket, sockopt::RcvBuf).map_or(0, |b| b / 2)
+}
+
+/// Ask for a send buffer of `bytes` (past `net.core.wmem_max` as root, else up to it).
+fn ask_send_buffer(socket: &impl std::os::fd::AsFd, bytes: usize) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(socket, sockopt::SndBufForce, &bytes).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &bytes);
+    }
 }
 
 /// What a Unix link's sender may have in flight: the kernel's default (208 KiB) makes
@@ -360,10 +366,7 @@ const UNIX_SEND_BUFFER: usize = 4 << 20;
 /// Ask for [`UNIX_SEND_BUFFER`] on a Unix stream socket (a Unix stream's receive
 /// buffer is the sender's send buffer).
 pub fn enlarge_send_buffer(socket: &impl std::os::fd::AsFd) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    if setsockopt(socket, sockopt::SndBufForce, &UNIX_SEND_BUFFER).is_err() {
-        let _ = setsockopt(socket, sockopt::SndBuf, &UNIX_SEND_BUFFER);
-    }
+    ask_send_buffer(socket, UNIX_SEND_BUFFER);
 }
 
 /// The server's Unix socket in its private folder, for peers on its host. None when
