@@ -8,7 +8,7 @@
 //!                [--mtu 1452|8972|65527] [--no-gso] [--server-no-gso] [--auto]
 //!                [--addr 127.0.0.1] [--server-port P --via RELAY_ADDR] [--gap-ms G]
 //!                [--cc cubic|bbr|newreno] [--initial-window BYTES]
-//!                [--ack-threshold N] [--chunks]
+//!                [--ack-threshold N] [--chunks] [--tcp]
 //! (`--auto`: the sender tuned as drover tunes workers, from the link's MTU; `--via`:
 //! dial a relay, e.g. examples/delay_relay, in front of the server's fixed port;
 //! `--gap-ms`: an idle gap after each frame, as between a worker's results, and the
@@ -17,6 +17,9 @@
 //! `--ack-threshold N`: the sender asks the reader to acknowledge every N+1 packets
 //! (QUIC's ACK frequency extension; 1 is QUIC's default); `--chunks`: the payload is
 //! handed to quinn as shared bytes (`write_chunk`) instead of copied in (`write_all`).
+//! `--tcp`: the same frames over drover's TLS-over-TCP link instead (`Conn::tcp`,
+//! `write_frame_shared`), for comparison; only `--gib`, `--frame-mib`/`--frame-kib`
+//! and `--addr` apply.
 //!
 //! The sender and the reader each run on a thread of their own (a single-threaded
 //! runtime each, with its endpoint), so each side's CPU time is told apart.
@@ -67,6 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut initial_window: Option<u64> = None;
     let mut ack_threshold: Option<u32> = None;
     let mut chunks = false;
+    let mut tcp = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or(format!("{a} needs a value"));
@@ -87,6 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--initial-window" => initial_window = Some(val()?.parse()?),
             "--ack-threshold" => ack_threshold = Some(val()?.parse()?),
             "--chunks" => chunks = true,
+            "--tcp" => tcp = true,
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -100,6 +105,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let frame = frame_kib.map_or(frame_mib << 20, |k| k << 10);
     let frames = ((gib * (1u64 << 30) as f64) as usize).div_ceil(frame);
     let total = (frames * frame) as u64;
+    if tcp {
+        return over_tcp(id.tls, &id.cert_pem, &addr, frame, frames, idle);
+    }
 
     // The driver's side, on a thread of its own: read frames until every stream ends.
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -258,6 +266,90 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ack_threshold.map_or(-1, i64::from),
     );
     assert_eq!(got, total, "every byte arrived");
+    Ok(())
+}
+
+/// `frames` frames of `frame` bytes over one TLS-over-TCP link, each side on a thread
+/// of its own, measured as the QUIC case is.
+fn over_tcp(
+    tls: Arc<rustls::ServerConfig>,
+    cert_pem: &str,
+    addr: &str,
+    frame: usize,
+    frames: usize,
+    idle: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let bind: SocketAddr = format!("{addr}:0").parse()?;
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = std::thread::Builder::new().name("reader".into()).spawn(move || {
+        one_thread(async move {
+            let listener = tokio::net::TcpListener::bind(bind).await.expect("listen");
+            addr_tx
+                .send(listener.local_addr().expect("address"))
+                .expect("address to the sender");
+            let (tcp, remote) = listener.accept().await.expect("accept");
+            let stream = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await.expect("TLS handshake");
+            let conn = transport::Conn::tcp(tokio_rustls::TlsStream::Server(stream), remote, idle).expect("tcp");
+            let cpu0 = thread_cpu_seconds();
+            let (_send, mut recv) = conn.accept_bi().await.expect("stream");
+            let mut got = 0u64;
+            while let Ok((_, len)) = proto::read_head::<_, PeerMsg>(&mut recv).await {
+                got += proto::read_payload(&mut recv, len).await.expect("payload").len() as u64;
+            }
+            let _ = done_tx.send(());
+            (got, Instant::now(), thread_cpu_seconds() - cpu0)
+        })
+    })?;
+    let server = addr_rx.recv()?;
+    let access = transport::Access {
+        version: PROTOCOL_VERSION,
+        addresses: Vec::new(),
+        tcp_addresses: vec![server.to_string()],
+        cert: cert_pem.to_string(),
+        token: transport::Token::generate(),
+        unix: None,
+        unix_host: None,
+        dashboard: None,
+        transport: transport::Transport::Tcp,
+    };
+    let payload = bytes::Bytes::from(vec![7u8; frame]);
+    let t0 = Instant::now();
+    let cpu0 = cpu_seconds();
+    let sender = std::thread::Builder::new().name("sender".into()).spawn(move || {
+        one_thread(async move {
+            let dialed = transport::connect(&access, Duration::from_secs(10), idle).await.expect("connect");
+            let cpu0 = thread_cpu_seconds();
+            let (mut send, _recv) = dialed.conn.open_bi().await.expect("stream");
+            let hello = PeerMsg::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                role: Role::Client,
+                token: String::new(),
+                worker: None,
+            });
+            for _ in 0..frames {
+                send.write_frame_shared(&hello, payload.clone()).await.expect("send");
+            }
+            send.finish().await;
+            let cpu = thread_cpu_seconds() - cpu0;
+            // Closing before the reader has everything would reset the connection.
+            let _ = done_rx.await;
+            cpu
+        })
+    })?;
+    let send_cpu = sender.join().map_err(|_| "the sender panicked")?;
+    let (got, end, recv_cpu) = reader.join().map_err(|_| "the reader panicked")?;
+    let secs = (end - t0).as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    println!(
+        "{{\"transport\": \"tcp\", \"frame_bytes\": {frame}, \"bytes\": {got}, \"seconds\": {secs:.3}, \"gb_per_s\": {:.3}, \
+         \"cpu_s\": {cpu:.2}, \"gb_per_cpu_s\": {:.3}, \"send_cpu_s\": {send_cpu:.2}, \"recv_cpu_s\": {recv_cpu:.2}, \
+         \"gb_per_busier_cpu_s\": {:.3}}}",
+        got as f64 / secs / 1e9,
+        got as f64 / cpu / 1e9,
+        got as f64 / send_cpu.max(recv_cpu) / 1e9,
+    );
+    assert_eq!(got, (frames * frame) as u64, "every byte arrived");
     Ok(())
 }
 

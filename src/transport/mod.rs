@@ -227,7 +227,10 @@ pub fn make_private_dir(dir: &Path) -> Result<(), TransportError> {
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(p)
 }
 
 /// Knobs of QUIC's bulk path, measured one by one by `examples/quic_bulk.rs` (see
