@@ -6,16 +6,18 @@ runs), in four set-ups measured in the same run:
 
 - one-host: the server and three workers on the login node (workers write their
   blocks into the output file themselves: same host);
-- 3-hosts-1%-loss: the workers on n1, n2, n3, each dropping 1% of UDP datagrams each
-  way, writing their blocks themselves (--shared-fs: every node sees this machine's
+- 3-hosts-1%-loss: the workers on n1, n2, n3, each dropping 1% of its packets (UDP
+  and TCP) each way, writing their blocks themselves (--shared-fs: every node sees this machine's
   files);
 - 3-hosts-20ms and 3-hosts-1%-loss-20ms: the workers reach the server through a
   relay that adds 10 ms each way (examples/delay_relay.rs; this kernel has no netem),
   without and with the loss;
 - 3-hosts-1%-loss-sent: as the second, but every block travels to the server's
-  writer (--no-shared-fs);
-- 3-hosts-sent and 3-hosts-sent-tcp: every block to the writer without loss, over
-  QUIC and over the TCP fallback (--transport tcp).
+  writer (--no-shared-fs; by default over each worker's results lane, TLS over TCP
+  beside its QUIC connection, once it has sent 1 MiB);
+- 3-hosts-sent, 3-hosts-sent-quic and 3-hosts-sent-tcp: every block to the writer
+  without loss: by default (results lanes), over QUIC alone (--transport quic), and
+  over the TCP fallback alone (--transport tcp).
 
 Each case also reports, as fractions of the runs' wall time, the server's CPU time
 (`server_cpu`, all its threads) and its writer's working time (`writer_busy`, from
@@ -148,7 +150,9 @@ CASES = [
     ("3-hosts-20ms", NODES, ["--shared-fs"], False, 10),
     ("3-hosts-1%-loss-20ms", NODES, ["--shared-fs"], True, 10),
     ("3-hosts-1%-loss-sent", NODES, ["--no-shared-fs"], True, 0),
+    ("3-hosts-1%-loss-sent-quic", NODES, ["--no-shared-fs", "--transport", "quic"], True, 0),
     ("3-hosts-sent", NODES, ["--no-shared-fs"], False, 0),
+    ("3-hosts-sent-quic", NODES, ["--no-shared-fs", "--transport", "quic"], False, 0),
     ("3-hosts-sent-tcp", NODES, ["--no-shared-fs", "--transport", "tcp"], False, 0),
 ]
 

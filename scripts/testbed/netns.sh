@@ -6,8 +6,9 @@
 #   scripts/testbed/netns.sh status          list the nodes; exit 0 iff the testbed is up
 #   scripts/testbed/netns.sh env             export lines (addresses, interface names)
 #   scripts/testbed/netns.sh exec NODE CMD   run CMD on NODE (its network, its hostname)
-#   scripts/testbed/netns.sh loss NODE PCT   drop PCT% of NODE's UDP datagrams each way
+#   scripts/testbed/netns.sh loss NODE PCT   drop PCT% of NODE's packets (UDP and TCP) each way
 #   scripts/testbed/netns.sh block-udp NODE  drop all of NODE's UDP (TCP still passes)
+#   scripts/testbed/netns.sh block-tcp NODE  drop all of NODE's TCP (UDP still passes)
 #   scripts/testbed/netns.sh rate NODE RATE  limit NODE's sending rate (tbf, e.g. 200mbit)
 #   scripts/testbed/netns.sh cut NODE        take NODE's links down (a partition)
 #   scripts/testbed/netns.sh mend NODE       bring them up; `clear` removes loss, block, rate
@@ -163,12 +164,16 @@ cmd_loss() {
     p=$(awk -v x="$pct" 'BEGIN { if (x < 0 || x > 100) exit 1; printf "%.4f", x / 100 }') ||
         die "loss $node $pct: a percentage from 0 to 100"
     for chain in INPUT OUTPUT; do
-        in_node "$node" iptables -A "$chain" -p udp -m statistic --mode random --probability "$p" -j DROP
+        in_node "$node" iptables -A "$chain" -m statistic --mode random --probability "$p" -j DROP
     done
 }
 
 cmd_block_udp() {
     for chain in INPUT OUTPUT; do in_node "$1" iptables -A "$chain" -p udp -j DROP; done
+}
+
+cmd_block_tcp() {
+    for chain in INPUT OUTPUT; do in_node "$1" iptables -A "$chain" -p tcp -j DROP; done
 }
 
 cmd_rate() {
@@ -202,12 +207,13 @@ env) cmd_env ;;
 exec) shift; cmd_exec "$@" ;;
 loss) need_root; cmd_loss "$2" "$3" ;;
 block-udp) need_root; cmd_block_udp "$2" ;;
+block-tcp) need_root; cmd_block_tcp "$2" ;;
 rate) need_root; cmd_rate "$2" "$3" ;;
 cut) need_root; cmd_cut "$2" ;;
 mend) need_root; cmd_mend "$2" ;;
 clear) need_root; cmd_clear "$2" ;;
 *)
-    echo "usage: $0 up [N]|down|status|env|exec NODE CMD...|loss NODE PCT|block-udp NODE|rate NODE RATE|cut NODE|mend NODE|clear NODE" >&2
+    echo "usage: $0 up [N]|down|status|env|exec NODE CMD...|loss NODE PCT|block-udp NODE|block-tcp NODE|rate NODE RATE|cut NODE|mend NODE|clear NODE" >&2
     exit 2
     ;;
 esac

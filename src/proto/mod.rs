@@ -16,7 +16,7 @@ use crate::config::workload::Workload;
 use crate::exec::plan::Plan;
 
 /// Bumped on any incompatible change of the messages below.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// The reason the server closes every connection with when it stops (workers still
 /// joining then leave quietly).
@@ -34,6 +34,13 @@ pub const MAX_HELLO: u32 = 64 << 10;
 pub enum Role {
     Worker,
     Client,
+    /// A registered worker's second link, TLS over TCP beside its QUIC connection,
+    /// that carries only its `Results` (the blocks it must send): TCP moves bulk
+    /// bytes at a fraction of QUIC's CPU per byte (the kernel segments and
+    /// acknowledges them). `worker`: the id its QUIC connection was welcomed with.
+    Lane {
+        worker: u32,
+    },
 }
 
 /// First message on a connection.

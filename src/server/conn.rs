@@ -8,8 +8,9 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::actor::{Event, Outgoing};
+use crate::core::WorkerId;
 use crate::proto::{self, Hello, PROTOCOL_VERSION, PeerMsg, Role, ServerMsg};
-use crate::transport::{Conn, LinkKind, SendHalf, Token};
+use crate::transport::{Conn, LinkKind, RecvHalf, SendHalf, Token};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -143,6 +144,7 @@ pub(super) struct Accepting {
     /// Permits for [`MAX_PENDING`] unauthenticated connections.
     pub pending: Arc<tokio::sync::Semaphore>,
     pub rtt: Rtt,
+    pub lanes: super::lane::Lanes,
     /// The QUIC server configurations, with Cubic and with BBR, made once; each
     /// connection takes one by its peer's address ([`crate::transport::bbr_towards`]).
     pub quic: [Arc<quinn::ServerConfig>; 2],
@@ -284,15 +286,7 @@ async fn reject(conn: &Conn, mut send: SendHalf, reason: String) {
 }
 
 async fn handle(conn: Conn, cx: Accepting, place: Pending) -> anyhow::Result<()> {
-    let Accepting {
-        token,
-        events,
-        peers,
-        inbound,
-        rtt,
-        ..
-    } = cx;
-    peers.add(&conn);
+    cx.peers.add(&conn);
     // The stream and the first frame within one deadline; the frame read as a
     // stranger's (small, no payload) until the token is checked.
     let first = async {
@@ -326,7 +320,7 @@ async fn handle(conn: Conn, cx: Accepting, place: Pending) -> anyhow::Result<()>
         reject(&conn, send, reason).await;
         return Ok(());
     }
-    if !token.matches(&presented) {
+    if !cx.token.matches(&presented) {
         let reason = "authentication rejected: the token does not match this server's; use the access file written by the running server"
             .to_string();
         reject(&conn, send, reason).await;
@@ -334,6 +328,17 @@ async fn handle(conn: Conn, cx: Accepting, place: Pending) -> anyhow::Result<()>
     }
     // Authenticated: its place goes to the next stranger.
     drop(place);
+    let lane = match role {
+        Role::Lane { worker } => match cx.lanes.attach(WorkerId(worker), &conn) {
+            Some(attached) => Some((WorkerId(worker), attached)),
+            None => {
+                let reason = format!("no worker {worker} is connected over QUIC here to take a results lane");
+                reject(&conn, send, reason).await;
+                return Ok(());
+            }
+        },
+        _ => None,
+    };
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
     let writer = tokio::spawn(write_loop(send, rx, conn.clone()));
     match role {
@@ -345,62 +350,42 @@ async fn handle(conn: Conn, cx: Accepting, place: Pending) -> anyhow::Result<()>
                 return Ok(());
             };
             info.transport = conn.kind().name().to_string();
-            rtt.observe(&conn);
+            cx.rtt.observe(&conn);
             let (reply, id) = oneshot::channel();
-            events.send(Event::WorkerConnected {
+            cx.events.send(Event::WorkerConnected {
                 info,
                 tx: tx.clone(),
                 reply,
             })?;
             let id = id.await?;
-            let span = tracing::info_span!("worker", worker = %id);
-            let reason = async {
-                loop {
-                    let frame = async {
-                        let (msg, len) = proto::read_head::<_, PeerMsg>(&mut recv).await?;
-                        let alive = || {
-                            let _ = events.send(Event::WorkerMsg {
-                                id,
-                                msg: PeerMsg::Heartbeat,
-                                payload: Bytes::new(),
-                            });
-                        };
-                        let permit = inbound.hold(len, alive).await;
-                        let data = proto::read_payload(&mut recv, len).await?;
-                        let payload = match permit {
-                            Some(p) => Bytes::from_owner(Held { data, _permit: p }),
-                            None => Bytes::from(data),
-                        };
-                        Ok::<_, proto::FrameError>((msg, payload))
-                    };
-                    match frame.await {
-                        Ok((msg, payload)) => {
-                            // quinn's estimate takes its connection lock: read it with
-                            // the heartbeats (every few seconds), not every result.
-                            if matches!(msg, PeerMsg::Load { .. } | PeerMsg::Heartbeat) {
-                                rtt.observe(&conn);
-                            }
-                            if events.send(Event::WorkerMsg { id, msg, payload }).is_err() {
-                                return "server stopping".to_string();
-                            }
-                        }
-                        Err(e) => return e.to_string(),
-                    }
-                }
+            if conn.kind() == LinkKind::Quic {
+                cx.lanes.open(id, &conn);
             }
-            .instrument(span)
-            .await;
+            let ended = forward_frames(&mut recv, id, &cx, &conn, false)
+                .instrument(tracing::info_span!("worker", worker = %id))
+                .await;
+            // What its lane still carries comes before the worker's end.
+            cx.lanes.close(id, ended.is_ok()).await;
             // The worker finished its stream (it was asked to stop) or is gone: close
             // from this side, so a leaving worker need not sit out QUIC's draining
             // period to be sure its own close was sent.
             conn.close(0, b"goodbye");
-            let _ = events.send(Event::WorkerGone { id, reason });
+            let reason = ended.err().unwrap_or_else(|| proto::FrameError::Closed.to_string());
+            let _ = cx.events.send(Event::WorkerGone { id, reason });
+        }
+        Role::Lane { .. } => {
+            let (id, attached) = lane.expect("attached above");
+            let _ = tx.send(Outgoing::msg(ServerMsg::Welcome { id: id.0 }));
+            let _ = cx.events.send(Event::LaneOpened { id });
+            super::lane::serve(attached, forward_frames(&mut recv, id, &cx, &conn, true))
+                .instrument(tracing::info_span!("worker", worker = %id, link = "lane"))
+                .await;
         }
         Role::Client => {
             loop {
                 match proto::read_frame::<_, PeerMsg>(&mut recv).await {
                     Ok((PeerMsg::Hello(_), _)) => tracing::debug!("a second Hello from a client"),
-                    Ok((msg, _)) => events.send(Event::Client { msg, client: tx.clone() })?,
+                    Ok((msg, _)) => cx.events.send(Event::Client { msg, client: tx.clone() })?,
                     Err(
                         e @ (proto::FrameError::HeaderTooLarge(_) | proto::FrameError::PayloadTooLarge(_) | proto::FrameError::Decode(_)),
                     ) => {
@@ -414,12 +399,55 @@ async fn handle(conn: Conn, cx: Accepting, place: Pending) -> anyhow::Result<()>
                 }
             }
             // The client went away: an array workload it submitted is cancelled.
-            let _ = events.send(Event::ClientGone { client: tx.clone() });
+            let _ = cx.events.send(Event::ClientGone { client: tx.clone() });
         }
     }
     drop(tx);
     let _ = writer.await;
     Ok(())
+}
+
+/// A worker's frames, from its connection or (`lane`) its results lane, to the actor:
+/// `Ok` at the clean end of the stream (after a whole frame), else why it ended. A
+/// large payload is read only once it fits in the inbound budget.
+async fn forward_frames(recv: &mut RecvHalf, id: WorkerId, cx: &Accepting, conn: &Conn, lane: bool) -> Result<(), String> {
+    let Accepting { events, inbound, rtt, .. } = cx;
+    loop {
+        let frame = async {
+            let (msg, len) = proto::read_head::<_, PeerMsg>(&mut *recv).await?;
+            let alive = || {
+                let _ = events.send(Event::WorkerMsg {
+                    id,
+                    msg: PeerMsg::Heartbeat,
+                    payload: Bytes::new(),
+                });
+            };
+            let permit = inbound.hold(len, alive).await;
+            let data = proto::read_payload(&mut *recv, len).await?;
+            let payload = match permit {
+                Some(p) => Bytes::from_owner(Held { data, _permit: p }),
+                None => Bytes::from(data),
+            };
+            Ok::<_, proto::FrameError>((msg, payload))
+        };
+        match frame.await {
+            Ok((msg, _)) if lane && !matches!(msg, PeerMsg::Results { .. }) => {
+                return Err("a results lane sent something other than results".into());
+            }
+            Ok((msg, payload)) => {
+                // quinn's estimate takes its connection lock: read it with
+                // the heartbeats (every few seconds), not every result.
+                if matches!(msg, PeerMsg::Load { .. } | PeerMsg::Heartbeat) {
+                    rtt.observe(conn);
+                }
+                if events.send(Event::WorkerMsg { id, msg, payload }).is_err() {
+                    return Err("server stopping".to_string());
+                }
+            }
+            Err(proto::FrameError::Closed) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 async fn write_loop(mut send: SendHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>, conn: Conn) {

@@ -12,6 +12,7 @@ pub mod client;
 mod conn;
 pub mod jobs;
 pub mod journal;
+mod lane;
 pub mod observe;
 pub mod writer;
 
@@ -204,6 +205,7 @@ pub async fn start(mut opts: ServerOptions) -> Result<ServerHandle, StartError> 
         inbound: inbound.clone(),
         pending: Arc::new(tokio::sync::Semaphore::new(conn::MAX_PENDING)),
         rtt: rtt.clone(),
+        lanes: lane::Lanes::default(),
         quic: [false, true].map(|bbr| {
             let mut c = identity.config.clone();
             c.transport_config(transport::server_transport(bbr));

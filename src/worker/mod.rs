@@ -8,6 +8,7 @@
 
 pub mod command;
 mod host;
+mod lane;
 mod send;
 
 pub use self::host::{batch_job_from_env, peak_rss, total_memory};
@@ -327,7 +328,8 @@ async fn session(
                 .expect("spawn task thread")
         })
         .collect();
-    let sender = tokio::spawn(send::send_loop(send, out_rx, opts.heartbeat, shared.clone()));
+    let lane = lane::Dial::for_worker(access, &conn, id, idle);
+    let sender = tokio::spawn(send::send_loop(send, out_rx, opts.heartbeat, shared.clone(), lane));
     // SIGTERM/SIGINT (scancel, qdel, walltime) end the worker like a Shutdown, but
     // without waiting for running tasks: the server requeues what this worker held.
     let mut signalled = false;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::host::{load, peak_rss};
+use super::lane::{Dial, Lane};
 use super::{LARGE_RESULT, Out, Shared};
 use crate::exec;
 use crate::proto::{self, PeerMsg};
@@ -19,8 +20,9 @@ pub(super) async fn send_loop(
     rx: mpsc::UnboundedReceiver<Out>,
     heartbeat: Duration,
     shared: Arc<Shared>,
+    lane: Option<Dial>,
 ) {
-    send_frames(send, rx, heartbeat, &shared).await;
+    send_frames(send, rx, heartbeat, &shared, Lane::new(lane)).await;
     // Nothing more will be sent: task threads must not wait for room.
     shared.queue.lock().expect("queue lock").unsent_large = 0;
     shared.ready.notify_all();
@@ -36,7 +38,13 @@ fn large_sent(shared: &Shared, n: usize) {
     }
 }
 
-async fn send_frames(mut send: crate::transport::SendHalf, mut rx: mpsc::UnboundedReceiver<Out>, heartbeat: Duration, shared: &Shared) {
+async fn send_frames(
+    mut send: crate::transport::SendHalf,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    heartbeat: Duration,
+    shared: &Shared,
+    mut lane: Lane,
+) {
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pending: Option<Out> = None;
@@ -95,9 +103,14 @@ async fn send_frames(mut send: crate::transport::SendHalf, mut rx: mpsc::Unbound
                 if peak.1.elapsed() >= Duration::from_millis(100) {
                     peak = (peak_rss().unwrap_or(peak.0), std::time::Instant::now());
                 }
-                // Handed to QUIC without a copy; the buffer returns to the pool once
-                // the driver has acknowledged it.
-                let res = send
+                // Over the results lane when it is open; handed to QUIC without a
+                // copy otherwise (the buffer returns to the pool once the driver has
+                // acknowledged it).
+                let link = match lane.ready(bytes.len()).await {
+                    Some(l) => l,
+                    None => &mut send,
+                };
+                let res = link
                     .write_frame_shared(
                         &PeerMsg::Results {
                             job,
@@ -115,5 +128,7 @@ async fn send_frames(mut send: crate::transport::SendHalf, mut rx: mpsc::Unbound
             return;
         }
     }
+    // The lane first: the server reads all it carries before the end of `send`.
+    lane.finish().await;
     send.finish().await;
 }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,6 +56,51 @@ def test_workers_behind_a_udp_firewall_use_tcp_and_the_run_is_exact(cluster, tmp
     errors = [l for l in log.splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and "cannot reach the server" in errors[0] and "TCP" not in errors[0], log[-2000:]
     assert len(cluster.status()["workers"]) == 3, "the QUIC-only worker never joined"
+
+
+def tcp_bytes_received_from(octet: int) -> int:
+    """Bytes the login node received on its established TCP connections from
+    10.77.0.<octet> (`ss -i`)."""
+    out = netns("exec", "login", "ss", "-t", "-n", "-i", "-H", "state", "established").stdout
+    lines, total = out.splitlines(), 0
+    for line, info in zip(lines, lines[1:]):
+        fields = line.split()
+        if not line[:1].isspace() and len(fields) >= 4 and fields[3].startswith(f"10.77.0.{octet}:"):
+            total += int(re.search(r"bytes_received:(\d+)", info).group(1)) if "bytes_received:" in info else 0
+    return total
+
+
+def test_remote_workers_send_their_blocks_over_a_tcp_lane_beside_quic(cluster, tmp_path):
+    """Workers on other hosts that must send their blocks (--no-shared-fs) open a
+    second link, TLS over TCP, once they have sent 1 MiB of results over QUIC, and send
+    their results there from then on (TCP costs far less CPU per byte); tasks and
+    heartbeats stay on QUIC. n3 (transport auto) takes such a lane; n2, told
+    `--transport quic`, keeps everything on QUIC; n1 drops all TCP, so its lane's dial
+    gets no answer and its results stay on QUIC. The anomaly is exact, every block
+    travels to the writer, no worker is lost."""
+    cluster.start_server("--interface", "eth0")
+    netns("block-tcp", "n1")
+    cluster.start_worker("n1", "--no-shared-fs")
+    cluster.start_worker("n2", "--no-shared-fs", "--transport", "quic")
+    cluster.start_worker("n3", "--no-shared-fs")
+    st = cluster.wait_status(lambda st: len(st["workers"]) == 3, 60, "three workers joined")
+    assert {w["transport"] for w in st["workers"]} == {"quic"}, "no lane before any result"
+    summary = run_anomaly(cluster, tmp_path, 11, steps=960)
+    assert summary["blocks_sent_to_writer"] == 121 and summary["workers_lost"] == 0, summary
+    st = cluster.status()
+    via = {w["host"]: w["transport"] for w in st["workers"]}
+    assert via == {"n1": "quic", "n2": "quic", "n3": "quic+tcp"}, via
+    # The lane is a real TCP connection from n3; n1 and n2 have none.
+    lane = tcp_bytes_received_from(13)
+    assert lane > 0 and tcp_bytes_received_from(11) == 0 and tcp_bytes_received_from(12) == 0, lane
+    # A second run finds the lane open: n3's blocks (about a third of 120 blocks of
+    # 192 KB) all travel over it.
+    (tmp_path / "again").mkdir()
+    summary = run_anomaly(cluster, tmp_path / "again", 12, steps=960)
+    assert summary["blocks_sent_to_writer"] == 121 and summary["workers_lost"] == 0, summary
+    more = tcp_bytes_received_from(13) - lane
+    assert more > 3_000_000, f"the lane carried {more} bytes in the second run\n{cluster.log('worker-n3')[-3000:]}"
+    assert tcp_bytes_received_from(11) == 0 and tcp_bytes_received_from(12) == 0
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ const memFrac = (w: Worker): number | null =>
 const COLS: Col[] = [
   { key: "id", title: "ID", num: true, get: (w) => w.id, text: (w) => String(w.id) },
   { key: "host", title: "Host", get: (w) => w.node ?? w.host, text: (w) => w.node ?? w.host },
-  { key: "transport", title: "Link", get: (w) => w.transport, text: (w) => w.transport.toUpperCase(), tip: "QUIC; TCP when UDP does not get through; UNIX: a Unix socket on the server's host" },
+  { key: "transport", title: "Link", get: (w) => w.transport, text: (w) => w.transport.toUpperCase(), tip: "QUIC; TCP when UDP does not get through; QUIC+TCP: QUIC, with its results on a TCP lane beside it; UNIX: a Unix socket on the server's host" },
   { key: "batch_job", title: "Batch job", get: (w) => w.batch_job, text: (w) => w.batch_job ?? "–" },
   { key: "pid", title: "PID", num: true, get: (w) => w.pid, text: (w) => String(w.pid) },
   { key: "threads", title: "Cores", num: true, get: (w) => w.threads, text: (w) => String(w.threads), tip: "task slots (threads)" },

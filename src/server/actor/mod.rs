@@ -42,6 +42,10 @@ pub enum Event {
         id: WorkerId,
         reason: String,
     },
+    /// A worker's results lane (TLS over TCP beside its QUIC connection) is open.
+    LaneOpened {
+        id: WorkerId,
+    },
     /// A message from a client.
     Client {
         msg: PeerMsg,
@@ -113,6 +117,10 @@ pub struct Actor {
 
 /// The inbound budget before any job sets one.
 pub(super) const DEFAULT_INBOUND: u64 = 128 << 20;
+
+/// A worker's link as `drover status` and the dashboard show it once its results
+/// lane is open.
+const LANE_TRANSPORT: &str = "quic+tcp";
 
 /// The fields of the actor a job handler uses, borrowed apart from `jobs`.
 macro_rules! cx {
@@ -340,6 +348,12 @@ impl Actor {
                 let _ = reply.send(id);
             }
             Event::WorkerGone { id, reason } => self.worker_gone(now, id, reason),
+            Event::LaneOpened { id } => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    tracing::info!(worker = %id, "results lane open: its blocks now travel over TCP beside QUIC");
+                    w.info.transport = LANE_TRANSPORT.to_string();
+                }
+            }
             Event::WorkerMsg { id, msg, payload } => self.worker_msg(now, id, msg, payload),
             Event::Client { msg, client } => self.client_msg(msg, client),
             Event::ClientGone { client } => {

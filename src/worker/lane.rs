@@ -1,0 +1,131 @@
+//! The worker's side of a results lane (see `server/lane.rs`): a worker on QUIC whose
+//! server also listens on TCP dials, once it has sent [`DIAL_AFTER`] bytes of results,
+//! a TLS-over-TCP link that then carries its `Results`; until it is up, and if it cannot be had (TCP
+//! blocked, an older server), results go over QUIC as before. Only with
+//! `transport = auto`: `--transport quic` keeps everything on QUIC.
+
+use std::time::Duration;
+
+use crate::proto::{self, Hello, PROTOCOL_VERSION, PeerMsg, Role, ServerMsg};
+use crate::transport::{self, Access, Conn, Dialed, LinkKind, RecvHalf, SendHalf, Transport};
+
+/// Bytes of results sent over QUIC after which a lane is dialed: a worker whose
+/// results are small (partial reductions, blocks it writes itself) never needs one.
+const DIAL_AFTER: usize = 1 << 20;
+
+/// The TCP connect, the TLS handshake and the server's welcome, each.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to dial a lane: the access file and the id the worker was welcomed with.
+pub(super) struct Dial {
+    access: Access,
+    worker: u32,
+    idle: Duration,
+}
+
+impl Dial {
+    /// A lane for a worker connected by `conn`, if it can have one.
+    pub(super) fn for_worker(access: &Access, conn: &Conn, worker: u32, idle: Duration) -> Option<Dial> {
+        (conn.kind() == LinkKind::Quic && access.transport == Transport::Auto && !access.tcp_addresses.is_empty()).then(|| Dial {
+            access: Access {
+                transport: Transport::Tcp,
+                ..access.clone()
+            },
+            worker,
+            idle,
+        })
+    }
+}
+
+pub(super) struct Open {
+    conn: Conn,
+    send: SendHalf,
+    recv: RecvHalf,
+    _dialed: Dialed,
+}
+
+/// Where the worker's results lane is.
+pub(super) enum Lane {
+    /// Not dialed yet (the bytes of results sent so far), or never (`None`).
+    Idle(Option<Dial>, usize),
+    Dialing(tokio::task::JoinHandle<Result<Open, String>>),
+    Open(Open),
+}
+
+impl Lane {
+    pub(super) fn new(dial: Option<Dial>) -> Lane {
+        Lane::Idle(dial, 0)
+    }
+
+    /// The lane to send `bytes` of results on, if it is open; [`DIAL_AFTER`] bytes
+    /// sent dial it (in the background: results meanwhile go over QUIC).
+    pub(super) async fn ready(&mut self, bytes: usize) -> Option<&mut SendHalf> {
+        if let Lane::Idle(d, sent) = self {
+            *sent += bytes;
+            if *sent >= DIAL_AFTER
+                && let Some(d) = d.take()
+            {
+                *self = Lane::Dialing(tokio::spawn(dial(d)));
+            }
+        }
+        if matches!(self, Lane::Dialing(h) if h.is_finished()) {
+            let Lane::Dialing(h) = std::mem::replace(self, Lane::Idle(None, 0)) else {
+                unreachable!("matched above")
+            };
+            match h.await {
+                Ok(Ok(open)) => {
+                    tracing::info!(remote = %open.conn.remote_address(), "results lane open: blocks go over TCP beside QUIC");
+                    *self = Lane::Open(open);
+                }
+                Ok(Err(reason)) => tracing::info!(%reason, "no results lane; results stay on QUIC"),
+                Err(e) => tracing::warn!(error = %e, "results lane dial failed"),
+            }
+        }
+        match self {
+            Lane::Open(o) => Some(&mut o.send),
+            _ => None,
+        }
+    }
+
+    /// No more results: end the lane's stream and wait until the server has read it
+    /// all (it closes the lane then), so that nothing sent is cut off.
+    pub(super) async fn finish(self) {
+        match self {
+            Lane::Open(mut o) => {
+                o.send.finish().await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), o.recv.until_closed(&o.conn)).await;
+            }
+            Lane::Dialing(h) => h.abort(),
+            Lane::Idle(..) => {}
+        }
+    }
+}
+
+async fn dial(d: Dial) -> Result<Open, String> {
+    let dialed = transport::connect(&d.access, DIAL_TIMEOUT, d.idle)
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = dialed.conn.clone();
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Lane { worker: d.worker },
+        token: d.access.token.expose().to_string(),
+        worker: None,
+    };
+    proto::write_frame(&mut send, &PeerMsg::Hello(hello), &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(DIAL_TIMEOUT, proto::read_frame::<_, ServerMsg>(&mut recv)).await {
+        Ok(Ok((ServerMsg::Welcome { .. }, _))) => Ok(Open {
+            conn,
+            send,
+            recv,
+            _dialed: dialed,
+        }),
+        Ok(Ok((ServerMsg::Rejected { reason }, _))) => Err(format!("the server refused it: {reason}")),
+        Ok(Ok((other, _))) => Err(format!("unexpected answer {other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", DIAL_TIMEOUT.as_secs())),
+    }
+}
