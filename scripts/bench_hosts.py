@@ -146,6 +146,7 @@ def workload(tmp: Path, steps: int, size: int) -> tuple[Path, np.ndarray]:
 CASES = [
     ("one-host", ["login"] * 3, [], False, 0),
     ("3-hosts-1%-loss", NODES, ["--shared-fs"], True, 0),
+    ("3-hosts-1%-loss-quic", NODES, ["--shared-fs", "--transport", "quic"], True, 0),
     ("3-hosts-relay-0ms", NODES, ["--shared-fs"], False, -1),
     ("3-hosts-20ms", NODES, ["--shared-fs"], False, 10),
     ("3-hosts-1%-loss-20ms", NODES, ["--shared-fs"], True, 10),
