@@ -313,40 +313,7 @@ fn tune_tcp(tcp: &TcpStream, idle: Duration) -> io::Result<()> {
     setsockopt(&fd, sockopt::TcpKeepInterval, &secs(idle / 9)).map_err(err)?;
     setsockopt(&fd, sockopt::TcpKeepCount, &3).map_err(err)?;
     setsockopt(&fd, sockopt::TcpUserTimeout, &(idle.as_millis() as u32)).map_err(err)?;
-    for option in [TCP_RTO_MIN_US, TCP_DELACK_MAX_US] {
-        set_tcp_int(tcp, option, TCP_TIMER_FLOOR_US);
-    }
     Ok(())
-}
-
-/// Linux's per-socket floor of the retransmission timeout and ceiling of the delayed
-/// ACK (6.15 on; older kernels refuse them, and keep 200 ms and 40 ms).
-const TCP_RTO_MIN_US: i32 = 45;
-const TCP_DELACK_MAX_US: i32 = 46;
-/// 5 ms (the kernel rounds up to its tick) instead of 200 ms: drover's TCP links run
-/// inside a site, where round trips are well under a millisecond, and with 200 ms
-/// every packet lost at the tail of a block (after the tail-loss probe) stalled the
-/// block for 200 ms: at 1% loss, one run in two of bench_hosts' blocks took 0.2-0.6 s
-/// longer. On a long path the timeout is the measured round trip's, above the floor.
-const TCP_TIMER_FLOOR_US: i32 = 5_000;
-
-/// Set an integer TCP option nix has no name for; a kernel without it refuses, and
-/// that is fine.
-fn set_tcp_int(tcp: &TcpStream, option: i32, value: i32) {
-    use nix::libc;
-    // SAFETY: a valid socket descriptor, and a pointer to an int with its size.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(tcp),
-            libc::IPPROTO_TCP,
-            option,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        tracing::debug!(option, error = %io::Error::last_os_error(), "TCP option refused");
-    }
 }
 
 enum Send {
