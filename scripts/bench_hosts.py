@@ -14,7 +14,8 @@ runs), in four set-ups measured in the same run:
   without and with the loss;
 - 3-hosts-1%-loss-sent: as the second, but every block travels to the server's
   writer (--no-shared-fs; by default over each worker's results lane, TLS over TCP
-  beside its QUIC connection, once it has sent 1 MiB);
+  beside its QUIC connection, once it has sent 8 MiB over a QUIC connection that lost under 0.1% of its
+  packets);
 - 3-hosts-sent, 3-hosts-sent-quic and 3-hosts-sent-tcp: every block to the writer
   without loss: by default (results lanes), over QUIC alone (--transport quic), and
   over the TCP fallback alone (--transport tcp).

@@ -267,6 +267,18 @@ impl Conn {
         }
     }
 
+    /// Packets sent so far and those of them declared lost (QUIC; unknown over
+    /// streams).
+    pub fn packets_lost(&self) -> Option<(u64, u64)> {
+        match &self.0 {
+            Inner::Quic(c) => {
+                let path = c.stats().path;
+                Some((path.sent_packets, path.lost_packets))
+            }
+            Inner::Stream(_) => None,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         match &self.0 {
             Inner::Quic(c) => c.close_reason().is_none(),

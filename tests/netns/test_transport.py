@@ -72,8 +72,9 @@ def tcp_bytes_received_from(octet: int) -> int:
 
 def test_remote_workers_send_their_blocks_over_a_tcp_lane_beside_quic(cluster, tmp_path):
     """Workers on other hosts that must send their blocks (--no-shared-fs) open a
-    second link, TLS over TCP, once they have sent 1 MiB of results over QUIC, and send
-    their results there from then on (TCP costs far less CPU per byte); tasks and
+    second link, TLS over TCP, once they have sent 8 MiB of results over a QUIC
+    connection that loses (almost) nothing, and send their results there from then on
+    (TCP costs far less CPU per byte); tasks and
     heartbeats stay on QUIC. n3 (transport auto) takes such a lane; n2, told
     `--transport quic`, keeps everything on QUIC; n1 drops all TCP, so its lane's dial
     gets no answer and its results stay on QUIC. The anomaly is exact, every block
@@ -85,8 +86,9 @@ def test_remote_workers_send_their_blocks_over_a_tcp_lane_beside_quic(cluster, t
     cluster.start_worker("n3", "--no-shared-fs")
     st = cluster.wait_status(lambda st: len(st["workers"]) == 3, 60, "three workers joined")
     assert {w["transport"] for w in st["workers"]} == {"quic"}, "no lane before any result"
-    summary = run_anomaly(cluster, tmp_path, 11, steps=960)
-    assert summary["blocks_sent_to_writer"] == 121 and summary["workers_lost"] == 0, summary
+    # 2,880 steps of 24 KB: each worker sends some 23 MB, the first 8 MiB over QUIC.
+    summary = run_anomaly(cluster, tmp_path, 11, steps=2880)
+    assert summary["blocks_sent_to_writer"] == 361 and summary["workers_lost"] == 0, summary
     st = cluster.status()
     via = {w["host"]: w["transport"] for w in st["workers"]}
     assert via == {"n1": "quic", "n2": "quic", "n3": "quic+tcp"}, via
