@@ -43,8 +43,9 @@ def test_three_hosts_compute_exactly_with_remote_writes_on_and_off(cluster, tmp_
 
 
 def test_one_percent_loss_on_every_node_still_exact(cluster, tmp_path):
-    """1% of UDP datagrams dropped each way on every compute node: QUIC resends, the
-    result is exact, no worker is lost. Blocks travel to the writer (the bulk path)."""
+    """1% of packets (UDP and TCP) dropped each way on every compute node: QUIC
+    resends, the result is exact, no worker is lost. Blocks travel to the writer (the
+    bulk path)."""
     cluster.start_server("--interface", "eth0")
     for node in NODES:
         netns("loss", node, "1")
@@ -58,7 +59,7 @@ def test_one_percent_loss_on_every_node_still_exact(cluster, tmp_path):
 
 
 def test_one_percent_loss_and_20_ms_round_trips_still_exact(cluster, tmp_path):
-    """Every compute node drops 1% of UDP datagrams each way, and reaches the server
+    """Every compute node drops 1% of its packets each way, and reaches the server
     only through a relay on the login node that holds each datagram 10 ms each way
     (20 ms more round trip: a long network; this kernel has no netem). The bulk path
     (every block to the writer) stays exact and no worker is lost."""
