@@ -1,8 +1,9 @@
 //! The worker's side of a results lane (see `server/lane.rs`): a worker on QUIC whose
-//! server also listens on TCP dials, once it has sent [`DIAL_AFTER`] bytes of results,
-//! a TLS-over-TCP link that then carries its `Results`; until it is up, and if it cannot be had (TCP
-//! blocked, an older server), results go over QUIC as before. Only with
-//! `transport = auto`: `--transport quic` keeps everything on QUIC.
+//! server also listens on TCP dials, once it has sent [`DIAL_AFTER`] bytes of results
+//! over a QUIC connection that lost (almost) none of its packets, a TLS-over-TCP link
+//! that then carries its `Results`. Until it is up, and where it cannot be had (a
+//! lossy path, TCP blocked), results go over QUIC. Only with `transport = auto`:
+//! `--transport quic` keeps everything on QUIC.
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use crate::transport::{self, Access, Conn, Dialed, LinkKind, RecvHalf, SendHalf,
 /// Bytes of results sent over QUIC after which a lane is dialed (if QUIC lost few of
 /// its packets): a worker whose results are small (partial reductions, blocks it
 /// writes itself) never needs one.
+///
 /// 8 MiB is some 6,000 packets: enough for QUIC's loss to tell a lossy path (where
 /// packets are lost in bursts of a segmentation-offload batch) from a clean one.
 const DIAL_AFTER: usize = 8 << 20;
