@@ -129,6 +129,17 @@ mod tests {
         (Conn::unix(a, "a").expect("a"), Conn::unix(b, "b").expect("b"))
     }
 
+    /// Worker `id` on its connection, with a lane attached: the registry, the
+    /// worker's and the lane's connections (their peers kept open), and the reader's
+    /// side of the lane.
+    fn attached(id: u32) -> (Lanes, Conn, Conn, [Conn; 2], Attached) {
+        let lanes = Lanes::default();
+        let ((worker, w), (lane, l)) = (conn(), conn());
+        lanes.open(WorkerId(id), &worker);
+        let attached = lanes.attach(WorkerId(id), &lane).expect("attached");
+        (lanes, worker, lane, [w, l], attached)
+    }
+
     #[tokio::test]
     async fn a_lane_attaches_only_to_a_worker_on_quic_here_and_only_once() {
         let lanes = Lanes::default();
@@ -146,10 +157,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_clean_end_reads_the_lane_to_its_end_first() {
-        let lanes = Lanes::default();
-        let ((worker, _w), (lane, _l)) = (conn(), conn());
-        lanes.open(WorkerId(1), &worker);
-        let attached = lanes.attach(WorkerId(1), &lane).expect("attached");
+        let (lanes, worker, _lane, _peers, attached) = attached(1);
         let (last_tx, last_rx) = oneshot::channel::<()>();
         let read_all = Arc::new(AtomicBool::new(false));
         let flag = read_all.clone();
@@ -176,10 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn any_other_end_stops_the_lane_at_once() {
-        let lanes = Lanes::default();
-        let ((worker, _w), (lane, _l)) = (conn(), conn());
-        lanes.open(WorkerId(2), &worker);
-        let attached = lanes.attach(WorkerId(2), &lane).expect("attached");
+        let (lanes, _worker, lane, _peers, attached) = attached(2);
         let reader = tokio::spawn(serve(attached, std::future::pending()));
         tokio::time::timeout(Duration::from_secs(2), lanes.close(WorkerId(2), false))
             .await
@@ -193,10 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_lane_takes_its_worker_down() {
-        let lanes = Lanes::default();
-        let ((worker, _w), (lane, _l)) = (conn(), conn());
-        lanes.open(WorkerId(3), &worker);
-        let attached = lanes.attach(WorkerId(3), &lane).expect("attached");
+        let (_lanes, worker, _lane, _peers, attached) = attached(3);
         serve(attached, async { Err("reset".to_string()) }).await;
         assert!(!worker.is_open(), "results lost in the lane must not stay held by the worker");
     }

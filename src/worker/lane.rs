@@ -62,10 +62,9 @@ impl Dial {
 }
 
 pub(super) struct Open {
-    conn: Conn,
+    dialed: Dialed,
     send: SendHalf,
     recv: RecvHalf,
-    _dialed: Dialed,
 }
 
 /// Where the worker's results lane is.
@@ -90,19 +89,17 @@ impl Lane {
             if before >= DIAL_AFTER
                 && let Some(d) = slot.take()
             {
-                let seen = d.quic.packets_lost();
-                match seen.map(lossy) {
+                // `for_worker` made it for QUIC only, which counts its packets.
+                let (packets, lost) = d.quic.packets_lost().unwrap_or_default();
+                match lossy((packets, lost)) {
                     // Too few packets yet to tell.
-                    Some(None) => *slot = Some(d),
-                    Some(Some(true)) => {
-                        let (packets, lost) = seen.unwrap_or_default();
-                        tracing::info!(
-                            packets,
-                            lost,
-                            "QUIC is losing packets here; results stay on QUIC, which recovers better than TCP"
-                        );
-                    }
-                    _ => *self = Lane::Dialing(tokio::spawn(dial(d))),
+                    None => *slot = Some(d),
+                    Some(true) => tracing::info!(
+                        packets,
+                        lost,
+                        "QUIC is losing packets here; results stay on QUIC, which recovers better than TCP"
+                    ),
+                    Some(false) => *self = Lane::Dialing(tokio::spawn(dial(d))),
                 }
             }
         }
@@ -112,7 +109,7 @@ impl Lane {
             };
             match h.await {
                 Ok(Ok(open)) => {
-                    tracing::info!(remote = %open.conn.remote_address(), "results lane open: blocks go over TCP beside QUIC");
+                    tracing::info!(remote = %open.dialed.conn.remote_address(), "results lane open: blocks go over TCP beside QUIC");
                     *self = Lane::Open(open);
                 }
                 Ok(Err(reason)) => tracing::info!(%reason, "no results lane; results stay on QUIC"),
@@ -131,7 +128,7 @@ impl Lane {
         match self {
             Lane::Open(mut o) => {
                 o.send.finish().await;
-                let _ = tokio::time::timeout(Duration::from_secs(10), o.recv.until_closed(&o.conn)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), o.recv.until_closed(&o.dialed.conn)).await;
             }
             Lane::Dialing(h) => h.abort(),
             Lane::Idle(..) => {}
@@ -155,12 +152,7 @@ async fn dial(d: Dial) -> Result<Open, String> {
         .await
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(DIAL_TIMEOUT, proto::read_frame::<_, ServerMsg>(&mut recv)).await {
-        Ok(Ok((ServerMsg::Welcome { .. }, _))) => Ok(Open {
-            conn,
-            send,
-            recv,
-            _dialed: dialed,
-        }),
+        Ok(Ok((ServerMsg::Welcome { .. }, _))) => Ok(Open { dialed, send, recv }),
         Ok(Ok((ServerMsg::Rejected { reason }, _))) => Err(format!("the server refused it: {reason}")),
         Ok(Ok((other, _))) => Err(format!("unexpected answer {other:?}")),
         Ok(Err(e)) => Err(e.to_string()),
